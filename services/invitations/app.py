@@ -1,0 +1,68 @@
+"""Composition root of the invitations service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream.asgi import AsgiFastStream
+
+from shared.app import OutputTopic, Service, ServiceSpec, build_service
+from shared.clock import Clock
+from shared.mail.smtp import SmtpPool
+from shared.settings import load_settings
+
+from services.invitations.contracts import OUTPUT_TOPIC, InvitationIssued, InvitationRevoked
+from services.invitations.handlers import InvitationHandlers
+from services.invitations.settings import InvitationSettings
+from services.invitations.state import MIGRATIONS
+
+NAME = "invitations"
+HERE = Path(__file__).parent
+
+
+def spec(settings: InvitationSettings) -> ServiceSpec:
+    handlers = InvitationHandlers(
+        secret=settings.INVITATION_SECRET.get_secret_value(),
+        ttl_days=settings.INVITATION_TTL_DAYS,
+        portal_url=settings.PORTAL_BASE_URL,
+    )
+    return ServiceSpec(
+        name=NAME,
+        title="CustomerSource invitations",
+        description="Invitation e-mails with a signed, expiring link that associates a Microsoft account "
+        "with a CustomerSource profile; invitation.issued / invitation.revoked events for the portal.",
+        router=handlers.router,
+        templates=HERE / "templates",
+        locale=HERE / "locale",
+        migrations=MIGRATIONS,
+        outputs=[
+            OutputTopic(
+                OUTPUT_TOPIC,
+                title=f"{OUTPUT_TOPIC} (issued)",
+                description="customersource.invitation.issued.v1, key professional_id. Never the token or the link.",
+                schema=InvitationIssued,
+            ),
+            OutputTopic(
+                OUTPUT_TOPIC,
+                title=f"{OUTPUT_TOPIC} (revoked)",
+                description="customersource.invitation.revoked.v1, key professional_id: the portal refuses "
+                "tokens with this token_id from now on.",
+                schema=InvitationRevoked,
+            ),
+        ],
+    )
+
+
+def create_service(
+    settings: InvitationSettings | None = None,
+    *,
+    pool: SmtpPool | None = None,
+    clock: Clock | None = None,
+    retry_window: float = 60.0,
+) -> tuple[AsgiFastStream, Service]:
+    settings = settings or load_settings(InvitationSettings, NAME)
+    return build_service(spec(settings), settings, pool=pool, clock=clock, retry_window=retry_window)
+
+
+def create_app(settings: InvitationSettings | None = None) -> AsgiFastStream:
+    return create_service(settings)[0]

@@ -1,0 +1,44 @@
+"""Settings specific to the invitations service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import ServiceSettings
+
+HTTP_PORT = 8081
+MIN_SECRET_BYTES = 32
+
+
+class InvitationSettings(ServiceSettings):
+    INVITATION_SECRET: SecretStr = Field(description="HMAC key of invitation tokens, at least 32 bytes")
+    SERVICE_NAME: str = Field(default="invitations", exclude=True)
+    HTTP_PORT: int = Field(default=HTTP_PORT, ge=1, le=65_535)
+    INVITATION_PREVIOUS_SECRETS: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated older secrets still accepted by verify_invitation during a rotation",
+    )
+    INVITATION_TTL_DAYS: int = Field(default=14, ge=1, le=90)
+
+    @field_validator("INVITATION_SECRET")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES:
+            raise ValueError(f"INVITATION_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("INVITATION_PREVIOUS_SECRETS", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def verification_secrets(self) -> list[str]:
+        return [self.INVITATION_SECRET.get_secret_value()] + [
+            s.get_secret_value() for s in self.INVITATION_PREVIOUS_SECRETS
+        ]

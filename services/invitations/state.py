@@ -1,0 +1,107 @@
+"""The invitations service's tables and the loading/saving of a profile."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, Column, Index, MetaData, String, Table, and_, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.shapes import LocalSite
+from shared.store import UTCDateTime, create_tables, deliveries, upsert
+
+from services.invitations.domain import Profile
+
+metadata = MetaData()
+
+profiles = Table(
+    "invitation_profiles",
+    metadata,
+    Column("account_id", String(128), primary_key=True),
+    Column("professional_id", String(128), primary_key=True),
+    Column("account_name", String(300), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("locale", String(35), nullable=False),
+    Column("local_site", String(8), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("is_administrator", Boolean, nullable=False),
+    Column("is_first_professional", Boolean, nullable=False),
+    Column("added_by_name", String(300), nullable=False),
+    Column("added_by_kind", String(16), nullable=False),
+    Column("token_id", String(36)),
+    Column("issued_at", UTCDateTime),
+)
+
+tokens = Table(
+    "invitation_tokens",
+    metadata,
+    Column("token_id", String(36), primary_key=True),
+    Column("account_id", String(128), nullable=False),
+    Column("professional_id", String(128), nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_reason", String(16)),
+    Index("ix_invitation_tokens_profile", "account_id", "professional_id"),
+)
+
+MIGRATIONS = (create_tables(metadata),)
+
+
+async def load_profile(connection: AsyncConnection, account_id: str, professional_id: str) -> Profile | None:
+    row = (
+        await connection.execute(
+            select(profiles).where(and_(profiles.c.account_id == account_id, profiles.c.professional_id == professional_id))
+        )
+    ).first()
+    if row is None:
+        return None
+    values = dict(row._mapping)
+    values["local_site"] = LocalSite(values["local_site"])
+    return Profile(**values)
+
+
+async def save_profile(connection: AsyncConnection, profile: Profile) -> None:
+    values = {name: getattr(profile, name) for name in Profile.__slots__}
+    values["local_site"] = profile.local_site.value
+    await connection.execute(upsert(connection, profiles, values, ["account_id", "professional_id"]))
+
+
+async def record_token(
+    connection: AsyncConnection,
+    *,
+    token_id: str,
+    profile: Profile,
+    reason: str,
+    issued_at: datetime,
+    expires_at: datetime,
+) -> None:
+    values = {
+        "token_id": token_id,
+        "account_id": profile.account_id,
+        "professional_id": profile.professional_id,
+        "reason": reason,
+        "issued_at": issued_at,
+        "expires_at": expires_at,
+    }
+    await connection.execute(upsert(connection, tokens, values, ["token_id"]))
+
+
+async def revoke_token(connection: AsyncConnection, token_id: str, reason: str, at: datetime) -> None:
+    await connection.execute(
+        update(tokens).where(tokens.c.token_id == token_id, tokens.c.revoked_at.is_(None))
+        .values(revoked_at=at, revoked_reason=reason)
+    )
+
+
+async def purge_profile(connection: AsyncConnection, account_id: str, professional_id: str) -> None:
+    """Forget the personal data of a removed profile: the profile row, and the addresses in the
+    delivery records (kept, anonymised, so re-deliveries stay idempotent)."""
+    await connection.execute(
+        delete(profiles).where(profiles.c.account_id == account_id, profiles.c.professional_id == professional_id)
+    )
+    await connection.execute(
+        update(deliveries).where(deliveries.c.aggregate_id == professional_id).values(recipient="[purged]")
+    )

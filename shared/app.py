@@ -1,0 +1,319 @@
+"""The service factory: one FastStream Kafka application per service, served over ASGI with
+``/healthz``, ``/readyz``, ``/metrics``, ``/asyncapi`` (HTML) and ``/asyncapi.json``.
+
+Each service describes itself in a :class:`ServiceSpec` (its router, templates, migrations, output
+topics) and its composition root calls :func:`build_service`; tests call the same function with
+their own SMTP pool or clock, so nothing is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi.factories import AsyncAPIRoute
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.middlewares import AckPolicy
+from faststream.specification import AsyncAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, WithJsonSchema
+
+from shared.clock import Clock, SystemClock
+from shared.consumer import EventRouter, TopicConsumer
+from shared.kafka import Outputs, ensure_topics, security
+from shared.mail.mailer import NOTIFICATIONS_TOPIC, Mailer, NotificationOutcome
+from shared.mail.render import Renderer
+from shared.mail.smtp import SmtpConfig, SmtpPool
+from shared.metrics import Metrics
+from shared.settings import ServiceSettings, database_url
+from shared.store import Migration, Store
+
+log = logging.getLogger("customersource.app")
+
+BackgroundTask = Callable[["Service"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class OutputTopic:
+    """An output topic, documented in the AsyncAPI document."""
+
+    topic: str
+    title: str
+    description: str
+    schema: Any
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    title: str
+    description: str
+    router: EventRouter
+    templates: Path
+    locale: Path
+    migrations: Sequence[Migration] = ()
+    outputs: Sequence[OutputTopic] = ()
+    background: Sequence[BackgroundTask] = ()
+    template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
+
+
+@dataclass
+class Service:
+    """The running parts of one service (what handlers and tests reach through)."""
+
+    spec: ServiceSpec
+    settings: ServiceSettings
+    store: Store
+    outputs: Outputs
+    pool: SmtpPool
+    mailer: Mailer
+    metrics: Metrics
+    clock: Clock
+    consumer: TopicConsumer
+    broker: KafkaBroker
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    started: bool = False
+
+
+def smtp_config(settings: ServiceSettings) -> SmtpConfig:
+    return SmtpConfig(
+        host=settings.SMTP_HOST,
+        port=settings.SMTP_PORT,
+        tls=settings.SMTP_TLS,
+        username=settings.SMTP_USERNAME,
+        password=settings.SMTP_PASSWORD.get_secret_value() if settings.SMTP_PASSWORD else None,
+        ca_file=settings.SMTP_CA_FILE,
+        max_connections=settings.SMTP_MAX_CONNECTIONS,
+    )
+
+
+def build_service(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    *,
+    pool: SmtpPool | None = None,
+    clock: Clock | None = None,
+    retry_window: float = 60.0,
+) -> tuple[AsgiFastStream, Service]:
+    metrics = Metrics(spec.name)
+    clock = clock or SystemClock(settings.TEST_CLOCK_OFFSET_SECONDS)
+    store = Store(database_url(settings), component=spec.name, migrations=spec.migrations)
+    outputs = Outputs(settings)
+    pool = pool or SmtpPool(smtp_config(settings))
+    base_context = {
+        "portal_url": settings.PORTAL_BASE_URL,
+        "business_center_url": settings.BUSINESS_CENTER_URL,
+        "help_email": settings.HELP_EMAIL,
+    }
+    renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
+    mailer = Mailer(
+        service=spec.name,
+        sender=settings.SMTP_FROM,
+        renderer=renderer,
+        pool=pool,
+        store=store,
+        outputs=outputs,
+        metrics=metrics,
+        clock=clock,
+        base_context=base_context,
+        retry_window=retry_window,
+    )
+    consumer = TopicConsumer(
+        spec.router,
+        store=store,
+        mailer=mailer,
+        outputs=outputs,
+        metrics=metrics,
+        clock=clock,
+        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES,
+        concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
+    )
+    broker = KafkaBroker(
+        settings.KAFKA_BOOTSTRAP_SERVERS,
+        security=security(settings),
+        client_id=f"customersource-{spec.name}",
+        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=spec.name)],
+        logger=logging.getLogger(f"customersource.{spec.name}.faststream"),
+        graceful_timeout=30.0,
+        log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
+        description=spec.description,
+    )
+    service = Service(
+        spec=spec, settings=settings, store=store, outputs=outputs, pool=pool, mailer=mailer,
+        metrics=metrics, clock=clock, consumer=consumer, broker=broker,
+    )
+    _subscribe(service)
+    for output in spec.outputs:
+        broker.publisher(output.topic, title=output.title, description=output.description, schema=output.schema)
+    broker.publisher(
+        f"{spec.router.topic}.dlq",
+        title=f"{spec.router.topic}.dlq",
+        description=(
+            "Dead letters: the original key, value and headers byte for byte, with dlq-service, "
+            "dlq-error-kind, dlq-reason, dlq-original-topic, dlq-original-partition, "
+            "dlq-original-offset and dlq-failed-at added."
+        ),
+        schema=bytes,
+    )
+    broker.publisher(
+        NOTIFICATIONS_TOPIC,
+        title=NOTIFICATIONS_TOPIC,
+        description="customersource.notification.sent.v1 / .failed.v1: one per final outcome of each e-mail "
+        "(structured CloudEvents, key: the triggering aggregate id).",
+        schema=NotificationOutcome,
+    )
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/healthz", _healthz()),
+            ("/readyz", _readyz(service)),
+            ("/metrics", _metrics(service)),
+        ],
+        asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json", try_it_out_path=None),
+        specification=AsyncAPI(
+            title=spec.title, version="1.0.0", description=spec.description, schema_version="3.0.0"
+        ),
+        logger=logging.getLogger(f"customersource.{spec.name}.app"),
+        on_startup=[_hook(_start, service)],
+        after_startup=[_hook(_after_start, service)],
+        after_shutdown=[_hook(_stop, service)],
+    )
+    return app, service
+
+
+def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Callable[[], Awaitable[None]]:
+    async def hook() -> None:
+        await step(service)
+
+    return hook
+
+
+def _subscribe(service: Service) -> None:
+    settings, router = service.settings, service.spec.router
+
+    async def raw_records(message: Any) -> Any:
+        return message.raw_message
+
+    records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
+
+    async def consume(records: records_type) -> None:  # type: ignore[valid-type]
+        await service.consumer.process_batch(records)
+        await _measure_lag(service)
+
+    consume.__annotations__["records"] = records_type  # resolved here, not from a string
+    consume.__doc__ = router.description
+    subscriber = service.broker.subscriber(
+        router.topic,
+        batch=True,
+        group_id=settings.group_id,
+        decoder=raw_records,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
+        fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS,
+        max_partition_fetch_bytes=max(1_048_576, settings.KAFKA_MAX_MESSAGE_BYTES + 65_536),
+        batch_timeout_ms=settings.KAFKA_FETCH_MAX_WAIT_MS,
+        max_records=500,
+        title=router.topic,
+        description=router.description,
+    )
+    subscriber(consume)
+    service.subscriber = subscriber  # type: ignore[attr-defined]
+
+
+async def _measure_lag(service: Service) -> None:
+    consumer = getattr(getattr(service, "subscriber", None), "consumer", None)
+    if consumer is None:
+        return
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        if highwater is None:
+            continue
+        with contextlib.suppress(Exception):
+            position = await consumer.position(partition)
+            service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(
+                max(highwater - position, 0)
+            )
+
+
+async def _start(service: Service) -> None:
+    applied = await service.store.migrate()
+    if applied:
+        log.info("schema migrated", extra={"applied": applied})
+    if service.settings.ENVIRONMENT in ("development", "test"):
+        topics = [service.spec.router.topic, f"{service.spec.router.topic}.dlq", NOTIFICATIONS_TOPIC]
+        topics += [o.topic for o in service.spec.outputs]
+        await ensure_topics(service.settings, topics)
+    await service.outputs.start()
+
+
+async def _after_start(service: Service) -> None:
+    async def lag_loop() -> None:
+        while True:
+            await asyncio.sleep(5)
+            await _measure_lag(service)
+
+    service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
+    for task in service.spec.background:
+        service.tasks.append(asyncio.create_task(task(service), name=getattr(task, "__name__", "background")))
+    service.started = True
+    log.info("service started", extra={"topic": service.spec.router.topic, "group_id": service.settings.group_id})
+
+
+async def _stop(service: Service) -> None:
+    service.started = False
+    for task in service.tasks:
+        task.cancel()
+    for task in service.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await service.pool.close()
+    await service.outputs.stop()
+    await service.store.close()
+    log.info("service stopped")
+
+
+def _json(status: int, body: Mapping[str, Any]) -> AsgiResponse:
+    return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
+
+
+def _healthz() -> Any:
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        return _json(200, {"status": "ok"})
+
+    return healthz
+
+
+def _readyz(service: Service) -> Any:
+    @get(include_in_schema=False)
+    async def readyz(scope: Any) -> AsgiResponse:
+        broker_ok = bool(await service.broker.ping(timeout=2.0))
+        store_ok = await service.store.ping()
+        ready = service.started and broker_ok and store_ok
+        return _json(200 if ready else 503, {"ready": ready, "started": service.started,
+                                             "broker": broker_ok, "store": store_ok})
+
+    return readyz
+
+
+def _metrics(service: Service) -> Any:
+    @get(include_in_schema=False)
+    async def metrics(scope: Any) -> AsgiResponse:
+        return AsgiResponse(generate_latest(service.metrics.registry), 200,
+                            headers={"content-type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
+def output_schema(model: type[BaseModel]) -> Any:
+    return model

@@ -1,0 +1,280 @@
+"""Consuming one input topic: decode, deduplicate, dispatch, dead-letter, commit.
+
+FastStream's batch subscriber hands us the raw records of one fetch; records that share a
+partition and key (one aggregate) are processed in order, different aggregates concurrently. The
+batch's offsets are committed only after every record's side effects are done; any failure that is
+not the event's own fault rewinds the batch (FastStream's nack seeks back), and what was already
+done is skipped on the next pass thanks to the idempotency records. A bad event never blocks its
+partition: it is copied byte for byte to ``<topic>.dlq`` with the reason, and processing goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from aiokafka import ConsumerRecord
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.clock import Clock
+from shared.envelope import CloudEvent, DeadLetter, Event, decode, structured, validate
+from shared.ids import deterministic_id
+from shared.kafka import Outputs
+from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
+from shared.mail.plan import Notification
+from shared.metrics import Metrics
+from shared.store import Store
+
+log = logging.getLogger("customersource.consumer")
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+@dataclass
+class Effects:
+    """What a handler may do besides deciding: send mail, publish events, change state."""
+
+    event: EventRef
+    service: str
+    now: datetime
+    store: Store
+    mailer: Mailer
+    outputs: Outputs
+    metrics: Metrics
+    outcome: str = "processed"
+    finished: bool = False
+    published: list[str] = field(default_factory=list)
+
+    async def mail(self, note: Notification) -> NotificationOutcome:
+        return await self.mailer.deliver(note, self.event)
+
+    async def publish(
+        self, *, topic: str, key: str, event_type: str, data: BaseModel, side_effect: str, recipient: str = ""
+    ) -> str:
+        """Publish one of our output events; its id is a UUIDv5 of the input, the side effect and
+        the recipient, so a re-publish after a crash carries the same id."""
+        event_id = deterministic_id(self.event.source, self.event.id, side_effect, recipient)
+        value = structured(
+            event_id=event_id,
+            source=f"/customersource/{self.service}",
+            event_type=event_type,
+            time=self.now,
+            subject=key,
+            data=data,
+        )
+        await self.outputs.send(topic, key=key, value=value, headers=[("content-type", b"application/cloudevents+json")])
+        self.metrics.output(event_type)
+        self.published.append(event_id)
+        return event_id
+
+    @contextlib.asynccontextmanager
+    async def finish(self) -> AsyncIterator[AsyncConnection]:
+        """The handler's final state change, in one transaction with the idempotency record."""
+        async with self.store.transaction() as connection:
+            yield connection
+            await self.store.mark_processed(
+                connection, source=self.event.source, event_id=self.event.id, event_type=self.event.type, at=self.now
+            )
+        self.finished = True
+
+    def ignored(self, why: str) -> None:
+        """The event asks for nothing (a repeat, a profile already invited...): counted, not an error."""
+        self.outcome = "ignored"
+        log.info("event ignored", extra={"event_type": self.event.type, "event_id": self.event.id, "why": why})
+
+
+Handler = Callable[[Event[Any], Effects], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Route(Generic[DataT]):
+    event_type: str
+    model: type[DataT]
+    handler: Handler
+
+
+class EventRouter:
+    """The event types of one input topic and their handlers."""
+
+    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "") -> None:
+        self.service = service
+        self.topic = topic
+        self.key_field = key_field
+        self.description = description
+        self.routes: dict[str, Route[Any]] = {}
+
+    def handles(self, event_type: str, model: type[DataT]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes[event_type] = Route(event_type, model, handler)
+            return handler
+
+        return register
+
+    def envelope_models(self) -> list[type[BaseModel]]:
+        """One structured-mode CloudEvent model per type (``type`` pinned), for schemas and AsyncAPI."""
+        from typing import Literal
+
+        from pydantic import Field, create_model
+
+        models: list[type[BaseModel]] = []
+        for event_type, route in self.routes.items():
+            name = "".join(part.capitalize() for part in event_type.split(".")[1:-1] for part in part.split("_"))
+            model = create_model(
+                f"{name}Event",
+                __base__=CloudEvent[route.model],  # type: ignore[name-defined]
+                __doc__=(route.handler.__doc__ or "").strip() or None,
+                type=(Literal[event_type], Field(description="CloudEvents type")),  # type: ignore[valid-type]
+            )
+            models.append(model)
+        return models
+
+    def payload_json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one record on the topic (structured mode), refs inlined for AsyncAPI."""
+        from typing import Annotated, Union
+
+        from pydantic import Field
+
+        models = self.envelope_models()
+        union: Any = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+        schema = TypeAdapter(union).json_schema()
+        return inline_refs(schema)
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    definitions = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+class TopicConsumer:
+    """Processes the batches FastStream's subscriber fetches for one router."""
+
+    def __init__(
+        self,
+        router: EventRouter,
+        *,
+        store: Store,
+        mailer: Mailer,
+        outputs: Outputs,
+        metrics: Metrics,
+        clock: Clock,
+        max_message_bytes: int,
+        concurrency: int = 32,
+    ) -> None:
+        self.router = router
+        self.store = store
+        self.mailer = mailer
+        self.outputs = outputs
+        self.metrics = metrics
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
+        self.concurrency = concurrency
+        self._failures = 0
+
+    async def process_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
+        for record in records:
+            groups.setdefault((record.topic, record.partition, record.key), []).append(record)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def run(group: list[ConsumerRecord[Any, Any]]) -> None:
+            async with slots:
+                for record in group:
+                    await self.process_record(record)
+
+        results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self._failures += 1
+            pause = min(0.5 * 2 ** (self._failures - 1), 30.0)
+            self.metrics.retry("batch")
+            log.error(
+                "batch not finished, it will be processed again",
+                extra={"topic": self.router.topic, "errors": len(errors), "retry_in_s": pause},
+                exc_info=errors[0],
+            )
+            await asyncio.sleep(pause)
+            raise errors[0]
+        self._failures = 0
+
+    async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
+        event_type = "unknown"
+        try:
+            size = len(record.value or b"") + len(record.key or b"") + sum(len(k) + len(v or b"") for k, v in record.headers)
+            if size > self.max_message_bytes:
+                raise DeadLetter(
+                    "oversized", f"the record is {size} bytes, more than KAFKA_MAX_MESSAGE_BYTES={self.max_message_bytes}"
+                )
+            inbound = decode(record.value, record.headers)
+            event_type = inbound.attributes.type
+            route = self.router.routes.get(event_type)
+            if route is None:
+                raise DeadLetter(
+                    "unknown_type", f"{event_type!r} is not a type this service consumes from {self.router.topic}"
+                )
+            event = validate(inbound, route.model)
+            if await self.store.is_processed(event.source, event.id):
+                self.metrics.event(event_type, "duplicate")
+                return
+            self._check_key(record, event)
+            effects = Effects(
+                event=EventRef(id=event.id, source=event.source, type=event.type),
+                service=self.router.service,
+                now=self.clock.now(),
+                store=self.store,
+                mailer=self.mailer,
+                outputs=self.outputs,
+                metrics=self.metrics,
+            )
+            await route.handler(event, effects)
+            if not effects.finished:
+                async with effects.finish():
+                    pass
+            self.metrics.event(event_type, effects.outcome)
+        except DeadLetter as letter:
+            await self.dead_letter(record, letter)
+            self.metrics.event(event_type, "dead_lettered")
+
+    def _check_key(self, record: ConsumerRecord[Any, Any], event: Event[Any]) -> None:
+        expected = getattr(event.data, self.router.key_field, None)
+        if expected is not None and record.key is not None and record.key != str(expected).encode():
+            log.warning(
+                "record key differs from the aggregate id: per-aggregate ordering is not guaranteed",
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                       "key_field": self.router.key_field},
+            )
+
+    async def dead_letter(self, record: ConsumerRecord[Any, Any], letter: DeadLetter) -> None:
+        added = [
+            ("dlq-service", self.router.service),
+            ("dlq-error-kind", letter.kind),
+            ("dlq-reason", letter.reason[:2000]),
+            ("dlq-original-topic", record.topic),
+            ("dlq-original-partition", str(record.partition)),
+            ("dlq-original-offset", str(record.offset)),
+            ("dlq-failed-at", self.clock.now().isoformat()),
+        ]
+        headers = list(record.headers) + [(k, v.encode("utf-8")) for k, v in added]
+        await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers)
+        self.metrics.dead_letter(record.topic, letter.kind)
+        log.warning(
+            "event dead-lettered",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "kind": letter.kind, "reason": letter.reason},
+        )

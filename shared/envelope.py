@@ -1,0 +1,189 @@
+"""CloudEvents 1.0 on Kafka: structured mode (a JSON envelope) and binary mode (``ce_*`` headers).
+
+Decoding never raises anything but :class:`DeadLetter`, which carries one of the contract's error
+kinds and a reason written for the operator who reads the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from shared.shapes import Identifier
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+ERROR_KINDS = (
+    "unparseable",
+    "not_cloudevent",
+    "unknown_type",
+    "schema_invalid",
+    "oversized",
+    "invalid_transition",
+    "unknown_aggregate",
+    "unusable_content",
+)
+
+DataT = TypeVar("DataT", bound=BaseModel)
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DeadLetter(Exception):  # noqa: N818 - it is an outcome, not a bug
+    """The event cannot be processed as it is: it goes to ``<topic>.dlq`` with this kind and reason."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        assert kind in ERROR_KINDS, kind
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+class Attributes(BaseModel):
+    """The CloudEvents context attributes we require (``time`` included: rules depend on it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    specversion: Literal["1.0"] = Field(description="CloudEvents version")
+    id: Identifier = Field(description="Event id; (source, id) is the idempotency key")
+    source: Identifier = Field(description="URI-reference of the publishing system")
+    type: Identifier = Field(description="Event type, e.g. customersource.professional.added.v1")
+    time: AwareDatetime = Field(description="When the fact happened (RFC 3339, with offset)")
+    subject: str | None = Field(default=None, max_length=256, description="The aggregate id")
+    datacontenttype: str | None = Field(default="application/json", max_length=128)
+    dataschema: str | None = Field(default=None, max_length=512)
+
+
+class CloudEvent(Attributes, Generic[DataT]):
+    """A structured-mode CloudEvent with typed ``data``."""
+
+    data: DataT
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A decoded CloudEvent whose ``data`` is not yet validated against its type's model."""
+
+    attributes: Attributes
+    data: Any
+    mode: Literal["structured", "binary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[DataT]):
+    """A validated event, as handlers receive it."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str | None
+    data: DataT
+
+
+def _header(headers: Headers, name: str) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{prefix}{where}: {item['msg']}")
+    more = error.error_count() - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def decode(value: bytes | None, headers: Headers) -> Inbound:
+    """Decode a Kafka record into CloudEvent attributes and raw data.
+
+    Binary mode when the record has a ``ce_specversion`` header; structured mode otherwise
+    (``content-type: application/cloudevents+json`` or a JSON object with ``specversion``).
+    """
+    if _header(headers, "ce_specversion") is not None:
+        return _decode_binary(value, headers)
+    if not value:
+        raise DeadLetter("unparseable", "the record has no value")
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DeadLetter("unparseable", f"the value is not JSON ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(document, dict) or "specversion" not in document:
+        raise DeadLetter(
+            "not_cloudevent",
+            "neither a structured CloudEvent (JSON object with specversion) nor binary mode (ce_* headers)",
+        )
+    if "data" not in document:
+        raise DeadLetter("schema_invalid", "the CloudEvent has no data")
+    try:
+        attributes = Attributes.model_validate(document)
+    except ValidationError as exc:
+        raise DeadLetter("not_cloudevent", "invalid CloudEvents attributes: " + _describe(exc)) from None
+    return Inbound(attributes, document["data"], "structured")
+
+
+def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
+    fields: dict[str, Any] = {}
+    try:
+        for key, raw in headers:
+            lowered = key.lower()
+            if lowered.startswith("ce_"):
+                fields[lowered[3:]] = raw.decode("utf-8")
+        content_type = _header(headers, "content-type")
+        if content_type:
+            fields["datacontenttype"] = content_type.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DeadLetter("not_cloudevent", "a ce_* or content-type header is not UTF-8") from None
+    try:
+        attributes = Attributes.model_validate(fields)
+    except ValidationError as exc:
+        raise DeadLetter("not_cloudevent", "invalid CloudEvents headers: " + _describe(exc, "ce_")) from None
+    if not value:
+        raise DeadLetter("unparseable", "binary-mode event without data")
+    content_type = (attributes.datacontenttype or "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise DeadLetter("unparseable", f"unsupported datacontenttype {content_type!r}: JSON is expected")
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DeadLetter("unparseable", f"the data is not JSON ({exc.__class__.__name__}: {exc})") from None
+    return Inbound(attributes, data, "binary")
+
+
+def validate(inbound: Inbound, model: type[DataT]) -> Event[DataT]:
+    """Validate the data of a decoded event against its type's model."""
+    try:
+        data = model.model_validate(inbound.data)
+    except ValidationError as exc:
+        raise DeadLetter("schema_invalid", f"{inbound.attributes.type}: " + _describe(exc, "data.")) from None
+    a = inbound.attributes
+    return Event(id=a.id, source=a.source, type=a.type, time=a.time, subject=a.subject, data=data)
+
+
+def structured(
+    *,
+    event_id: str,
+    source: str,
+    event_type: str,
+    time: datetime,
+    subject: str,
+    data: BaseModel,
+) -> bytes:
+    """Serialize one of our own output events (structured mode)."""
+    envelope = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": event_type,
+        "time": time.isoformat(),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data.model_dump(mode="json"),
+    }
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()

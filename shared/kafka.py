@@ -1,0 +1,96 @@
+"""Kafka wiring shared by the services: client options from settings, the producer of our output
+events and dead letters, and topic creation for local and test brokers."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("customersource.kafka")
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def security(settings: ServiceSettings) -> BaseSecurity | None:
+    """The FastStream security object for the contract's KAFKA_* settings."""
+    protocol = settings.KAFKA_SECURITY_PROTOCOL
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol.endswith("SSL"):
+        cafile = str(settings.KAFKA_SSL_CAFILE) if settings.KAFKA_SSL_CAFILE else None
+        context = ssl.create_default_context(cafile=cafile)
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    assert settings.KAFKA_SASL_USERNAME and settings.KAFKA_SASL_PASSWORD
+    user, password = settings.KAFKA_SASL_USERNAME, settings.KAFKA_SASL_PASSWORD.get_secret_value()
+    use_ssl = protocol == "SASL_SSL"
+    kinds: dict[str, type[SASLPlaintext] | type[SASLScram256] | type[SASLScram512]] = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }
+    kind = kinds[settings.KAFKA_SASL_MECHANISM or "PLAIN"]
+    return kind(user, password, ssl_context=context, use_ssl=use_ssl)
+
+
+def client_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Keyword arguments for plain aiokafka clients (producer, admin)."""
+    return {"bootstrap_servers": settings.KAFKA_BOOTSTRAP_SERVERS, **parse_security(security(settings))}
+
+
+class Outputs:
+    """The producer of our output events and dead letters: acks from all in-sync replicas, awaited
+    before the input's offset is committed."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._options = client_options(settings)
+        self._max_bytes = max(settings.KAFKA_MAX_MESSAGE_BYTES * 2, 1_048_576) + 65_536
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            **self._options,
+            acks="all",
+            linger_ms=2,
+            max_request_size=self._max_bytes,
+            client_id="customersource-outputs",
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, topic: str, *, key: str | bytes | None, value: bytes | None, headers: Headers = ()) -> None:
+        assert self._producer is not None, "Outputs.start() first"
+        raw_key = key.encode() if isinstance(key, str) else key
+        await self._producer.send_and_wait(topic, value=value, key=raw_key, headers=list(headers))
+
+
+async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, partitions: int = 3) -> None:
+    """Create missing topics (local and test brokers; production topics come from deploy/)."""
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id="customersource-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics", extra={"topics": missing})
+    finally:
+        await admin.close()

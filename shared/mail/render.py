@@ -1,0 +1,135 @@
+"""Rendering: Jinja2 (autoescape for HTML, StrictUndefined) with Babel message catalogs.
+
+One Jinja2 environment per language, built once per service; templates are looked up in the
+service's ``templates/`` first, then in the shared layouts. Catalogs are the ``.po`` files in the
+service's and the shared ``locale/`` folders, compiled in memory at start-up.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import NullTranslations, Translations
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from shared.shapes import LANGUAGES, SITE_LANGUAGE, LocalSite
+
+SHARED_TEMPLATES = Path(__file__).parent / "templates"
+SHARED_LOCALE = Path(__file__).parent / "locale"
+
+
+def negotiate_language(tag: str | None, site: LocalSite | None = None) -> str:
+    """region -> language -> the local site's language -> English (``fr-BE`` -> fr, ``pt-BR`` on LATAM -> es)."""
+    if tag:
+        language = tag.replace("_", "-").split("-", 1)[0].lower()
+        if language in LANGUAGES:
+            return language
+    if site is not None:
+        return SITE_LANGUAGE[site]
+    return "en"
+
+
+def load_translations(language: str, folders: Sequence[Path]) -> NullTranslations:
+    """Merge the ``<language>.po`` catalogs of the folders (earlier folders win)."""
+    merged: NullTranslations | None = None
+    for folder in folders:
+        po = folder / f"{language}.po"
+        if not po.is_file():
+            continue
+        with po.open("rb") as handle:
+            catalog = read_po(handle, locale=language)
+        buffer = io.BytesIO()
+        write_mo(buffer, catalog)  # fuzzy entries are left out
+        buffer.seek(0)
+        translations = Translations(fp=buffer)
+        if merged is None:
+            merged = translations
+        else:
+            merged.add_fallback(translations)
+    return merged or NullTranslations()
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMail:
+    subject: str
+    text: str
+    html: str
+    language: str
+
+
+class Renderer:
+    """Renders ``<name>.subject.txt``, ``<name>.text.txt`` and ``<name>.html`` in one language."""
+
+    def __init__(
+        self,
+        template_folder: Path,
+        locale_folder: Path,
+        *,
+        globals: Mapping[str, Any] | None = None,  # noqa: A002 - Jinja2's own word
+    ) -> None:
+        loader = ChoiceLoader([FileSystemLoader(template_folder), FileSystemLoader(SHARED_TEMPLATES)])
+        self._environments: dict[str, Environment] = {}
+        for language in LANGUAGES:
+            environment = Environment(
+                loader=loader,
+                autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+                undefined=StrictUndefined,
+                extensions=["jinja2.ext.i18n"],
+                lstrip_blocks=True,
+                keep_trailing_newline=False,
+            )
+            translations = load_translations(language, [locale_folder, SHARED_LOCALE])
+            environment.policies["ext.i18n.trimmed"] = True
+            environment.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+            environment.filters["date"] = _date_filter(language)
+            environment.filters["datetime"] = _datetime_filter(language)
+            environment.globals.update(globals or {})
+            environment.globals["language"] = language
+            self._environments[language] = environment
+
+    def render(self, template: str, language: str, context: Mapping[str, Any]) -> RenderedMail:
+        environment = self._environments[language]
+        subject = environment.get_template(f"{template}.subject.txt").render(context)
+        text = environment.get_template(f"{template}.text.txt").render(context)
+        html = environment.get_template(f"{template}.html").render(context)
+        return RenderedMail(subject=" ".join(subject.split()), text=tidy_text(text), html=html, language=language)
+
+    def templates(self) -> list[str]:
+        names = self._environments["en"].list_templates(filter_func=lambda n: n.endswith(".subject.txt"))
+        return sorted(n.removesuffix(".subject.txt") for n in names)
+
+
+def tidy_text(text: str) -> str:
+    """Control tags leave blank lines behind: keep one blank line between paragraphs."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if not line and (not tidy or not tidy[-1]):
+            continue
+        tidy.append(line)
+    return "\n".join(tidy).strip() + "\n"
+
+
+def _date_filter(language: str) -> Any:
+    def render_date(value: date | datetime, style: str = "long") -> str:
+        if isinstance(value, datetime):
+            value = value.date()
+        return format_date(value, format=style, locale=language)
+
+    return render_date
+
+
+def _datetime_filter(language: str) -> Any:
+    def render_datetime(value: datetime, zone: str = "UTC", style: str = "long") -> str:
+        return format_datetime(value, format=style, tzinfo=ZoneInfo(zone), locale=language)
+
+    return render_datetime

@@ -1,0 +1,127 @@
+"""SMTP delivery over a small pool of reused aiosmtplib connections.
+
+A send ends in one of three ways: accepted (``Accepted``), refused for good (5xx: ``Refused``), or
+not yet (connection errors and 4xx: :class:`TransientSmtpError`, retried by the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosmtplib
+
+from shared.mail.message import OutgoingMail
+
+log = logging.getLogger("customersource.smtp")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    code: int
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: int
+    response: str
+
+
+class TransientSmtpError(Exception):
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    host: str
+    port: int
+    tls: str = "none"  # none | starttls | tls
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    max_connections: int = 16
+    timeout: float = 30.0
+
+
+class SmtpPool:
+    """At most ``max_connections`` connections, kept open and reused; broken ones are dropped."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self._config = config
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._tls_context: ssl.SSLContext | None = None
+        if config.tls != "none":
+            self._tls_context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self._config
+        client = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            timeout=c.timeout,
+            use_tls=c.tls == "tls",
+            start_tls=True if c.tls == "starttls" else False,
+            tls_context=self._tls_context,
+        )
+        await client.connect()
+        if c.username and c.password:
+            await client.login(c.username, c.password)
+        return client
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        async with self._slots:
+            client = self._idle.pop() if self._idle else await self._connect()
+            healthy = False
+            try:
+                yield client
+                healthy = True
+            finally:
+                if healthy and client.is_connected:
+                    self._idle.append(client)
+                else:
+                    with contextlib.suppress(Exception):
+                        client.close()
+
+    async def send(self, mail: OutgoingMail) -> Accepted | Refused:
+        try:
+            async with self._connection() as client:
+                errors, response = await client.sendmail(mail.sender, [mail.recipient], mail.data)
+                code = int(response.split(" ", 1)[0]) if response[:3].isdigit() else 250
+                return Accepted(code=code, response=response)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            return self._classify(refusal.code, refusal.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            return self._classify(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise TransientSmtpError(f"{exc.__class__.__name__}: {exc}") from None
+
+    @staticmethod
+    def _classify(code: int, message: str) -> Refused:
+        if 400 <= code < 500 or code < 200:
+            raise TransientSmtpError(f"{code} {message}", code=code)
+        return Refused(code=code, response=f"{code} {message}")
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection() as client:
+                code, _ = await client.noop()
+                return 200 <= code < 300
+        except Exception:  # noqa: BLE001 - a probe
+            return False
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await client.quit()

@@ -1,0 +1,69 @@
+"""Our Prometheus counters, beside FastStream's own Kafka middleware metrics (same registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry or CollectorRegistry()
+        self.events = Counter(
+            "customersource_events_total",
+            "Input events by type and outcome (processed, duplicate, ignored, dead_lettered)",
+            ["service", "type", "outcome"],
+            registry=self.registry,
+        )
+        self.emails = Counter(
+            "customersource_emails_total",
+            "E-mails by template and final outcome (sent, failed)",
+            ["service", "template", "outcome"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "customersource_dead_letters_total",
+            "Events sent to the dead-letter topic, by error kind",
+            ["service", "topic", "kind"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "customersource_retries_total",
+            "Retries of transient failures (SMTP, broker, database), by what was retried",
+            ["service", "what"],
+            registry=self.registry,
+        )
+        self.output_events = Counter(
+            "customersource_output_events_total",
+            "Output events published, by type",
+            ["service", "type"],
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "customersource_consumer_lag",
+            "Records not yet processed per partition (high watermark minus position), "
+            "measured from the service's own consumer",
+            ["service", "topic", "partition"],
+            registry=self.registry,
+        )
+        self.scheduled = Gauge(
+            "customersource_scheduled_jobs",
+            "Due-times waiting in the scheduler",
+            ["service"],
+            registry=self.registry,
+        )
+
+    def event(self, event_type: str, outcome: str) -> None:
+        self.events.labels(self.service, event_type, outcome).inc()
+
+    def email(self, template: str, outcome: str) -> None:
+        self.emails.labels(self.service, template, outcome).inc()
+
+    def dead_letter(self, topic: str, kind: str) -> None:
+        self.dead_letters.labels(self.service, topic, kind).inc()
+
+    def retry(self, what: str) -> None:
+        self.retries.labels(self.service, what).inc()
+
+    def output(self, event_type: str) -> None:
+        self.output_events.labels(self.service, event_type).inc()

@@ -1,0 +1,74 @@
+"""``python -m services.<name> [migrate]``: load settings, configure logs, run or migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import uvicorn
+from faststream.asgi import AsgiFastStream
+
+from shared.logs import configure_logging
+from shared.settings import ServiceSettings, database_url, load_settings
+from shared.store import Migration, Store
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+USAGE = "usage: python -m services.{name} [migrate]"
+
+
+def secret_values(settings: ServiceSettings) -> list[str]:
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            values.append(value.get_secret_value())
+        elif isinstance(value, (list, tuple)):
+            values += [v.get_secret_value() for v in value if hasattr(v, "get_secret_value")]
+    return values
+
+
+def main(
+    *,
+    name: str,
+    settings_class: type[SettingsT],
+    create_app: Callable[[SettingsT], AsgiFastStream],
+    migrations: Sequence[Migration],
+    argv: Sequence[str] | None = None,
+) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in ([], ["migrate"]):
+        print(USAGE.format(name=name), file=sys.stderr)
+        raise SystemExit(2)
+    settings = load_settings(settings_class, name)
+    configure_logging(name, secrets=secret_values(settings))
+    if args == ["migrate"]:
+        store = Store(database_url(settings), component=name, migrations=migrations)
+
+        async def migrate() -> list[str]:
+            try:
+                return await store.migrate()
+            finally:
+                await store.close()
+
+        applied = asyncio.run(migrate())
+        print(f"{name}: " + (", ".join(applied) + " applied" if applied else "schema up to date"))
+        return
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="0.0.0.0",  # noqa: S104 - probes and scrapers reach the container from outside
+        port=settings.HTTP_PORT,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not getattr(server, "started", False):
+        logging.getLogger("customersource.app").error("service did not start")
+        raise SystemExit(1)

@@ -1,0 +1,160 @@
+"""Settings every service shares, read from the environment with exactly the contract's names.
+
+Unusable values are refused at start-up: :func:`load_settings` turns pydantic's error into one clear
+message per setting and the service exits before touching Kafka, SMTP or the database.
+"""
+
+from __future__ import annotations
+
+import sys
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Literal, Self, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ADDRESS_CHARS = set("!#$%&'*+-/=?^_`{|}~.@")
+
+
+def check_address(value: str) -> str:
+    """A plain ``local@domain`` address without spaces, quotes or control characters."""
+    local, _, domain = value.rpartition("@")
+    usable = (
+        local
+        and domain
+        and "." in domain.strip(".")
+        and all(c.isalnum() or c in _ADDRESS_CHARS for c in value)
+        and ".." not in value
+        and len(value) <= 254
+    )
+    if not usable:
+        raise ValueError(f"{value!r} is not a usable e-mail address")
+    return value
+
+
+def _https(value: str, name: str) -> str:
+    if not value.startswith("https://") or len(value) <= len("https://"):
+        raise ValueError(f"{name} must be an https:// URL")
+    return value.rstrip("/")
+
+
+class ServiceSettings(BaseSettings):
+    """The contract's settings common to all four services."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    SERVICE_NAME: str = Field(default="service", exclude=True)
+
+    KAFKA_BOOTSTRAP_SERVERS: str = "127.0.0.1:9092"
+    KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    KAFKA_SASL_MECHANISM: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    KAFKA_SASL_USERNAME: str | None = None
+    KAFKA_SASL_PASSWORD: SecretStr | None = None
+    KAFKA_SSL_CAFILE: Path | None = None
+    KAFKA_SESSION_TIMEOUT_MS: int = Field(default=10_000, ge=1_000, le=300_000)
+    KAFKA_HEARTBEAT_INTERVAL_MS: int = Field(default=3_000, ge=100, le=100_000)
+    KAFKA_FETCH_MAX_WAIT_MS: int = Field(default=100, ge=1, le=10_000)
+    KAFKA_MAX_MESSAGE_BYTES: int = Field(default=1_048_576, ge=1_024, le=100 * 1_048_576)
+    KAFKA_GROUP_ID: str | None = None
+
+    SMTP_HOST: str = "127.0.0.1"
+    SMTP_PORT: int = Field(default=1025, ge=1, le=65_535)
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_TLS: Literal["none", "starttls", "tls"] = "none"
+    SMTP_CA_FILE: Path | None = None
+    SMTP_FROM: str
+    SMTP_MAX_CONNECTIONS: int = Field(default=16, ge=1, le=256)
+
+    DATABASE_URL: str | None = None
+    HTTP_PORT: int = Field(default=8080, ge=1, le=65_535)
+
+    PORTAL_BASE_URL: str
+    BUSINESS_CENTER_URL: str
+    HELP_EMAIL: str
+
+    ENVIRONMENT: Literal["production", "staging", "development", "test"] = "production"
+    TEST_CLOCK_OFFSET_SECONDS: float = 0.0
+
+    @field_validator("PORTAL_BASE_URL", "BUSINESS_CENTER_URL")
+    @classmethod
+    def _must_be_https(cls, value: str, info: object) -> str:
+        return _https(value, getattr(info, "field_name", "URL"))
+
+    @field_validator("HELP_EMAIL")
+    @classmethod
+    def _help_address(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("SMTP_FROM")
+    @classmethod
+    def _from_address(cls, value: str) -> str:
+        if any(c in value for c in "\r\n"):
+            raise ValueError("SMTP_FROM must be one line")
+        _, address = parseaddr(value)
+        check_address(address)
+        return value
+
+    @field_validator("KAFKA_SSL_CAFILE", "SMTP_CA_FILE")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if self.KAFKA_HEARTBEAT_INTERVAL_MS >= self.KAFKA_SESSION_TIMEOUT_MS:
+            raise ValueError("KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS")
+        if self.KAFKA_SECURITY_PROTOCOL.startswith("SASL") and not (
+            self.KAFKA_SASL_MECHANISM and self.KAFKA_SASL_USERNAME and self.KAFKA_SASL_PASSWORD
+        ):
+            raise ValueError(
+                "KAFKA_SECURITY_PROTOCOL=SASL_* needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME "
+                "and KAFKA_SASL_PASSWORD"
+            )
+        if self.TEST_CLOCK_OFFSET_SECONDS and self.ENVIRONMENT != "test":
+            raise ValueError("TEST_CLOCK_OFFSET_SECONDS is refused unless ENVIRONMENT=test")
+        if bool(self.SMTP_USERNAME) != bool(self.SMTP_PASSWORD):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together")
+        database_url(self)  # refuses an unusable DATABASE_URL now rather than at first use
+        return self
+
+    @property
+    def group_id(self) -> str:
+        return self.KAFKA_GROUP_ID or f"customersource.{self.SERVICE_NAME}"
+
+
+def database_url(settings: ServiceSettings) -> str:
+    """The SQLAlchemy async URL: SQLite file by default, PostgreSQL through asyncpg."""
+    url = settings.DATABASE_URL or f"sqlite+aiosqlite:///var/{settings.SERVICE_NAME}.db"
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+asyncpg://"):
+        return url
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    if url.startswith("sqlite+aiosqlite:///"):
+        path = url[len("sqlite+aiosqlite:///"):]
+        if not path or path.startswith(":memory:") or "mode=memory" in path:
+            raise ValueError("DATABASE_URL: SQLite must be a file (state must survive restarts)")
+        return url
+    raise ValueError("DATABASE_URL must be sqlite+aiosqlite:///<file>, postgresql:// or postgresql+asyncpg://")
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load_settings(cls: type[SettingsT], service: str) -> SettingsT:
+    """Read the environment; on unusable values print one line per problem and exit with status 2."""
+    try:
+        return cls(SERVICE_NAME=service)
+    except ValidationError as exc:
+        lines = [f"{service}: refusing to start, the configuration is unusable:"]
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"]) or "configuration"
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"  {name}: {message}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,155 @@
+"""Common shapes of the public contract: person, locale, country, local site, product, plan type."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import cache
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale as BabelLocale
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+LANGUAGES: tuple[str, ...] = ("da", "nl", "en", "fr", "de", "it", "es")
+"""The seven languages CustomerSource mail is written in."""
+
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LocalSite(StrEnum):
+    """The 16 CustomerSource local sites."""
+
+    AU_NZ = "AU-NZ"
+    AT = "AT"
+    BE_NL = "BE-nl"
+    BE_FR = "BE-fr"
+    CA = "CA"
+    DK = "DK"
+    FR = "FR"
+    DE = "DE"
+    IT = "IT"
+    LATAM = "LATAM"
+    NL = "NL"
+    ES = "ES"
+    CH_DE = "CH-de"
+    CH_FR = "CH-fr"
+    UK = "UK"
+    US = "US"
+
+
+SITE_LANGUAGE: dict[LocalSite, str] = {
+    LocalSite.AU_NZ: "en",
+    LocalSite.AT: "de",
+    LocalSite.BE_NL: "nl",
+    LocalSite.BE_FR: "fr",
+    LocalSite.CA: "en",
+    LocalSite.DK: "da",
+    LocalSite.FR: "fr",
+    LocalSite.DE: "de",
+    LocalSite.IT: "it",
+    LocalSite.LATAM: "es",
+    LocalSite.NL: "nl",
+    LocalSite.ES: "es",
+    LocalSite.CH_DE: "de",
+    LocalSite.CH_FR: "fr",
+    LocalSite.UK: "en",
+    LocalSite.US: "en",
+}
+"""The language of each local site, the third step of the locale fallback."""
+
+
+class PlanType(StrEnum):
+    ENHANCEMENT_PLAN = "enhancement_plan"
+    DELUXE_SUPPORT = "deluxe_support"
+    SOFTWARE_ASSURANCE = "software_assurance"
+
+
+@cache
+def _territories() -> frozenset[str]:
+    return frozenset(code for code in BabelLocale("en").territories if len(code) == 2 and code.isalpha())
+
+
+def _check_country(value: str) -> str:
+    if value == "UK":
+        raise ValueError("'UK' is not an ISO 3166-1 alpha-2 code: use 'GB'")
+    if value not in _territories():
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
+    return value
+
+
+def _check_language_tag(value: str) -> str:
+    if not _LANGUAGE_TAG.match(value):
+        raise ValueError(f"{value!r} is not a language tag such as 'en', 'fr-BE' or 'pt-BR'")
+    return value
+
+
+def _check_time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone name") from exc
+    return value
+
+
+def _check_single_line(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters (line breaks included) are not allowed here")
+    return value
+
+
+Country = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=2),
+    AfterValidator(_check_country),
+    Field(description="ISO 3166-1 alpha-2 country code (GB, never UK)", examples=["US", "GB", "FR"]),
+]
+LanguageTag = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=35),
+    AfterValidator(_check_language_tag),
+    Field(description="BCP 47 language tag; falls back region -> language -> local site -> English",
+          examples=["en", "fr-BE", "pt-BR"]),
+]
+TimeZoneName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_check_time_zone),
+    Field(description="IANA time zone name", examples=["Europe/Paris", "America/New_York"]),
+]
+Product = Annotated[
+    str,
+    StringConstraints(pattern=r"^dynamics_[a-z0-9_]+$", max_length=64),
+    Field(description="Microsoft Dynamics product code", examples=["dynamics_nav", "dynamics_crm"]),
+]
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, strip_whitespace=True),
+    AfterValidator(_check_single_line),
+]
+DisplayText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=300),
+    Field(description="Free text shown to people; escaped and made header-safe on output"),
+]
+EmailText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=320, strip_whitespace=True),
+    Field(description="E-mail address. An unusable address fails that recipient only "
+                      "(notification.failed), not the whole event.", examples=["jane.doe@contoso.com"]),
+]
+
+
+class ContractModel(BaseModel):
+    """Base of every contract model: unknown fields are ignored (tolerant reader), values are frozen."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_max_length=4000)
+
+
+class Person(ContractModel):
+    """Someone who receives e-mail."""
+
+    email: EmailText
+    name: DisplayText
+    locale: LanguageTag = Field(description="Language tag of the person's preferred language")

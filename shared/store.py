@@ -1,0 +1,259 @@
+"""The service's own state: SQLAlchemy 2 async, SQLite (a file) by default, PostgreSQL through
+DATABASE_URL. Each service owns one database; shared tables (idempotency, deliveries, schedules)
+live beside the service's tables.
+
+The schema is migrated at start under a lock (a PostgreSQL advisory lock, or a file lock beside the
+SQLite file) and by ``python -m services.<name> migrate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("customersource.store")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which has no time zones) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+shared_metadata = MetaData()
+
+processed_events = Table(
+    "processed_events",
+    shared_metadata,
+    Column("source", String(256), primary_key=True),
+    Column("event_id", String(256), primary_key=True),
+    Column("event_type", String(256), nullable=False),
+    Column("processed_at", UTCDateTime, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    shared_metadata,
+    Column("delivery_id", String(36), primary_key=True),
+    Column("event_source", String(256), nullable=False),
+    Column("event_id", String(256), nullable=False),
+    Column("aggregate_id", String(128), nullable=False),
+    Column("template", String(128), nullable=False),
+    Column("locale", String(8), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("outcome", String(16), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False),
+    Column("smtp_code", Integer),
+    Column("error", Text),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_deliveries_aggregate", "aggregate_id"),
+)
+
+schema_migrations = Table(
+    "schema_migrations",
+    shared_metadata,
+    Column("component", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+Migration = Callable[[Connection], None]
+
+
+def create_tables(metadata: MetaData) -> Migration:
+    """Migration step: create the tables of a metadata (version 1 of a component)."""
+
+    def step(connection: Connection) -> None:
+        metadata.create_all(connection, checkfirst=True)
+
+    return step
+
+
+SHARED_MIGRATIONS: Sequence[Migration] = (create_tables(shared_metadata),)
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect (returns the statement)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(**values).on_conflict_do_nothing()
+
+
+def upsert(connection: AsyncConnection, table: Table, values: Mapping[str, Any], keys: Iterable[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for the connection's dialect."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    key_set = set(keys)
+    return statement.on_conflict_do_update(
+        index_elements=list(key_set),
+        set_={k: statement.excluded[k] for k in values if k not in key_set},
+    )
+
+
+class Store:
+    """An engine plus the service's migrations."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        component: str,
+        migrations: Sequence[Migration] = (),
+    ) -> None:
+        self.url = url
+        self.component = component
+        self._migrations = migrations
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._sqlite_path: Path | None = path
+            # One connection: SQLite has one writer anyway, and a queue beats "database is locked".
+            self.engine: AsyncEngine = create_async_engine(
+                url, pool_size=1, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30}
+            )
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self._sqlite_path = None
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            yield connection
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - readiness reports, it does not raise
+            log.warning("store not reachable", exc_info=True)
+            return False
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending migrations under a lock; return what was applied."""
+        with self._file_lock():
+            async with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("customersource-migrate")}
+                    )
+                return await connection.run_sync(self._apply)
+
+    def _apply(self, connection: Connection) -> list[str]:
+        schema_migrations.create(connection, checkfirst=True)
+        applied = []
+        for component, steps in (("shared", SHARED_MIGRATIONS), (self.component, self._migrations)):
+            row = connection.execute(
+                select(schema_migrations.c.version).where(schema_migrations.c.component == component)
+            ).first()
+            current = row[0] if row else 0
+            for version, step in enumerate(steps, start=1):
+                if version <= current:
+                    continue
+                step(connection)
+                applied.append(f"{component} v{version}")
+            if len(steps) > current:
+                values = {"version": len(steps), "applied_at": datetime.now(UTC)}
+                if row:
+                    connection.execute(
+                        schema_migrations.update().where(schema_migrations.c.component == component).values(values)
+                    )
+                else:
+                    connection.execute(schema_migrations.insert().values(component=component, **values))
+        return applied
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Any:
+        if self._sqlite_path is None:
+            yield
+            return
+        lock_path = self._sqlite_path.with_name(self._sqlite_path.name + ".migrate-lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    async def is_processed(self, source: str, event_id: str) -> bool:
+        async with self.engine.connect() as connection:
+            row = await connection.execute(
+                select(processed_events.c.event_id).where(
+                    processed_events.c.source == source, processed_events.c.event_id == event_id
+                )
+            )
+            return row.first() is not None
+
+    @staticmethod
+    async def mark_processed(
+        connection: AsyncConnection, *, source: str, event_id: str, event_type: str, at: datetime
+    ) -> None:
+        await connection.execute(
+            insert_ignore(
+                connection,
+                processed_events,
+                {"source": source, "event_id": event_id, "event_type": event_type, "processed_at": at},
+            )
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
