@@ -29,7 +29,8 @@ from pydantic import BaseModel, WithJsonSchema
 from shared.clock import Clock, SystemClock
 from shared.consumer import EventRouter, TopicConsumer
 from shared.kafka import Outputs, ensure_topics, security
-from shared.mail.mailer import NOTIFICATIONS_TOPIC, Mailer, NotificationOutcome
+from shared.envelope import events_json_schema
+from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, Mailer, NotificationOutcome
 from shared.mail.render import Renderer
 from shared.mail.smtp import SmtpConfig, SmtpPool
 from shared.metrics import Metrics
@@ -43,12 +44,15 @@ BackgroundTask = Callable[["Service"], Awaitable[None]]
 
 @dataclass(frozen=True)
 class OutputTopic:
-    """An output topic, documented in the AsyncAPI document."""
+    """An output topic and its event types, documented in the AsyncAPI document."""
 
     topic: str
-    title: str
     description: str
-    schema: Any
+    types: Mapping[str, type[BaseModel]]
+
+
+def _documented(title: str, types: Mapping[str, type[BaseModel]]) -> Any:
+    return Annotated[Any, WithJsonSchema({**events_json_schema(types), "title": title})]
 
 
 @dataclass(frozen=True)
@@ -100,13 +104,15 @@ def build_service(
     settings: ServiceSettings,
     *,
     pool: SmtpPool | None = None,
+    outputs: Outputs | None = None,
     clock: Clock | None = None,
     retry_window: float = 60.0,
 ) -> tuple[AsgiFastStream, Service]:
+    """Wire a service. Tests pass their own SMTP pool, outputs or clock; production passes none."""
     metrics = Metrics(spec.name)
     clock = clock or SystemClock(settings.TEST_CLOCK_OFFSET_SECONDS)
     store = Store(database_url(settings), component=spec.name, migrations=spec.migrations)
-    outputs = Outputs(settings)
+    outputs = outputs or Outputs(settings)
     pool = pool or SmtpPool(smtp_config(settings))
     base_context = {
         "portal_url": settings.PORTAL_BASE_URL,
@@ -152,7 +158,8 @@ def build_service(
     )
     _subscribe(service)
     for output in spec.outputs:
-        broker.publisher(output.topic, title=output.title, description=output.description, schema=output.schema)
+        broker.publisher(output.topic, title=output.topic, description=output.description,
+                         schema=_documented(f"{output.topic} event", output.types))
     broker.publisher(
         f"{spec.router.topic}.dlq",
         title=f"{spec.router.topic}.dlq",
@@ -168,7 +175,7 @@ def build_service(
         title=NOTIFICATIONS_TOPIC,
         description="customersource.notification.sent.v1 / .failed.v1: one per final outcome of each e-mail "
         "(structured CloudEvents, key: the triggering aggregate id).",
-        schema=NotificationOutcome,
+        schema=_documented(f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}),
     )
     app = AsgiFastStream(
         broker,

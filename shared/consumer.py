@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.envelope import CloudEvent, DeadLetter, Event, decode, structured, validate
+from shared.envelope import DeadLetter, Event, decode, events_json_schema, structured, validate
 from shared.ids import deterministic_id
 from shared.kafka import Outputs
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
@@ -116,50 +116,9 @@ class EventRouter:
 
         return register
 
-    def envelope_models(self) -> list[type[BaseModel]]:
-        """One structured-mode CloudEvent model per type (``type`` pinned), for schemas and AsyncAPI."""
-        from typing import Literal
-
-        from pydantic import Field, create_model
-
-        models: list[type[BaseModel]] = []
-        for event_type, route in self.routes.items():
-            name = "".join(part.capitalize() for part in event_type.split(".")[1:-1] for part in part.split("_"))
-            model = create_model(
-                f"{name}Event",
-                __base__=CloudEvent[route.model],  # type: ignore[name-defined]
-                __doc__=(route.handler.__doc__ or "").strip() or None,
-                type=(Literal[event_type], Field(description="CloudEvents type")),  # type: ignore[valid-type]
-            )
-            models.append(model)
-        return models
-
     def payload_json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of one record on the topic (structured mode), refs inlined for AsyncAPI."""
-        from typing import Annotated, Union
-
-        from pydantic import Field
-
-        models = self.envelope_models()
-        union: Any = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
-        schema = TypeAdapter(union).json_schema()
-        return inline_refs(schema)
-
-
-def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    definitions = schema.get("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(definitions[node["$ref"].rsplit("/", 1)[1]])
-            return {k: walk(v) for k, v in node.items() if k != "$defs"}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    result: dict[str, Any] = walk(schema)
-    return result
+        """The JSON Schema of one record on the topic (structured mode), for AsyncAPI."""
+        return events_json_schema({event_type: route.model for event_type, route in self.routes.items()})
 
 
 class TopicConsumer:

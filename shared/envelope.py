@@ -7,12 +7,12 @@ kinds and a reason written for the operator who reads the dead-letter topic.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from shared.shapes import Identifier
 
@@ -61,6 +61,39 @@ class CloudEvent(Attributes, Generic[DataT]):
     """A structured-mode CloudEvent with typed ``data``."""
 
     data: DataT
+
+
+def typed_envelope(event_type: str, model: type[BaseModel]) -> type[BaseModel]:
+    """The structured-mode CloudEvent model of one type (``type`` pinned), for schemas and AsyncAPI."""
+    return create_model(
+        model.__name__ + "Event",
+        __base__=CloudEvent[model],  # type: ignore[valid-type]
+        __doc__=" ".join((model.__doc__ or "").split()) or None,
+        type=(Literal[event_type], Field(description="CloudEvents type")),  # type: ignore[valid-type]
+    )
+
+
+def events_json_schema(types: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    """JSON Schema of "one of these CloudEvents" (discriminated by ``type``), refs inlined (AsyncAPI)."""
+    models = [typed_envelope(event_type, model) for event_type, model in types.items()]
+    union: Any = models[0] if len(models) == 1 else Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+    return inline_refs(TypeAdapter(union).json_schema())
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    definitions = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,11 @@ from faststream.asgi import AsgiFastStream
 
 from shared.app import OutputTopic, Service, ServiceSpec, build_service
 from shared.clock import Clock
+from shared.kafka import Outputs
 from shared.mail.smtp import SmtpPool
 from shared.settings import load_settings
 
-from services.invitations.contracts import OUTPUT_TOPIC, InvitationIssued, InvitationRevoked
+from services.invitations.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
 from services.invitations.handlers import InvitationHandlers
 from services.invitations.settings import InvitationSettings
 from services.invitations.state import MIGRATIONS
@@ -38,16 +39,9 @@ def spec(settings: InvitationSettings) -> ServiceSpec:
         outputs=[
             OutputTopic(
                 OUTPUT_TOPIC,
-                title=f"{OUTPUT_TOPIC} (issued)",
-                description="customersource.invitation.issued.v1, key professional_id. Never the token or the link.",
-                schema=InvitationIssued,
-            ),
-            OutputTopic(
-                OUTPUT_TOPIC,
-                title=f"{OUTPUT_TOPIC} (revoked)",
-                description="customersource.invitation.revoked.v1, key professional_id: the portal refuses "
-                "tokens with this token_id from now on.",
-                schema=InvitationRevoked,
+                description="invitation.issued / invitation.revoked, key professional_id. Never the token or the "
+                "link; the portal refuses tokens whose token_id was revoked.",
+                types=OUTPUT_TYPES,
             ),
         ],
     )
@@ -57,11 +51,12 @@ def create_service(
     settings: InvitationSettings | None = None,
     *,
     pool: SmtpPool | None = None,
+    outputs: Outputs | None = None,
     clock: Clock | None = None,
     retry_window: float = 60.0,
 ) -> tuple[AsgiFastStream, Service]:
     settings = settings or load_settings(InvitationSettings, NAME)
-    return build_service(spec(settings), settings, pool=pool, clock=clock, retry_window=retry_window)
+    return build_service(spec(settings), settings, pool=pool, outputs=outputs, clock=clock, retry_window=retry_window)
 
 
 def create_app(settings: InvitationSettings | None = None) -> AsgiFastStream:

@@ -106,3 +106,12 @@ class InvitationRevoked(ContractModel):
     revoked_at: datetime
     reason: Literal["superseded", "email_changed", "removed"]
     superseded_by: str | None = Field(description="token_id of the link that replaces it, if any")
+
+
+INPUT_TYPES: dict[str, type[ContractModel]] = {
+    ADDED: ProfessionalAdded,
+    RESEND_REQUESTED: InvitationResendRequested,
+    EMAIL_CHANGED: EmailChanged,
+    REMOVED: ProfessionalRemoved,
+}
+OUTPUT_TYPES: dict[str, type[ContractModel]] = {ISSUED: InvitationIssued, REVOKED: InvitationRevoked}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from shared.calendar import default_time_zone
 from shared.consumer import Effects, EventRouter
 from shared.envelope import Event
 from shared.ids import deterministic_id
@@ -152,6 +153,7 @@ class InvitationHandlers:
                     "reason": issue.reason,
                     "link": f"{self._portal_url}/invitations/accept?token={token}",
                     "expires_at": expires_at,
+                    "time_zone": default_time_zone(profile.country),
                 },
             )
         )

@@ -27,6 +27,9 @@ _SPACES = re.compile(r"\s{2,}")
 def header_safe(value: str, *, limit: int = 200) -> str:
     """One line, no control or bidirectional characters, bounded length."""
     cleaned = _SPACES.sub(" ", _UNSAFE.sub(" ", _BIDI.sub("", value))).strip()
+    # An RFC 2047 encoded-word in the input would be decoded by the header parser (and by mail
+    # readers), smuggling characters past the checks above: break the "=?" opener.
+    cleaned = cleaned.replace("=?", "= ?")
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1].rstrip() + "…"
     return cleaned
@@ -49,7 +52,8 @@ class OutgoingMail:
 
 
 def _fold(name: str, value: str) -> bytes:
-    return policy.SMTP.fold(name, value).encode("ascii")
+    header = policy.SMTP.header_factory(name, value)
+    return header.fold(policy=policy.SMTP).encode("ascii")
 
 
 def _body(content: str, content_type: str) -> bytes:

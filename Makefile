@@ -1,0 +1,40 @@
+# CustomerSource notifications. `make run` runs the whole system on embedded defaults;
+# `make test` runs the test suite. Both create .venv and install everything on first use.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint smoke schemas catalogs clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m ops.devstack
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services ops tests
+	$(BIN)/mypy shared services ops
+
+smoke: $(STAMP)
+	$(BIN)/python ../shared/tools/contract_smoke.py
+
+schemas: $(STAMP)
+	$(BIN)/python -m shared.schemas --write
+
+catalogs: $(STAMP)
+	$(BIN)/python -m ops.catalogs
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,71 @@
+"""Tiny test doubles that record what was "sent" (for fast handler tests; the integration tests use
+the real broker and SMTP server)."""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from shared.mail.message import OutgoingMail
+from shared.mail.smtp import Accepted, Refused, TransientSmtpError
+
+
+class FakeOutputs:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, *, key: str | bytes | None, value: bytes | None,
+                   headers: Any = ()) -> None:
+        raw_key = key.encode() if isinstance(key, str) else key
+        self.records.append((topic, raw_key, value, list(headers)))
+
+    def events(self, topic: str, event_type: str | None = None) -> list[dict[str, Any]]:
+        found = [json.loads(v) for t, _, v, _ in self.records if t == topic and v]
+        return [e for e in found if event_type is None or e["type"] == event_type]
+
+    def dead_letters(self, topic: str) -> list[dict[str, str]]:
+        letters = []
+        for t, _, _, headers in self.records:
+            if t == topic + ".dlq":
+                letters.append({k: v.decode() for k, v in headers if k.startswith("dlq-")})
+        return letters
+
+
+class FakePool:
+    """Accepts everything, unless told to refuse (5xx) or to fail transiently a number of times."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMail] = []
+        self.transient_failures = 0
+        self.refuse: set[str] = set()
+        self.attempts = 0
+
+    async def send(self, mail: OutgoingMail) -> Accepted | Refused:
+        self.attempts += 1
+        if self.transient_failures > 0:
+            self.transient_failures -= 1
+            raise TransientSmtpError("451 try again later", code=451)
+        if mail.recipient in self.refuse:
+            return Refused(code=550, response="550 No such user")
+        self.sent.append(mail)
+        return Accepted(code=250, response="250 OK")
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        return True
+
+    def to(self, address: str) -> list[EmailMessage]:
+        found = []
+        for mail in self.sent:
+            if mail.recipient.lower() == address.lower():
+                parsed = message_from_bytes(mail.data, policy=policy.default)
+                assert isinstance(parsed, EmailMessage)
+                found.append(parsed)
+        return found

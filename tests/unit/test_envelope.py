@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from shared.envelope import DeadLetter, decode, structured, validate
+from services.invitations.contracts import ProfessionalRemoved
+
+EVENT = {
+    "specversion": "1.0",
+    "id": "e-1",
+    "source": "/crm",
+    "type": "customersource.professional.removed.v1",
+    "time": "2026-11-20T10:00:00+01:00",
+    "subject": "PRO-1",
+    "datacontenttype": "application/json",
+    "data": {"account_id": "ACC-1", "professional_id": "PRO-1"},
+}
+CT = [("content-type", b"application/cloudevents+json")]
+
+
+def kind_of(value: bytes | None, headers: list[tuple[str, bytes]]) -> str:
+    with pytest.raises(DeadLetter) as info:
+        decode(value, headers)
+    return info.value.kind
+
+
+def test_structured_mode_decodes_attributes_and_data() -> None:
+    inbound = decode(json.dumps(EVENT).encode(), CT)
+    assert inbound.mode == "structured"
+    assert inbound.attributes.id == "e-1"
+    assert inbound.attributes.time.utcoffset() is not None
+    event = validate(inbound, ProfessionalRemoved)
+    assert event.data.professional_id == "PRO-1"
+
+
+def test_structured_mode_without_content_type_header_is_accepted() -> None:
+    assert decode(json.dumps(EVENT).encode(), []).attributes.source == "/crm"
+
+
+def test_binary_mode_reads_ce_headers() -> None:
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"e-2"), ("ce_source", b"/crm"),
+               ("ce_type", b"customersource.professional.removed.v1"), ("ce_time", b"2026-11-20T09:00:00Z"),
+               ("content-type", b"application/json")]
+    inbound = decode(json.dumps(EVENT["data"]).encode(), headers)
+    assert inbound.mode == "binary"
+    assert inbound.attributes.id == "e-2"
+    assert validate(inbound, ProfessionalRemoved).data.account_id == "ACC-1"
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "kind"),
+    [
+        (b"\xff\xfe not json", CT, "unparseable"),
+        (b"{broken", CT, "unparseable"),
+        (None, CT, "unparseable"),
+        (b'{"hello": "world"}', CT, "not_cloudevent"),
+        (b"[1, 2]", CT, "not_cloudevent"),
+        (json.dumps({**EVENT, "specversion": "0.3"}).encode(), CT, "not_cloudevent"),
+        (json.dumps({k: v for k, v in EVENT.items() if k != "time"}).encode(), CT, "not_cloudevent"),
+        (json.dumps({**EVENT, "time": "2026-11-20T10:00:00"}).encode(), CT, "not_cloudevent"),
+        (json.dumps({k: v for k, v in EVENT.items() if k != "data"}).encode(), CT, "schema_invalid"),
+        (b'{"a": 1}', [("ce_specversion", b"1.0"), ("ce_id", b"x")], "not_cloudevent"),
+        (b"not json", [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/s"), ("ce_type", b"t"),
+                       ("ce_time", b"2026-11-20T09:00:00Z")], "unparseable"),
+    ],
+)
+def test_bad_records_get_a_specific_kind(value: bytes | None, headers: list[tuple[str, bytes]], kind: str) -> None:
+    assert kind_of(value, headers) == kind
+
+
+def test_schema_invalid_data_names_the_field_without_echoing_values() -> None:
+    inbound = decode(json.dumps({**EVENT, "data": {"account_id": "ACC-1", "professional_id": ""}}).encode(), CT)
+    with pytest.raises(DeadLetter) as info:
+        validate(inbound, ProfessionalRemoved)
+    assert info.value.kind == "schema_invalid"
+    assert "data.professional_id" in info.value.reason
+
+
+def test_structured_output_is_a_cloudevent() -> None:
+    from datetime import UTC, datetime
+
+    value = json.loads(structured(event_id="id-1", source="/customersource/x", event_type="t.v1",
+                                  time=datetime(2026, 1, 1, tzinfo=UTC), subject="k",
+                                  data=ProfessionalRemoved(account_id="a", professional_id="p")))
+    assert value["specversion"] == "1.0" and value["id"] == "id-1" and value["data"]["account_id"] == "a"

@@ -1,0 +1,70 @@
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+
+import pytest
+
+from shared.mail.message import build_message, header_safe
+
+
+def build(**overrides: str):  # type: ignore[no-untyped-def]
+    values = dict(sender="CustomerSource <noreply@example.com>", recipient_name="Jane Doe",
+                  recipient_address="jane@example.com", subject="Hello", text="Text body", html="<p>HTML</p>",
+                  language="fr")
+    values.update(overrides)
+    mail = build_message(**values, message_id="abc@example.com", date=datetime(2026, 11, 22, tzinfo=UTC),
+                         extra_headers={"X-CustomerSource-Event-Id": "e-1", "X-CustomerSource-Template": "t"})
+    return mail, message_from_bytes(mail.data, policy=policy.default)
+
+
+def test_message_is_multipart_text_and_html_with_contract_headers() -> None:
+    mail, message = build(subject="Votre invitation – Contoso", recipient_name="Jérôme Müller")
+    assert message.get_content_type() == "multipart/alternative"
+    parts = {p.get_content_type(): p.get_content() for p in message.iter_parts()}
+    assert parts == {"text/plain": "Text body", "text/html": "<p>HTML</p>"}
+    assert message["Subject"] == "Votre invitation – Contoso"
+    assert message["To"].addresses[0].display_name == "Jérôme Müller"
+    assert message["Message-ID"] == "<abc@example.com>"
+    assert message["Content-Language"] == "fr"
+    assert message["X-CustomerSource-Event-Id"] == "e-1"
+    assert message["Date"]
+    assert mail.recipient == "jane@example.com"
+    assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "Hi\r\nBcc: victim@example.net",
+        "Hi\nBcc: victim@example.net",
+        "Hi\rBcc: victim@example.net",
+        "Hi\u2028Bcc: victim@example.net",
+        "Hi\x85Bcc: victim@example.net",
+        "=?utf-8?q?x?=\r\n\r\nbody injection",
+    ],
+)
+def test_no_input_can_add_a_header(evil: str) -> None:
+    mail, message = build(subject=evil, recipient_name=evil)
+    assert message["Bcc"] is None
+    assert len(message.get_all("Subject")) == 1 and len(message.get_all("To")) == 1
+    assert message["To"].addresses[0].addr_spec == "jane@example.com"
+    header_block = mail.data.split(b"\r\n\r\n", 1)[0]
+    assert b"\nBcc:" not in header_block
+    assert "\n" not in str(message["Subject"])
+
+
+def test_bidirectional_controls_are_removed() -> None:
+    _, message = build(subject="Invoice \u202egpj.exe", recipient_name="Ev\u2067il\u2069")
+    assert "\u202e" not in message["Subject"]
+    assert message["To"].addresses[0].display_name == "Evil"
+
+
+def test_header_safe_bounds_length() -> None:
+    assert len(header_safe("x" * 1000)) == 200
+    assert header_safe("  a \t\t b  ") == "a b"
+
+
+def test_encoded_words_in_input_cannot_smuggle_characters() -> None:
+    _, message = build(subject="Hi =?utf-8?b?4oCu?=gpj.exe", recipient_name="=?utf-8?q?Admin=0D=0ABcc=3A_x?=")
+    assert "\u202e" not in message["Subject"]
+    assert "\r" not in message["To"].addresses[0].display_name
+    assert message["Bcc"] is None

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from shared.mail.render import negotiate_language
+from shared.settings import ServiceSettings, database_url
+from shared.shapes import Country, LanguageTag, LocalSite, Person, Product
+from services.invitations.settings import InvitationSettings
+
+BASE = {
+    "SMTP_FROM": "CustomerSource <noreply@example.com>",
+    "PORTAL_BASE_URL": "https://portal.example.com",
+    "BUSINESS_CENTER_URL": "https://bc.example.com",
+    "HELP_EMAIL": "help@example.com",
+    "INVITATION_SECRET": "k" * 32,
+}
+
+
+def test_country_is_iso_and_gb_not_uk() -> None:
+    assert TypeAdapter(Country).validate_python("GB") == "GB"
+    with pytest.raises(ValidationError, match="use 'GB'"):
+        TypeAdapter(Country).validate_python("UK")
+    with pytest.raises(ValidationError):
+        TypeAdapter(Country).validate_python("XX")
+
+
+def test_product_and_locale_shapes() -> None:
+    assert TypeAdapter(Product).validate_python("dynamics_nav") == "dynamics_nav"
+    with pytest.raises(ValidationError):
+        TypeAdapter(Product).validate_python("navision")
+    assert TypeAdapter(LanguageTag).validate_python("fr-BE") == "fr-BE"
+    with pytest.raises(ValidationError):
+        TypeAdapter(LanguageTag).validate_python("french please")
+    assert len(LocalSite) == 16
+
+
+@pytest.mark.parametrize(
+    ("tag", "site", "expected"),
+    [("fr-BE", None, "fr"), ("pt-BR", LocalSite.LATAM, "es"), ("de_CH", LocalSite.CH_FR, "de"),
+     ("ja", None, "en"), ("ja", LocalSite.DK, "da"), (None, LocalSite.BE_NL, "nl"), ("EN-gb", None, "en")],
+)
+def test_language_fallback(tag: str | None, site: LocalSite | None, expected: str) -> None:
+    assert negotiate_language(tag, site) == expected
+
+
+def test_person_keeps_an_unusable_address_for_the_mailer_to_report() -> None:
+    assert Person(email="not an address", name="X", locale="en").email == "not an address"
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = InvitationSettings(**BASE)
+    assert s.KAFKA_BOOTSTRAP_SERVERS == "127.0.0.1:9092"
+    assert (s.KAFKA_SESSION_TIMEOUT_MS, s.KAFKA_HEARTBEAT_INTERVAL_MS, s.KAFKA_FETCH_MAX_WAIT_MS) == (10000, 3000, 100)
+    assert s.KAFKA_MAX_MESSAGE_BYTES == 1048576
+    assert s.group_id == "customersource.invitations"
+    assert (s.SMTP_HOST, s.SMTP_PORT, s.SMTP_TLS, s.SMTP_MAX_CONNECTIONS) == ("127.0.0.1", 1025, "none", 16)
+    assert s.HTTP_PORT == 8081 and s.INVITATION_TTL_DAYS == 14
+    assert database_url(s) == "sqlite+aiosqlite:///var/invitations.db"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"PORTAL_BASE_URL": "http://portal.example.com"}, "https"),
+        ({"INVITATION_SECRET": "short"}, "32 bytes"),
+        ({"SMTP_TLS": "ssl"}, "SMTP_TLS"),
+        ({"HELP_EMAIL": "help"}, "usable"),
+        ({"SMTP_FROM": "Evil\r\nBcc: x@y.z <a@b.c>"}, "one line"),
+        ({"TEST_CLOCK_OFFSET_SECONDS": 60}, "ENVIRONMENT=test"),
+        ({"KAFKA_HEARTBEAT_INTERVAL_MS": 20000}, "lower than"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "sqlite+aiosqlite:///:memory:"}, "file"),
+    ],
+)
+def test_unusable_configuration_is_refused(override: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        InvitationSettings(**{**BASE, **override})
+
+
+def test_postgres_urls_are_accepted() -> None:
+    s = ServiceSettings(**{**BASE, "DATABASE_URL": "postgresql://u@db:5432/cs"})
+    assert database_url(s) == "postgresql+asyncpg://u@db:5432/cs"
+
+
+def test_the_service_refuses_to_start_with_a_clear_message() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PORTAL_BASE_URL": "http://insecure.example.com"}
+    run = subprocess.run([sys.executable, "-m", "services.invitations"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert "refusing to start" in run.stderr
+    for name in ("SMTP_FROM", "INVITATION_SECRET", "PORTAL_BASE_URL", "HELP_EMAIL"):
+        assert name in run.stderr
+    assert "Traceback" not in run.stderr
