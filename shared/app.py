@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -209,6 +210,18 @@ def _subscribe(service: Service) -> None:
     async def raw_records(message: Any) -> Any:
         return message.raw_message
 
+    async def tolerant_parser(records: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+        # FastStream's parser decodes every header as UTF-8; a binary or null header value would
+        # make it fail before our code sees the record, and the record would never be dead-lettered.
+        # It parses copies with text-safe headers; the handler still gets the original records.
+        safe = tuple(
+            dataclasses.replace(r, headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers])
+            for r in records
+        )
+        message = await original(safe)
+        message.raw_message = records
+        return message
+
     records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
 
     async def consume(records: records_type) -> None:  # type: ignore[valid-type]
@@ -221,6 +234,7 @@ def _subscribe(service: Service) -> None:
         router.topic,
         batch=True,
         group_id=settings.group_id,
+        parser=tolerant_parser,
         decoder=raw_records,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+import sqlalchemy.exc
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,12 +28,25 @@ from shared.clock import Clock
 from shared.envelope import DeadLetter, Event, decode, events_json_schema, structured, validate
 from shared.ids import deterministic_id
 from shared.kafka import Outputs
-from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
+from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
 from shared.mail.plan import Notification
 from shared.metrics import Metrics
 from shared.store import Store
 
 log = logging.getLogger("customersource.consumer")
+
+CRASHES_BEFORE_DEAD_LETTER = 3
+# Failures of the infrastructure (database, broker, SMTP, network): retried without limit.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RetryLater, OSError, asyncio.TimeoutError, KafkaError, sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -145,6 +160,7 @@ class TopicConsumer:
         self.max_message_bytes = max_message_bytes
         self.concurrency = concurrency
         self._failures = 0
+        self._crashes: dict[tuple[str, int, int], int] = {}
 
     async def process_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
@@ -208,6 +224,21 @@ class TopicConsumer:
             self.metrics.event(event_type, effects.outcome)
         except DeadLetter as letter:
             await self.dead_letter(record, letter)
+            self.metrics.event(event_type, "dead_lettered")
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the batch is rewound and processed again (after a pause)
+            # Not a known infrastructure failure: most likely a defect triggered by this event.
+            # Retried a few times, then set aside so that it does not block its partition.
+            where = (record.topic, record.partition, record.offset)
+            self._crashes[where] = self._crashes.get(where, 0) + 1
+            if self._crashes[where] < CRASHES_BEFORE_DEAD_LETTER:
+                raise
+            self._crashes.pop(where, None)
+            log.exception("event failed repeatedly, dead-lettered", extra={"offset": record.offset})
+            await self.dead_letter(
+                record, DeadLetter("unusable_content", f"processing failed: {exc.__class__.__name__}: {exc}"[:500])
+            )
             self.metrics.event(event_type, "dead_lettered")
 
     def _check_key(self, record: ConsumerRecord[Any, Any], event: Event[Any]) -> None:

@@ -120,7 +120,7 @@ class Event(Generic[DataT]):
 def _header(headers: Headers, name: str) -> bytes | None:
     for key, value in headers:
         if key.lower() == name:
-            return value
+            return value or b""
     return None
 
 
@@ -167,7 +167,7 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         for key, raw in headers:
             lowered = key.lower()
             if lowered.startswith("ce_"):
-                fields[lowered[3:]] = raw.decode("utf-8")
+                fields[lowered[3:]] = (raw or b"").decode("utf-8")
         content_type = _header(headers, "content-type")
         if content_type:
             fields["datacontenttype"] = content_type.decode("utf-8")

@@ -151,9 +151,11 @@ class Store:
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite_path: Path | None = path
-            # One connection: SQLite has one writer anyway, and a queue beats "database is locked".
+            # A few connections: WAL lets readers run beside the one writer, so recording an accepted
+            # e-mail does not queue behind reads (that delay is the crash window for duplicates);
+            # writers wait for each other through busy_timeout.
             self.engine: AsyncEngine = create_async_engine(
-                url, pool_size=1, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30}
+                url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30}
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:

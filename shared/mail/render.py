@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_datetime
+from babel.dates import format_date, format_time
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -91,17 +91,20 @@ class Renderer:
             environment.policies["ext.i18n.trimmed"] = True
             environment.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
             environment.filters["date"] = _date_filter(language)
-            environment.filters["datetime"] = _datetime_filter(language)
+            environment.filters["time"] = _time_filter(language)
+            environment.filters["utc_offset"] = utc_offset
             environment.globals.update(globals or {})
             environment.globals["language"] = language
             self._environments[language] = environment
 
     def render(self, template: str, language: str, context: Mapping[str, Any]) -> RenderedMail:
         environment = self._environments[language]
-        subject = environment.get_template(f"{template}.subject.txt").render(context)
+        subject = " ".join(environment.get_template(f"{template}.subject.txt").render(context).split())
+        # Text templates are never included into HTML ones (they are not escaped): the HTML layout
+        # gets the rendered subject as a value, which autoescaping handles.
         text = environment.get_template(f"{template}.text.txt").render(context)
-        html = environment.get_template(f"{template}.html").render(context)
-        return RenderedMail(subject=" ".join(subject.split()), text=tidy_text(text), html=html, language=language)
+        html = environment.get_template(f"{template}.html").render({**context, "subject": subject})
+        return RenderedMail(subject=subject, text=tidy_text(text), html=html, language=language)
 
     def templates(self) -> list[str]:
         names = self._environments["en"].list_templates(filter_func=lambda n: n.endswith(".subject.txt"))
@@ -119,17 +122,35 @@ def tidy_text(text: str) -> str:
     return "\n".join(tidy).strip() + "\n"
 
 
+def _local(value: datetime, zone: str | None) -> datetime:
+    return value.astimezone(ZoneInfo(zone)) if zone else value
+
+
 def _date_filter(language: str) -> Any:
-    def render_date(value: date | datetime, style: str = "long") -> str:
+    def render_date(value: date | datetime, zone: str | None = None, style: str = "long") -> str:
+        """A date, or the local date of an instant in ``zone``."""
         if isinstance(value, datetime):
-            value = value.date()
-        return format_date(value, format=style, locale=language)
+            value = _local(value, zone).date()
+        text = format_date(value, format=style, locale=language)
+        if language == "fr" and value.day == 1 and style == "long":
+            text = "1er" + text[1:]  # « le 1er juillet », as French writes the first of the month
+        return text
 
     return render_date
 
 
-def _datetime_filter(language: str) -> Any:
-    def render_datetime(value: datetime, zone: str = "UTC", style: str = "long") -> str:
-        return format_datetime(value, format=style, tzinfo=ZoneInfo(zone), locale=language)
+def _time_filter(language: str) -> Any:
+    def render_time(value: datetime, zone: str | None = None, style: str = "short") -> str:
+        return format_time(_local(value, zone), format=style, locale=language)
 
-    return render_datetime
+    return render_time
+
+
+def utc_offset(value: datetime, zone: str | None = None) -> str:
+    """``UTC+1``, ``UTC-6``, ``UTC+5:30``: unambiguous in every language."""
+    offset = _local(value, zone).utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset else 0
+    if minutes == 0:
+        return "UTC"
+    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
+    return f"UTC{sign}{minutes // 60}" + (f":{minutes % 60:02d}" if minutes % 60 else "")

@@ -1,0 +1,284 @@
+"""Invitations handlers through FastStream's TestKafkaBroker, with recording fakes for SMTP and the
+output producer and a real SQLite store (fast; the integration tests repeat the key flows on the
+real broker and SMTP server)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.kafka import TestKafkaBroker
+from sqlalchemy import select
+
+from services.invitations import verify_invitation
+from services.invitations.app import create_service
+from services.invitations.contracts import (
+    ADDED, EMAIL_CHANGED, INPUT_TYPES, ISSUED, REMOVED, RESEND_REQUESTED, REVOKED, TOPIC,
+)
+from services.invitations.settings import InvitationSettings
+from services.invitations.state import load_profile
+from shared.app import Service
+from shared.clock import FixedClock
+from shared.mail.mailer import RetryLater
+from shared.store import deliveries
+from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.kafka import cloudevent
+from tests.support.samples import address, professional_added, uid
+
+SECRET = "handler-test-secret-" + "z" * 32
+NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+LINK = re.compile(r"https://portal\.example\.com/invitations/accept\?token=(cs1\.[A-Za-z0-9_.-]+)")
+
+
+@dataclass
+class Harness:
+    broker: Any
+    service: Service
+    pool: FakePool
+    outputs: FakeOutputs
+
+    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        event = cloudevent(event_type, data, **kw)
+        await self.broker.publish(event, TOPIC, key=data["professional_id"].encode(),
+                                  headers={"content-type": "application/cloudevents+json"})
+        return event
+
+    def issued(self) -> list[dict[str, Any]]:
+        return self.outputs.events("customersource.invitations", ISSUED)
+
+    def revoked(self) -> list[dict[str, Any]]:
+        return self.outputs.events("customersource.invitations", REVOKED)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = InvitationSettings(
+        SMTP_FROM="CustomerSource <noreply@customersource.example>",
+        PORTAL_BASE_URL="https://portal.example.com",
+        BUSINESS_CENTER_URL="https://bc.example.com",
+        HELP_EMAIL="help@customersource.example",
+        INVITATION_SECRET=SECRET,
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/invitations.db",
+    )
+    pool, outputs = FakePool(), FakeOutputs()
+    _, service = create_service(settings, pool=pool, outputs=outputs, clock=FixedClock(NOW),  # type: ignore[arg-type]
+                                retry_window=0.3)
+    await service.store.migrate()
+    async with TestKafkaBroker(service.broker) as broker:
+        yield Harness(broker, service, pool, outputs)
+    await service.store.close()
+
+
+def token_in(message: Any) -> str:
+    text = message.get_body(("plain",)).get_content()
+    match = LINK.search(text)
+    assert match, text
+    return match.group(1)
+
+
+def test_the_router_handles_exactly_the_contract_types() -> None:
+    from services.invitations.handlers import InvitationHandlers
+
+    router = InvitationHandlers(secret=SECRET, ttl_days=14, portal_url="https://p.example").router
+    assert set(router.routes) == set(INPUT_TYPES)
+    assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
+
+
+async def test_added_sends_one_invitation_with_a_signed_link_and_publishes_issued(harness: Harness) -> None:
+    data = professional_added()
+    event = await harness.publish(ADDED, data)
+    [message] = harness.pool.to(data["email"])
+    assert message["X-CustomerSource-Template"] == "invitation_professional"
+    assert message["X-CustomerSource-Event-Id"] == event["id"]
+    assert message["Content-Language"] == "en"
+    assert "Contoso Ltd" in message["Subject"]
+    token = token_in(message)
+    claims = verify_invitation(token, secrets=[SECRET], now=NOW)
+    assert claims.professional_id == data["professional_id"] and claims.account_id == data["account_id"]
+    assert claims.matches_email(data["email"])
+    assert claims.issued_at == NOW.replace(microsecond=0) and claims.expires_at == NOW + timedelta(days=14)
+    [issued] = harness.issued()
+    assert issued["data"]["token_id"] == claims.token_id and issued["data"]["reason"] == "added"
+    assert issued["source"] == "/customersource/invitations" and issued["subject"] == data["professional_id"]
+    assert token not in str(harness.outputs.records)
+    [sent] = harness.outputs.events("customersource.notifications", "customersource.notification.sent.v1")
+    assert sent["data"]["event_id"] == event["id"] and sent["data"]["template"] == "invitation_professional"
+    assert sent["data"]["message_id"] == message["Message-ID"].strip("<>")
+
+
+@pytest.mark.parametrize(("roles", "first"), [(["administrator"], False), (["professional"], True)])
+async def test_administrator_variant_explains_how_to_add_colleagues(harness: Harness, roles: list[str],
+                                                                    first: bool) -> None:
+    data = professional_added(roles=roles, is_first_professional=first, locale="fr-BE", local_site="BE-fr")
+    await harness.publish(ADDED, data)
+    [message] = harness.pool.to(data["email"])
+    assert message["X-CustomerSource-Template"] == "invitation_administrator"
+    assert message["Content-Language"] == "fr"
+    text = message.get_body(("plain",)).get_content()
+    assert "Mon compte > Nos comptes CustomerSource" in text.replace("\xa0", " ")
+
+
+async def test_same_event_twice_and_second_added_send_nothing_more(harness: Harness) -> None:
+    data = professional_added()
+    event = await harness.publish(ADDED, data)
+    await harness.publish(ADDED, data, event_id=event["id"])
+    await harness.publish(ADDED, data)  # a new id, same profile: already invited
+    assert len(harness.pool.to(data["email"])) == 1
+    assert len(harness.issued()) == 1
+
+
+async def test_same_address_on_two_accounts_gets_one_mail_per_account(harness: Harness) -> None:
+    email = address()
+    first = professional_added(email=email, account_name="Contoso Ltd")
+    second = professional_added(email=email, account_name="Fabrikam Inc")
+    await harness.publish(ADDED, first)
+    await harness.publish(ADDED, second)
+    subjects = sorted(m["Subject"] for m in harness.pool.to(email))
+    assert len(subjects) == 2
+    assert "Contoso Ltd" in subjects[0] and "Fabrikam Inc" in subjects[1]
+
+
+async def test_send_invitation_false_issues_nothing_until_a_resend(harness: Harness) -> None:
+    data = professional_added(send_invitation=False)
+    await harness.publish(ADDED, data)
+    assert harness.pool.sent == [] and harness.issued() == []
+    await harness.publish(RESEND_REQUESTED, {"account_id": data["account_id"], "professional_id": data["professional_id"]})
+    assert len(harness.pool.to(data["email"])) == 1
+    assert harness.issued()[0]["data"]["reason"] == "resend" and harness.revoked() == []
+
+
+async def test_resend_revokes_the_earlier_link_and_sends_a_new_one(harness: Harness) -> None:
+    data = professional_added()
+    await harness.publish(ADDED, data)
+    await harness.publish(RESEND_REQUESTED, {"account_id": data["account_id"], "professional_id": data["professional_id"],
+                                             "locale": "de"})
+    first, second = harness.pool.to(data["email"])
+    old, new = token_in(first), token_in(second)
+    assert old != new and second["Content-Language"] == "de"
+    [revoked] = harness.revoked()
+    old_id = verify_invitation(old, secrets=[SECRET], now=NOW).token_id
+    new_id = verify_invitation(new, secrets=[SECRET], now=NOW).token_id
+    assert revoked["data"] == {**revoked["data"], "token_id": old_id, "reason": "superseded", "superseded_by": new_id}
+    assert [e["data"]["reason"] for e in harness.issued()] == ["added", "resend"]
+
+
+async def test_email_change_revokes_and_invites_the_new_address(harness: Harness) -> None:
+    data = professional_added()
+    new_email = address("new")
+    await harness.publish(ADDED, data)
+    await harness.publish(EMAIL_CHANGED, {"account_id": data["account_id"], "professional_id": data["professional_id"],
+                                          "old_email": data["email"], "new_email": new_email})
+    [message] = harness.pool.to(new_email)
+    assert verify_invitation(token_in(message), secrets=[SECRET], now=NOW).matches_email(new_email)
+    assert harness.revoked()[0]["data"]["reason"] == "email_changed"
+    assert harness.issued()[-1]["data"]["email"] == new_email
+
+
+async def test_removal_revokes_sends_nothing_and_purges_personal_data(harness: Harness) -> None:
+    data = professional_added()
+    await harness.publish(ADDED, data)
+    await harness.publish(REMOVED, {"account_id": data["account_id"], "professional_id": data["professional_id"]})
+    assert len(harness.pool.sent) == 1
+    assert harness.revoked()[0]["data"]["reason"] == "removed"
+    async with harness.service.store.connect() as connection:
+        assert await load_profile(connection, data["account_id"], data["professional_id"]) is None
+        recipients = (await connection.execute(select(deliveries.c.recipient))).scalars().all()
+    assert data["email"] not in recipients
+    # A re-send for the removed profile is now an unknown aggregate.
+    await harness.publish(RESEND_REQUESTED, {"account_id": data["account_id"], "professional_id": data["professional_id"]})
+    assert harness.outputs.dead_letters(TOPIC)[0]["dlq-error-kind"] == "unknown_aggregate"
+
+
+@pytest.mark.parametrize("event_type", [RESEND_REQUESTED, EMAIL_CHANGED])
+async def test_unknown_profile_is_dead_lettered(harness: Harness, event_type: str) -> None:
+    data = {"account_id": uid("ACC"), "professional_id": uid("PRO"), "old_email": address(), "new_email": address()}
+    await harness.publish(event_type, data)
+    [letter] = harness.outputs.dead_letters(TOPIC)
+    assert letter["dlq-error-kind"] == "unknown_aggregate" and letter["dlq-service"] == "invitations"
+    assert letter["dlq-original-topic"] == TOPIC
+    assert harness.pool.sent == []
+
+
+async def test_unusable_address_is_dead_lettered_and_nothing_issued(harness: Harness) -> None:
+    await harness.publish(ADDED, professional_added(email="jane.doe at contoso"))
+    assert harness.outputs.dead_letters(TOPIC)[0]["dlq-error-kind"] == "unusable_content"
+    assert harness.issued() == [] and harness.pool.sent == []
+
+
+async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness: Harness) -> None:
+    data = professional_added()
+    harness.pool.refuse.add(data["email"])
+    await harness.publish(ADDED, data)
+    [failed] = harness.outputs.events("customersource.notifications", "customersource.notification.failed.v1")
+    assert failed["data"]["smtp_code"] == 550 and failed["data"]["outcome"] == "failed"
+    assert harness.issued() == []
+
+
+async def test_html_and_header_injection_attempts_are_neutralised(harness: Harness) -> None:
+    data = professional_added(name='Eve <script>alert(1)</script>', account_name='Evil" onmouseover="x <b>Corp</b>',
+                              added_by={"name": "<img src=x onerror=alert(1)>", "kind": "administrator"})
+    await harness.publish(ADDED, data)
+    [message] = harness.pool.to(data["email"])
+    html = message.get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img" not in html and "<b>Corp" not in html
+    assert "&lt;script&gt;" in html
+    assert message["Bcc"] is None
+
+
+async def test_tokens_and_links_never_reach_the_logs(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    data = professional_added()
+    await harness.publish(ADDED, data)
+    token = token_in(harness.pool.to(data["email"])[0])
+    assert token not in caplog.text and "token=" not in caplog.text
+
+
+async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness: Harness) -> None:
+    from aiokafka.structs import ConsumerRecord
+    import json
+
+    data = professional_added()
+    event = cloudevent(ADDED, data)
+    record = ConsumerRecord(TOPIC, 0, 7, 0, 0, data["professional_id"].encode(), json.dumps(event).encode(),
+                            None, 0, 0, [("content-type", b"application/cloudevents+json")])
+    harness.pool.transient_failures = 1000
+    with pytest.raises(RetryLater):
+        await harness.service.consumer.process_batch([record])
+    assert harness.pool.sent == [] and harness.issued() == []
+    harness.pool.transient_failures = 0
+    await harness.service.consumer.process_batch([record])
+    await harness.service.consumer.process_batch([record])  # a re-delivery after the commit was lost
+    assert len(harness.pool.to(data["email"])) == 1
+    assert len(harness.issued()) == 1
+    [sent] = harness.outputs.events("customersource.notifications", "customersource.notification.sent.v1")
+    assert sent["data"]["attempts"] > 1
+
+
+async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(harness: Harness) -> None:
+    import json
+
+    from aiokafka.structs import ConsumerRecord
+
+    data = professional_added()
+    record = ConsumerRecord(TOPIC, 0, 9, 0, 0, data["professional_id"].encode(),
+                            json.dumps(cloudevent(ADDED, data)).encode(), None, 0, 0, [])
+    consumer = harness.service.consumer
+
+    async def broken(event: Any, effects: Any) -> None:
+        raise KeyError("a defect")
+
+    route = consumer.router.routes[ADDED]
+    consumer.router.routes[ADDED] = type(route)(route.event_type, route.model, broken)
+    consumer._failures = 0
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            await consumer.process_batch([record])
+    await consumer.process_batch([record])
+    [letter] = harness.outputs.dead_letters(TOPIC)
+    assert letter["dlq-error-kind"] == "unusable_content" and "KeyError" in letter["dlq-reason"]
