@@ -8,6 +8,7 @@ SQLite file) and by ``python -m services.<name> migrate``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -183,7 +184,7 @@ class Store:
 
     async def migrate(self) -> list[str]:
         """Apply the pending migrations under a lock; return what was applied."""
-        with self._file_lock():
+        async with self._file_lock():
             async with self.engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     await connection.execute(
@@ -214,14 +215,15 @@ class Store:
                     connection.execute(schema_migrations.insert().values(component=component, **values))
         return applied
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        """SQLite: an exclusive lock on a file beside the database (PostgreSQL uses an advisory lock)."""
         if self._sqlite_path is None:
             yield
             return
         lock_path = self._sqlite_path.with_name(self._sqlite_path.name + ".migrate-lock")
         with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)  # waiting must not block the loop
             try:
                 yield
             finally:

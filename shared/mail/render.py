@@ -122,6 +122,9 @@ def tidy_text(text: str) -> str:
     return "\n".join(tidy).strip() + "\n"
 
 
+FIRST_OF_MONTH = {"fr": "1er", "it": "1°"}
+
+
 def _local(value: datetime, zone: str | None) -> datetime:
     return value.astimezone(ZoneInfo(zone)) if zone else value
 
@@ -132,8 +135,9 @@ def _date_filter(language: str) -> Any:
         if isinstance(value, datetime):
             value = _local(value, zone).date()
         text = format_date(value, format=style, locale=language)
-        if language == "fr" and value.day == 1 and style == "long":
-            text = "1er" + text[1:]  # « le 1er juillet », as French writes the first of the month
+        if value.day == 1 and style == "long" and language in FIRST_OF_MONTH:
+            # French and Italian write the first of the month as an ordinal: 1er juillet, 1° luglio.
+            text = FIRST_OF_MONTH[language] + text[1:]
         return text
 
     return render_date

@@ -160,17 +160,18 @@ async def service_retried(service: ServiceProcess, timeout: float = 30.0) -> Non
         await asyncio.sleep(0.1)
 
 
-async def test_migrate_command(start_service: Starter, database_url: str) -> None:
+async def test_migrate_command_then_start(kafka: str, smtp: SmtpServer, start_service: Starter,
+                                         database_url: str) -> None:
     import subprocess
     import sys
 
-    from tests.support.process import ROOT
+    from tests.support.process import ROOT, base_env, new_port
 
-    service = start_service(database_url=database_url)
-    env = service.env
+    env = base_env(bootstrap=kafka, smtp_port=smtp.port, database_url=database_url, http_port=new_port())
     for expected in ("shared v1, invitations v1 applied", "schema up to date"):
         run = subprocess.run([sys.executable, "-m", "services.invitations", "migrate"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert expected in run.stdout
-    service.terminate()
+    service = start_service(database_url=database_url)
+    await service.wait_ready()
