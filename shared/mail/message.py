@@ -52,6 +52,11 @@ class OutgoingMail:
 
 
 def _fold(name: str, value: str) -> bytes:
+    if value.isascii() and len(name) + len(value) < 996 and not _UNSAFE.search(value):
+        # Plain ASCII on one line (RFC 5322 allows 998): the standard library would move a value
+        # that does not fit in 78 columns to a continuation line, which some readers show with a
+        # leading space.
+        return f"{name}: {value}\r\n".encode("ascii")
     header = policy.SMTP.header_factory(name, value)
     return header.fold(policy=policy.SMTP).encode("ascii")
 

@@ -1,0 +1,220 @@
+"""``make run``: the whole system on one machine with embedded defaults.
+
+A local Kafka-protocol broker (Tansu, unless KAFKA_BOOTSTRAP_SERVERS points at a cluster), the mail
+catcher with its web inbox, and every service as its own process with SQLite under ``var/`` and a
+generated development secret. Publishes a short demo unless ``--no-demo``; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ops.broker import TansuBroker, free_port
+from ops.mailcatcher import MailCatcher
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+PORTS = {"invitations": 8081, "expiry": 8082, "permissions": 8083, "support": 8084}
+TOPICS = {
+    "invitations": ["customersource.professionals", "customersource.invitations"],
+    "expiry": ["customersource.service-plans"],
+    "permissions": ["customersource.partner-permissions"],
+    "support": ["customersource.newsgroups", "customersource.support-escalations"],
+}
+
+
+def services() -> list[str]:
+    return [name for name in PORTS if (ROOT / "services" / name / "__main__.py").is_file()]
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def dev_secret() -> str:
+    path = VAR / "dev-invitation-secret"
+    if not path.is_file():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(n, 3, 1) for n in missing])
+    finally:
+        await admin.close()
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
+    """(topic, key, CloudEvent): a company with professionals on two accounts, from the seeds."""
+    def event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/demo/customersource-portal",
+                "type": event_type, "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
+                "data": data}
+
+    def added(account: str, name: str, pro: str, email: str, person: str, locale: str, site: str, country: str,
+              first: bool, by: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+        data = {"account_id": account, "account_name": name, "professional_id": pro, "email": email,
+                "name": person, "locale": locale, "local_site": site, "country": country,
+                "roles": ["administrator"] if first else ["professional"], "is_first_professional": first,
+                "added_by": by}
+        return "customersource.professionals", pro, event("customersource.professional.added.v1", data)
+
+    partner = {"name": "Encore Business Solutions", "kind": "partner"}
+    return [
+        added("ACC-1001", "Fabrikam France SA", "PRO-1", "claire.martin@fabrikam.example", "Claire Martin", "fr-FR",
+              "FR", "FR", True, partner),
+        added("ACC-1001", "Fabrikam France SA", "PRO-2", "paul.durand@fabrikam.example", "Paul Durand", "fr-FR",
+              "FR", "FR", False, {"name": "Claire Martin", "kind": "administrator"}),
+        added("ACC-2002", "Fabrikam Deutschland GmbH", "PRO-3", "claire.martin@fabrikam.example", "Claire Martin",
+              "de-DE", "DE", "DE", False, {"name": "Microsoft", "kind": "microsoft"}),
+        added("ACC-3003", "Contoso Pharmaceuticals", "PRO-4", "jane.doe@contoso.example", "Jane Doe", "en-US",
+              "US", "US", True, partner),
+        ("customersource.professionals", "PRO-4", event(
+            "customersource.professional.invitation_resend_requested.v1",
+            {"account_id": "ACC-3003", "professional_id": "PRO-4"})),
+        ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),
+    ]
+
+
+async def publish_demo(bootstrap: str) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        events = [e for e in demo_events() if e[0] in {t for s in services() for t in TOPICS[s]}]
+        for topic, key, value in events:
+            await producer.send_and_wait(topic, json.dumps(value).encode(), key=key.encode(),
+                                         headers=[("content-type", b"application/cloudevents+json")])
+        return len(events)
+    finally:
+        await producer.stop()
+
+
+async def run(args: argparse.Namespace) -> None:
+    VAR.mkdir(exist_ok=True)
+    started = time.monotonic()
+    broker: TansuBroker | None = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
+        bootstrap = broker.bootstrap
+    smtp_port, inbox_port = port_or_free(1025), port_or_free(8025)
+    catcher = MailCatcher(VAR / "mail", smtp_port, inbox_port)
+    await catcher.start()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        names = services()
+        topics = [t for s in names for t in TOPICS[s]]
+        inputs = [TOPICS[s][0] for s in names]
+        await create_topics(bootstrap, topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"])
+        secret = dev_secret()
+        http_ports = {}
+        for name in names:
+            http_ports[name] = port_or_free(PORTS[name])
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+                "KAFKA_FETCH_MAX_WAIT_MS": "50",
+                "SMTP_HOST": "127.0.0.1",
+                "SMTP_PORT": str(smtp_port),
+                "SMTP_FROM": "Microsoft Dynamics CustomerSource <customersource@customersource.example>",
+                "DATABASE_URL": f"sqlite+aiosqlite:///{VAR}/{name}.db",
+                "HTTP_PORT": str(http_ports[name]),
+                "PORTAL_BASE_URL": "https://customersource.example",
+                "BUSINESS_CENTER_URL": "https://businesscenter.example",
+                "HELP_EMAIL": "itmbssup@customersource.example",
+                "INVITATION_SECRET": secret,
+                "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example",
+                "ENVIRONMENT": "development",
+            }
+            log = open(VAR / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
+                                               stdout=log, stderr=subprocess.STDOUT)
+        while not all(ready(p) for p in http_ports.values()):
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    raise SystemExit(f"{name} exited ({process.returncode}); see var/{name}.log")
+            await asyncio.sleep(0.2)
+        print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
+        print(f"  broker        {bootstrap}" + (" (local Tansu, in memory)" if broker else ""))
+        print(f"  mail inbox    http://127.0.0.1:{inbox_port}/   (SMTP on 127.0.0.1:{smtp_port})")
+        for name, port in http_ports.items():
+            print(f"  {name:<13} http://127.0.0.1:{port}/asyncapi  /metrics  /readyz   log: var/{name}.log")
+        if not args.no_demo:
+            count = await publish_demo(bootstrap)
+            before = len(catcher.box.names())
+            deadline = time.monotonic() + 30
+            while len(catcher.box.names()) == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            print(f"\nPublished {count} demo events (one of them malformed: see the .dlq topic);"
+                  f" first e-mail in the inbox {time.monotonic() - started:.1f} s after start.")
+        print("\nCtrl-C stops everything.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        print("\nstopping...")
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await catcher.stop()
+        if broker:
+            broker.stop()
+        print("stopped.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-demo", action="store_true", help="do not publish the demo events")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

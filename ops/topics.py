@@ -1,0 +1,60 @@
+"""Create the contract's topics on a Kafka cluster (production topics are not created by the services).
+
+    python -m ops.topics --bootstrap kafka:9092 [--partitions 12] [--replication 3]
+    (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE are read from the environment)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+TOPICS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "topics.json"
+
+
+def contract_topics() -> tuple[list[str], int]:
+    spec = json.loads(TOPICS_FILE.read_text())
+    return [t["name"] for t in spec["topics"]], int(spec["partitions"])
+
+
+async def create(bootstrap: str, partitions: int, replication: int) -> list[str]:
+    from faststream.kafka.security import parse_security
+
+    from shared.kafka import security
+    from shared.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap, SMTP_FROM="ops@localhost.localdomain",
+        PORTAL_BASE_URL="https://ops.invalid", BUSINESS_CENTER_URL="https://ops.invalid",
+        HELP_EMAIL="ops@localhost.localdomain",
+    )  # the KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE environment variables apply
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **parse_security(security(settings)))
+    await admin.start()
+    try:
+        names, _ = contract_topics()
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+        return missing
+    finally:
+        await admin.close()
+
+
+def main() -> None:
+    _, default_partitions = contract_topics()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--partitions", type=int, default=default_partitions)
+    parser.add_argument("--replication", type=int, default=3)
+    args = parser.parse_args()
+    created = asyncio.run(create(args.bootstrap, args.partitions, args.replication))
+    print("created: " + (", ".join(created) if created else "nothing, all topics exist"))
+
+
+if __name__ == "__main__":
+    main()
