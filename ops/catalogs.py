@@ -65,7 +65,7 @@ def problems(templates: Path, locale: Path) -> list[str]:
             if entry is None or not entry.string or entry.fuzzy:
                 found.append(f"{po.relative_to(ROOT)}: untranslated {str(message.id)[:60]!r}")
         for entry in catalog:
-            if entry.id and template.get(entry.id) is None and not entry.obsolete:
+            if entry.id and template.get(entry.id) is None:
                 found.append(f"{po.relative_to(ROOT)}: stale {str(entry.id)[:60]!r}")
     return found
 

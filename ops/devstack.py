@@ -78,7 +78,7 @@ async def create_topics(bootstrap: str, names: list[str]) -> None:
 
 def ready(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -168,7 +168,7 @@ async def run(args: argparse.Namespace) -> None:
                 "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example",
                 "ENVIRONMENT": "development",
             }
-            log = open(VAR / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+            log = open(VAR / f"{name}.log", "ab")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
         while not all(ready(p) for p in http_ports.values()):

@@ -27,7 +27,7 @@ class Mailbox:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         name = f"{time.time_ns()}.eml"
         data = envelope.original_content or envelope.content
         rcpt = ",".join(envelope.rcpt_tos)

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,8 +29,8 @@ from pydantic import BaseModel, WithJsonSchema
 
 from shared.clock import Clock, SystemClock
 from shared.consumer import EventRouter, TopicConsumer
-from shared.kafka import Outputs, ensure_topics, security
 from shared.envelope import events_json_schema
+from shared.kafka import Outputs, ensure_topics, security
 from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, Mailer, NotificationOutcome
 from shared.mail.render import Renderer
 from shared.mail.smtp import SmtpConfig, SmtpPool
@@ -40,7 +40,7 @@ from shared.store import Migration, Store
 
 log = logging.getLogger("customersource.app")
 
-BackgroundTask = Callable[["Service"], Awaitable[None]]
+BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,9 @@ def build_service(
         title=NOTIFICATIONS_TOPIC,
         description="customersource.notification.sent.v1 / .failed.v1: one per final outcome of each e-mail "
         "(structured CloudEvents, key: the triggering aggregate id).",
-        schema=_documented(f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}),
+        schema=_documented(
+            f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}
+        ),
     )
     app = AsgiFastStream(
         broker,
@@ -224,7 +226,7 @@ def _subscribe(service: Service) -> None:
 
     records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
 
-    async def consume(records: records_type) -> None:  # type: ignore[valid-type]
+    async def consume(records: Any) -> None:
         await service.consumer.process_batch(records)
         await _measure_lag(service)
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.envelope import DeadLetter, Event, decode, events_json_schema, structured, validate
+from shared.envelope import STRUCTURED_HEADERS, DeadLetter, Event, decode, events_json_schema, structured, validate
 from shared.ids import deterministic_id
 from shared.kafka import Outputs
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
@@ -83,7 +83,7 @@ class Effects:
             subject=key,
             data=data,
         )
-        await self.outputs.send(topic, key=key, value=value, headers=[("content-type", b"application/cloudevents+json")])
+        await self.outputs.send(topic, key=key, value=value, headers=STRUCTURED_HEADERS)
         self.metrics.output(event_type)
         self.published.append(event_id)
         return event_id
@@ -191,11 +191,11 @@ class TopicConsumer:
     async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
         event_type = "unknown"
         try:
-            size = len(record.value or b"") + len(record.key or b"") + sum(len(k) + len(v or b"") for k, v in record.headers)
+            size = len(record.value or b"") + len(record.key or b"")
+            size += sum(len(k) + len(v or b"") for k, v in record.headers)
             if size > self.max_message_bytes:
-                raise DeadLetter(
-                    "oversized", f"the record is {size} bytes, more than KAFKA_MAX_MESSAGE_BYTES={self.max_message_bytes}"
-                )
+                limit = self.max_message_bytes
+                raise DeadLetter("oversized", f"the record is {size} bytes, more than KAFKA_MAX_MESSAGE_BYTES={limit}")
             inbound = decode(record.value, record.headers)
             event_type = inbound.attributes.type
             route = self.router.routes.get(event_type)

@@ -17,6 +17,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from shared.shapes import Identifier
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+STRUCTURED_HEADERS = (("content-type", STRUCTURED_CONTENT_TYPE.encode()),)
+"""Kafka headers of our own (structured-mode) output events."""
 ERROR_KINDS = (
     "unparseable",
     "not_cloudevent",
@@ -32,7 +34,7 @@ DataT = TypeVar("DataT", bound=BaseModel)
 Headers = Sequence[tuple[str, bytes]]
 
 
-class DeadLetter(Exception):  # noqa: N818 - it is an outcome, not a bug
+class DeadLetter(Exception):
     """The event cannot be processed as it is: it goes to ``<topic>.dlq`` with this kind and reason."""
 
     def __init__(self, kind: str, reason: str) -> None:
@@ -69,7 +71,7 @@ def typed_envelope(event_type: str, model: type[BaseModel]) -> type[BaseModel]:
         model.__name__ + "Event",
         __base__=CloudEvent[model],  # type: ignore[valid-type]
         __doc__=" ".join((model.__doc__ or "").split()) or None,
-        type=(Literal[event_type], Field(description="CloudEvents type")),  # type: ignore[valid-type]
+        type=(Literal[event_type], Field(description="CloudEvents type")),  # type: ignore[arg-type]
     )
 
 
@@ -179,9 +181,9 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         raise DeadLetter("not_cloudevent", "invalid CloudEvents headers: " + _describe(exc, "ce_")) from None
     if not value:
         raise DeadLetter("unparseable", "binary-mode event without data")
-    content_type = (attributes.datacontenttype or "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise DeadLetter("unparseable", f"unsupported datacontenttype {content_type!r}: JSON is expected")
+    media_type = (attributes.datacontenttype or "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise DeadLetter("unparseable", f"unsupported datacontenttype {media_type!r}: JSON is expected")
     try:
         data = json.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:

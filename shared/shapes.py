@@ -68,7 +68,8 @@ class PlanType(StrEnum):
 
 @cache
 def _territories() -> frozenset[str]:
-    return frozenset(code for code in BabelLocale("en").territories if len(code) == 2 and code.isalpha())
+    codes = (str(code) for code in BabelLocale("en").territories)
+    return frozenset(code for code in codes if len(code) == 2 and code.isalpha())
 
 
 def _check_country(value: str) -> str:

@@ -38,7 +38,7 @@ def _docker_engine() -> bool:
 
         client = docker.from_env(timeout=2)
         return bool(client.ping())
-    except Exception:  # noqa: BLE001 - any failure means "no engine"
+    except Exception:
         return False
 
 
@@ -69,7 +69,7 @@ async def kafka(shared_kafka: str | None, tmp_path: Path) -> AsyncIterator[str]:
     broker = TansuBroker(log_path=tmp_path / "broker.log")
     try:
         broker.start()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("the Tansu broker", repr(exc))
     try:
         await create_topics(broker.bootstrap)
@@ -83,7 +83,7 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer()
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("the aiosmtpd SMTP server", repr(exc))
     yield server
     server.stop()
@@ -103,7 +103,7 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
     name = f"cs_test_{uuid.uuid4().hex[:12]}"
     try:
         connection = await asyncio.wait_for(asyncpg.connect(admin_dsn), 5)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable(f"PostgreSQL at {admin_dsn}", repr(exc))
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')

@@ -6,16 +6,15 @@ from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
 
+from services.invitations.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
+from services.invitations.handlers import InvitationHandlers
+from services.invitations.settings import InvitationSettings
+from services.invitations.state import MIGRATIONS
 from shared.app import OutputTopic, Service, ServiceSpec, build_service
 from shared.clock import Clock
 from shared.kafka import Outputs
 from shared.mail.smtp import SmtpPool
 from shared.settings import load_settings
-
-from services.invitations.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
-from services.invitations.handlers import InvitationHandlers
-from services.invitations.settings import InvitationSettings
-from services.invitations.state import MIGRATIONS
 
 NAME = "invitations"
 HERE = Path(__file__).parent

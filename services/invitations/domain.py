@@ -6,10 +6,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from shared.envelope import DeadLetter
-from shared.mail.message import usable_address
-from shared.shapes import LocalSite, Person
-
 from services.invitations.contracts import (
     EmailChanged,
     InvitationResendRequested,
@@ -17,6 +13,9 @@ from services.invitations.contracts import (
     ProfessionalRemoved,
     Role,
 )
+from shared.envelope import DeadLetter
+from shared.mail.message import usable_address
+from shared.shapes import LocalSite, Person
 
 ADMINISTRATOR_TEMPLATE = "invitation_administrator"
 PROFESSIONAL_TEMPLATE = "invitation_professional"

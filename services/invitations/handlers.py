@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-
-from shared.calendar import default_time_zone
-from shared.consumer import Effects, EventRouter
-from shared.envelope import Event
-from shared.ids import deterministic_id
-from shared.mail.plan import Notification
+from typing import Any
 
 from services.invitations import domain, state
 from services.invitations.contracts import (
@@ -29,6 +24,11 @@ from services.invitations.contracts import (
 )
 from services.invitations.domain import Decision, Profile
 from services.invitations.tokens import issue_token
+from shared.calendar import default_time_zone
+from shared.consumer import Effects, EventRouter
+from shared.envelope import Event
+from shared.ids import deterministic_id
+from shared.mail.plan import Notification
 
 
 class InvitationHandlers:
@@ -51,7 +51,7 @@ class InvitationHandlers:
         self.router.handles(REMOVED, ProfessionalRemoved)(self.on_removed)
 
     @staticmethod
-    def _token_id(event: Event[object], professional_id: str) -> str:
+    def _token_id(event: Event[Any], professional_id: str) -> str:
         return deterministic_id(event.source, event.id, "invitation-token", professional_id)
 
     async def _load(self, effects: Effects, account_id: str, professional_id: str) -> Profile | None:

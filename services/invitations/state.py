@@ -7,10 +7,9 @@ from datetime import datetime
 from sqlalchemy import Boolean, Column, Index, MetaData, String, Table, and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.invitations.domain import Profile
 from shared.shapes import LocalSite
 from shared.store import UTCDateTime, create_tables, deliveries, upsert
-
-from services.invitations.domain import Profile
 
 metadata = MetaData()
 
@@ -53,7 +52,9 @@ MIGRATIONS = (create_tables(metadata),)
 async def load_profile(connection: AsyncConnection, account_id: str, professional_id: str) -> Profile | None:
     row = (
         await connection.execute(
-            select(profiles).where(and_(profiles.c.account_id == account_id, profiles.c.professional_id == professional_id))
+            select(profiles).where(
+                and_(profiles.c.account_id == account_id, profiles.c.professional_id == professional_id)
+            )
         )
     ).first()
     if row is None:

@@ -2,7 +2,7 @@
 
 from shared.mail.message import OutgoingMail, build_message, header_safe, usable_address
 from shared.mail.plan import Notification
-from shared.mail.render import Renderer, RenderedMail, negotiate_language
+from shared.mail.render import RenderedMail, Renderer, negotiate_language
 
 __all__ = [
     "Notification",

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from shared.clock import Clock
-from shared.envelope import structured
+from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
 from shared.kafka import Outputs
 from shared.mail.message import build_message, usable_address
@@ -38,7 +38,7 @@ SENT_TYPE = "customersource.notification.sent.v1"
 FAILED_TYPE = "customersource.notification.failed.v1"
 
 
-class RetryLater(Exception):  # noqa: N818
+class RetryLater(Exception):
     """A transient failure outlasted the retry window: the event is processed again later."""
 
 
@@ -215,6 +215,6 @@ class Mailer:
             NOTIFICATIONS_TOPIC,
             key=aggregate_id,
             value=value,
-            headers=[("content-type", b"application/cloudevents+json")],
+            headers=STRUCTURED_HEADERS,
         )
         self.metrics.output(event_type)

@@ -12,9 +12,9 @@ import base64
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from email import policy
 from email.utils import format_datetime, formataddr, parseaddr
-from datetime import datetime
 
 from shared.settings import check_address
 
@@ -58,7 +58,8 @@ def _fold(name: str, value: str) -> bytes:
         # leading space.
         return f"{name}: {value}\r\n".encode("ascii")
     header = policy.SMTP.header_factory(name, value)
-    return header.fold(policy=policy.SMTP).encode("ascii")
+    folded: str = header.fold(policy=policy.SMTP)
+    return folded.encode("ascii")
 
 
 def _body(content: str, content_type: str) -> bytes:

@@ -74,7 +74,7 @@ class Renderer:
         template_folder: Path,
         locale_folder: Path,
         *,
-        globals: Mapping[str, Any] | None = None,  # noqa: A002 - Jinja2's own word
+        globals: Mapping[str, Any] | None = None,
     ) -> None:
         loader = ChoiceLoader([FileSystemLoader(template_folder), FileSystemLoader(SHARED_TEMPLATES)])
         self._environments: dict[str, Environment] = {}

@@ -95,7 +95,7 @@ class SmtpPool:
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
         try:
             async with self._connection() as client:
-                errors, response = await client.sendmail(mail.sender, [mail.recipient], mail.data)
+                _refused, response = await client.sendmail(mail.sender, [mail.recipient], mail.data)
                 code = int(response.split(" ", 1)[0]) if response[:3].isdigit() else 250
                 return Accepted(code=code, response=response)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -103,7 +103,7 @@ class SmtpPool:
             return self._classify(refusal.code, refusal.message)
         except aiosmtplib.SMTPResponseException as exc:
             return self._classify(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientSmtpError(f"{exc.__class__.__name__}: {exc}") from None
 
     @staticmethod
@@ -117,7 +117,7 @@ class SmtpPool:
             async with self._connection() as client:
                 code, _ = await client.noop()
                 return 200 <= code < 300
-        except Exception:  # noqa: BLE001 - a probe
+        except Exception:
             return False
 
     async def close(self) -> None:

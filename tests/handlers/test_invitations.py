@@ -19,7 +19,14 @@ from sqlalchemy import select
 from services.invitations import verify_invitation
 from services.invitations.app import create_service
 from services.invitations.contracts import (
-    ADDED, EMAIL_CHANGED, INPUT_TYPES, ISSUED, REMOVED, RESEND_REQUESTED, REVOKED, TOPIC,
+    ADDED,
+    EMAIL_CHANGED,
+    INPUT_TYPES,
+    ISSUED,
+    REMOVED,
+    RESEND_REQUESTED,
+    REVOKED,
+    TOPIC,
 )
 from services.invitations.settings import InvitationSettings
 from services.invitations.state import load_profile
@@ -240,8 +247,9 @@ async def test_tokens_and_links_never_reach_the_logs(harness: Harness, caplog: p
 
 
 async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness: Harness) -> None:
-    from aiokafka.structs import ConsumerRecord
     import json
+
+    from aiokafka.structs import ConsumerRecord
 
     data = professional_added()
     event = cloudevent(ADDED, data)

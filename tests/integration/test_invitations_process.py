@@ -8,8 +8,6 @@ import json
 import re
 from typing import Any
 
-import pytest
-
 from services.invitations import verify_invitation
 from services.invitations.contracts import ADDED, EMAIL_CHANGED, ISSUED, REMOVED, RESEND_REQUESTED, REVOKED, TOPIC
 from tests.integration.conftest import Starter

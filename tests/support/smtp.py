@@ -34,13 +34,13 @@ class RecordingHandler:
         self.refuse_code: int | None = None  # e.g. 451 (transient) or 550 (permanent)
         self.refuse_for: Callable[[str], bool] | None = None
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
             return f"{self.refuse_code} {'Try again later' if self.refuse_code < 500 else 'No such user'}"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
         return "250 Message accepted for delivery"
 

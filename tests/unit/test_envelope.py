@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from shared.envelope import DeadLetter, decode, structured, validate
 from services.invitations.contracts import ProfessionalRemoved
+from shared.envelope import DeadLetter, decode, structured, validate
 
 EVENT = {
     "specversion": "1.0",

@@ -4,10 +4,10 @@ import sys
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from services.invitations.settings import InvitationSettings
 from shared.mail.render import negotiate_language
 from shared.settings import ServiceSettings, database_url
 from shared.shapes import Country, LanguageTag, LocalSite, Person, Product
-from services.invitations.settings import InvitationSettings
 
 BASE = {
     "SMTP_FROM": "CustomerSource <noreply@example.com>",
