@@ -28,19 +28,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
 from shared.clock import Clock, SystemClock
-from shared.consumer import EventRouter, TopicConsumer
+from shared.consumer import Effects, EventRouter, TopicConsumer
 from shared.envelope import events_json_schema
 from shared.kafka import Outputs, ensure_topics, security
-from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, Mailer, NotificationOutcome
+from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, EventRef, Mailer, NotificationOutcome
 from shared.mail.render import Renderer
 from shared.mail.smtp import SmtpConfig, SmtpPool
 from shared.metrics import Metrics
+from shared.scheduler import Job, JobHandler, Scheduler
 from shared.settings import ServiceSettings, database_url
 from shared.store import Migration, Store
 
 log = logging.getLogger("customersource.app")
 
 BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
+JobFunction = Callable[[Job, Effects], Awaitable[None]]
+"""A scheduled job's handler: like an event handler, with the job instead of the event."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class ServiceSpec:
     locale: Path
     migrations: Sequence[Migration] = ()
     outputs: Sequence[OutputTopic] = ()
+    jobs: Mapping[str, JobFunction] = field(default_factory=dict)
     background: Sequence[BackgroundTask] = ()
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
 
@@ -84,6 +88,7 @@ class Service:
     clock: Clock
     consumer: TopicConsumer
     broker: KafkaBroker
+    scheduler: Scheduler | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -133,6 +138,11 @@ def build_service(
         base_context=base_context,
         retry_window=retry_window,
     )
+    scheduler: Scheduler | None = None
+    if spec.jobs:
+        scheduler = Scheduler(
+            store, clock, {}, on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n)
+        )
     consumer = TopicConsumer(
         spec.router,
         store=store,
@@ -142,6 +152,7 @@ def build_service(
         clock=clock,
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES,
         concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
+        scheduler=scheduler,
     )
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
@@ -155,8 +166,10 @@ def build_service(
     )
     service = Service(
         spec=spec, settings=settings, store=store, outputs=outputs, pool=pool, mailer=mailer,
-        metrics=metrics, clock=clock, consumer=consumer, broker=broker,
+        metrics=metrics, clock=clock, consumer=consumer, broker=broker, scheduler=scheduler,
     )
+    if scheduler is not None:
+        scheduler.handlers.update({kind: _job_runner(service, function) for kind, function in spec.jobs.items()})
     _subscribe(service)
     for output in spec.outputs:
         broker.publisher(output.topic, title=output.topic, description=output.description,
@@ -197,6 +210,21 @@ def build_service(
         after_shutdown=[_hook(_stop, service)],
     )
     return app, service
+
+
+def _job_runner(service: Service, function: JobFunction) -> JobHandler:
+    async def run(job: Job) -> None:
+        cause = job.payload.get("cause") or {
+            "id": job.job_id, "source": f"/customersource/{service.spec.name}/scheduler", "type": job.kind,
+        }
+        effects = Effects(
+            event=EventRef(id=cause["id"], source=cause["source"], type=cause["type"]),
+            service=service.spec.name, now=service.clock.now(), store=service.store, mailer=service.mailer,
+            outputs=service.outputs, metrics=service.metrics, scheduler=service.scheduler,
+        )
+        await function(job, effects)
+
+    return run
 
 
 def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Callable[[], Awaitable[None]]:
@@ -286,6 +314,8 @@ async def _after_start(service: Service) -> None:
             await _measure_lag(service)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
+    if service.scheduler is not None:
+        service.tasks.append(asyncio.create_task(service.scheduler.run(), name="scheduler"))
     for task in service.spec.background:
         service.tasks.append(asyncio.create_task(task(service), name=getattr(task, "__name__", "background")))
     service.started = True

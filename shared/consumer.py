@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared import scheduler as scheduling
 from shared.clock import Clock
 from shared.envelope import STRUCTURED_HEADERS, DeadLetter, Event, decode, events_json_schema, structured, validate
 from shared.ids import deterministic_id
@@ -31,6 +32,7 @@ from shared.kafka import Outputs
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
 from shared.mail.plan import Notification
 from shared.metrics import Metrics
+from shared.scheduler import Scheduler
 from shared.store import Store
 
 log = logging.getLogger("customersource.consumer")
@@ -62,9 +64,11 @@ class Effects:
     mailer: Mailer
     outputs: Outputs
     metrics: Metrics
+    scheduler: Scheduler | None = None
     outcome: str = "processed"
     finished: bool = False
     published: list[str] = field(default_factory=list)
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     async def mail(self, note: Notification) -> NotificationOutcome:
         return await self.mailer.deliver(note, self.event)
@@ -97,6 +101,23 @@ class Effects:
                 connection, source=self.event.source, event_id=self.event.id, event_type=self.event.type, at=self.now
             )
         self.finished = True
+        for callback in self._after_commit:
+            callback()
+
+    async def schedule(
+        self, connection: AsyncConnection, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
+        payload: Mapping[str, Any],
+    ) -> None:
+        """A durable due-time, in the :meth:`finish` transaction; the job's e-mails and events name
+        this event as their cause."""
+        assert self.scheduler is not None, "this service declares no jobs"
+        cause = {"id": self.event.id, "source": self.event.source, "type": self.event.type}
+        await scheduling.schedule(connection, job_id=job_id, kind=kind, aggregate_id=aggregate_id, due_at=due_at,
+                                  payload={**payload, "cause": cause}, now=self.now)
+        self._after_commit.append(self.scheduler.wake)
+
+    async def cancel(self, connection: AsyncConnection, job_id: str) -> bool:
+        return await scheduling.cancel(connection, job_id, now=self.now)
 
     def ignored(self, why: str) -> None:
         """The event asks for nothing (a repeat, a profile already invited...): counted, not an error."""
@@ -150,6 +171,7 @@ class TopicConsumer:
         clock: Clock,
         max_message_bytes: int,
         concurrency: int = 32,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.router = router
         self.store = store
@@ -159,6 +181,7 @@ class TopicConsumer:
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self.concurrency = concurrency
+        self.scheduler = scheduler
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
 
@@ -216,6 +239,7 @@ class TopicConsumer:
                 mailer=self.mailer,
                 outputs=self.outputs,
                 metrics=self.metrics,
+                scheduler=self.scheduler,
             )
             await route.handler(event, effects)
             if not effects.finished:

@@ -90,6 +90,23 @@ deliveries = Table(
     Index("ix_deliveries_aggregate", "aggregate_id"),
 )
 
+scheduled_jobs = Table(
+    "scheduled_jobs",
+    shared_metadata,
+    Column("job_id", String(200), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("aggregate_id", String(128), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | done | cancelled
+    Column("claimed_by", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_scheduled_jobs_due", "status", "due_at"),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     shared_metadata,

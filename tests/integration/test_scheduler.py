@@ -1,0 +1,163 @@
+"""The shared scheduler on SQLite and the machine's PostgreSQL: durable, woken at the due time,
+exactly one run per job across replicas, restarts and crashed claims."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.clock import FixedClock, SystemClock
+from shared.scheduler import Job, Scheduler, cancel, job_status, schedule
+from shared.store import Store
+
+
+@contextlib.asynccontextmanager
+async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
+    task = asyncio.create_task(scheduler.run())
+    try:
+        yield scheduler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = Store(database_url, component="scheduler-test")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+async def add(store: Store, job_id: str, due_at: datetime, now: datetime) -> None:
+    async with store.transaction() as connection:
+        await schedule(connection, job_id=job_id, kind="remind", aggregate_id="A", due_at=due_at,
+                       payload={"n": job_id}, now=now)
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: Store) -> None:
+    ran: list[Job] = []
+
+    async def remind(job: Job) -> None:
+        ran.append(job)
+
+    clock = SystemClock()
+    scheduler = Scheduler(store, clock, {"remind": remind}, rescan=3600)
+    async with running(scheduler):
+        await asyncio.sleep(0.05)  # the loop is now asleep for an hour unless woken
+        await add(store, "j1", clock.now() + timedelta(milliseconds=300), clock.now())
+        scheduler.wake()
+        await wait_until(lambda: len(ran) == 1)
+    assert ran[0].payload == {"n": "j1"} and ran[0].attempts == 1
+    async with store.connect() as connection:
+        assert await job_status(connection, "j1") == "done"
+
+
+async def test_pending_jobs_survive_a_restart_and_cancelled_ones_never_run(store: Store, database_url: str) -> None:
+    now = datetime.now(UTC)
+    await add(store, "keep", now + timedelta(milliseconds=200), now)
+    await add(store, "drop", now + timedelta(milliseconds=200), now)
+    async with store.transaction() as connection:
+        assert await cancel(connection, "drop", now=now)
+    ran: list[str] = []
+
+    async def remind(job: Job) -> None:
+        ran.append(job.job_id)
+
+    restarted = Store(database_url, component="scheduler-test")  # a new process, same database
+    try:
+        async with running(Scheduler(restarted, SystemClock(), {"remind": remind}, rescan=3600)):
+            await wait_until(lambda: ran == ["keep"])
+            await asyncio.sleep(0.3)
+    finally:
+        await restarted.close()
+    assert ran == ["keep"]
+
+
+async def test_two_replicas_run_each_job_exactly_once(store: Store, database_url: str) -> None:
+    now = datetime.now(UTC)
+    for i in range(60):
+        await add(store, f"job-{i}", now - timedelta(seconds=1), now)
+    runs: Counter[str] = Counter()
+
+    async def remind(job: Job) -> None:
+        await asyncio.sleep(0.01)
+        runs[job.job_id] += 1
+
+    other = Store(database_url, component="scheduler-test")
+    try:
+        first = Scheduler(store, SystemClock(), {"remind": remind}, rescan=0.2)
+        second = Scheduler(other, SystemClock(), {"remind": remind}, rescan=0.2)
+        async with running(first), running(second):
+            await wait_until(lambda: len(runs) == 60)
+            await asyncio.sleep(0.5)
+    finally:
+        await other.close()
+    assert set(runs.values()) == {1}
+
+
+async def test_a_claim_left_by_a_dead_replica_is_taken_over_after_its_lease(store: Store) -> None:
+    clock = FixedClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    await add(store, "orphan", clock.now(), clock.now())
+    ran: list[str] = []
+
+    async def remind(job: Job) -> None:
+        ran.append(job.job_id)
+
+    dead = Scheduler(store, clock, {"remind": remind}, lease=timedelta(seconds=60))
+    assert await dead._claim("orphan", clock.now()) is not None  # claimed, then the replica dies
+    survivor = Scheduler(store, clock, {"remind": remind}, lease=timedelta(seconds=60))
+    assert await survivor.run_due() == 0
+    clock.advance(timedelta(seconds=61))
+    assert await survivor.run_due() == 1
+    assert ran == ["orphan"]
+
+
+async def test_a_failing_job_is_kept_and_retried_later(store: Store) -> None:
+    clock = FixedClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    await add(store, "flaky", clock.now(), clock.now())
+    attempts: list[int] = []
+
+    async def remind(job: Job) -> None:
+        attempts.append(job.attempts)
+        if len(attempts) == 1:
+            raise ConnectionError("SMTP away")
+
+    scheduler = Scheduler(store, clock, {"remind": remind})
+    assert await scheduler.run_due() == 1
+    assert await scheduler.run_due() == 0  # backing off
+    clock.advance(timedelta(minutes=5))
+    assert await scheduler.run_due() == 1
+    assert attempts == [1, 2]
+    async with store.connect() as connection:
+        assert await job_status(connection, "flaky") == "done"
+
+
+async def test_future_jobs_wait_for_the_injected_clock(store: Store) -> None:
+    clock = FixedClock(datetime(2026, 11, 20, 15, 0, tzinfo=UTC))
+    await add(store, "tuesday", datetime(2026, 11, 24, 15, 0, tzinfo=UTC), clock.now())
+    ran: list[str] = []
+
+    async def remind(job: Job) -> None:
+        ran.append(job.job_id)
+
+    scheduler = Scheduler(store, clock, {"remind": remind})
+    assert await scheduler.run_due() == 0
+    clock.advance(timedelta(days=4))
+    assert await scheduler.run_due() == 1 and ran == ["tuesday"]
+    # Scheduling a job again after it ran does not revive it.
+    await add(store, "tuesday", clock.now(), clock.now())
+    assert await scheduler.run_due() == 0
