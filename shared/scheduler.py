@@ -62,7 +62,7 @@ async def schedule(
     existing = (await connection.execute(select(jobs.c.status).where(jobs.c.job_id == job_id))).first()
     if existing is not None and existing.status == "done":
         return
-    await connection.execute(upsert(connection, jobs, values, ["job_id"]))
+    await upsert(connection, jobs, values, ["job_id"])
 
 
 async def cancel(connection: AsyncConnection, job_id: str, *, now: datetime) -> bool:

@@ -9,8 +9,10 @@ SQLite file) and by ``python -m services.<name> migrate``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -134,21 +136,73 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect (returns the statement)."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).values(**values).on_conflict_do_nothing()
+@functools.cache
+def _insert_ignore(dialect_name: str, table: Table) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
 
 
-def upsert(connection: AsyncConnection, table: Table, values: Mapping[str, Any], keys: Iterable[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for the connection's dialect."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values)
-    key_set = set(keys)
+@functools.cache
+def _upsert(dialect_name: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(table)
     return statement.on_conflict_do_update(
-        index_elements=list(key_set),
-        set_={k: statement.excluded[k] for k in values if k not in key_set},
+        index_elements=list(keys), set_={c: statement.excluded[c] for c in columns if c not in keys}
     )
+
+
+async def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` (the statement is built once per dialect and table)."""
+    await connection.execute(_insert_ignore(connection.dialect.name, table), dict(values))
+
+
+async def upsert(connection: AsyncConnection, table: Table, values: Mapping[str, Any], keys: Iterable[str]) -> None:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` (built once per dialect, table and column set)."""
+    statement = _upsert(connection.dialect.name, table, tuple(values), tuple(keys))
+    await connection.execute(statement, dict(values))
+
+
+class WriteTurns:
+    """Writers take turns (SQLite has one writer); urgent writers go first.
+
+    Recording an e-mail the SMTP server has just accepted is urgent: until it is committed, a crash
+    would send that e-mail again, so it must not queue behind ordinary state changes.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: dict[bool, collections.deque[asyncio.Future[None]]] = {
+            True: collections.deque(), False: collections.deque()
+        }
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        if self._busy:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[urgent].append(granted)
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # the turn was handed over just as we were cancelled
+                else:
+                    self._waiting[urgent].remove(granted)
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for urgent in (True, False):
+            while self._waiting[urgent]:
+                nxt = self._waiting[urgent].popleft()
+                if not nxt.done():
+                    nxt.set_result(None)  # the turn passes on; still busy
+                    return
+        self._busy = False
 
 
 class Store:
@@ -165,6 +219,7 @@ class Store:
         self.component = component
         self._migrations = migrations
         self.is_sqlite = url.startswith("sqlite")
+        self._turns = WriteTurns() if self.is_sqlite else None
         if self.is_sqlite:
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +228,8 @@ class Store:
             # e-mail does not queue behind reads (that delay is the crash window for duplicates);
             # writers wait for each other through busy_timeout.
             self.engine: AsyncEngine = create_async_engine(
-                url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30}
+                url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30},
+                pool_reset_on_return=None,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -181,8 +237,14 @@ class Store:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as connection:
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite, writers take turns in this process (urgent ones first)
+        instead of meeting SQLite's busy handler, which waits in coarse sleeps."""
+        if self._turns is None:
+            async with self.engine.begin() as connection:
+                yield connection
+            return
+        async with self._turns.turn(urgent=urgent), self.engine.begin() as connection:
             yield connection
 
     @contextlib.asynccontextmanager
@@ -259,12 +321,10 @@ class Store:
     async def mark_processed(
         connection: AsyncConnection, *, source: str, event_id: str, event_type: str, at: datetime
     ) -> None:
-        await connection.execute(
-            insert_ignore(
-                connection,
-                processed_events,
-                {"source": source, "event_id": event_id, "event_type": event_type, "processed_at": at},
-            )
+        await insert_ignore(
+            connection,
+            processed_events,
+            {"source": source, "event_id": event_id, "event_type": event_type, "processed_at": at},
         )
 
     async def close(self) -> None:

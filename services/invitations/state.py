@@ -67,7 +67,7 @@ async def load_profile(connection: AsyncConnection, account_id: str, professiona
 async def save_profile(connection: AsyncConnection, profile: Profile) -> None:
     values = {name: getattr(profile, name) for name in Profile.__slots__}
     values["local_site"] = profile.local_site.value
-    await connection.execute(upsert(connection, profiles, values, ["account_id", "professional_id"]))
+    await upsert(connection, profiles, values, ["account_id", "professional_id"])
 
 
 async def record_token(
@@ -87,7 +87,7 @@ async def record_token(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
-    await connection.execute(upsert(connection, tokens, values, ["token_id"]))
+    await upsert(connection, tokens, values, ["token_id"])
 
 
 async def revoke_token(connection: AsyncConnection, token_id: str, reason: str, at: datetime) -> None:

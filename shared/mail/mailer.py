@@ -197,8 +197,8 @@ class Mailer:
             "error": error,
             "at": self.clock.now(),
         }
-        async with self.store.transaction() as connection:
-            await connection.execute(upsert(connection, deliveries, values, ["delivery_id"]))
+        async with self.store.transaction(urgent=True) as connection:
+            await upsert(connection, deliveries, values, ["delivery_id"])
 
     async def _audit(self, outcome: NotificationOutcome, aggregate_id: str) -> None:
         event_type = SENT_TYPE if outcome.outcome == "sent" else FAILED_TYPE
