@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint smoke schemas catalogs clean
+.PHONY: install run test lint smoke bench schemas catalogs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -26,6 +26,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check shared services ops tests
 	$(BIN)/mypy shared services ops
+
+bench: $(STAMP)
+	$(BIN)/python -m ops.bench
 
 smoke: $(STAMP)
 	$(BIN)/python ../shared/tools/contract_smoke.py
