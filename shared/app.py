@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
 from shared.clock import Clock, SystemClock
-from shared.consumer import Effects, EventRouter, TopicConsumer
+from shared.consumer import DrainOnRevoke, Effects, EventRouter, TopicConsumer
 from shared.envelope import events_json_schema
 from shared.kafka import Outputs, ensure_topics, security
 from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, EventRef, Mailer, NotificationOutcome
@@ -40,6 +40,10 @@ from shared.settings import ServiceSettings, database_url
 from shared.store import Migration, Store
 
 log = logging.getLogger("customersource.app")
+
+# How long a member whose partitions are revoked waits for its batch in progress: at least one SMTP
+# retry window, so that two members never send for the same records at once.
+REVOKE_DRAIN_SECONDS = 75.0
 
 BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
 JobFunction = Callable[[Job, Effects], Awaitable[None]]
@@ -255,7 +259,7 @@ def _subscribe(service: Service) -> None:
     records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
 
     async def consume(records: Any) -> None:
-        await service.consumer.process_batch(records)
+        await service.consumer.handle_fetch(subscriber.consumer, records)
         await _measure_lag(service)
 
     consume.__annotations__["records"] = records_type  # resolved here, not from a string
@@ -266,7 +270,9 @@ def _subscribe(service: Service) -> None:
         group_id=settings.group_id,
         parser=tolerant_parser,
         decoder=raw_records,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,  # TopicConsumer.handle_fetch commits or rewinds each batch itself
+        listener=DrainOnRevoke(service.consumer, timeout=REVOKE_DRAIN_SECONDS),
+        rebalance_timeout_ms=int((REVOKE_DRAIN_SECONDS + 15) * 1000),
         auto_offset_reset="earliest",
         session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,

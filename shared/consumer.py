@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy.exc
-from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,10 +46,79 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+# PostgreSQL SQLSTATE classes of failures that pass: connection (08), transaction rollback such as
+# serialization failures and deadlocks (40), insufficient resources (53), lock not available (55P03),
+# operator intervention such as "starting up" or "shutting down" (57), system errors (58).
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT):
         return True
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        original = getattr(exc, "orig", None)
+        state = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
+        return state.startswith(_TRANSIENT_SQLSTATES)
+    return False
+
+
+class BatchInterrupted(Exception):
+    """The batch stopped early (partitions revoked); its unprocessed records are fetched again."""
+
+
+def rewind(kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """Seek every partition of the batch back to its first record (those still assigned)."""
+    earliest: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        earliest[partition] = min(record.offset, earliest.get(partition, record.offset))
+    assigned = kafka.assignment()
+    for partition, offset in earliest.items():
+        if partition in assigned:
+            try:
+                kafka.seek(partition, offset)
+            except IllegalStateError:  # revoked meanwhile: its next owner starts from the commit
+                continue
+
+
+async def commit(kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """Commit the offsets after this batch's records, for the partitions still assigned."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        offsets[partition] = max(record.offset + 1, offsets.get(partition, 0))
+    assigned = kafka.assignment()
+    owned = {p: o for p, o in offsets.items() if p in assigned}
+    if not owned:
+        return
+    try:
+        await kafka.commit(owned)
+    except (CommitFailedError, IllegalStateError) as exc:
+        # The group rebalanced: the new owner processes these records again, idempotently.
+        log.warning("offsets not committed (the group rebalanced)", extra={"error": str(exc)})
+
+
+class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, let the batch in progress stop and commit, so two
+    members never process the same records at once."""
+
+    def __init__(self, consumer: TopicConsumer, timeout: float) -> None:
+        self.consumer = consumer
+        self.timeout = timeout
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.consumer.revoking.set()
+        try:
+            await asyncio.wait_for(self.consumer.idle.wait(), self.timeout)
+        except TimeoutError:
+            log.warning("batch still running when its partitions were revoked")
+        finally:
+            self.consumer.revoking.clear()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -184,20 +254,57 @@ class TopicConsumer:
         self.scheduler = scheduler
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
+        self._dead_lettered: set[tuple[str, int, int]] = set()
+        self.idle = asyncio.Event()  # no batch in progress
+        self.idle.set()
+        self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
+
+    async def handle_fetch(
+        self, kafka: AIOKafkaConsumer | None, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """Process one fetched batch, then commit exactly its offsets (for the partitions this member
+        still owns), or rewind every partition of the batch to its first record. (``kafka`` is None
+        under FastStream's TestKafkaBroker, which has no consumer: failures then propagate.)"""
+        if kafka is None:
+            await self.process_batch(records)
+            return
+        self.idle.clear()
+        try:
+            try:
+                await self.process_batch(records)
+            except Exception:
+                rewind(kafka, records)
+                return
+            await commit(kafka, records)
+            self._dead_lettered -= {(r.topic, r.partition, r.offset) for r in records}
+        finally:
+            self.idle.set()
 
     async def process_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
         for record in records:
             groups.setdefault((record.topic, record.partition, record.key), []).append(record)
         slots = asyncio.Semaphore(self.concurrency)
+        stop = asyncio.Event()  # a group failed: the others stop starting new records
+        unfinished = False
 
         async def run(group: list[ConsumerRecord[Any, Any]]) -> None:
+            nonlocal unfinished
             async with slots:
                 for record in group:
-                    await self.process_record(record)
+                    if stop.is_set() or self.revoking.is_set():
+                        unfinished = True
+                        return
+                    try:
+                        await self.process_record(record)
+                    except BaseException:
+                        stop.set()
+                        raise
 
         results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors and unfinished:
+            raise BatchInterrupted("partitions are being revoked: the batch stops early")
         if errors:
             self._failures += 1
             pause = min(0.5 * 2 ** (self._failures - 1), 30.0)
@@ -213,6 +320,9 @@ class TopicConsumer:
 
     async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
         event_type = "unknown"
+        where = (record.topic, record.partition, record.offset)
+        if where in self._dead_lettered:
+            return  # already copied to the dead-letter topic in an earlier pass of this batch
         try:
             size = len(record.value or b"") + len(record.key or b"")
             size += sum(len(k) + len(v or b"") for k, v in record.headers)
@@ -223,18 +333,21 @@ class TopicConsumer:
             event_type = inbound.attributes.type
             route = self.router.routes.get(event_type)
             if route is None:
+                event_type = "unknown"  # not a label value: an input string
                 raise DeadLetter(
-                    "unknown_type", f"{event_type!r} is not a type this service consumes from {self.router.topic}"
+                    "unknown_type",
+                    f"{inbound.attributes.type!r} is not a type this service consumes from {self.router.topic}",
                 )
             event = validate(inbound, route.model)
-            if await self.store.is_processed(event.source, event.id):
+            now, done = await self.store.begin_event(event.source, event.id, event.type, self.clock.now())
+            if done:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
             effects = Effects(
                 event=EventRef(id=event.id, source=event.source, type=event.type),
                 service=self.router.service,
-                now=self.clock.now(),
+                now=now,
                 store=self.store,
                 mailer=self.mailer,
                 outputs=self.outputs,
@@ -245,6 +358,7 @@ class TopicConsumer:
             if not effects.finished:
                 async with effects.finish():
                     pass
+            self._crashes.pop(where, None)
             self.metrics.event(event_type, effects.outcome)
         except DeadLetter as letter:
             await self.dead_letter(record, letter)
@@ -254,7 +368,6 @@ class TopicConsumer:
                 raise  # the batch is rewound and processed again (after a pause)
             # Not a known infrastructure failure: most likely a defect triggered by this event.
             # Retried a few times, then set aside so that it does not block its partition.
-            where = (record.topic, record.partition, record.offset)
             self._crashes[where] = self._crashes.get(where, 0) + 1
             if self._crashes[where] < CRASHES_BEFORE_DEAD_LETTER:
                 raise
@@ -285,7 +398,13 @@ class TopicConsumer:
             ("dlq-failed-at", self.clock.now().isoformat()),
         ]
         headers = list(record.headers) + [(k, v.encode("utf-8")) for k, v in added]
-        await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers)
+        try:
+            await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers)
+        except MessageSizeTooLargeError:
+            # The copy does not fit the dead-letter topic: keep the key, headers and reason, and say so.
+            headers.append(("dlq-truncated", f"value of {len(record.value or b'')} bytes dropped".encode()))
+            await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=None, headers=headers)
+        self._dead_lettered.add((record.topic, record.partition, record.offset))
         self.metrics.dead_letter(record.topic, letter.kind)
         log.warning(
             "event dead-lettered",

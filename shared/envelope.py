@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from shared.shapes import Identifier
 
@@ -31,6 +41,19 @@ ERROR_KINDS = (
 )
 
 DataT = TypeVar("DataT", bound=BaseModel)
+
+def _no_encoded_word(value: str) -> str:
+    if "=?" in value:
+        raise ValueError("'=?' is not allowed (it would read as an encoded word in a mail header)")
+    return value
+
+
+EventId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$"),
+    AfterValidator(_no_encoded_word),
+    Field(description="Printable ASCII without spaces (it is copied into the X-CustomerSource-Event-Id header)"),
+]
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -50,8 +73,8 @@ class Attributes(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     specversion: Literal["1.0"] = Field(description="CloudEvents version")
-    id: Identifier = Field(description="Event id; (source, id) is the idempotency key")
-    source: Identifier = Field(description="URI-reference of the publishing system")
+    id: EventId = Field(description="Event id; (source, id) is the idempotency key")
+    source: EventId = Field(description="URI-reference of the publishing system")
     type: Identifier = Field(description="Event type, e.g. customersource.professional.added.v1")
     time: AwareDatetime = Field(description="When the fact happened (RFC 3339, with offset)")
     subject: str | None = Field(default=None, max_length=256, description="The aggregate id")
@@ -147,8 +170,8 @@ def decode(value: bytes | None, headers: Headers) -> Inbound:
         raise DeadLetter("unparseable", "the record has no value")
     try:
         document = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DeadLetter("unparseable", f"the value is not JSON ({exc.__class__.__name__}: {exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeadLetter("unparseable", f"the value is not JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     if not isinstance(document, dict) or "specversion" not in document:
         raise DeadLetter(
             "not_cloudevent",
@@ -186,8 +209,8 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         raise DeadLetter("unparseable", f"unsupported datacontenttype {media_type!r}: JSON is expected")
     try:
         data = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DeadLetter("unparseable", f"the data is not JSON ({exc.__class__.__name__}: {exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeadLetter("unparseable", f"the data is not JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     return Inbound(attributes, data, "binary")
 
 

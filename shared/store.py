@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -70,7 +71,8 @@ processed_events = Table(
     Column("source", String(256), primary_key=True),
     Column("event_id", String(256), primary_key=True),
     Column("event_type", String(256), nullable=False),
-    Column("processed_at", UTCDateTime, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),  # the processing time, kept for re-runs
+    Column("processed_at", UTCDateTime),  # set with the event's final state change
 )
 
 deliveries = Table(
@@ -186,7 +188,8 @@ class WriteTurns:
                 if granted.done() and not granted.cancelled():
                     self._release()  # the turn was handed over just as we were cancelled
                 else:
-                    self._waiting[urgent].remove(granted)
+                    with contextlib.suppress(ValueError):  # _release may have dropped it already
+                        self._waiting[urgent].remove(granted)
                 raise
         else:
             self._busy = True
@@ -308,24 +311,55 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    async def begin_event(self, source: str, event_id: str, event_type: str, now: datetime) -> tuple[datetime, bool]:
+        """(processing time, already processed?) of an event. The first attempt's time is kept, so
+        a re-run after a crash or an outage computes the same times (token issue times, output
+        event times) as the attempt whose e-mail went out."""
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(processed_events.c.first_seen_at, processed_events.c.processed_at).where(
+                        processed_events.c.source == source, processed_events.c.event_id == event_id
+                    )
+                )
+            ).first()
+        if row is not None:
+            return row.first_seen_at, row.processed_at is not None
+        async with self.transaction() as connection:
+            await insert_ignore(
+                connection,
+                processed_events,
+                {"source": source, "event_id": event_id, "event_type": event_type, "first_seen_at": now,
+                 "processed_at": None},
+            )
+        return now, False
+
     async def is_processed(self, source: str, event_id: str) -> bool:
         async with self.engine.connect() as connection:
             row = await connection.execute(
-                select(processed_events.c.event_id).where(
+                select(processed_events.c.processed_at).where(
                     processed_events.c.source == source, processed_events.c.event_id == event_id
                 )
             )
-            return row.first() is not None
+            found = row.first()
+            return found is not None and found.processed_at is not None
 
     @staticmethod
     async def mark_processed(
         connection: AsyncConnection, *, source: str, event_id: str, event_type: str, at: datetime
     ) -> None:
-        await insert_ignore(
-            connection,
-            processed_events,
-            {"source": source, "event_id": event_id, "event_type": event_type, "processed_at": at},
+        result = await connection.execute(
+            update(processed_events)
+            .where(processed_events.c.source == source, processed_events.c.event_id == event_id)
+            .values(processed_at=at)
         )
+        if not result.rowcount:
+            await insert_ignore(
+                connection,
+                processed_events,
+                {"source": source, "event_id": event_id, "event_type": event_type, "first_seen_at": at,
+                 "processed_at": at},
+            )
 
     async def close(self) -> None:
         await self.engine.dispose()

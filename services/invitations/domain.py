@@ -14,7 +14,6 @@ from services.invitations.contracts import (
     Role,
 )
 from shared.envelope import DeadLetter
-from shared.mail.message import usable_address
 from shared.shapes import LocalSite, Person
 
 ADMINISTRATOR_TEMPLATE = "invitation_administrator"
@@ -37,7 +36,8 @@ class Profile:
     is_first_professional: bool
     added_by_name: str
     added_by_kind: str
-    token_id: str | None = None
+    wants_invitation: bool = True  # false while send_invitation=false and no re-send was asked for
+    token_id: str | None = None  # the live link, if one went out
     issued_at: datetime | None = None
 
 
@@ -71,11 +71,6 @@ def recipient(profile: Profile) -> Person:
     return Person(email=profile.email, name=profile.name, locale=profile.locale)
 
 
-def _require_usable(email: str) -> None:
-    if not usable_address(email):
-        raise DeadLetter("unusable_content", "the professional's e-mail address is not a usable address")
-
-
 def on_added(state: Profile | None, data: ProfessionalAdded, *, new_token_id: str) -> Decision:
     if state is not None and state.token_id is not None:
         return Decision(ignored="the profile has already been invited")
@@ -92,10 +87,12 @@ def on_added(state: Profile | None, data: ProfessionalAdded, *, new_token_id: st
         is_first_professional=data.is_first_professional,
         added_by_name=data.added_by.name,
         added_by_kind=data.added_by.kind,
+        wants_invitation=data.send_invitation,
     )
     if not data.send_invitation:
         return Decision(profile=profile, ignored="send_invitation is false: nothing issued, nothing sent")
-    _require_usable(profile.email)
+    # An unusable address is still planned: the mailer reports it (notification.failed) and the
+    # profile is kept, so that an e-mail change can correct it.
     return Decision(profile=profile, issue=Issue(new_token_id, "added", template_for(profile)))
 
 
@@ -112,8 +109,8 @@ def on_resend(state: Profile | None, data: InvitationResendRequested, *, new_tok
         email=data.email or profile.email,
         name=data.name or profile.name,
         locale=data.locale or profile.locale,
+        wants_invitation=True,
     )
-    _require_usable(profile.email)
     revoke = Revoke(profile.token_id, "superseded") if profile.token_id else None
     return Decision(profile=profile, revoke=revoke, issue=Issue(new_token_id, "resend", template_for(profile)))
 
@@ -123,15 +120,11 @@ def on_email_changed(state: Profile | None, data: EmailChanged, *, new_token_id:
     if profile.email.strip().lower() == data.new_email.strip().lower():
         return Decision(ignored="the new address is the one already on the profile")
     profile = replace(profile, email=data.new_email)
-    if profile.token_id is None:
-        # Never invited (send_invitation was false): keep the address for a later invitation.
-        return Decision(profile=profile, ignored="the profile was never invited: address updated, nothing sent")
-    _require_usable(profile.email)
-    return Decision(
-        profile=profile,
-        revoke=Revoke(profile.token_id, "email_changed"),
-        issue=Issue(new_token_id, "email_changed", template_for(profile)),
-    )
+    if not profile.wants_invitation:
+        # send_invitation was false: keep the address for a later invitation.
+        return Decision(profile=profile, ignored="no invitation was asked for: address updated, nothing sent")
+    revoke = Revoke(profile.token_id, "email_changed") if profile.token_id else None
+    return Decision(profile=profile, revoke=revoke, issue=Issue(new_token_id, "email_changed", template_for(profile)))
 
 
 def on_removed(state: Profile | None, data: ProfessionalRemoved) -> Decision:

@@ -7,10 +7,10 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from services.invitations.tokens import MIN_SECRET_BYTES
 from shared.settings import ServiceSettings
 
 HTTP_PORT = 8081
-MIN_SECRET_BYTES = 32
 
 
 class InvitationSettings(ServiceSettings):
@@ -28,6 +28,13 @@ class InvitationSettings(ServiceSettings):
     def _long_enough(cls, value: SecretStr) -> SecretStr:
         if len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES:
             raise ValueError(f"INVITATION_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("INVITATION_PREVIOUS_SECRETS")
+    @classmethod
+    def _previous_long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(s.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES for s in value):
+            raise ValueError(f"every INVITATION_PREVIOUS_SECRETS entry must be at least {MIN_SECRET_BYTES} bytes")
         return value
 
     @field_validator("INVITATION_PREVIOUS_SECRETS", mode="before")

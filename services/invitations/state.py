@@ -28,6 +28,7 @@ profiles = Table(
     Column("is_first_professional", Boolean, nullable=False),
     Column("added_by_name", String(300), nullable=False),
     Column("added_by_kind", String(16), nullable=False),
+    Column("wants_invitation", Boolean, nullable=False),
     Column("token_id", String(36)),
     Column("issued_at", UTCDateTime),
 )
@@ -104,5 +105,5 @@ async def purge_profile(connection: AsyncConnection, account_id: str, profession
         delete(profiles).where(profiles.c.account_id == account_id, profiles.c.professional_id == professional_id)
     )
     await connection.execute(
-        update(deliveries).where(deliveries.c.aggregate_id == professional_id).values(recipient="[purged]")
+        update(deliveries).where(deliveries.c.aggregate_id == professional_id).values(recipient="[purged]", error=None)
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 PREFIX = "cs1"
+MIN_SECRET_BYTES = 32
 
 
 class InvalidInvitation(Exception):
@@ -103,11 +104,14 @@ def verify_invitation(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    if not isinstance(token, str) or not token.isascii() or len(token) > 2048:
+        raise InvalidInvitation("malformed token")
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != PREFIX:
         raise InvalidInvitation("malformed token")
     _, kid, body, signature = parts
-    secret = next((s for s in secrets if hmac.compare_digest(key_id(s), kid)), None)
+    usable = [s for s in secrets if len(s.encode("utf-8")) >= MIN_SECRET_BYTES]  # never an empty or weak key
+    secret = next((s for s in usable if hmac.compare_digest(key_id(s), kid)), None)
     if secret is None:
         raise InvalidInvitation("signed with an unknown or retired key")
     if not hmac.compare_digest(_sign(secret, f"{PREFIX}.{kid}.{body}"), signature):

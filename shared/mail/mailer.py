@@ -17,6 +17,7 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Any, Literal
 
+import sqlalchemy.exc
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -24,10 +25,10 @@ from shared.clock import Clock
 from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
 from shared.kafka import Outputs
-from shared.mail.message import build_message, usable_address
+from shared.mail.message import OutgoingMail, build_message, usable_address
 from shared.mail.plan import Notification
-from shared.mail.render import Renderer, negotiate_language
-from shared.mail.smtp import Accepted, SmtpPool, TransientSmtpError
+from shared.mail.render import RenderedMail, Renderer, negotiate_language
+from shared.mail.smtp import Accepted, Refused, SmtpPool, TransientSmtpError
 from shared.metrics import Metrics
 from shared.store import Store, deliveries, upsert
 
@@ -113,7 +114,7 @@ class Mailer:
                 template=row.template, locale=row.locale, recipient=row.recipient, message_id=row.message_id,
                 outcome=row.outcome, attempts=row.attempts, smtp_code=row.smtp_code, error=row.error, at=row.at,
             )
-            await self._audit(outcome, note.aggregate_id)
+            await self._audit(outcome, note.aggregate_id, delivery_id)
             return outcome
         attempts = row.attempts if row is not None else 0
 
@@ -124,50 +125,67 @@ class Mailer:
                 outcome=kind, attempts=attempts, smtp_code=code, error=error, at=self.clock.now(),
             )
 
-        if not usable_address(recipient):
-            outcome = result("failed", None, "unusable recipient address")
-        else:
+        mail = None
+        if usable_address(recipient):
             context = {**self.base_context, **note.context, "recipient": note.recipient}
             rendered = self.renderer.render(note.template, language, context)
-            mail = build_message(
+            mail = self._build(note, rendered, recipient, message_id, cause)
+        if mail is None:
+            outcome = result("failed", None, "unusable recipient address")
+        else:
+            answer, attempts = await self._send(mail, attempts, note, language, recipient, message_id,
+                                                delivery_id, cause)
+            if isinstance(answer, Accepted):
+                outcome = result("sent", answer.code, None)
+            else:
+                outcome = result("failed", answer.code, answer.response[:500])
+        await self._record(delivery_id, cause, note, language, recipient, message_id, outcome.outcome,
+                           outcome.attempts, outcome.smtp_code, outcome.error, insist=outcome.outcome == "sent")
+        self.metrics.email(note.template, outcome.outcome)
+        await self._audit(outcome, note.aggregate_id, delivery_id)
+        return outcome
+
+    def _build(
+        self, note: Notification, rendered: RenderedMail, recipient: str, message_id: str, cause: EventRef
+    ) -> OutgoingMail | None:
+        try:
+            return build_message(
                 sender=self.sender,
                 recipient_name=note.recipient.name,
                 recipient_address=recipient,
                 subject=rendered.subject,
                 text=rendered.text,
                 html=rendered.html,
-                language=language,
+                language=rendered.language,
                 message_id=message_id,
                 date=self.clock.now(),
                 extra_headers={"X-CustomerSource-Event-Id": cause.id, "X-CustomerSource-Template": note.template},
             )
-            deadline = time.monotonic() + self.retry_window
-            backoff = 0.2
-            while True:
-                attempts += 1
-                try:
-                    answer = await self.pool.send(mail)
-                except TransientSmtpError as exc:
-                    self.metrics.retry("smtp")
-                    if time.monotonic() + backoff > deadline:
-                        await self._record(delivery_id, cause, note, language, recipient, message_id,
-                                           "pending", attempts, exc.code, str(exc))
-                        log.warning("smtp still failing, the event will be retried",
-                                    extra={"template": note.template, "attempts": attempts, "error": str(exc)})
-                        raise RetryLater(f"SMTP: {exc}") from None
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
-                    continue
-                if isinstance(answer, Accepted):
-                    outcome = result("sent", answer.code, None)
-                else:
-                    outcome = result("failed", answer.code, answer.response[:500])
-                break
-        await self._record(delivery_id, cause, note, language, recipient, message_id, outcome.outcome,
-                           outcome.attempts, outcome.smtp_code, outcome.error)
-        self.metrics.email(note.template, outcome.outcome)
-        await self._audit(outcome, note.aggregate_id)
-        return outcome
+        except (UnicodeError, ValueError):
+            log.warning("message could not be built", extra={"template": note.template})
+            return None
+
+    async def _send(
+        self, mail: OutgoingMail, attempts: int, note: Notification, language: str, recipient: str,
+        message_id: str, delivery_id: str, cause: EventRef,
+    ) -> tuple[Accepted | Refused, int]:
+        """Send with capped exponential backoff on transient failures, for up to ``retry_window``."""
+        deadline = time.monotonic() + self.retry_window
+        backoff = 0.2
+        while True:
+            attempts += 1
+            try:
+                return await self.pool.send(mail), attempts
+            except TransientSmtpError as exc:
+                self.metrics.retry("smtp")
+                if time.monotonic() + backoff > deadline:
+                    await self._record(delivery_id, cause, note, language, recipient, message_id,
+                                       "pending", attempts, exc.code, str(exc))
+                    log.warning("smtp still failing, the event will be retried",
+                                extra={"template": note.template, "attempts": attempts, "error": str(exc)})
+                    raise RetryLater(f"SMTP: {exc}") from None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
 
     async def _record(
         self,
@@ -181,7 +199,11 @@ class Mailer:
         attempts: int,
         smtp_code: int | None,
         error: str | None,
+        *,
+        insist: bool = False,
     ) -> None:
+        """Record the outcome. ``insist``: the SMTP server has accepted the e-mail, so losing this
+        record would send it again: a passing database failure is retried here for a while first."""
         values = {
             "delivery_id": delivery_id,
             "event_source": cause.source,
@@ -197,14 +219,25 @@ class Mailer:
             "error": error,
             "at": self.clock.now(),
         }
-        async with self.store.transaction(urgent=True) as connection:
-            await upsert(connection, deliveries, values, ["delivery_id"])
+        pause = 0.1
+        deadline = time.monotonic() + (self.retry_window if insist else 0)
+        while True:
+            try:
+                async with self.store.transaction(urgent=True) as connection:
+                    await upsert(connection, deliveries, values, ["delivery_id"])
+                return
+            except sqlalchemy.exc.SQLAlchemyError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                self.metrics.retry("database")
+                log.warning("recording an accepted e-mail failed, retrying", exc_info=True)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
-    async def _audit(self, outcome: NotificationOutcome, aggregate_id: str) -> None:
+    async def _audit(self, outcome: NotificationOutcome, aggregate_id: str, delivery_id: str) -> None:
         event_type = SENT_TYPE if outcome.outcome == "sent" else FAILED_TYPE
         value = structured(
-            event_id=deterministic_id(outcome.event_source, outcome.event_id, "notification",
-                                      outcome.template, outcome.recipient.lower()),
+            event_id=deterministic_id(delivery_id, "notification"),
             source=f"/customersource/{self.service}",
             event_type=event_type,
             time=outcome.at,

@@ -72,15 +72,27 @@ class SmtpPool:
             start_tls=True if c.tls == "starttls" else False,
             tls_context=self._tls_context,
         )
-        await client.connect()
-        if c.username and c.password:
-            await client.login(c.username, c.password)
+        try:
+            await client.connect()
+            if c.username and c.password:
+                await client.login(c.username, c.password)
+        except BaseException:
+            client.close()  # never leak the socket of a half-opened session
+            raise
         return client
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
         async with self._slots:
-            client = self._idle.pop() if self._idle else await self._connect()
+            if self._idle:
+                client = self._idle.pop()
+            else:
+                try:
+                    client = await self._connect()
+                except Exception as exc:
+                    # Connecting, greeting, EHLO, STARTTLS or AUTH failing is the server's (or our
+                    # configuration's) state, not this message's fault: retried, never a final failure.
+                    raise TransientSmtpError(f"cannot open an SMTP session: {exc.__class__.__name__}: {exc}") from None
             healthy = False
             try:
                 yield client
@@ -101,6 +113,9 @@ class SmtpPool:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             return self._classify(refusal.code, refusal.message)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            # MAIL FROM refused: SMTP_FROM or the relay's configuration, not this message; retried.
+            raise TransientSmtpError(f"sender refused: {exc.code} {exc.message}", code=exc.code) from None
         except aiosmtplib.SMTPResponseException as exc:
             return self._classify(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
@@ -121,7 +136,12 @@ class SmtpPool:
             return False
 
     async def close(self) -> None:
-        while self._idle:
-            client = self._idle.pop()
-            with contextlib.suppress(Exception):
-                await client.quit()
+        idle, self._idle = self._idle, []
+
+        async def quit(client: aiosmtplib.SMTP) -> None:
+            try:
+                await asyncio.wait_for(client.quit(), 5)
+            except Exception:
+                client.close()
+
+        await asyncio.gather(*(quit(c) for c in idle))

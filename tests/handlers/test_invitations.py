@@ -212,10 +212,16 @@ async def test_unknown_profile_is_dead_lettered(harness: Harness, event_type: st
     assert harness.pool.sent == []
 
 
-async def test_unusable_address_is_dead_lettered_and_nothing_issued(harness: Harness) -> None:
-    await harness.publish(ADDED, professional_added(email="jane.doe at contoso"))
-    assert harness.outputs.dead_letters(TOPIC)[0]["dlq-error-kind"] == "unusable_content"
-    assert harness.issued() == [] and harness.pool.sent == []
+async def test_unusable_address_fails_that_recipient_and_a_correction_invites(harness: Harness) -> None:
+    data = professional_added(email="jane.doe at contoso")
+    await harness.publish(ADDED, data)
+    [failed] = harness.outputs.events("customersource.notifications", "customersource.notification.failed.v1")
+    assert failed["data"]["error"] == "unusable recipient address" and failed["data"]["smtp_code"] is None
+    assert harness.issued() == [] and harness.pool.sent == [] and harness.outputs.dead_letters(TOPIC) == []
+    fixed = address()
+    await harness.publish(EMAIL_CHANGED, {"account_id": data["account_id"], "professional_id": data["professional_id"],
+                                          "old_email": data["email"], "new_email": fixed})
+    assert len(harness.pool.to(fixed)) == 1 and harness.issued()[0]["data"]["reason"] == "email_changed"
 
 
 async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness: Harness) -> None:
@@ -225,6 +231,11 @@ async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness:
     [failed] = harness.outputs.events("customersource.notifications", "customersource.notification.failed.v1")
     assert failed["data"]["smtp_code"] == 550 and failed["data"]["outcome"] == "failed"
     assert harness.issued() == []
+    # The typo is corrected: the new address gets the invitation.
+    fixed = address()
+    await harness.publish(EMAIL_CHANGED, {"account_id": data["account_id"], "professional_id": data["professional_id"],
+                                          "old_email": data["email"], "new_email": fixed})
+    assert len(harness.pool.to(fixed)) == 1
 
 
 async def test_html_and_header_injection_attempts_are_neutralised(harness: Harness) -> None:
@@ -260,10 +271,16 @@ async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness
         await harness.service.consumer.process_batch([record])
     assert harness.pool.sent == [] and harness.issued() == []
     harness.pool.transient_failures = 0
+    harness.service.clock.advance(timedelta(minutes=30))  # type: ignore[attr-defined]
     await harness.service.consumer.process_batch([record])
     await harness.service.consumer.process_batch([record])  # a re-delivery after the commit was lost
-    assert len(harness.pool.to(data["email"])) == 1
-    assert len(harness.issued()) == 1
+    [message] = harness.pool.to(data["email"])
+    [issued] = harness.issued()
+    # The times are those of the first attempt: the e-mailed link and the issued event agree.
+    claims = verify_invitation(token_in(message), secrets=[SECRET], now=NOW)
+    assert issued["data"]["issued_at"] == claims.issued_at.isoformat().replace("+00:00", "Z") or \
+        datetime.fromisoformat(issued["data"]["issued_at"]) == claims.issued_at
+    assert claims.issued_at == NOW.replace(microsecond=0)
     [sent] = harness.outputs.events("customersource.notifications", "customersource.notification.sent.v1")
     assert sent["data"]["attempts"] > 1
 

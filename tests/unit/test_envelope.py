@@ -83,3 +83,12 @@ def test_structured_output_is_a_cloudevent() -> None:
                                   time=datetime(2026, 1, 1, tzinfo=UTC), subject="k",
                                   data=ProfessionalRemoved(account_id="a", professional_id="p")))
     assert value["specversion"] == "1.0" and value["id"] == "id-1" and value["data"]["account_id"] == "a"
+
+
+def test_deeply_nested_json_is_unparseable_not_a_crash() -> None:
+    assert kind_of(b"[" * 100_000 + b"]" * 100_000, CT) == "unparseable"
+
+
+@pytest.mark.parametrize("bad_id", ["has space", "=?utf-8?q?x?=", "é", "a\u202eb"])
+def test_event_ids_are_printable_ascii(bad_id: str) -> None:
+    assert kind_of(json.dumps({**EVENT, "id": bad_id}).encode(), CT) == "not_cloudevent"

@@ -54,10 +54,35 @@ def test_send_invitation_false_keeps_the_profile_and_issues_nothing() -> None:
     assert decision.issue is None and decision.profile is not None and decision.ignored
 
 
-def test_unusable_address_is_unusable_content() -> None:
-    with pytest.raises(DeadLetter) as info:
-        domain.on_added(None, added(email="no-at-sign.example"), new_token_id="t1")
-    assert info.value.kind == "unusable_content"
+def test_an_unusable_address_is_still_planned_for_the_mailer_to_report() -> None:
+    decision = domain.on_added(None, added(email="no-at-sign.example"), new_token_id="t1")
+    assert decision.issue is not None and decision.profile is not None
+
+
+def test_email_change_after_a_failed_invitation_invites_the_new_address() -> None:
+    data = added(email="typo@contoso.example")
+    decision = domain.on_added(None, data, new_token_id="t1")
+    assert decision.profile is not None
+    refused = domain.with_token(decision.profile, None, data_time())  # the mail was refused: no live link
+    change = EmailChanged(account_id=data.account_id, professional_id=data.professional_id,
+                          old_email=data.email, new_email="right@contoso.example")
+    again = domain.on_email_changed(refused, change, new_token_id="t2")
+    assert again.issue is not None and again.issue.reason == "email_changed" and again.revoke is None
+
+
+def test_email_change_for_a_profile_added_without_invitation_only_updates_the_address() -> None:
+    data = added(send_invitation=False)
+    decision = domain.on_added(None, data, new_token_id="t1")
+    change = EmailChanged(account_id=data.account_id, professional_id=data.professional_id,
+                          old_email=data.email, new_email="new@contoso.example")
+    again = domain.on_email_changed(decision.profile, change, new_token_id="t2")
+    assert again.issue is None and again.profile is not None and again.profile.email == "new@contoso.example"
+
+
+def data_time():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_resend_supersedes_and_applies_overrides() -> None:

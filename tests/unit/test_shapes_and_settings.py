@@ -94,3 +94,19 @@ def test_the_service_refuses_to_start_with_a_clear_message() -> None:
     for name in ("SMTP_FROM", "INVITATION_SECRET", "PORTAL_BASE_URL", "HELP_EMAIL"):
         assert name in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("address", ["a@b@c.com", "jösé@exämple.com", "x@localhost", "a..b@x.com", "a@-x.com",
+                                     "a b@x.com", "<a@x.com>"])
+def test_unusable_addresses(address: str) -> None:
+    from shared.mail.message import usable_address
+
+    assert not usable_address(address)
+
+
+def test_weak_previous_secrets_and_clear_text_smtp_passwords_are_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 32 bytes"):
+        InvitationSettings(**{**BASE, "INVITATION_PREVIOUS_SECRETS": "abc"})
+    with pytest.raises(ValidationError, match="in clear"):
+        InvitationSettings(**{**BASE, "SMTP_USERNAME": "u", "SMTP_PASSWORD": "p"})
+    assert InvitationSettings(**{**BASE, "SMTP_USERNAME": "u", "SMTP_PASSWORD": "p", "SMTP_TLS": "starttls"})

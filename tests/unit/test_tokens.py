@@ -51,3 +51,15 @@ def test_tampering_is_detected() -> None:
 def test_revoked() -> None:
     with pytest.raises(InvalidInvitation, match="revoked"):
         verify_invitation(token(), secrets=[SECRET], now=NOW, is_revoked=lambda tid: tid == "tok-1")
+
+
+def test_hostile_tokens_are_refused_cleanly() -> None:
+    for hostile in ("cs1.ö.x.y", "cs1.\x00.a.b", "x" * 5000, "cs1." + "é" * 10 + ".a.b"):
+        with pytest.raises(InvalidInvitation):
+            verify_invitation(hostile, secrets=[SECRET], now=NOW)
+
+
+def test_weak_or_empty_secrets_are_never_used() -> None:
+    forged = token(secret="")
+    with pytest.raises(InvalidInvitation):
+        verify_invitation(forged, secrets=[SECRET, ""], now=NOW)

@@ -1,0 +1,72 @@
+"""The SMTP pool against real servers: what is final (5xx on a recipient) and what is retried
+(everything about the session: connection, greeting, sender, 4xx)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ops.broker import free_port
+from shared.mail.message import OutgoingMail
+from shared.mail.smtp import Accepted, Refused, SmtpConfig, SmtpPool, TransientSmtpError
+from tests.support.smtp import SmtpServer
+
+MAIL = OutgoingMail(sender="noreply@customersource.example", recipient="jane@contoso.example",
+                    data=b"Subject: x\r\n\r\nhello\r\n", message_id="m@x")
+
+
+@pytest.fixture
+async def rude_server() -> AsyncIterator[int]:
+    """Greets every connection with 554 and hangs up."""
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 no service for you\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_accepted_and_connections_are_reused(smtp: SmtpServer) -> None:
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port, max_connections=2))
+    try:
+        results = await asyncio.gather(*(pool.send(MAIL) for _ in range(10)))
+        assert all(isinstance(r, Accepted) for r in results)
+        assert len(smtp.messages) == 10
+        assert len(pool._idle) <= 2
+    finally:
+        await pool.close()
+
+
+async def test_recipient_refusals_are_final_or_transient_by_code(smtp: SmtpServer) -> None:
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port))
+    try:
+        smtp.handler.refuse_code = 550
+        assert isinstance(await pool.send(MAIL), Refused)
+        smtp.handler.refuse_code = 451
+        with pytest.raises(TransientSmtpError):
+            await pool.send(MAIL)
+        smtp.handler.refuse_code = None
+        assert isinstance(await pool.send(MAIL), Accepted)
+    finally:
+        await pool.close()
+
+
+async def test_session_failures_are_transient_never_final(rude_server: int) -> None:
+    for port in (rude_server, free_port()):  # a 554 greeting; nothing listening
+        pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=port, timeout=5))
+        with pytest.raises(TransientSmtpError):
+            await pool.send(MAIL)
+        await pool.close()
+
+
+async def test_login_failure_is_transient(smtp: SmtpServer) -> None:
+    # aiosmtpd here offers no AUTH: logging in fails during session set-up, which must be retried.
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port, username="u", password="p"))
+    with pytest.raises(TransientSmtpError):
+        await pool.send(MAIL)
+    await pool.close()
