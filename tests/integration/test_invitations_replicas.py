@@ -1,0 +1,38 @@
+"""Two replicas of the invitations service in one consumer group, sharing PostgreSQL: partitions
+move between them while a stream is processed (a replica joins, then one is stopped), and every
+e-mail goes out exactly once."""
+
+from __future__ import annotations
+
+import collections
+
+from services.invitations.contracts import ADDED, TOPIC
+from tests.integration.conftest import Starter
+from tests.support.kafka import Publisher, cloudevent
+from tests.support.samples import professional_added
+from tests.support.smtp import SmtpServer
+
+EVENTS = 600
+
+
+async def test_rebalances_lose_and_duplicate_nothing(kafka: str, smtp: SmtpServer, start_service: Starter,
+                                                     postgres_url: str, report) -> None:  # type: ignore[no-untyped-def]
+    first = start_service(database_url=postgres_url)
+    await first.wait_ready()
+    events = [professional_added() for _ in range(EVENTS)]
+    async with Publisher(kafka) as publisher:
+        await publisher.many(TOPIC, [(e["professional_id"], cloudevent(ADDED, e)) for e in events[:300]])
+        await smtp.wait_for(lambda: len(smtp.messages) >= 50, timeout=60)
+        second = start_service(database_url=postgres_url)  # joins: partitions are reassigned mid-stream
+        await second.wait_ready()
+        await publisher.many(TOPIC, [(e["professional_id"], cloudevent(ADDED, e)) for e in events[300:]])
+    await smtp.wait_for(lambda: len(smtp.messages) >= 400, timeout=120)
+    first.terminate()  # a clean stop: its partitions move to the second replica
+    wanted = {e["email"] for e in events}
+    await smtp.wait_for(lambda: wanted <= {r.rcpt_tos[0] for r in smtp.messages}, timeout=120)
+    counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
+    duplicates = sum(n - 1 for n in counts.values())
+    report(f"two replicas on PostgreSQL, a join and a stop during {EVENTS} events: {duplicates} duplicate(s)")
+    assert set(counts) == wanted
+    assert duplicates == 0
+    assert second.metric("customersource_events_total", outcome="processed") > 0
