@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+DLQ_MAX_MESSAGE_BYTES = 2 * 1_048_576 + 65_536
 TOPICS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "topics.json"
 
 
@@ -39,7 +40,11 @@ async def create(bootstrap: str, partitions: int, replication: int) -> list[str]
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+            # Dead letters carry the original record plus headers: give them room above the input limit.
+            dlq = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+            await admin.create_topics([
+                NewTopic(n, partitions, replication, topic_configs=dlq if n.endswith(".dlq") else {}) for n in missing
+            ])
         return missing
     finally:
         await admin.close()

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.invitations.tokens import MIN_SECRET_BYTES
 from shared.settings import ServiceSettings
 
 HTTP_PORT = 8081
+PLACEHOLDERS = ("change-me", "changeme", "example", "placeholder")
 
 
 class InvitationSettings(ServiceSettings):
@@ -29,6 +30,13 @@ class InvitationSettings(ServiceSettings):
         if len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_BYTES:
             raise ValueError(f"INVITATION_SECRET must be at least {MIN_SECRET_BYTES} bytes")
         return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_in_production(self) -> Self:
+        secret = self.INVITATION_SECRET.get_secret_value().lower()
+        if self.ENVIRONMENT in ("production", "staging") and any(p in secret for p in PLACEHOLDERS):
+            raise ValueError("INVITATION_SECRET is a placeholder: generate one (e.g. openssl rand -base64 48)")
+        return self
 
     @field_validator("INVITATION_PREVIOUS_SECRETS")
     @classmethod

@@ -76,6 +76,8 @@ async def test_every_input_type_end_to_end(kafka: str, smtp: SmtpServer, start_s
     assert len(smtp.messages) == 3
     assert service.metric("customersource_events_total", type=ADDED, outcome="duplicate") == 1
     assert service.metric("customersource_emails_total", outcome="sent") == 3
+    _, metrics = service.get("/metrics")
+    assert f'customersource_consumer_lag{{partition="0",service="invitations",topic="{TOPIC}"}}'.encode() in metrics
 
 
 async def test_bad_messages_are_dead_lettered_and_the_partition_goes_on(kafka: str, smtp: SmtpServer,

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from services.invitations.settings import InvitationSettings
 from tests.support.kafka import ALL_TOPICS
@@ -30,6 +32,9 @@ def test_config_and_secret_use_contract_names_and_are_accepted() -> None:
     values = {**config, **{k: v for k, v in secret.items() if k in settings_names}}
     values["DATABASE_URL"] = secret["INVITATIONS_DATABASE_URL"]
     values.pop("INVITATION_PREVIOUS_SECRETS")
+    with pytest.raises(ValidationError, match="placeholder"):
+        InvitationSettings(**values)  # the example secret must be replaced before production
+    values["INVITATION_SECRET"] = "k" * 48
     settings = InvitationSettings(**values)
     assert settings.KAFKA_SECURITY_PROTOCOL == "SASL_SSL" and settings.ENVIRONMENT == "production"
 
