@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -25,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from ops.broker import TansuBroker, free_port
 from ops.mailcatcher import MailCatcher
+from shared.kafka import create_missing_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -61,19 +59,6 @@ def dev_secret() -> str:
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
-
-
-async def create_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(n, 3, 1) for n in missing])
-    finally:
-        await admin.close()
 
 
 def ready(port: int) -> bool:
@@ -145,7 +130,8 @@ async def run(args: argparse.Namespace) -> None:
         names = services()
         topics = [t for s in names for t in TOPICS[s]]
         inputs = [TOPICS[s][0] for s in names]
-        await create_topics(bootstrap, topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"])
+        await create_missing_topics({"bootstrap_servers": bootstrap},
+                                    topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"])
         secret = dev_secret()
         http_ports = {}
         for name in names:

@@ -11,7 +11,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from shared.kafka import client_options, create_missing_topics
+from shared.settings import ServiceSettings
 
 DLQ_MAX_MESSAGE_BYTES = 2 * 1_048_576 + 65_536
 TOPICS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "topics.json"
@@ -23,31 +24,17 @@ def contract_topics() -> tuple[list[str], int]:
 
 
 async def create(bootstrap: str, partitions: int, replication: int) -> list[str]:
-    from faststream.kafka.security import parse_security
-
-    from shared.kafka import security
-    from shared.settings import ServiceSettings
-
     settings = ServiceSettings(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, SMTP_FROM="ops@localhost.localdomain",
         PORTAL_BASE_URL="https://ops.invalid", BUSINESS_CENTER_URL="https://ops.invalid",
         HELP_EMAIL="ops@localhost.localdomain",
     )  # the KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE environment variables apply
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **parse_security(security(settings)))
-    await admin.start()
-    try:
-        names, _ = contract_topics()
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            # Dead letters carry the original record plus headers: give them room above the input limit.
-            dlq = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
-            await admin.create_topics([
-                NewTopic(n, partitions, replication, topic_configs=dlq if n.endswith(".dlq") else {}) for n in missing
-            ])
-        return missing
-    finally:
-        await admin.close()
+    names, _ = contract_topics()
+    # Dead letters carry the original record plus headers: give them room above the input limit.
+    return await create_missing_topics(
+        client_options(settings), names, partitions=partitions, replication=replication,
+        configs=lambda name: {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if name.endswith(".dlq") else {},
+    )
 
 
 def main() -> None:

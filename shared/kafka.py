@@ -3,9 +3,10 @@ events and dead letters, and topic creation for local and test brokers."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -79,18 +80,32 @@ class Outputs:
         await self._producer.send_and_wait(topic, value=value, key=raw_key, headers=list(headers))
 
 
-async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, partitions: int = 3) -> None:
-    """Create missing topics (local and test brokers; production topics come from deploy/)."""
-    admin = AIOKafkaAdminClient(**client_options(settings), client_id="customersource-admin")
+async def create_missing_topics(
+    options: Mapping[str, Any],
+    topics: Sequence[str],
+    *,
+    partitions: int = 3,
+    replication: int = 1,
+    configs: Callable[[str], dict[str, str]] = lambda topic: {},
+) -> list[str]:
+    """Create the topics that do not exist yet; return their names."""
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-            except TopicAlreadyExistsError:
-                pass
-            log.info("created topics", extra={"topics": missing})
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by someone else
+                await admin.create_topics(
+                    [NewTopic(t, partitions, replication, topic_configs=configs(t)) for t in missing]
+                )
+        return missing
     finally:
         await admin.close()
+
+
+async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, partitions: int = 3) -> None:
+    """Create missing topics (local and test brokers; production topics come from deploy/)."""
+    created = await create_missing_topics(client_options(settings), topics, partitions=partitions)
+    if created:
+        log.info("created topics", extra={"topics": created})

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.kafka import create_missing_topics
 
 OUTPUT_TOPICS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations"]
 INPUT_TOPICS = [
@@ -25,18 +26,7 @@ ALL_TOPICS = INPUT_TOPICS + [t + ".dlq" for t in INPUT_TOPICS] + OUTPUT_TOPICS
 
 
 async def create_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = 3) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            try:
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
+    await create_missing_topics({"bootstrap_servers": bootstrap}, topics, partitions=partitions)
 
 
 async def delete_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS) -> None:
