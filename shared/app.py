@@ -41,9 +41,11 @@ from shared.store import Migration, Store
 
 log = logging.getLogger("customersource.app")
 
-# How long a member whose partitions are revoked waits for its batch in progress: at least one SMTP
-# retry window, so that two members never send for the same records at once.
-REVOKE_DRAIN_SECONDS = 75.0
+def drain_seconds(retry_window: float) -> float:
+    """How long a batch in progress may take to wind down (partitions revoked, or shutting down): one
+    SMTP retry window, then recording an accepted e-mail under database trouble (another window), the
+    batch pause, and a margin; so that two members never send for the same records at once."""
+    return 2 * retry_window + 30 + 15
 
 BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
 JobFunction = Callable[[Job, Effects], Awaitable[None]]
@@ -93,6 +95,7 @@ class Service:
     consumer: TopicConsumer
     broker: KafkaBroker
     scheduler: Scheduler | None = None
+    drain: float = 165.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -158,19 +161,22 @@ def build_service(
         concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
         scheduler=scheduler,
     )
+    drain = drain_seconds(retry_window)
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
+        # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
+        request_timeout_ms=int((drain + 15 + 5) * 1000),
         security=security(settings),
         client_id=f"customersource-{spec.name}",
         middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=spec.name)],
         logger=logging.getLogger(f"customersource.{spec.name}.faststream"),
-        graceful_timeout=30.0,
+        graceful_timeout=drain + 5,
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
         description=spec.description,
     )
     service = Service(
         spec=spec, settings=settings, store=store, outputs=outputs, pool=pool, mailer=mailer,
-        metrics=metrics, clock=clock, consumer=consumer, broker=broker, scheduler=scheduler,
+        metrics=metrics, clock=clock, consumer=consumer, broker=broker, scheduler=scheduler, drain=drain,
     )
     if scheduler is not None:
         scheduler.handlers.update({kind: _job_runner(service, function) for kind, function in spec.jobs.items()})
@@ -210,6 +216,7 @@ def build_service(
         ),
         logger=logging.getLogger(f"customersource.{spec.name}.app"),
         on_startup=[_hook(_start, service)],
+        on_shutdown=[_hook(_wind_down, service)],
         after_startup=[_hook(_after_start, service)],
         after_shutdown=[_hook(_stop, service)],
     )
@@ -271,8 +278,9 @@ def _subscribe(service: Service) -> None:
         parser=tolerant_parser,
         decoder=raw_records,
         ack_policy=AckPolicy.MANUAL,  # TopicConsumer.handle_fetch commits or rewinds each batch itself
-        listener=DrainOnRevoke(service.consumer, timeout=REVOKE_DRAIN_SECONDS),
-        rebalance_timeout_ms=int((REVOKE_DRAIN_SECONDS + 15) * 1000),
+        no_reply=True,  # never publish to a topic named by a record's reply_to header
+        listener=DrainOnRevoke(service.consumer, timeout=service.drain),
+        rebalance_timeout_ms=int((service.drain + 15) * 1000),
         auto_offset_reset="earliest",
         session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
@@ -326,6 +334,16 @@ async def _after_start(service: Service) -> None:
         service.tasks.append(asyncio.create_task(task(service), name=getattr(task, "__name__", "background")))
     service.started = True
     log.info("service started", extra={"topic": service.spec.router.topic, "group_id": service.settings.group_id})
+
+
+async def _wind_down(service: Service) -> None:
+    """Before the broker stops: let the batch in progress finish its records and commit, rather
+    than be cancelled between an SMTP acceptance and its record."""
+    service.consumer.revoking.set()
+    try:
+        await asyncio.wait_for(service.consumer.idle.wait(), service.drain)
+    except TimeoutError:
+        log.warning("batch still running at shutdown")
 
 
 async def _stop(service: Service) -> None:

@@ -109,13 +109,11 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.timeout = timeout
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.consumer.revoking.set()
+        self.consumer.revoking.set()  # cleared when the next batch starts, not before
         try:
             await asyncio.wait_for(self.consumer.idle.wait(), self.timeout)
         except TimeoutError:
             log.warning("batch still running when its partitions were revoked")
-        finally:
-            self.consumer.revoking.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
@@ -268,6 +266,7 @@ class TopicConsumer:
         if kafka is None:
             await self.process_batch(records)
             return
+        self.revoking.clear()  # a new batch, fetched after any rebalance completed
         self.idle.clear()
         try:
             try:
@@ -323,6 +322,7 @@ class TopicConsumer:
         where = (record.topic, record.partition, record.offset)
         if where in self._dead_lettered:
             return  # already copied to the dead-letter topic in an earlier pass of this batch
+        started: tuple[str, str] | None = None
         try:
             size = len(record.value or b"") + len(record.key or b"")
             size += sum(len(k) + len(v or b"") for k, v in record.headers)
@@ -340,6 +340,7 @@ class TopicConsumer:
                 )
             event = validate(inbound, route.model)
             now, done = await self.store.begin_event(event.source, event.id, event.type, self.clock.now())
+            started = (event.source, event.id)
             if done:
                 self.metrics.event(event_type, "duplicate")
                 return
@@ -362,6 +363,9 @@ class TopicConsumer:
             self.metrics.event(event_type, effects.outcome)
         except DeadLetter as letter:
             await self.dead_letter(record, letter)
+            if started is not None:
+                # A replay after the fix is a new first attempt, with its own processing time.
+                await self.store.forget_event(*started)
             self.metrics.event(event_type, "dead_lettered")
         except Exception as exc:
             if is_transient(exc):
@@ -376,6 +380,8 @@ class TopicConsumer:
             await self.dead_letter(
                 record, DeadLetter("unusable_content", f"processing failed: {exc.__class__.__name__}: {exc}"[:500])
             )
+            if started is not None:
+                await self.store.forget_event(*started)
             self.metrics.event(event_type, "dead_lettered")
 
     def _check_key(self, record: ConsumerRecord[Any, Any], event: Event[Any]) -> None:

@@ -50,9 +50,9 @@ def _no_encoded_word(value: str) -> str:
 
 EventId = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$"),
+    StringConstraints(min_length=1, max_length=256, pattern=r"^[\x20-\x7e]+$"),
     AfterValidator(_no_encoded_word),
-    Field(description="Printable ASCII without spaces (it is copied into the X-CustomerSource-Event-Id header)"),
+    Field(description="Printable ASCII (it is copied into the X-CustomerSource-Event-Id header)"),
 ]
 Headers = Sequence[tuple[str, bytes]]
 
@@ -214,8 +214,29 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
     return Inbound(attributes, data, "binary")
 
 
+def _unencodable(node: Any, path: str = "data") -> str | None:
+    """The path of a string that no mail, database or header can carry (lone surrogates, NUL)."""
+    if isinstance(node, str):
+        if "\x00" in node:
+            return path
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _unencodable(value, f"{path}.{key}")
+        if found:
+            return found
+    return None
+
+
 def validate(inbound: Inbound, model: type[DataT]) -> Event[DataT]:
     """Validate the data of a decoded event against its type's model."""
+    bad = _unencodable(inbound.data)
+    if bad:
+        raise DeadLetter("schema_invalid", f"{bad}: contains a NUL or an unpaired surrogate")
     try:
         data = model.model_validate(inbound.data)
     except ValidationError as exc:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    delete,
     event,
     select,
     text,
@@ -333,6 +334,17 @@ class Store:
                  "processed_at": None},
             )
         return now, False
+
+    async def forget_event(self, source: str, event_id: str) -> None:
+        """Drop the record of an unfinished event (it was dead-lettered)."""
+        async with self.transaction() as connection:
+            await connection.execute(
+                delete(processed_events).where(
+                    processed_events.c.source == source,
+                    processed_events.c.event_id == event_id,
+                    processed_events.c.processed_at.is_(None),
+                )
+            )
 
     async def is_processed(self, source: str, event_id: str) -> bool:
         async with self.engine.connect() as connection:

@@ -92,6 +92,8 @@ class InvitationHandlers:
         now = effects.now
         profile = decision.profile or current
         issued = None
+        if decision.issue is not None and decision.profile is not None:
+            issued = await self._issue(decision.issue, decision.profile, effects)
         if decision.revoke is not None and profile is not None:
             await effects.publish(
                 topic=OUTPUT_TOPIC,
@@ -105,11 +107,10 @@ class InvitationHandlers:
                     account_id=profile.account_id,
                     revoked_at=now,
                     reason=decision.revoke.reason,
-                    superseded_by=decision.issue.token_id if decision.issue else None,
+                    # Only a link that really went out supersedes the old one.
+                    superseded_by=issued.token_id if issued else None,
                 ),
             )
-        if decision.issue is not None and decision.profile is not None:
-            issued = await self._issue(decision.issue, decision.profile, effects)
         async with effects.finish() as connection:
             if decision.revoke is not None:
                 await state.revoke_token(connection, decision.revoke.token_id, decision.revoke.reason, now)

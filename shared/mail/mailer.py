@@ -139,8 +139,10 @@ class Mailer:
                 outcome = result("sent", answer.code, None)
             else:
                 outcome = result("failed", answer.code, answer.response[:500])
-        await self._record(delivery_id, cause, note, language, recipient, message_id, outcome.outcome,
-                           outcome.attempts, outcome.smtp_code, outcome.error, insist=outcome.outcome == "sent")
+        # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
+        await asyncio.shield(self._record(delivery_id, cause, note, language, recipient, message_id, outcome.outcome,
+                                          outcome.attempts, outcome.smtp_code, outcome.error,
+                                          insist=outcome.outcome == "sent"))
         self.metrics.email(note.template, outcome.outcome)
         await self._audit(outcome, note.aggregate_id, delivery_id)
         return outcome
@@ -161,8 +163,8 @@ class Mailer:
                 date=self.clock.now(),
                 extra_headers={"X-CustomerSource-Event-Id": cause.id, "X-CustomerSource-Template": note.template},
             )
-        except (UnicodeError, ValueError):
-            log.warning("message could not be built", extra={"template": note.template})
+        except (UnicodeError, ValueError) as exc:
+            log.warning("message could not be built", extra={"template": note.template, "error": repr(exc)[:300]})
             return None
 
     async def _send(

@@ -114,7 +114,9 @@ class SmtpPool:
             refusal = exc.recipients[0]
             return self._classify(refusal.code, refusal.message)
         except aiosmtplib.SMTPSenderRefused as exc:
-            # MAIL FROM refused: SMTP_FROM or the relay's configuration, not this message; retried.
+            if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
+                return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
+            # Otherwise SMTP_FROM or the relay's configuration, not this message: retried.
             raise TransientSmtpError(f"sender refused: {exc.code} {exc.message}", code=exc.code) from None
         except aiosmtplib.SMTPResponseException as exc:
             return self._classify(exc.code, exc.message)

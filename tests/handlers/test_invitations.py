@@ -307,3 +307,24 @@ async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(
     await consumer.process_batch([record])
     [letter] = harness.outputs.dead_letters(TOPIC)
     assert letter["dlq-error-kind"] == "unusable_content" and "KeyError" in letter["dlq-reason"]
+
+
+async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness: Harness) -> None:
+    data = professional_added()
+    await harness.publish(ADDED, data)
+    harness.pool.refuse.add(data["email"])
+    await harness.publish(RESEND_REQUESTED, {"account_id": data["account_id"], "professional_id": data["professional_id"]})
+    [revoked] = harness.revoked()
+    assert revoked["data"]["reason"] == "superseded" and revoked["data"]["superseded_by"] is None
+    assert len(harness.issued()) == 1
+
+
+async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness: Harness) -> None:
+    import json
+
+    data = professional_added()
+    raw = json.dumps(cloudevent(ADDED, data)).replace("Jane Doe", "Jane \\ud800 Doe").encode()
+    await harness.broker.publish(raw, TOPIC, key=data["professional_id"].encode(),
+                                 headers={"content-type": "application/cloudevents+json"})
+    [letter] = harness.outputs.dead_letters(TOPIC)
+    assert letter["dlq-error-kind"] == "schema_invalid" and "data.name" in letter["dlq-reason"]

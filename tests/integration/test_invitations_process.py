@@ -121,9 +121,14 @@ async def test_injection_attempts_do_not_reach_headers_or_html(kafka: str, smtp:
         account_name="Contoso\nX-Injected: yes \u202eevil",
         added_by={"name": "<img src=x onerror=alert(1)>", "kind": "partner"},
     )
-    async with Publisher(kafka) as publisher:
-        await publisher.structured(TOPIC, data["professional_id"], cloudevent(ADDED, data))
-    await smtp.wait_for(lambda: len(smtp.messages) == 1)
+    async with Reader(kafka, INVITATIONS) as reader, Publisher(kafka) as publisher:
+        await publisher.raw(TOPIC, data["professional_id"], json.dumps(cloudevent(ADDED, data)).encode(),
+                            [("content-type", b"application/cloudevents+json"),
+                             ("reply_to", INVITATIONS.encode())])  # must not make FastStream publish there
+        await smtp.wait_for(lambda: len(smtp.messages) == 1)
+        await reader.wait_for(lambda: len(reader.on(INVITATIONS)) >= 1)
+        await asyncio.sleep(0.5)
+        assert [json.loads(r.value)["type"] for r in reader.on(INVITATIONS)] == [ISSUED]
     [received] = smtp.messages
     message = received.message
     assert received.rcpt_tos == [data["email"]]
