@@ -48,6 +48,9 @@ def test_invitations_deployment_probes_and_runs_the_contract_entry_point() -> No
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["ports"][0]["containerPort"] == InvitationSettings.model_fields["HTTP_PORT"].default == 8081
+    from shared.app import drain_seconds
+
+    assert spec["terminationGracePeriodSeconds"] > drain_seconds(60.0)  # a stopping pod finishes its batch
     env_names = {e["name"] for e in container["env"]}
     assert env_names <= set(InvitationSettings.model_fields)
     assert service["spec"]["ports"][0]["port"] == 8081
