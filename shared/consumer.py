@@ -68,33 +68,35 @@ class BatchInterrupted(Exception):
     """The batch stopped early (partitions revoked); its unprocessed records are fetched again."""
 
 
-def rewind(kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-    """Seek every partition of the batch back to its first record (those still assigned)."""
-    earliest: dict[TopicPartition, int] = {}
+async def settle(
+    kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]]
+) -> None:
+    """After a batch, for each partition this member still owns: commit the offsets after the
+    finished records that precede the first unfinished one, and seek back to that one (if any)."""
+    by_partition: dict[TopicPartition, list[int]] = {}
     for record in records:
-        partition = TopicPartition(record.topic, record.partition)
-        earliest[partition] = min(record.offset, earliest.get(partition, record.offset))
+        by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record.offset)
     assigned = kafka.assignment()
-    for partition, offset in earliest.items():
-        if partition in assigned:
-            try:
-                kafka.seek(partition, offset)
-            except IllegalStateError:  # revoked meanwhile: its next owner starts from the commit
-                continue
-
-
-async def commit(kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-    """Commit the offsets after this batch's records, for the partitions still assigned."""
     offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        partition = TopicPartition(record.topic, record.partition)
-        offsets[partition] = max(record.offset + 1, offsets.get(partition, 0))
-    assigned = kafka.assignment()
-    owned = {p: o for p, o in offsets.items() if p in assigned}
-    if not owned:
+    for partition, partition_offsets in by_partition.items():
+        if partition not in assigned:
+            continue  # revoked meanwhile: its next owner starts from the last commit
+        partition_offsets.sort()
+        key = (partition.topic, partition.partition)
+        unfinished = next((o for o in partition_offsets if (*key, o) not in done), None)
+        if unfinished is None:
+            offsets[partition] = partition_offsets[-1] + 1
+            continue
+        if unfinished > partition_offsets[0]:
+            offsets[partition] = unfinished
+        try:
+            kafka.seek(partition, unfinished)
+        except IllegalStateError:
+            offsets.pop(partition, None)
+    if not offsets:
         return
     try:
-        await kafka.commit(owned)
+        await kafka.commit(offsets)
     except (CommitFailedError, IllegalStateError) as exc:
         # The group rebalanced: the new owner processes these records again, idempotently.
         log.warning("offsets not committed (the group rebalanced)", extra={"error": str(exc)})
@@ -253,6 +255,7 @@ class TopicConsumer:
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
         self._dead_lettered: set[tuple[str, int, int]] = set()
+        self._done: set[tuple[str, int, int]] = set()  # records of the current batch that are finished
         self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
@@ -260,22 +263,20 @@ class TopicConsumer:
     async def handle_fetch(
         self, kafka: AIOKafkaConsumer | None, records: Sequence[ConsumerRecord[Any, Any]]
     ) -> None:
-        """Process one fetched batch, then commit exactly its offsets (for the partitions this member
-        still owns), or rewind every partition of the batch to its first record. (``kafka`` is None
-        under FastStream's TestKafkaBroker, which has no consumer: failures then propagate.)"""
+        """Process one fetched batch, then settle it: for the partitions this member still owns,
+        commit up to the first record not finished and seek back to it. (``kafka`` is None under
+        FastStream's TestKafkaBroker, which has no consumer: failures then propagate.)"""
         if kafka is None:
             await self.process_batch(records)
             return
         self.revoking.clear()  # a new batch, fetched after any rebalance completed
         self.idle.clear()
+        self._done = set()
         try:
-            try:
+            with contextlib.suppress(Exception):  # logged by process_batch; the rest is fetched again
                 await self.process_batch(records)
-            except Exception:
-                rewind(kafka, records)
-                return
-            await commit(kafka, records)
-            self._dead_lettered -= {(r.topic, r.partition, r.offset) for r in records}
+            await settle(kafka, records, self._done)
+            self._dead_lettered -= self._done
         finally:
             self.idle.set()
 
@@ -299,6 +300,7 @@ class TopicConsumer:
                     except BaseException:
                         stop.set()
                         raise
+                    self._done.add((record.topic, record.partition, record.offset))
 
         results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
