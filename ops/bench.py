@@ -112,13 +112,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def service_run(bootstrap: str, smtp_port: int, sink: Sink, events: int, connections: int) -> tuple[float, float]:
+async def service_run(
+    bootstrap: str, smtp_port: int, sink: Sink, events: int, connections: int, database_url: str | None
+) -> tuple[float, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     http_port = free_port()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_FETCH_MAX_WAIT_MS": "50",
            "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
            "SMTP_PORT": str(smtp_port), "SMTP_FROM": "CustomerSource <noreply@bench.example>",
-           "SMTP_MAX_CONNECTIONS": str(connections), "DATABASE_URL": f"sqlite+aiosqlite:///{work}/inv.db",
+           "SMTP_MAX_CONNECTIONS": str(connections),
+           "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{work}/inv.db",
            "HTTP_PORT": str(http_port), "PORTAL_BASE_URL": "https://portal.bench.example",
            "BUSINESS_CENTER_URL": "https://bc.bench.example", "HELP_EMAIL": "help@bench.example",
            "INVITATION_SECRET": "bench-" + "s" * 40, "ENVIRONMENT": "test"}
@@ -146,7 +149,7 @@ async def service_run(bootstrap: str, smtp_port: int, sink: Sink, events: int, c
         await process.wait()
 
 
-async def main(events: int, connections: int) -> None:
+async def main(events: int, connections: int, database_url: str | None) -> None:
     broker = TansuBroker().start()
     sink = Sink()
     smtp_port = free_port()
@@ -170,13 +173,14 @@ async def main(events: int, connections: int) -> None:
         await admin.create_topics([NewTopic(t, 3, 1) for t in (TOPIC, TOPIC + ".dlq", "customersource.invitations",
                                                                "customersource.notifications")])
         await admin.close()
-        service_rate, rss = await service_run(broker.bootstrap, smtp_port, sink, events, connections)
+        service_rate, rss = await service_run(broker.bootstrap, smtp_port, sink, events, connections, database_url)
     finally:
         controller.stop()
         broker.stop()
     print(f"raw aiokafka consume      {kafka_rate:10.0f} events/s")
     print(f"raw SMTP send ({connections} conns)   {smtp_rate:10.0f} messages/s")
-    print(f"invitations service       {service_rate:10.0f} events/s (= e-mails/s), peak RSS {rss:.0f} MiB")
+    store = "PostgreSQL" if database_url else "SQLite"
+    print(f"invitations service       {service_rate:10.0f} events/s (= e-mails/s) on {store}, peak RSS {rss:.0f} MiB")
     print(f"  ratio to raw SMTP       {service_rate / smtp_rate:10.2f}")
     print(f"  ratio to raw Kafka      {service_rate / kafka_rate:10.4f}")
 
@@ -185,8 +189,9 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: a fresh SQLite file)")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.connections))
+    asyncio.run(main(args.events, args.connections, args.database_url))
 
 
 if __name__ == "__main__":

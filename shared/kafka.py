@@ -63,7 +63,7 @@ class Outputs:
         self._producer = AIOKafkaProducer(
             **self._options,
             acks="all",
-            linger_ms=2,
+            linger_ms=0,  # each send is awaited before the input is committed: no reason to wait
             max_request_size=self._max_bytes,
             client_id="customersource-outputs",
         )
