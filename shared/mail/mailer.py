@@ -104,8 +104,6 @@ class Mailer:
     async def deliver(self, note: Notification, cause: EventRef) -> NotificationOutcome:
         recipient = note.recipient.email.strip()
         delivery_id = deterministic_id(cause.source, cause.id, "mail", note.template, recipient.lower())
-        message_id = f"{delivery_id}@{self._message_id_domain}"
-        language = negotiate_language(note.recipient.locale, note.local_site)
         async with self.store.connect() as connection:
             row = (await connection.execute(select(deliveries).where(deliveries.c.delivery_id == delivery_id))).first()
         if row is not None and row.outcome in ("sent", "failed"):
@@ -116,109 +114,97 @@ class Mailer:
             )
             await self._audit(outcome, note.aggregate_id, delivery_id)
             return outcome
-        attempts = row.attempts if row is not None else 0
-
-        def result(kind: Literal["sent", "failed"], code: int | None, error: str | None) -> NotificationOutcome:
-            return NotificationOutcome(
-                event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
-                template=note.template, locale=language, recipient=recipient, message_id=message_id,
-                outcome=kind, attempts=attempts, smtp_code=code, error=error, at=self.clock.now(),
-            )
-
+        # Until the SMTP server answers for good, the outcome is provisionally a failure.
+        outcome = NotificationOutcome(
+            event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
+            template=note.template, locale=negotiate_language(note.recipient.locale, note.local_site),
+            recipient=recipient, message_id=f"{delivery_id}@{self._message_id_domain}", outcome="failed",
+            attempts=row.attempts if row is not None else 0, smtp_code=None, error=None, at=self.clock.now(),
+        )
         mail = None
         if usable_address(recipient):
             context = {**self.base_context, **note.context, "recipient": note.recipient}
-            rendered = self.renderer.render(note.template, language, context)
-            mail = self._build(note, rendered, recipient, message_id, cause)
+            rendered = self.renderer.render(note.template, outcome.locale, context)
+            mail = self._build(note, rendered, outcome)
         if mail is None:
-            outcome = result("failed", None, "unusable recipient address")
+            outcome.error = "unusable recipient address"
         else:
-            answer, attempts = await self._send(mail, attempts, note, language, recipient, message_id,
-                                                delivery_id, cause)
+            try:
+                answer = await self._send(mail, outcome)
+            except TransientSmtpError as exc:
+                outcome.smtp_code, outcome.error = exc.code, str(exc)
+                await self._record(delivery_id, note.aggregate_id, outcome, state="pending")
+                log.warning("smtp still failing, the event will be retried",
+                            extra={"template": note.template, "attempts": outcome.attempts, "error": str(exc)})
+                raise RetryLater(f"SMTP: {exc}") from None
+            outcome.smtp_code = answer.code
             if isinstance(answer, Accepted):
-                outcome = result("sent", answer.code, None)
+                outcome.outcome = "sent"
             else:
-                outcome = result("failed", answer.code, answer.response[:500])
+                outcome.error = answer.response[:500]
+        outcome.at = self.clock.now()
         # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
-        await asyncio.shield(self._record(delivery_id, cause, note, language, recipient, message_id, outcome.outcome,
-                                          outcome.attempts, outcome.smtp_code, outcome.error,
-                                          insist=outcome.outcome == "sent"))
+        await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent"))
         self.metrics.email(note.template, outcome.outcome)
         await self._audit(outcome, note.aggregate_id, delivery_id)
         return outcome
 
-    def _build(
-        self, note: Notification, rendered: RenderedMail, recipient: str, message_id: str, cause: EventRef
-    ) -> OutgoingMail | None:
+    def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome) -> OutgoingMail | None:
         try:
             return build_message(
                 sender=self.sender,
                 recipient_name=note.recipient.name,
-                recipient_address=recipient,
+                recipient_address=outcome.recipient,
                 subject=rendered.subject,
                 text=rendered.text,
                 html=rendered.html,
                 language=rendered.language,
-                message_id=message_id,
+                message_id=outcome.message_id,
                 date=self.clock.now(),
-                extra_headers={"X-CustomerSource-Event-Id": cause.id, "X-CustomerSource-Template": note.template},
+                extra_headers={
+                    "X-CustomerSource-Event-Id": outcome.event_id, "X-CustomerSource-Template": note.template,
+                },
             )
         except (UnicodeError, ValueError) as exc:
             log.warning("message could not be built", extra={"template": note.template, "error": repr(exc)[:300]})
             return None
 
-    async def _send(
-        self, mail: OutgoingMail, attempts: int, note: Notification, language: str, recipient: str,
-        message_id: str, delivery_id: str, cause: EventRef,
-    ) -> tuple[Accepted | Refused, int]:
-        """Send with capped exponential backoff on transient failures, for up to ``retry_window``."""
+    async def _send(self, mail: OutgoingMail, outcome: NotificationOutcome) -> Accepted | Refused:
+        """Send with capped exponential backoff on transient failures, for up to ``retry_window``
+        (then the last :class:`TransientSmtpError` is raised); counts attempts in ``outcome``."""
         deadline = time.monotonic() + self.retry_window
         backoff = 0.2
         while True:
-            attempts += 1
+            outcome.attempts += 1
             try:
-                return await self.pool.send(mail), attempts
-            except TransientSmtpError as exc:
+                return await self.pool.send(mail)
+            except TransientSmtpError:
                 self.metrics.retry("smtp")
                 if time.monotonic() + backoff > deadline:
-                    await self._record(delivery_id, cause, note, language, recipient, message_id,
-                                       "pending", attempts, exc.code, str(exc))
-                    log.warning("smtp still failing, the event will be retried",
-                                extra={"template": note.template, "attempts": attempts, "error": str(exc)})
-                    raise RetryLater(f"SMTP: {exc}") from None
+                    raise
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _record(
-        self,
-        delivery_id: str,
-        cause: EventRef,
-        note: Notification,
-        language: str,
-        recipient: str,
-        message_id: str,
-        outcome: str,
-        attempts: int,
-        smtp_code: int | None,
-        error: str | None,
-        *,
+        self, delivery_id: str, aggregate_id: str, outcome: NotificationOutcome, *, state: str | None = None,
         insist: bool = False,
     ) -> None:
-        """Record the outcome. ``insist``: the SMTP server has accepted the e-mail, so losing this
-        record would send it again: a passing database failure is retried here for a while first."""
+        """Record the outcome (``state`` overrides it: "pending"). ``insist``: the SMTP server has
+        accepted the e-mail, so losing this record would send it again: a passing database failure
+        is retried here for a while first."""
         values = {
             "delivery_id": delivery_id,
-            "event_source": cause.source,
-            "event_id": cause.id,
-            "aggregate_id": note.aggregate_id,
-            "template": note.template,
-            "locale": language,
-            "recipient": recipient,
-            "message_id": message_id,
-            "outcome": outcome,
-            "attempts": attempts,
-            "smtp_code": smtp_code,
-            "error": error,
+            "event_source": outcome.event_source,
+            "event_id": outcome.event_id,
+            "aggregate_id": aggregate_id,
+            "template": outcome.template,
+            "locale": outcome.locale,
+            "recipient": outcome.recipient,
+            "message_id": outcome.message_id,
+            "outcome": state or outcome.outcome,
+            "attempts": outcome.attempts,
+            "smtp_code": outcome.smtp_code,
+            "error": outcome.error,
             "at": self.clock.now(),
         }
         pause = 0.1
