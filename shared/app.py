@@ -228,11 +228,8 @@ def _job_runner(service: Service, function: JobFunction) -> JobHandler:
         cause = job.payload.get("cause") or {
             "id": job.job_id, "source": f"/customersource/{service.spec.name}/scheduler", "type": job.kind,
         }
-        effects = Effects(
-            event=EventRef(id=cause["id"], source=cause["source"], type=cause["type"]),
-            service=service.spec.name, now=service.clock.now(), store=service.store, mailer=service.mailer,
-            outputs=service.outputs, metrics=service.metrics, scheduler=service.scheduler,
-        )
+        effects = service.consumer.effects(EventRef(id=cause["id"], source=cause["source"], type=cause["type"]),
+                                           service.clock.now())
         await function(job, effects)
 
     return run
@@ -391,6 +388,3 @@ def _metrics(service: Service) -> Any:
 
     return metrics
 
-
-def output_schema(model: type[BaseModel]) -> Any:
-    return model

@@ -137,7 +137,6 @@ class Effects:
     scheduler: Scheduler | None = None
     outcome: str = "processed"
     finished: bool = False
-    published: list[str] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     async def mail(self, note: Notification) -> NotificationOutcome:
@@ -159,7 +158,6 @@ class Effects:
         )
         await self.outputs.send(topic, key=key, value=value, headers=STRUCTURED_HEADERS)
         self.metrics.output(event_type)
-        self.published.append(event_id)
         return event_id
 
     @contextlib.asynccontextmanager
@@ -319,6 +317,11 @@ class TopicConsumer:
             raise errors[0]
         self._failures = 0
 
+    def effects(self, cause: EventRef, now: datetime) -> Effects:
+        """What a handler (or a scheduled job) caused by ``cause`` may do."""
+        return Effects(event=cause, service=self.router.service, now=now, store=self.store, mailer=self.mailer,
+                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler)
+
     async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
         event_type = "unknown"
         where = (record.topic, record.partition, record.offset)
@@ -347,28 +350,15 @@ class TopicConsumer:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
-            effects = Effects(
-                event=EventRef(id=event.id, source=event.source, type=event.type),
-                service=self.router.service,
-                now=now,
-                store=self.store,
-                mailer=self.mailer,
-                outputs=self.outputs,
-                metrics=self.metrics,
-                scheduler=self.scheduler,
-            )
+            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), now)
             await route.handler(event, effects)
             if not effects.finished:
                 async with effects.finish():
                     pass
             self._crashes.pop(where, None)
             self.metrics.event(event_type, effects.outcome)
-        except DeadLetter as letter:
-            await self.dead_letter(record, letter)
-            if started is not None:
-                # A replay after the fix is a new first attempt, with its own processing time.
-                await self.store.forget_event(*started)
-            self.metrics.event(event_type, "dead_lettered")
+        except DeadLetter as exc:
+            letter = exc
         except Exception as exc:
             if is_transient(exc):
                 raise  # the batch is rewound and processed again (after a pause)
@@ -379,12 +369,14 @@ class TopicConsumer:
                 raise
             self._crashes.pop(where, None)
             log.exception("event failed repeatedly, dead-lettered", extra={"offset": record.offset})
-            await self.dead_letter(
-                record, DeadLetter("unusable_content", f"processing failed: {exc.__class__.__name__}: {exc}"[:500])
-            )
-            if started is not None:
-                await self.store.forget_event(*started)
-            self.metrics.event(event_type, "dead_lettered")
+            letter = DeadLetter("unusable_content", f"processing failed: {exc.__class__.__name__}: {exc}"[:500])
+        else:
+            return
+        await self.dead_letter(record, letter)
+        if started is not None:
+            # A replay after the fix is a new first attempt, with its own processing time.
+            await self.store.forget_event(*started)
+        self.metrics.event(event_type, "dead_lettered")
 
     def _check_key(self, record: ConsumerRecord[Any, Any], event: Event[Any]) -> None:
         expected = getattr(event.data, self.router.key_field, None)

@@ -129,14 +129,6 @@ class SmtpPool:
             raise TransientSmtpError(f"{code} {message}", code=code)
         return Refused(code=code, response=f"{code} {message}")
 
-    async def ping(self) -> bool:
-        try:
-            async with self._connection() as client:
-                code, _ = await client.noop()
-                return 200 <= code < 300
-        except Exception:
-            return False
-
     async def close(self) -> None:
         idle, self._idle = self._idle, []
 

@@ -58,9 +58,6 @@ class FakePool:
 
     async def close(self) -> None: ...
 
-    async def ping(self) -> bool:
-        return True
-
     def to(self, address: str) -> list[EmailMessage]:
         found = []
         for mail in self.sent:
