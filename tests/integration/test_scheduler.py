@@ -14,6 +14,7 @@ import pytest
 from shared.clock import FixedClock, SystemClock
 from shared.scheduler import Job, Scheduler, cancel, job_status, schedule
 from shared.store import Store
+from tests.support.waiting import wait_until
 
 
 @contextlib.asynccontextmanager
@@ -41,13 +42,6 @@ async def add(store: Store, job_id: str, due_at: datetime, now: datetime) -> Non
                        payload={"n": job_id}, now=now)
 
 
-async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: Store) -> None:
     ran: list[Job] = []
 
@@ -60,7 +54,7 @@ async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: St
         await asyncio.sleep(0.05)  # the loop is now asleep for an hour unless woken
         await add(store, "j1", clock.now() + timedelta(milliseconds=300), clock.now())
         scheduler.wake()
-        await wait_until(lambda: len(ran) == 1)
+        await wait_until(lambda: len(ran) == 1, 10)
         assert ran[0].payload == {"n": "j1"} and ran[0].attempts == 1
         for _ in range(200):
             async with store.connect() as connection:
@@ -85,7 +79,7 @@ async def test_pending_jobs_survive_a_restart_and_cancelled_ones_never_run(store
     restarted = Store(database_url, component="scheduler-test")  # a new process, same database
     try:
         async with running(Scheduler(restarted, SystemClock(), {"remind": remind}, rescan=3600)):
-            await wait_until(lambda: ran == ["keep"])
+            await wait_until(lambda: ran == ["keep"], 10)
             await asyncio.sleep(0.3)
     finally:
         await restarted.close()
@@ -107,7 +101,7 @@ async def test_two_replicas_run_each_job_exactly_once(store: Store, database_url
         first = Scheduler(store, SystemClock(), {"remind": remind}, rescan=0.2)
         second = Scheduler(other, SystemClock(), {"remind": remind}, rescan=0.2)
         async with running(first), running(second):
-            await wait_until(lambda: len(runs) == 60)
+            await wait_until(lambda: len(runs) == 60, 10)
             await asyncio.sleep(0.5)
     finally:
         await other.close()

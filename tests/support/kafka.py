@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.kafka import create_missing_topics
+from tests.support.waiting import wait_until
 
 OUTPUT_TOPICS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations"]
 INPUT_TOPICS = [
@@ -132,8 +132,4 @@ class Reader:
         return [r for r in self.records if r.topic == topic]
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in {timeout} s; {len(self.records)} records read")
-            await asyncio.sleep(0.05)
+        await wait_until(condition, timeout, state=lambda: f"{len(self.records)} records read")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -13,6 +11,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from ops.broker import free_port
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -69,8 +68,4 @@ class SmtpServer:
         return [r.message for r in self.handler.received if address.lower() in (a.lower() for a in r.rcpt_tos)]
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in {timeout} s; {len(self.messages)} messages received")
-            await asyncio.sleep(0.05)
+        await wait_until(condition, timeout, state=lambda: f"{len(self.messages)} messages received")
