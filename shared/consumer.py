@@ -174,14 +174,17 @@ class Effects:
 
     async def schedule(
         self, connection: AsyncConnection, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any], caused_by_event: bool = True,
     ) -> None:
-        """A durable due-time, in the :meth:`finish` transaction; the job's e-mails and events name
-        this event as their cause."""
+        """A durable due-time, in the :meth:`finish` transaction. The job's e-mails and events name
+        this event as their cause; with ``caused_by_event=False`` (a job that gathers the work of many
+        events, such as a digest) they name the job itself, so that re-scheduling it from another
+        event never changes the identity of what it sends."""
         assert self.scheduler is not None, "this service declares no jobs"
-        cause = {"id": self.event.id, "source": self.event.source, "type": self.event.type}
+        if caused_by_event:
+            payload = {**payload, "cause": {"id": self.event.id, "source": self.event.source, "type": self.event.type}}
         await scheduling.schedule(connection, job_id=job_id, kind=kind, aggregate_id=aggregate_id, due_at=due_at,
-                                  payload={**payload, "cause": cause}, now=self.now)
+                                  payload=payload, now=self.now)
         self._after_commit.append(self.scheduler.wake)
 
     async def cancel(self, connection: AsyncConnection, job_id: str) -> bool:

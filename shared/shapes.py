@@ -154,3 +154,15 @@ class Person(ContractModel):
     email: EmailText
     name: DisplayText
     locale: LanguageTag = Field(description="Language tag of the person's preferred language")
+
+
+_PRODUCT_NAMES = {"nav": "NAV", "ax": "AX", "gp": "GP", "sl": "SL", "crm": "CRM", "c5": "C5",
+                  "rms": "Retail Management System", "pos": "POS"}
+
+
+def product_name(code: str) -> str:
+    """The name of a product code as people write it: ``dynamics_nav`` -> ``Microsoft Dynamics NAV``;
+    codes not listed read word by word (``dynamics_field_service`` -> ``Microsoft Dynamics Field Service``)."""
+    suffix = code.removeprefix("dynamics_")
+    known = _PRODUCT_NAMES.get(suffix)
+    return "Microsoft Dynamics " + (known or " ".join(word.capitalize() for word in suffix.split("_") if word))

@@ -21,7 +21,7 @@ from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from shared.shapes import LANGUAGES, SITE_LANGUAGE, LocalSite
+from shared.shapes import LANGUAGES, SITE_LANGUAGE, LocalSite, product_name
 
 SHARED_TEMPLATES = Path(__file__).parent / "templates"
 SHARED_LOCALE = Path(__file__).parent / "locale"
@@ -93,6 +93,7 @@ class Renderer:
             environment.filters["date"] = _date_filter(language)
             environment.filters["time"] = _time_filter(language)
             environment.filters["utc_offset"] = utc_offset
+            environment.filters["product"] = product_name
             environment.globals.update(globals or {})
             environment.globals["language"] = language
             self._environments[language] = environment
