@@ -1,0 +1,52 @@
+"""Composition root of the expiry service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream.asgi import AsgiFastStream
+
+from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
+from services.expiry.settings import ExpirySettings
+from services.expiry.state import MIGRATIONS
+from shared.app import Service, ServiceSpec, build_service
+from shared.clock import Clock
+from shared.kafka import Outputs
+from shared.mail.smtp import SmtpPool
+from shared.settings import load_settings
+
+NAME = "expiry"
+HERE = Path(__file__).parent
+
+
+def spec(settings: ExpirySettings) -> ServiceSpec:
+    handlers = ExpiryHandlers(digest_hour=settings.EXPIRY_DIGEST_HOUR,
+                              digest_time_zone=settings.EXPIRY_DIGEST_TIME_ZONE)
+    return ServiceSpec(
+        name=NAME,
+        title="CustomerSource service-plan expiry",
+        description="Reminders to a customer's contacts when a service plan is 90 days, 30 days and 2 weeks from "
+        "expiry and when it has expired (never for Dynamics CRM plans), and a daily digest per partner of its "
+        "customers' plans that entered one of those buckets.",
+        router=handlers.router,
+        templates=HERE / "templates",
+        locale=HERE / "locale",
+        migrations=MIGRATIONS,
+        jobs={DIGEST_JOB: handlers.run_digest},
+    )
+
+
+def create_service(
+    settings: ExpirySettings | None = None,
+    *,
+    pool: SmtpPool | None = None,
+    outputs: Outputs | None = None,
+    clock: Clock | None = None,
+    retry_window: float = 60.0,
+) -> tuple[AsgiFastStream, Service]:
+    settings = settings or load_settings(ExpirySettings, NAME)
+    return build_service(spec(settings), settings, pool=pool, outputs=outputs, clock=clock, retry_window=retry_window)
+
+
+def create_app(settings: ExpirySettings | None = None) -> AsgiFastStream:
+    return create_service(settings)[0]
