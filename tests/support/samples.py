@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
 
 
@@ -27,6 +28,28 @@ def professional_added(**overrides: Any) -> dict[str, Any]:
         "roles": ["professional"],
         "is_first_professional": False,
         "added_by": {"name": "Alex Admin", "kind": "administrator"},
+    }
+    data.update(overrides)
+    return data
+
+
+def person(tag: str = "contact", *, name: str = "Jane Doe", locale: str = "en-US") -> dict[str, Any]:
+    return {"email": address(tag), "name": name, "locale": locale}
+
+
+def plan_nearing_expiry(expires_on: date, **overrides: Any) -> dict[str, Any]:
+    """A Software Assurance plan for NAV on a US account with two contacts and a partner of record."""
+    data: dict[str, Any] = {
+        "plan_id": uid("PLAN"),
+        "account_id": uid("ACC"),
+        "account_name": "Contoso Ltd",
+        "plan_type": "software_assurance",
+        "product": "dynamics_nav",
+        "expires_on": expires_on.isoformat(),
+        "contacts": [person("jane"), person("sam", name="Sam Lee", locale="fr-CA")],
+        "partner": {**person("partner", name="Fabrikam Partners"), "partner_id": uid("PARTNER")},
+        "local_site": "US",
+        "country": "US",
     }
     data.update(overrides)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -32,6 +33,10 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.refuse_code: int | None = None  # e.g. 451 (transient) or 550 (permanent)
         self.refuse_for: Callable[[str], bool] | None = None
+        # Messages to these recipients are held at DATA (never accepted) until hold_for is cleared;
+        # then refused with 451. Lets a test kill a client while its message is in flight.
+        self.hold_for: Callable[[str], bool] | None = None
+        self.holding: list[str] = []
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
@@ -40,6 +45,12 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        held = [a for a in envelope.rcpt_tos if self.hold_for is not None and self.hold_for(a)]
+        if held:
+            self.holding += held
+            while self.hold_for is not None and any(self.hold_for(a) for a in held):
+                await asyncio.sleep(0.02)
+            return "451 Held by the test, not accepted"
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
         return "250 Message accepted for delivery"
 

@@ -12,7 +12,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from services.expiry.settings import ExpirySettings
 from services.invitations.settings import InvitationSettings
+from shared.app import drain_seconds
+from shared.settings import ServiceSettings
 from tests.support.kafka import ALL_TOPICS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -23,39 +26,50 @@ def documents(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
 
 
+SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
+    "invitations": (InvitationSettings, 8081),
+    "expiry": (ExpirySettings, 8082),
+}
+
+
 def test_config_and_secret_use_contract_names_and_are_accepted() -> None:
     config = documents("config.yaml")[0]["data"]
     secret = documents("secret.example.yaml")[0]["stringData"]
-    settings_names = set(InvitationSettings.model_fields)
-    assert set(config) <= settings_names
-    assert set(secret) - {"INVITATIONS_DATABASE_URL"} <= settings_names
-    values = {**config, **{k: v for k, v in secret.items() if k in settings_names}}
-    values["DATABASE_URL"] = secret["INVITATIONS_DATABASE_URL"]
-    values.pop("INVITATION_PREVIOUS_SECRETS")
-    with pytest.raises(ValidationError, match="placeholder"):
-        InvitationSettings(**values)  # the example secret must be replaced before production
-    values["INVITATION_SECRET"] = "k" * 48
-    settings = InvitationSettings(**values)
-    assert settings.KAFKA_SECURITY_PROTOCOL == "SASL_SSL" and settings.ENVIRONMENT == "production"
+    known = set().union(*(cls.model_fields for cls, _ in SERVICES.values()))
+    database_urls = {f"{name.upper()}_DATABASE_URL" for name in SERVICES}
+    assert set(config) <= known
+    assert set(secret) - database_urls <= known
+    for name, (cls, _) in SERVICES.items():
+        values = {k: v for k, v in {**config, **secret}.items() if k in cls.model_fields}
+        values["DATABASE_URL"] = secret[f"{name.upper()}_DATABASE_URL"]
+        values.pop("INVITATION_PREVIOUS_SECRETS", None)
+        if cls is InvitationSettings:
+            with pytest.raises(ValidationError, match="placeholder"):
+                cls(**values)  # the example secret must be replaced before production
+            values["INVITATION_SECRET"] = "k" * 48
+        settings = cls(**values)
+        assert settings.KAFKA_SECURITY_PROTOCOL == "SASL_SSL" and settings.ENVIRONMENT == "production"
 
 
-def test_invitations_deployment_probes_and_runs_the_contract_entry_point() -> None:
-    deployment, service = documents("invitations.yaml")
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_deployment_probes_and_runs_the_contract_entry_point(name: str) -> None:
+    cls, port = SERVICES[name]
+    deployment, service = documents(f"{name}.yaml")
     spec = deployment["spec"]["template"]["spec"]
     [container] = spec["containers"]
-    assert container["args"] == ["invitations"]
-    assert spec["initContainers"][0]["args"] == ["invitations", "migrate"]
+    assert container["args"] == [name]
+    assert spec["initContainers"][0]["args"] == [name, "migrate"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["ports"][0]["containerPort"] == InvitationSettings.model_fields["HTTP_PORT"].default == 8081
-    from shared.app import drain_seconds
-
+    assert container["ports"][0]["containerPort"] == cls.model_fields["HTTP_PORT"].default == port
     assert spec["terminationGracePeriodSeconds"] > drain_seconds(60.0)  # a stopping pod finishes its batch
-    env_names = {e["name"] for e in container["env"]}
-    assert env_names <= set(InvitationSettings.model_fields)
-    assert service["spec"]["ports"][0]["port"] == 8081
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) <= set(cls.model_fields)
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == f"{name.upper()}_DATABASE_URL"
+    assert service["spec"]["ports"][0]["port"] == port
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert all((K8S / r).is_file() for r in kustomization["resources"])
+    assert f"{name}.yaml" in kustomization["resources"]
 
 
 def test_topic_list_covers_the_contract() -> None:

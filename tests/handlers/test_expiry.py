@@ -1,0 +1,211 @@
+"""Expiry handlers and the digest job through FastStream's TestKafkaBroker, with recording fakes for
+SMTP and the output producer, a fixed clock and a real SQLite store (the integration tests repeat the
+key flows on the real broker, SMTP server, SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.kafka import TestKafkaBroker
+from sqlalchemy import select
+
+from services.expiry.app import create_service
+from services.expiry.contracts import INPUT_TYPES, NEARING_EXPIRY, RENEWED, TOPIC
+from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
+from services.expiry.settings import ExpirySettings
+from shared.app import Service
+from shared.clock import FixedClock
+from shared.scheduler import Job
+from shared.store import scheduled_jobs
+from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.kafka import cloudevent
+from tests.support.samples import plan_nearing_expiry, uid
+
+# 1 December 2026, 15:00 UTC: 10:00 in New York, 16:00 in Paris.
+NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+TODAY = date(2026, 12, 1)
+
+
+@dataclass
+class Harness:
+    broker: Any
+    service: Service
+    pool: FakePool
+    outputs: FakeOutputs
+    clock: FixedClock
+
+    async def publish(self, event_type: str, data: dict[str, Any], *, at: datetime | None = None,
+                      **kw: Any) -> dict[str, Any]:
+        event = cloudevent(event_type, data, time=at or self.clock.now(), **kw)
+        await self.broker.publish(event, TOPIC, key=data["plan_id"].encode(),
+                                  headers={"content-type": "application/cloudevents+json"})
+        return event
+
+    async def run_digests_until(self, moment: datetime) -> int:
+        """Move the clock to ``moment`` and run every job due by then; return how many ran."""
+        self.clock.advance(moment - self.clock.now())
+        assert self.service.scheduler is not None
+        return await self.service.scheduler.run_due()
+
+    def mails(self, address: str) -> list[EmailMessage]:
+        return self.pool.to(address)
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content()).replace("\xa0", " ")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = ExpirySettings(
+        SMTP_FROM="CustomerSource <noreply@customersource.example>",
+        PORTAL_BASE_URL="https://portal.example.com",
+        BUSINESS_CENTER_URL="https://bc.example.com",
+        HELP_EMAIL="help@customersource.example",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/expiry.db",
+    )
+    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(NOW)
+    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
+                                retry_window=0.3)
+    await service.store.migrate()
+    async with TestKafkaBroker(service.broker) as broker:
+        yield Harness(broker, service, pool, outputs, clock)
+    await service.store.close()
+
+
+def test_the_router_handles_exactly_the_contract_types() -> None:
+    router = ExpiryHandlers(digest_hour=7, digest_time_zone="UTC").router
+    assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
+
+
+async def test_a_reminder_names_plan_product_date_and_partner_in_each_contacts_language(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY + timedelta(days=30))
+    jane, sam = data["contacts"]
+    event = await harness.publish(NEARING_EXPIRY, data)
+    [english] = harness.mails(jane["email"])
+    [french] = harness.mails(sam["email"])
+    assert english["X-CustomerSource-Template"] == "plan_expiry_reminder"
+    assert english["X-CustomerSource-Event-Id"] == event["id"]
+    assert english["Content-Language"] == "en" and french["Content-Language"] == "fr"
+    text = text_of(english)
+    assert "Software Assurance" in english["Subject"] and "Microsoft Dynamics NAV" in english["Subject"]
+    assert "December 31, 2026" in english["Subject"]
+    assert "Contoso Ltd" in text and "Fabrikam Partners" in text
+    assert "access to CustomerSource and the benefits of the plan end" in text
+    assert "can renew the plan or change it" in text
+    assert "31 décembre 2026" in text_of(french)
+    sent = harness.outputs.events("customersource.notifications", "customersource.notification.sent.v1")
+    assert {s["data"]["recipient"] for s in sent} == {jane["email"], sam["email"]}
+
+
+async def test_one_reminder_per_contact_and_bucket_whatever_the_number_of_events(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY + timedelta(days=30))
+    event = await harness.publish(NEARING_EXPIRY, data)
+    await harness.publish(NEARING_EXPIRY, data, event_id=event["id"])  # the same (source, id)
+    await harness.publish(NEARING_EXPIRY, data)  # a new event, same bucket
+    await harness.publish(NEARING_EXPIRY, data, at=NOW + timedelta(days=5))  # 25 days: still "30 days"
+    assert len(harness.pool.sent) == 2
+    newcomer = {"email": "new@contoso.example", "name": "New Colleague", "locale": "da"}
+    await harness.publish(NEARING_EXPIRY, {**data, "contacts": [*data["contacts"], newcomer]})
+    assert len(harness.pool.sent) == 3 and len(harness.mails("new@contoso.example")) == 1
+    # The next bucket is a new reminder to everyone; the wider one never comes back after it.
+    await harness.publish(NEARING_EXPIRY, data, at=NOW + timedelta(days=17))
+    assert [m["X-CustomerSource-Template"] for m in harness.mails(data["contacts"][0]["email"])] == \
+        ["plan_expiry_reminder"] * 2
+    await harness.publish(NEARING_EXPIRY, data)  # a late "30 days" event
+    assert len(harness.pool.sent) == 5
+
+
+async def test_expired_notice(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY, contacts=[{"email": "ops@contoso.example", "name": "Ops", "locale": "de-AT"}],
+                               local_site="AT", country="AT", partner=None)
+    await harness.publish(NEARING_EXPIRY, data)
+    [message] = harness.mails("ops@contoso.example")
+    assert message["X-CustomerSource-Template"] == "plan_expired" and message["Content-Language"] == "de"
+
+
+async def test_crm_plans_get_nothing_and_never_reach_a_digest(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY + timedelta(days=10), product="dynamics_crm")
+    await harness.publish(NEARING_EXPIRY, data)
+    assert harness.pool.sent == []
+    assert await harness.run_digests_until(NOW + timedelta(days=2)) == 0
+    assert harness.pool.sent == []
+
+
+async def test_a_renewal_suppresses_notices_and_pending_digest_entries(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY + timedelta(days=12))
+    await harness.publish(NEARING_EXPIRY, data)
+    assert len(harness.pool.sent) == 2
+    await harness.publish(RENEWED, {"plan_id": data["plan_id"], "account_id": data["account_id"],
+                                    "expires_on": "2027-12-13"})
+    await harness.publish(NEARING_EXPIRY, data, at=NOW + timedelta(days=12))  # the old date reaches "expired"
+    assert len(harness.pool.sent) == 2
+    assert await harness.run_digests_until(NOW + timedelta(days=1)) == 1  # the digest job ran...
+    assert harness.mails(data["partner"]["email"]) == []  # ... with nothing left to say: no empty digest
+
+
+async def test_the_partner_digest_groups_its_customers_by_bucket_once_a_day(harness: Harness) -> None:
+    partner = {"partner_id": uid("PARTNER"), "email": "digest@fabrikam.example", "name": "Fabrikam",
+               "locale": "en-GB", "country": "FR"}  # Paris: 7:00 local is 6:00 UTC in winter
+    plans = {
+        "Contoso Ltd": plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner),
+        "Northwind Traders": plan_nearing_expiry(TODAY + timedelta(days=15), partner=partner,
+                                                 account_name="Northwind Traders", plan_type="enhancement_plan",
+                                                 product="dynamics_gp"),
+        "Tailspin Toys": plan_nearing_expiry(TODAY + timedelta(days=60), partner=partner,
+                                             account_name="Tailspin Toys", plan_type="deluxe_support"),
+        "Wide World Importers": plan_nearing_expiry(TODAY - timedelta(days=1), partner=partner,
+                                                    account_name="Wide World Importers"),
+        "Crm Customer": plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
+                                            account_name="Crm Customer", product="dynamics_crm"),
+    }
+    for data in plans.values():
+        await harness.publish(NEARING_EXPIRY, data)
+    # The same plan moves from 30 days to 2 weeks before the digest: listed once, in the narrower group.
+    # (15 days on 1 December in New York, 14 days from midnight there, 5:00 UTC on the 2nd.)
+    await harness.publish(NEARING_EXPIRY, plans["Northwind Traders"], at=datetime(2026, 12, 2, 5, 30, tzinfo=UTC))
+    assert harness.mails(partner["email"]) == []
+    assert await harness.run_digests_until(datetime(2026, 12, 2, 5, 59, tzinfo=UTC)) == 0
+    assert await harness.run_digests_until(datetime(2026, 12, 2, 6, 0, tzinfo=UTC)) == 1
+    [digest] = harness.mails(partner["email"])
+    assert digest["X-CustomerSource-Template"] == "partner_digest" and digest["Content-Language"] == "en"
+    text = text_of(digest)
+    order = [text.index(heading) for heading in
+             ("Expiring within 2 weeks", "Contoso Ltd", "Northwind Traders", "Expiring within 90 days",
+              "Tailspin Toys", "Expired", "Wide World Importers")]
+    assert order == sorted(order), text
+    assert "Expiring within 30 days" not in text and text.count("Northwind Traders") == 1
+    assert "Crm Customer" not in text
+    assert "December 2, 2026" in digest["Subject"]
+    # Nothing new: no digest the next day; the same day's job never runs twice.
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 6, 0, tzinfo=UTC)) == 0
+    # A plan entering a bucket later that day waits for the next day's digest.
+    later = plan_nearing_expiry(TODAY + timedelta(days=40), partner=partner, account_name="Litware")
+    await harness.publish(NEARING_EXPIRY, later, at=datetime(2026, 12, 3, 6, 30, tzinfo=UTC))
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 23, 0, tzinfo=UTC)) == 0
+    assert await harness.run_digests_until(datetime(2026, 12, 4, 6, 0, tzinfo=UTC)) == 1
+    _, second = harness.mails(partner["email"])
+    assert "Litware" in text_of(second) and "Contoso Ltd" not in text_of(second)
+
+
+async def test_a_digest_job_run_twice_sends_one_digest(harness: Harness) -> None:
+    data = plan_nearing_expiry(TODAY + timedelta(days=10))
+    await harness.publish(NEARING_EXPIRY, data)
+    scheduler = harness.service.scheduler
+    assert scheduler is not None
+    harness.clock.advance(timedelta(days=1))
+    async with harness.service.store.connect() as connection:
+        row = (await connection.execute(select(scheduled_jobs).where(scheduled_jobs.c.kind == DIGEST_JOB))).one()
+    job = Job(row.job_id, row.kind, row.aggregate_id, row.due_at, json.loads(row.payload), 1)
+    await scheduler.handlers[DIGEST_JOB](job)
+    await scheduler.handlers[DIGEST_JOB](job)  # a re-run, say after a crash before "done"
+    assert len(harness.mails(data["partner"]["email"])) == 1
