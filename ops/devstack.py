@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,35 @@ def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
             "customersource.professional.invitation_resend_requested.v1",
             {"account_id": "ACC-3003", "professional_id": "PRO-4"})),
         ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),
+        *plan_events(event),
+    ]
+
+
+def plan_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """Service plans of the demo company: reminders now, and the partner's digest at 7:00 its time."""
+    today = datetime.now(UTC).date()
+    encore = {"partner_id": "PARTNER-77", "name": "Encore Business Solutions", "email": "plans@encore.example",
+              "locale": "en-CA", "country": "CA"}
+    claire = {"email": "claire.martin@fabrikam.example", "name": "Claire Martin", "locale": "fr-FR"}
+    jane = {"email": "jane.doe@contoso.example", "name": "Jane Doe", "locale": "en-US"}
+
+    def nearing(plan: str, account: str, name: str, plan_type: str, product: str, days: int,
+                contact: dict[str, str], site: str) -> tuple[str, str, dict[str, Any]]:
+        data = {"plan_id": plan, "account_id": account, "account_name": name, "plan_type": plan_type,
+                "product": product, "expires_on": (today + timedelta(days=days)).isoformat(), "contacts": [contact],
+                "partner": encore, "local_site": site, "country": site}
+        return "customersource.service-plans", plan, event("customersource.plan.nearing_expiry.v1", data)
+
+    return [
+        nearing("PLAN-501", "ACC-1001", "Fabrikam France SA", "software_assurance", "dynamics_nav", 12, claire, "FR"),
+        nearing("PLAN-502", "ACC-3003", "Contoso Pharmaceuticals", "enhancement_plan", "dynamics_gp", 45, jane, "US"),
+        # Dynamics CRM plans get no notice (the seeds keep CRM customers out of the plan-expiry view).
+        nearing("PLAN-503", "ACC-3003", "Contoso Pharmaceuticals", "software_assurance", "dynamics_crm", 10, jane,
+                "US"),
+        ("customersource.service-plans", "PLAN-502", event(
+            "customersource.plan.renewed.v1",
+            {"plan_id": "PLAN-502", "account_id": "ACC-3003",
+             "expires_on": (today + timedelta(days=45 + 365)).isoformat()})),
     ]
 
 
