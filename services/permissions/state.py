@@ -1,0 +1,64 @@
+"""The permissions service's table: one row per request, with what its e-mails need."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.permissions.domain import Request, State
+from shared.shapes import Person
+from shared.store import UTCDateTime, create_tables, upsert
+
+metadata = MetaData()
+
+requests = Table(
+    "permission_requests",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("account_id", String(128), nullable=False),
+    Column("account_name", String(300), nullable=False),
+    Column("partner_id", String(128), nullable=False),
+    Column("partner", Text, nullable=False),  # JSON person
+    Column("admins", Text, nullable=False),  # JSON list of persons
+    Column("capabilities", Text, nullable=False),  # JSON list of codes
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("decided_at", UTCDateTime),
+    Column("decided_by", Text),  # JSON person
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_permission_requests_account", "account_id", "partner_id"),
+)
+
+MIGRATIONS = (create_tables(metadata),)
+
+
+def _person(text: str) -> Person:
+    return Person.model_validate_json(text)
+
+
+async def load_request(connection: AsyncConnection, request_id: str) -> Request | None:
+    row = (await connection.execute(select(requests).where(requests.c.request_id == request_id))).first()
+    if row is None:
+        return None
+    return Request(
+        request_id=row.request_id, account_id=row.account_id, account_name=row.account_name,
+        partner_id=row.partner_id, partner=_person(row.partner),
+        admins=tuple(Person.model_validate(p) for p in json.loads(row.admins)),
+        capabilities=tuple(json.loads(row.capabilities)), requested_at=row.requested_at, state=State(row.state),
+        decided_at=row.decided_at, decided_by=_person(row.decided_by) if row.decided_by else None,
+    )
+
+
+async def save_request(connection: AsyncConnection, request: Request, now: datetime) -> None:
+    values = {
+        "request_id": request.request_id, "account_id": request.account_id, "account_name": request.account_name,
+        "partner_id": request.partner_id, "partner": request.partner.model_dump_json(),
+        "admins": json.dumps([a.model_dump() for a in request.admins]),
+        "capabilities": json.dumps(list(request.capabilities)), "requested_at": request.requested_at,
+        "state": request.state.value, "decided_at": request.decided_at,
+        "decided_by": request.decided_by.model_dump_json() if request.decided_by else None, "updated_at": now,
+    }
+    await upsert(connection, requests, values, ["request_id"])
