@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 
@@ -53,3 +53,28 @@ def plan_nearing_expiry(expires_on: date, **overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def permission_requested(**overrides: Any) -> dict[str, Any]:
+    """A partner asks to manage the benefits of an account with two administrators (all six capabilities)."""
+    data: dict[str, Any] = {
+        "request_id": uid("REQ"),
+        "account_id": uid("ACC"),
+        "account_name": "Fabrikam France SA",
+        "partner": {**person("partner", name="Encore Business Solutions", locale="en-CA"), "partner_id": uid("PARTNER")},
+        "customer_admins": [person("claire", name="Claire Martin", locale="fr-FR"), person("paul", name="Paul Durand")],
+        "requested_at": datetime.now(UTC).isoformat(),
+    }
+    data.update(overrides)
+    return data
+
+
+def decision(requested: dict[str, Any], *, by: dict[str, Any] | None = None, at: datetime | None = None
+             ) -> dict[str, Any]:
+    """The data of an approved / denied / removed event for a request."""
+    return {
+        "request_id": requested["request_id"], "account_id": requested["account_id"],
+        "partner_id": requested["partner"]["partner_id"],
+        "decided_by": by or requested["customer_admins"][0],
+        "decided_at": (at or datetime.now(UTC)).isoformat(),
+    }

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from services.expiry.settings import ExpirySettings
 from services.invitations.settings import InvitationSettings
+from services.permissions.settings import PermissionSettings
 from shared.app import drain_seconds
 from shared.settings import ServiceSettings
 from tests.support.kafka import ALL_TOPICS
@@ -29,6 +30,7 @@ def documents(name: str) -> list[dict[str, Any]]:
 SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
     "invitations": (InvitationSettings, 8081),
     "expiry": (ExpirySettings, 8082),
+    "permissions": (PermissionSettings, 8083),
 }
 
 

@@ -1,0 +1,176 @@
+"""Permissions handlers and the reminder job through FastStream's TestKafkaBroker, with recording fakes
+for SMTP and the output producer, a fixed clock and a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.kafka import TestKafkaBroker
+
+from services.permissions.app import create_service
+from services.permissions.contracts import APPROVED, DENIED, INPUT_TYPES, REMOVED, REQUESTED, TOPIC
+from services.permissions.handlers import PermissionHandlers
+from services.permissions.settings import PermissionSettings
+from shared.app import Service
+from shared.clock import FixedClock
+from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.kafka import cloudevent
+from tests.support.samples import decision, permission_requested
+
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class Harness:
+    broker: Any
+    service: Service
+    pool: FakePool
+    outputs: FakeOutputs
+    clock: FixedClock
+
+    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        event = cloudevent(event_type, data, time=self.clock.now(), **kw)
+        await self.broker.publish(event, TOPIC, key=data["request_id"].encode(),
+                                  headers={"content-type": "application/cloudevents+json"})
+        return event
+
+    async def run_jobs_at(self, moment: datetime) -> int:
+        self.clock.advance(moment - self.clock.now())
+        assert self.service.scheduler is not None
+        return await self.service.scheduler.run_due()
+
+    def templates(self, address: str) -> list[str]:
+        return [m["X-CustomerSource-Template"] for m in self.pool.to(address)]
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        return self.outputs.dead_letters(TOPIC)
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = PermissionSettings(
+        SMTP_FROM="CustomerSource <noreply@customersource.example>",
+        PORTAL_BASE_URL="https://portal.example.com",
+        BUSINESS_CENTER_URL="https://businesscenter.example.com",
+        HELP_EMAIL="help@customersource.example",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/permissions.db",
+    )
+    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(NOW)
+    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
+                                retry_window=0.3)
+    await service.store.migrate()
+    async with TestKafkaBroker(service.broker) as broker:
+        yield Harness(broker, service, pool, outputs, clock)
+    await service.store.close()
+
+
+def test_the_router_handles_exactly_the_contract_types() -> None:
+    router = PermissionHandlers(reminder_days=7).router
+    assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
+
+
+async def test_a_request_asks_each_administrator_in_their_language(harness: Harness) -> None:
+    data = permission_requested(requested_at=NOW.isoformat(), capabilities=["manage_users", "download_software"])
+    claire, paul = data["customer_admins"]
+    event = await harness.publish(REQUESTED, data)
+    [french] = harness.pool.to(claire["email"])
+    [english] = harness.pool.to(paul["email"])
+    assert french["Content-Language"] == "fr" and english["Content-Language"] == "en"
+    assert english["X-CustomerSource-Template"] == "permission_requested"
+    assert english["X-CustomerSource-Event-Id"] == event["id"]
+    assert "Encore Business Solutions" in english["Subject"] and "Fabrikam France SA" in english["Subject"]
+    text = text_of(english)
+    assert "Add, change and remove authorized users" in text and "Download software and view product keys" in text
+    assert "authorized domains" not in text, "only the capabilities of the event"
+    assert "https://businesscenter.example.com" in text
+    assert "Inventory" in text and "Manage my inventory" in text and "View and change partner permissions" in text
+    assert "Change status" in text and "Submit" in text and "Remove permission" in text
+    assert harness.pool.to(data["partner"]["email"]) == [], "the partner gets nothing on its own request"
+
+
+async def test_approval_then_removal_tell_the_partner_and_confirm_to_the_administrators(harness: Harness) -> None:
+    data = permission_requested(requested_at=NOW.isoformat())
+    partner, (claire, paul) = data["partner"]["email"], data["customer_admins"]
+    await harness.publish(REQUESTED, data)
+    await harness.publish(APPROVED, decision(data, at=NOW + timedelta(hours=2)))
+    [approved] = harness.pool.to(partner)
+    assert approved["X-CustomerSource-Template"] == "permission_decision"
+    assert "approved" in approved["Subject"] and "Claire Martin" in text_of(approved)
+    assert "11:00 AM (UTC)" in text_of(approved)
+    assert harness.templates(paul["email"]) == ["permission_requested", "permission_confirmation"]
+    await harness.publish(REMOVED, decision(data, by=paul))
+    assert len(harness.pool.to(partner)) == 2 and "removed" in harness.pool.to(partner)[1]["Subject"]
+    assert harness.templates(claire["email"]) == ["permission_requested"] + ["permission_confirmation"] * 2
+    assert "can no longer manage" in harness.pool.to(paul["email"])[2]["Subject"]
+    assert "ne peut plus gérer" in harness.pool.to(claire["email"])[2]["Subject"]
+
+
+async def test_a_refusal_tells_only_the_partner(harness: Harness) -> None:
+    data = permission_requested()
+    await harness.publish(REQUESTED, data)
+    await harness.publish(DENIED, decision(data))
+    assert harness.templates(data["partner"]["email"]) == ["permission_decision"]
+    assert "refused" in harness.pool.to(data["partner"]["email"])[0]["Subject"]
+    assert harness.templates(data["customer_admins"][0]["email"]) == ["permission_requested"]
+
+
+async def test_repeats_are_ignored_and_invalid_transitions_dead_lettered_without_mail(harness: Harness) -> None:
+    data = permission_requested()
+    event = await harness.publish(REQUESTED, data)
+    await harness.publish(REQUESTED, data, event_id=event["id"])  # the same (source, id)
+    await harness.publish(REQUESTED, data)  # a new id asking for the state it is in
+    await harness.publish(REMOVED, decision(data))  # remove while pending
+    await harness.publish(APPROVED, decision(data))
+    await harness.publish(APPROVED, decision(data))  # approved again: ignored
+    await harness.publish(DENIED, decision(data))  # deny after approval
+    await harness.publish(REMOVED, decision(data))
+    await harness.publish(APPROVED, decision(data))  # anything after removal
+    await harness.publish(REQUESTED, data)
+    unknown = permission_requested()
+    await harness.publish(APPROVED, decision(unknown))  # never requested
+    kinds = [(d["dlq-error-kind"], d["dlq-reason"]) for d in harness.dead_letters()]
+    assert [k for k, _ in kinds] == ["invalid_transition"] * 4 + ["unknown_aggregate"]
+    assert "pending" in kinds[0][1] and "removed" in kinds[2][1] and unknown["request_id"] in kinds[4][1]
+    assert len(harness.pool.to(data["partner"]["email"])) == 2  # approved, removed
+    assert harness.pool.to(unknown["partner"]["email"]) == []
+    metrics = harness.service.metrics.events
+    assert metrics.labels("permissions", REQUESTED, "ignored")._value.get() == 1
+    assert metrics.labels("permissions", APPROVED, "ignored")._value.get() == 1
+
+
+async def test_one_reminder_while_pending_none_once_decided(harness: Harness) -> None:
+    pending = permission_requested(requested_at=NOW.isoformat())
+    decided = permission_requested(requested_at=NOW.isoformat())
+    for data in (pending, decided):
+        await harness.publish(REQUESTED, data)
+    await harness.publish(APPROVED, decision(decided))
+    assert await harness.run_jobs_at(NOW + timedelta(days=7) - timedelta(seconds=1)) == 0
+    assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 1
+    for admin in pending["customer_admins"]:
+        assert harness.templates(admin["email"]) == ["permission_requested", "permission_reminder"]
+    reminder = harness.pool.to(pending["customer_admins"][1]["email"])[1]
+    assert "Reminder" in reminder["Subject"] and "still pending" in text_of(reminder)
+    assert "permission_reminder" not in harness.templates(decided["customer_admins"][0]["email"])
+    assert await harness.run_jobs_at(NOW + timedelta(days=30)) == 0, "one reminder, ever"
+
+
+async def test_no_reminder_for_a_request_read_more_than_a_day_after_it_was_due(harness: Harness) -> None:
+    stale = permission_requested(requested_at=(NOW - timedelta(days=9)).isoformat())
+    late = permission_requested(requested_at=(NOW - timedelta(days=7, hours=12)).isoformat())
+    for data in (stale, late):
+        await harness.publish(REQUESTED, data)
+    assert await harness.run_jobs_at(NOW) == 1  # the late one's reminder, at once
+    assert harness.templates(late["customer_admins"][0]["email"]) == ["permission_requested", "permission_reminder"]
+    assert harness.templates(stale["customer_admins"][0]["email"]) == ["permission_requested"]
