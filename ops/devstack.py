@@ -99,6 +99,7 @@ def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
             {"account_id": "ACC-3003", "professional_id": "PRO-4"})),
         ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),
         *plan_events(event),
+        *permission_events(event),
     ]
 
 
@@ -127,6 +128,29 @@ def plan_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
             "customersource.plan.renewed.v1",
             {"plan_id": "PLAN-502", "account_id": "ACC-3003",
              "expires_on": (today + timedelta(days=45 + 365)).isoformat()})),
+    ]
+
+
+def permission_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """A partner asks to manage Fabrikam France's benefits; its administrator approves, later removes it."""
+    now = datetime.now(UTC)
+    claire = {"email": "claire.martin@fabrikam.example", "name": "Claire Martin", "locale": "fr-FR"}
+    request = {"request_id": "REQ-9001", "account_id": "ACC-1001", "account_name": "Fabrikam France SA",
+               "partner": {"partner_id": "PARTNER-77", "name": "Encore Business Solutions",
+                           "email": "benefits@encore.example", "locale": "en-CA"},
+               "customer_admins": [claire], "requested_at": now.isoformat()}
+
+    def decided(event_type: str, minutes: int) -> tuple[str, str, dict[str, Any]]:
+        data = {"request_id": "REQ-9001", "account_id": "ACC-1001", "partner_id": "PARTNER-77", "decided_by": claire,
+                "decided_at": (now + timedelta(minutes=minutes)).isoformat()}
+        return "customersource.partner-permissions", "REQ-9001", event(event_type, data)
+
+    return [
+        ("customersource.partner-permissions", "REQ-9001", event("customersource.permission.requested.v1", request)),
+        decided("customersource.permission.approved.v1", 1),
+        decided("customersource.permission.removed.v1", 2),
+        # An approval after the removal is an invalid transition: dead-lettered, nothing sent.
+        decided("customersource.permission.approved.v1", 3),
     ]
 
 
