@@ -62,13 +62,15 @@ def account_zone(data: PlanNearingExpiry) -> str:
     return data.time_zone or default_time_zone(data.country)
 
 
-def partner_zone(partner: Partner, account: str | None, fallback: str) -> str:
-    """The partner's ``time_zone``, else its country's default, else the account's zone, else the setting."""
+def partner_zone(partner: Partner, account: str | None, fallback: str) -> tuple[str, bool]:
+    """The partner's ``time_zone``, else its country's default, else the account's zone, else the setting;
+    and whether the partner itself said (a zone borrowed from one customer's account is not replaced by
+    the next customer's, so that the partner's local day stays the same)."""
     if partner.time_zone:
-        return partner.time_zone
+        return partner.time_zone, True
     if partner.country:
-        return default_time_zone(partner.country)
-    return account or fallback
+        return default_time_zone(partner.country), True
+    return account or fallback, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,36 @@ def on_renewed(state: PlanState | None, data: PlanRenewed) -> Decision:
         return Decision(ignored=f"the plan already expires on {state.expires_on.isoformat()}: "
                                 "a renewal to that date or an earlier one changes nothing")
     return Decision(plan=PlanState(data.plan_id, data.account_id, data.expires_on), drop_before=data.expires_on)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A plan that entered a bucket, waiting for (or listed in) its partner's digest."""
+
+    plan_id: str
+    expires_on: date
+    bucket: Bucket
+    account_id: str
+    account_name: str
+    plan_type: str
+    product: str
+
+
+def digest_groups(entries: list[Entry]) -> list[tuple[Bucket, list[Entry]]]:
+    """The digest's groups in the contract's order. A plan that entered two buckets since the previous
+    digest is listed once, in the narrower one; each group is sorted by date, then customer."""
+    narrowest: dict[tuple[str, date], Entry] = {}
+    for entry in entries:
+        key = (entry.plan_id, entry.expires_on)
+        if key not in narrowest or entry.bucket.rank > narrowest[key].bucket.rank:
+            narrowest[key] = entry
+    groups = []
+    for bucket in DIGEST_ORDER:
+        members = sorted((e for e in narrowest.values() if e.bucket is bucket),
+                         key=lambda e: (e.expires_on, e.account_name.casefold(), e.plan_id))
+        if members:
+            groups.append((bucket, members))
+    return groups
 
 
 def digest_time(day: date, zone: str, hour: int) -> datetime:

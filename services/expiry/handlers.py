@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry import domain, state
-from services.expiry.contracts import NEARING_EXPIRY, RENEWED, TOPIC, PlanNearingExpiry, PlanRenewed
-from services.expiry.domain import DIGEST_ORDER, Bucket
+from services.expiry.contracts import NEARING_EXPIRY, RENEWED, TOPIC, Partner, PlanNearingExpiry, PlanRenewed
+from services.expiry.domain import Bucket, Entry
 from shared.consumer import Effects, EventRouter
 from shared.envelope import Event
 from shared.ids import deterministic_id
@@ -19,30 +19,11 @@ from shared.mail.plan import Notification
 from shared.scheduler import Job, job_status
 from shared.shapes import Person
 
-log = logging.getLogger("customersource.expiry")
-
 DIGEST_JOB = "partner_digest"
 
 
 def digest_job_id(partner_id: str, day: date) -> str:
     return deterministic_id("expiry-partner-digest", partner_id, day.isoformat())
-
-
-def digest_groups(entries: list[state.Entry]) -> list[tuple[Bucket, list[state.Entry]]]:
-    """The digest's groups in the contract's order. A plan that entered two buckets since the previous
-    digest is listed once, in the narrower one; each group is sorted by date, then customer."""
-    narrowest: dict[tuple[str, date], state.Entry] = {}
-    for entry in entries:
-        key = (entry.plan_id, entry.expires_on)
-        if key not in narrowest or entry.bucket.rank > narrowest[key].bucket.rank:
-            narrowest[key] = entry
-    groups = []
-    for bucket in DIGEST_ORDER:
-        members = sorted((e for e in narrowest.values() if e.bucket is bucket),
-                         key=lambda e: (e.expires_on, e.account_name.casefold(), e.plan_id))
-        if members:
-            groups.append((bucket, members))
-    return groups
 
 
 class ExpiryHandlers:
@@ -86,7 +67,7 @@ class ExpiryHandlers:
                     await state.record_reminder(connection, data.plan_id, data.expires_on, decision.bucket,
                                                 domain.normalized(contact.email), effects.now)
             if decision.digest_entry and decision.bucket is not None and data.partner is not None:
-                await self._add_to_digest(connection, data, decision.bucket, zone, effects)
+                await self._add_to_digest(connection, data, data.partner, decision.bucket, zone, effects)
 
     async def _remind(self, data: PlanNearingExpiry, bucket: Bucket, contacts: tuple[Person, ...],
                       effects: Effects) -> None:
@@ -106,38 +87,32 @@ class ExpiryHandlers:
             for contact in contacts
         ))
 
-    async def _add_to_digest(self, connection: AsyncConnection, data: PlanNearingExpiry, bucket: Bucket,
-                             account_zone: str, effects: Effects) -> None:
-        partner = data.partner
-        assert partner is not None
-        zone = domain.partner_zone(partner, account_zone, self.digest_time_zone)
-        last = await state.save_partner(
-            connection, partner_id=partner.partner_id, email=partner.email, name=partner.name, locale=partner.locale,
-            local_site=data.local_site, time_zone=zone, now=effects.now,
+    async def _add_to_digest(self, connection: AsyncConnection, data: PlanNearingExpiry, partner: Partner,
+                             bucket: Bucket, account_zone: str, effects: Effects) -> None:
+        zone, zone_is_the_partners = domain.partner_zone(partner, account_zone, self.digest_time_zone)
+        row = await state.save_partner(
+            connection, partner_id=partner.partner_id,
+            recipient=Person(email=partner.email, name=partner.name, locale=partner.locale),
+            local_site=data.local_site, time_zone=zone, zone_is_the_partners=zone_is_the_partners, now=effects.now,
         )
-        entry = state.Entry(data.plan_id, data.expires_on, bucket, data.account_id, data.account_name,
-                            data.plan_type.value, data.product)
+        entry = Entry(data.plan_id, data.expires_on, bucket, data.account_id, data.account_name,
+                      data.plan_type.value, data.product)
         await state.add_entry(connection, partner.partner_id, entry, effects.now)
-        await self._ensure_digest(connection, effects, partner.partner_id, zone, after=last)
+        if row.next_digest_day is None:
+            await self._schedule_next(connection, effects, row)
 
-    async def _ensure_digest(self, connection: AsyncConnection, effects: Effects, partner_id: str, zone: str,
-                             *, after: date | None) -> None:
-        """Make sure the partner's next digest is scheduled (at most one per local day; a day whose digest
-        already ran is skipped)."""
-        day, _ = domain.next_digest(effects.now, zone, self.digest_hour, after=after)
-        while True:
-            job_id = digest_job_id(partner_id, day)
-            status = await job_status(connection, job_id)
-            if status == "pending":
-                return
-            if status != "done":
-                await effects.schedule(
-                    connection, job_id=job_id, kind=DIGEST_JOB, aggregate_id=partner_id,
-                    due_at=domain.digest_time(day, zone, self.digest_hour),
-                    payload={"partner_id": partner_id, "day": day.isoformat()}, caused_by_event=False,
-                )
-                return
+    async def _schedule_next(self, connection: AsyncConnection, effects: Effects, partner: state.PartnerRow) -> None:
+        """Schedule the partner's next digest (the partner's row is locked): the first digest time after now,
+        on a day after its latest digest, whose job has not run (nor is running)."""
+        day, _ = domain.next_digest(effects.now, partner.time_zone, self.digest_hour, after=partner.last_digest_on)
+        while await job_status(connection, digest_job_id(partner.partner_id, day)) not in (None, "cancelled"):
             day += timedelta(days=1)
+        await effects.schedule(
+            connection, job_id=digest_job_id(partner.partner_id, day), kind=DIGEST_JOB,
+            aggregate_id=partner.partner_id, due_at=domain.digest_time(day, partner.time_zone, self.digest_hour),
+            payload={"partner_id": partner.partner_id, "day": day.isoformat()}, caused_by_event=False,
+        )
+        await state.set_next_digest(connection, partner.partner_id, day)
 
     async def on_renewed(self, event: Event[PlanRenewed], effects: Effects) -> None:
         """The new date is recorded; reminders and pending digest entries of earlier dates are dropped."""
@@ -154,30 +129,45 @@ class ExpiryHandlers:
                 await state.save_plan(connection, decision.plan, effects.now)
 
     async def run_digest(self, job: Job, effects: Effects) -> None:
-        """The partner's digest for one local day: the entries that entered a bucket since its previous
-        digest, grouped by bucket; nothing if there are none; never a second one that day."""
+        """The partner's digest: the entries that entered a bucket since its previous digest, grouped by
+        bucket. Nothing if none wait; never a second digest on one local day of the partner (a later job
+        that day, or one while another digest is in flight, passes its entries on to the next day). A
+        re-run after a crash sends what the first run took, to whom it took it for (deduplicated)."""
         partner_id, day = job.payload["partner_id"], date.fromisoformat(job.payload["day"])
         async with effects.store.transaction() as connection:
-            partner = await state.load_partner(connection, partner_id)
+            partner = await state.lock_partner(connection, partner_id, effects.now)
             if partner is None:
                 return
-            already = partner.last_digest_on is not None and partner.last_digest_on >= day
-            taken = [] if already else await state.take_entries(connection, partner_id, job.job_id)
-        groups = digest_groups(taken)
-        if groups:
+            digest = await state.load_digest(connection, job.job_id)
+            if digest is None and self._may_start(partner, job.job_id, effects):
+                digest = await state.take_entries(connection, partner, job.job_id, day, effects.now)
+        if digest is not None:
             await effects.mail(Notification(
-                template=domain.DIGEST_TEMPLATE,
-                recipient=Person(email=partner.email, name=partner.name, locale=partner.locale),
-                local_site=partner.local_site,
+                template=domain.DIGEST_TEMPLATE, recipient=digest.recipient, local_site=digest.local_site,
                 aggregate_id=partner_id,
-                context={"partner_name": partner.name, "day": day, "groups": groups,
-                         "count": sum(len(members) for _, members in groups)},
+                context={"partner_name": digest.recipient.name, "day": domain.local_date(effects.now,
+                                                                                         partner.time_zone),
+                         "groups": domain.digest_groups(digest.entries)},
             ))
         else:
-            effects.ignored("no entry for this digest: nothing is sent")
+            effects.ignored("no digest for this partner now: nothing waits, or it had one today")
         async with effects.finish() as connection:
-            waiting = await state.finish_digest(connection, partner_id, job.job_id, day if groups else None,
-                                                effects.now)
-            if waiting:
-                await self._ensure_digest(connection, effects, partner_id, partner.time_zone,
-                                          after=day if groups else partner.last_digest_on)
+            partner = await state.lock_partner(connection, partner_id, effects.now)
+            if partner is None:
+                return
+            sent_on = domain.local_date(effects.now, partner.time_zone) if digest is not None else None
+            await state.finish_digest(connection, partner, job.job_id, sent_on=sent_on, now=effects.now)
+            if partner.next_digest_day == day:
+                await state.set_next_digest(connection, partner_id, None)
+                partner = replace(partner, next_digest_day=None)
+            if sent_on is not None:
+                partner = replace(partner, last_digest_on=max(sent_on, partner.last_digest_on or sent_on))
+            if partner.next_digest_day is None and await state.waiting_entries(connection, partner_id):
+                await self._schedule_next(connection, effects, partner)
+
+    @staticmethod
+    def _may_start(partner: state.PartnerRow, digest_id: str, effects: Effects) -> bool:
+        if partner.current_digest not in (None, digest_id):
+            return False  # another digest is in flight: its end schedules the next one
+        today = domain.local_date(effects.now, partner.time_zone)
+        return partner.last_digest_on is None or partner.last_digest_on < today

@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from services.expiry.domain import Bucket
-from services.expiry.handlers import digest_groups
-from services.expiry.state import Entry
+from services.expiry.domain import Bucket, Entry, digest_groups
 from shared.shapes import Person
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Column, Date, Index, MetaData, String, Table, and_, delete, func, select, update
+from sqlalchemy import Column, Date, Index, MetaData, String, Table, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.expiry.domain import Bucket, PlanState
-from shared.shapes import LocalSite
+from services.expiry.domain import Bucket, Entry, PlanState
+from shared.shapes import LocalSite, Person
 from shared.store import UTCDateTime, create_tables, insert_ignore, upsert
 
 metadata = MetaData()
@@ -44,6 +45,8 @@ partners = Table(
     Column("local_site", String(8), nullable=False),
     Column("time_zone", String(64), nullable=False),
     Column("last_digest_on", Date),  # the partner's local day of its latest digest
+    Column("next_digest_day", Date),  # the day of the digest job that will take the waiting entries
+    Column("current_digest", String(64)),  # the digest that took entries and is not finished yet
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -59,9 +62,21 @@ entries = Table(
     Column("plan_type", String(32), nullable=False),
     Column("product", String(64), nullable=False),
     Column("entered_at", UTCDateTime, nullable=False),
-    Column("digest_id", String(64)),  # the digest job that took it (set before the e-mail goes out)
-    Column("digested_at", UTCDateTime),  # when that digest was done
-    Index("ix_expiry_digest_entries_pending", "partner_id", "digested_at"),
+    Column("digest_id", String(64)),  # the digest that took it (set before the e-mail goes out)
+    Column("digested_at", UTCDateTime),  # when that digest finished
+    Index("ix_expiry_digest_entries_digest", "partner_id", "digest_id"),
+)
+
+digests = Table(
+    "expiry_digests",
+    metadata,
+    Column("digest_id", String(64), primary_key=True),  # the job id
+    Column("partner_id", String(128), nullable=False),
+    Column("recipient", Text, nullable=False),  # JSON person, as it was when the entries were taken
+    Column("local_site", String(8), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("taken_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
 )
 
 MIGRATIONS = (create_tables(metadata),)
@@ -70,23 +85,21 @@ MIGRATIONS = (create_tables(metadata),)
 @dataclass(frozen=True, slots=True)
 class PartnerRow:
     partner_id: str
-    email: str
-    name: str
-    locale: str
+    recipient: Person
     local_site: LocalSite
     time_zone: str
     last_digest_on: date | None
+    next_digest_day: date | None
+    current_digest: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    plan_id: str
-    expires_on: date
-    bucket: Bucket
-    account_id: str
-    account_name: str
-    plan_type: str
-    product: str
+class Digest:
+    """A digest that took its entries: re-runs after a crash send exactly this, to this recipient."""
+
+    recipient: Person
+    local_site: LocalSite
+    entries: list[Entry]
 
 
 async def load_plan(connection: AsyncConnection, plan_id: str) -> PlanState | None:
@@ -118,25 +131,46 @@ async def record_reminder(
 
 
 async def forget_before(connection: AsyncConnection, plan_id: str, expires_on: date) -> None:
-    """A renewal (or a later date): reminders of earlier dates are forgotten, pending digest entries dropped."""
+    """A renewal (or a later date): reminders of earlier dates are forgotten, waiting digest entries dropped
+    (entries a digest has already taken stay with it: that digest may be in flight)."""
     await connection.execute(delete(reminders).where(reminders.c.plan_id == plan_id,
                                                      reminders.c.expires_on < expires_on))
     await connection.execute(delete(entries).where(entries.c.plan_id == plan_id, entries.c.expires_on < expires_on,
-                                                   entries.c.digested_at.is_(None)))
+                                                   entries.c.digest_id.is_(None)))
+
+
+def _partner(row: Any) -> PartnerRow:
+    return PartnerRow(row.partner_id, Person(email=row.email, name=row.name, locale=row.locale),
+                      LocalSite(row.local_site), row.time_zone, row.last_digest_on, row.next_digest_day,
+                      row.current_digest)
 
 
 async def save_partner(
-    connection: AsyncConnection, *, partner_id: str, email: str, name: str, locale: str, local_site: LocalSite,
-    time_zone: str, now: datetime,
-) -> date | None:
-    """Keep the partner's latest details (this also locks its row until the transaction ends, so a digest
-    that finishes meanwhile and an entry added meanwhile see each other); return its last digest day."""
-    values = {"partner_id": partner_id, "email": email, "name": name, "locale": locale,
+    connection: AsyncConnection, *, partner_id: str, recipient: Person, local_site: LocalSite, time_zone: str,
+    zone_is_the_partners: bool, now: datetime,
+) -> PartnerRow:
+    """Keep the partner's latest details and return its row. This write also locks the row until the
+    transaction ends: the digest job takes the same lock when it finishes, so each sees the other's entries
+    and schedule. A zone borrowed from a customer's account is kept once stored."""
+    values = {"partner_id": partner_id, "email": recipient.email, "name": recipient.name, "locale": recipient.locale,
               "local_site": local_site.value, "time_zone": time_zone, "updated_at": now}
-    await upsert(connection, partners, values, ["partner_id"])
-    row = (await connection.execute(select(partners.c.last_digest_on).where(partners.c.partner_id == partner_id))).one()
-    last: date | None = row.last_digest_on
-    return last
+    await insert_ignore(connection, partners, values)
+    if not zone_is_the_partners:
+        values.pop("time_zone")
+    await connection.execute(update(partners).where(partners.c.partner_id == partner_id).values(values))
+    return _partner((await connection.execute(select(partners).where(partners.c.partner_id == partner_id))).one())
+
+
+async def lock_partner(connection: AsyncConnection, partner_id: str, now: datetime) -> PartnerRow | None:
+    """The partner's row, locked until the transaction ends (a write, as save_partner's)."""
+    await connection.execute(update(partners).where(partners.c.partner_id == partner_id).values(updated_at=now))
+    row = (await connection.execute(select(partners).where(partners.c.partner_id == partner_id))).first()
+    return None if row is None else _partner(row)
+
+
+async def set_next_digest(connection: AsyncConnection, partner_id: str, day: date | None) -> None:
+    await connection.execute(update(partners).where(partners.c.partner_id == partner_id)
+                             .values(next_digest_day=day))
 
 
 async def add_entry(connection: AsyncConnection, partner_id: str, entry: Entry, now: datetime) -> None:
@@ -147,44 +181,49 @@ async def add_entry(connection: AsyncConnection, partner_id: str, entry: Entry, 
     })
 
 
-async def load_partner(connection: AsyncConnection, partner_id: str) -> PartnerRow | None:
-    row = (await connection.execute(select(partners).where(partners.c.partner_id == partner_id))).first()
+async def load_digest(connection: AsyncConnection, digest_id: str) -> Digest | None:
+    row = (await connection.execute(select(digests).where(digests.c.digest_id == digest_id))).first()
     if row is None:
         return None
-    return PartnerRow(row.partner_id, row.email, row.name, row.locale, LocalSite(row.local_site), row.time_zone,
-                      row.last_digest_on)
+    rows = await connection.execute(select(entries).where(entries.c.digest_id == digest_id))
+    taken = [Entry(r.plan_id, r.expires_on, Bucket(r.bucket), r.account_id, r.account_name, r.plan_type, r.product)
+             for r in rows]
+    return Digest(Person.model_validate_json(row.recipient), LocalSite(row.local_site), taken)
 
 
-async def take_entries(connection: AsyncConnection, partner_id: str, digest_id: str) -> list[Entry]:
-    """The entries of one digest. The first run takes every pending entry of the partner; a re-run (after a
-    crash) gets the same ones back, never entries added since, which wait for the next digest."""
-    taken = and_(entries.c.partner_id == partner_id, entries.c.digest_id == digest_id)
-    if not (await connection.execute(select(func.count()).where(taken))).scalar_one():
-        await connection.execute(
-            update(entries).where(entries.c.partner_id == partner_id, entries.c.digest_id.is_(None))
-            .values(digest_id=digest_id)
-        )
-    rows = await connection.execute(select(entries).where(taken))
-    return [Entry(r.plan_id, r.expires_on, Bucket(r.bucket), r.account_id, r.account_name, r.plan_type, r.product)
-            for r in rows]
+async def take_entries(connection: AsyncConnection, partner: PartnerRow, digest_id: str, day: date,
+                       now: datetime) -> Digest | None:
+    """Start a digest: take every waiting entry of the partner and remember to whom it goes. None (and
+    nothing taken) if no entry waits."""
+    result = await connection.execute(
+        update(entries).where(entries.c.partner_id == partner.partner_id, entries.c.digest_id.is_(None))
+        .values(digest_id=digest_id)
+    )
+    if not result.rowcount:
+        return None
+    await connection.execute(digests.insert().values(
+        digest_id=digest_id, partner_id=partner.partner_id, recipient=partner.recipient.model_dump_json(),
+        local_site=partner.local_site.value, day=day, taken_at=now))
+    await connection.execute(update(partners).where(partners.c.partner_id == partner.partner_id)
+                             .values(current_digest=digest_id))
+    return await load_digest(connection, digest_id)
 
 
-async def finish_digest(
-    connection: AsyncConnection, partner_id: str, digest_id: str, day: date | None, now: datetime
-) -> int:
-    """Mark a digest done (``day``: the partner's local day it was for, None if nothing went out); return
-    how many entries still wait for a later digest."""
-    if day is not None:
-        await connection.execute(update(partners).where(partners.c.partner_id == partner_id)
-                                 .values(last_digest_on=day, updated_at=now))
-    else:  # still lock the partner's row, as save_partner does
-        await connection.execute(update(partners).where(partners.c.partner_id == partner_id)
-                                 .values(updated_at=now))
-    await connection.execute(update(entries).where(entries.c.partner_id == partner_id,
-                                                   entries.c.digest_id == digest_id).values(digested_at=now))
-    waiting = await connection.execute(
+async def finish_digest(connection: AsyncConnection, partner: PartnerRow, digest_id: str, *, sent_on: date | None,
+                        now: datetime) -> None:
+    """The digest is over (``sent_on``: the partner's local day it went out, None if nothing was sent)."""
+    values: dict[str, Any] = {"updated_at": now}
+    if sent_on is not None:
+        values["last_digest_on"] = max(sent_on, partner.last_digest_on) if partner.last_digest_on else sent_on
+    if partner.current_digest == digest_id:
+        values["current_digest"] = None
+    await connection.execute(update(partners).where(partners.c.partner_id == partner.partner_id).values(values))
+    await connection.execute(update(digests).where(digests.c.digest_id == digest_id).values(finished_at=now))
+    await connection.execute(update(entries).where(entries.c.digest_id == digest_id).values(digested_at=now))
+
+
+async def waiting_entries(connection: AsyncConnection, partner_id: str) -> int:
+    result = await connection.execute(
         select(func.count()).where(entries.c.partner_id == partner_id, entries.c.digest_id.is_(None))
     )
-    return int(waiting.scalar_one())
-
-
+    return int(result.scalar_one())

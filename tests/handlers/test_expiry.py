@@ -16,6 +16,7 @@ import pytest
 from faststream.kafka import TestKafkaBroker
 from sqlalchemy import select
 
+from services.expiry import state
 from services.expiry.app import create_service
 from services.expiry.contracts import INPUT_TYPES, NEARING_EXPIRY, RENEWED, TOPIC
 from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
@@ -197,15 +198,99 @@ async def test_the_partner_digest_groups_its_customers_by_bucket_once_a_day(harn
     assert "Litware" in text_of(second) and "Contoso Ltd" not in text_of(second)
 
 
-async def test_a_digest_job_run_twice_sends_one_digest(harness: Harness) -> None:
-    data = plan_nearing_expiry(TODAY + timedelta(days=10))
-    await harness.publish(NEARING_EXPIRY, data)
-    scheduler = harness.service.scheduler
-    assert scheduler is not None
-    harness.clock.advance(timedelta(days=1))
+def partner_in_utc() -> dict[str, Any]:
+    return {"partner_id": uid("PARTNER"), "email": f"{uid('digest')}@fabrikam.example", "name": "Fabrikam",
+            "locale": "en", "time_zone": "UTC"}
+
+
+async def digest_jobs(harness: Harness) -> list[tuple[datetime, str]]:
+    async with harness.service.store.connect() as connection:
+        rows = await connection.execute(select(scheduled_jobs.c.due_at, scheduled_jobs.c.status)
+                                        .where(scheduled_jobs.c.kind == DIGEST_JOB).order_by(scheduled_jobs.c.due_at))
+        return [(r.due_at, r.status) for r in rows]
+
+
+async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_later_entry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partner = partner_in_utc()
+    first = plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner, account_name="Contoso Ltd")
+    await harness.publish(NEARING_EXPIRY, first)
+    crashes = []
+    finish = state.finish_digest
+
+    async def crash_once(*args: Any, **kwargs: Any) -> None:
+        if not crashes:
+            crashes.append(True)
+            raise OSError("the database went away just after the e-mail was accepted")
+        await finish(*args, **kwargs)
+
+    monkeypatch.setattr(state, "finish_digest", crash_once)
+    assert await harness.run_digests_until(datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == 1
+    assert len(harness.mails(partner["email"])) == 1 and crashes
+    # Meanwhile the listed plan is renewed, and another plan enters a bucket.
+    await harness.publish(RENEWED, {"plan_id": first["plan_id"], "account_id": first["account_id"],
+                                    "expires_on": "2027-12-11"})
+    second = plan_nearing_expiry(TODAY + timedelta(days=12), partner=partner, account_name="Northwind Traders")
+    await harness.publish(NEARING_EXPIRY, second)
+    # The job runs again (after its back-off): nothing is sent twice, and the new plan is not swallowed.
+    assert await harness.run_digests_until(datetime(2026, 12, 2, 7, 30, tzinfo=UTC)) == 1
+    assert len(harness.mails(partner["email"])) == 1
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
+    _, later = harness.mails(partner["email"])
+    assert "Northwind Traders" in text_of(later) and "Contoso Ltd" not in text_of(later)
+
+
+async def test_a_digest_missed_while_down_goes_out_at_start_and_the_day_gets_no_second_one(harness: Harness) -> None:
+    partner = partner_in_utc()
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner))
+    # Down from before 7:00 on 2 December until 6:30 on the 3rd: the missed digest goes out at start...
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 6, 30, tzinfo=UTC)) == 1
+    assert len(harness.mails(partner["email"])) == 1
+    # ... and a plan read from the backlog right after waits for the 4th, not for 7:00 on the 3rd.
+    harness.clock.advance(timedelta(minutes=1))
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=40), partner=partner,
+                                                              account_name="Litware"))
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 23, 59, tzinfo=UTC)) == 0
+    assert len(harness.mails(partner["email"])) == 1
+    assert await harness.run_digests_until(datetime(2026, 12, 4, 7, 0, tzinfo=UTC)) == 1
+    assert "Litware" in text_of(harness.mails(partner["email"])[1])
+
+
+async def test_an_entry_added_while_an_empty_digest_finishes_gets_the_next_digest(harness: Harness) -> None:
+    partner = partner_in_utc()
+    dropped = plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner)
+    await harness.publish(NEARING_EXPIRY, dropped)
+    await harness.publish(RENEWED, {"plan_id": dropped["plan_id"], "account_id": dropped["account_id"],
+                                    "expires_on": "2027-12-11"})
+    [(due, _)] = await digest_jobs(harness)
+    assert due == datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
     async with harness.service.store.connect() as connection:
         row = (await connection.execute(select(scheduled_jobs).where(scheduled_jobs.c.kind == DIGEST_JOB))).one()
     job = Job(row.job_id, row.kind, row.aggregate_id, row.due_at, json.loads(row.payload), 1)
-    await scheduler.handlers[DIGEST_JOB](job)
-    await scheduler.handlers[DIGEST_JOB](job)  # a re-run, say after a crash before "done"
-    assert len(harness.mails(data["partner"]["email"])) == 1
+    scheduler = harness.service.scheduler
+    assert scheduler is not None
+    harness.clock.advance(due - harness.clock.now())
+    await scheduler.handlers[DIGEST_JOB](job)  # runs empty; the scheduler has not yet marked it done...
+    assert harness.mails(partner["email"]) == []
+    harness.clock.advance(-timedelta(minutes=1))  # ... when an event first seen just before 7:00 adds a plan
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
+                                                              account_name="Litware"))
+    assert [status for _, status in await digest_jobs(harness)] == ["pending", "pending"]
+    assert await harness.run_digests_until(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 2
+    [digest] = harness.mails(partner["email"])
+    assert "Litware" in text_of(digest)
+
+
+async def test_a_partner_without_zone_or_country_keeps_the_zone_of_its_first_customer(harness: Harness) -> None:
+    partner = {**partner_in_utc(), "time_zone": None}
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
+                                                              time_zone="America/Los_Angeles"))
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
+                                                              local_site="AU-NZ", country="AU",
+                                                              time_zone="Australia/Sydney"))
+    # 7:00 in Los Angeles on 2 December is 15:00 UTC.
+    assert [due for due, _ in await digest_jobs(harness)] == [datetime(2026, 12, 2, 15, 0, tzinfo=UTC)]
+    assert await harness.run_digests_until(datetime(2026, 12, 2, 15, 0, tzinfo=UTC)) == 1
+    [digest] = harness.mails(partner["email"])
+    assert text_of(digest).count("Contoso Ltd") == 2

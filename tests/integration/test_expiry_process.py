@@ -157,3 +157,37 @@ async def test_the_partner_digest_survives_downtime_and_a_crash_in_the_middle_of
     assert [len(smtp.to(p["email"])) for p in partners] == [1, 1, 1]
 
 
+
+
+async def test_two_replicas_sharing_postgresql_send_each_digest_once(
+    kafka: str, smtp: SmtpServer, start_service: Starter, postgres_url: str, report: Any
+) -> None:
+    now = datetime.now(UTC)
+    hour, due = digest_hour_and_time(now)
+    settings = {"database_url": postgres_url, "EXPIRY_DIGEST_HOUR": str(hour)}
+    partners = [{"partner_id": uid("PARTNER"), "email": f"{uid('partner')}@fabrikam.example", "name": f"Partner {i}",
+                 "locale": "en", "time_zone": "UTC"} for i in range(20)]
+    plans = [plan_nearing_expiry(now.date() + timedelta(days=days), partner=partner, contacts=[])
+             for partner in partners for days in (5, 25, 80)]
+    replicas = [start_service("expiry", **settings) for _ in range(2)]
+    for replica in replicas:
+        await replica.wait_ready()
+    async with Publisher(kafka) as publisher:
+        await publisher.many(TOPIC, [(p["plan_id"], cloudevent(NEARING_EXPIRY, p)) for p in plans])
+    await wait_until(lambda: sum(r.metric("customersource_events_total") for r in replicas) >= len(plans), 60)
+    for replica in replicas:
+        replica.terminate()
+    # Both come back after the digest hour: their schedulers race for the same due jobs.
+    late = str((due - datetime.now(UTC)).total_seconds() + 5)
+    replicas = [start_service("expiry", TEST_CLOCK_OFFSET_SECONDS=late, **settings) for _ in range(2)]
+    await smtp.wait_for(lambda: all(smtp.to(p["email"]) for p in partners), timeout=60)
+    for replica in replicas:
+        await scheduler_idle(replica)
+    counts = [len(smtp.to(p["email"])) for p in partners]
+    report(f"expiry, two replicas on PostgreSQL racing for {len(partners)} due digests: "
+           f"{sum(counts) - len(partners)} duplicate(s)")
+    assert counts == [1] * len(partners)
+    for partner in partners:
+        text = text_of(smtp.to(partner["email"])[0])
+        assert all(heading in text for heading in ("Expiring within 2 weeks", "Expiring within 30 days",
+                                                   "Expiring within 90 days"))

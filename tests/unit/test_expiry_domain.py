@@ -75,10 +75,11 @@ def test_the_account_zone_is_explicit_or_the_country_default() -> None:
 def test_the_partner_zone_falls_back_in_the_contract_order() -> None:
     base = {"partner_id": "P", "email": "p@x.example", "name": "P", "locale": "en"}
     assert partner_zone(Partner.model_validate({**base, "time_zone": "Asia/Tokyo", "country": "FR"}),
-                        "America/New_York", "UTC") == "Asia/Tokyo"
-    assert partner_zone(Partner.model_validate({**base, "country": "FR"}), "America/New_York", "UTC") == "Europe/Paris"
-    assert partner_zone(Partner.model_validate(base), "America/New_York", "UTC") == "America/New_York"
-    assert partner_zone(Partner.model_validate(base), None, "Europe/London") == "Europe/London"
+                        "America/New_York", "UTC") == ("Asia/Tokyo", True)
+    assert partner_zone(Partner.model_validate({**base, "country": "FR"}), "America/New_York", "UTC") == \
+        ("Europe/Paris", True)
+    assert partner_zone(Partner.model_validate(base), "America/New_York", "UTC") == ("America/New_York", False)
+    assert partner_zone(Partner.model_validate(base), None, "Europe/London") == ("Europe/London", False)
 
 
 def test_a_first_reminder_goes_to_every_contact_once_and_enters_the_digest() -> None:
@@ -177,6 +178,9 @@ def test_a_later_date_starts_over_and_drops_the_earlier_one() -> None:
     # Across the spring DST change in Paris (29 March 2026): 7:00 is 5:00 UTC from then on.
     (datetime(2026, 3, 28, 7, 0, tzinfo=UTC), "Europe/Paris", 7, None, date(2026, 3, 29),
      datetime(2026, 3, 29, 5, 0, tzinfo=UTC)),
+    # An hour the autumn DST change repeats (2:00 on 25 October 2026 in Paris): its first occurrence.
+    (datetime(2026, 10, 24, 12, 0, tzinfo=UTC), "Europe/Paris", 2, None, date(2026, 10, 25),
+     datetime(2026, 10, 25, 0, 0, tzinfo=UTC)),
     # An hour the DST change skips (2:00 on 29 March in Paris) lands on the first instant after the gap.
     (datetime(2026, 3, 28, 12, 0, tzinfo=UTC), "Europe/Paris", 2, None, date(2026, 3, 29),
      datetime(2026, 3, 29, 1, 0, tzinfo=UTC)),
