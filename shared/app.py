@@ -98,6 +98,16 @@ class Service:
     drain: float = 165.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
+    caught_up: set[int] = field(default_factory=set)  # assigned partitions with nothing left to process
+
+    def is_caught_up(self, partition: int) -> bool:
+        """True when this member owns ``partition`` of the input topic and has processed everything the
+        broker reported at its last fetch (always true under FastStream's TestKafkaBroker, which delivers
+        each record synchronously)."""
+        consumer = getattr(getattr(self, "subscriber", None), "consumer", None)
+        if consumer is None:
+            return True
+        return partition in self.caught_up
 
 
 def smtp_config(settings: ServiceSettings) -> SmtpConfig:
@@ -293,18 +303,25 @@ def _subscribe(service: Service) -> None:
 
 
 async def _measure_lag(service: Service) -> None:
+    """Lag per assigned partition (high watermark of the last fetch minus position), exported and kept as
+    the set of caught-up partitions."""
     consumer = getattr(getattr(service, "subscriber", None), "consumer", None)
     if consumer is None:
         return
+    caught_up = set()
     for partition in consumer.assignment():
         highwater = consumer.highwater(partition)
         if highwater is None:
             continue
         with contextlib.suppress(Exception):
             position = await consumer.position(partition)
-            service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(
-                max(highwater - position, 0)
-            )
+            lag = max(highwater - position, 0)
+            service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(lag)
+            if lag == 0 and partition.topic == service.spec.router.topic:
+                caught_up.add(partition.partition)
+    # While a batch is in progress the position is past records not yet processed: nothing counts as
+    # caught up then (the batch's end measures again).
+    service.caught_up = caught_up if service.consumer.idle.is_set() else set()
 
 
 async def _start(service: Service) -> None:
@@ -321,7 +338,7 @@ async def _start(service: Service) -> None:
 async def _after_start(service: Service) -> None:
     async def lag_loop() -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
             await _measure_lag(service)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))

@@ -135,6 +135,7 @@ class Effects:
     outputs: Outputs
     metrics: Metrics
     scheduler: Scheduler | None = None
+    partition: int | None = None  # the input record's partition (None for a scheduled job)
     outcome: str = "processed"
     finished: bool = False
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -357,6 +358,7 @@ class TopicConsumer:
                 return
             self._check_key(record, event)
             effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), now)
+            effects.partition = record.partition
             await route.handler(event, effects)
             if not effects.finished:
                 async with effects.finish():

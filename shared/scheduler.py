@@ -43,6 +43,15 @@ class Job:
 JobHandler = Callable[[Job], Awaitable[None]]
 
 
+class Postpone(Exception):
+    """Raised by a job that is due but must wait (say, until its partition is caught up): it is moved
+    ``seconds`` later, without counting as a failure."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
 async def schedule(
     connection: AsyncConnection,
     *,
@@ -178,6 +187,15 @@ class Scheduler:
         async with self._slots:
             try:
                 await self.handlers[job.kind](job)
+            except Postpone as wait:
+                async with self.store.transaction() as connection:
+                    await connection.execute(
+                        update(jobs).where(jobs.c.job_id == job.job_id, jobs.c.claimed_by == self.owner,
+                                           jobs.c.status == "pending")
+                        .values(due_at=self.clock.now() + timedelta(seconds=wait.seconds), claimed_by=None,
+                                lease_until=None, attempts=jobs.c.attempts - 1)
+                    )
+                return
             except Exception as exc:
                 pause = timedelta(seconds=min(2 ** min(job.attempts, 8), 300))
                 log.warning("scheduled job failed, will retry", exc_info=True,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_time
+from babel.dates import format_date, format_time, format_timedelta
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -94,6 +94,7 @@ class Renderer:
             environment.filters["time"] = _time_filter(language)
             environment.filters["utc_offset"] = utc_offset
             environment.filters["product"] = product_name
+            environment.filters["duration"] = _duration_filter(language)
             environment.globals.update(globals or {})
             environment.globals["language"] = language
             self._environments[language] = environment
@@ -142,6 +143,14 @@ def _date_filter(language: str) -> Any:
         return text
 
     return render_date
+
+
+def _duration_filter(language: str) -> Any:
+    def render_duration(value: timedelta) -> str:
+        """A duration in words, to the hour: "3 days", "5 hours", "3 jours"."""
+        return format_timedelta(value, granularity="hour", threshold=1.5, format="long", locale=language)
+
+    return render_duration
 
 
 def _time_filter(language: str) -> Any:
