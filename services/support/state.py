@@ -1,0 +1,110 @@
+"""The support service's table: one row per post, with its due time and escalation state."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.support.domain import Post, State
+from shared.mail.mailer import RetryLater
+from shared.shapes import LocalSite, Person
+from shared.store import UTCDateTime, create_tables
+
+metadata = MetaData()
+
+posts = Table(
+    "support_posts",
+    metadata,
+    Column("post_id", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("newsgroup", String(300), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("url", String(2000)),  # https only
+    Column("account_id", String(128), nullable=False),
+    Column("account_name", String(300), nullable=False),
+    Column("author", Text),  # JSON person
+    Column("product", String(64), nullable=False),
+    Column("plans", Text, nullable=False),  # JSON list
+    Column("local_site", String(8)),
+    Column("country", String(2), nullable=False),
+    Column("time_zone", String(64), nullable=False),
+    Column("posted_at", UTCDateTime),
+    Column("due_at", UTCDateTime),
+    Column("reason", String(300), nullable=False),
+    Column("answered_at", UTCDateTime),
+    Column("partition", Integer),  # of the input topic: escalations wait until it is caught up
+    Column("escalation", Text),  # JSON: the claimed escalation's cause and trigger
+    Column("escalated_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+MIGRATIONS = (create_tables(metadata),)
+
+
+async def load_post(connection: AsyncConnection, post_id: str) -> Post | None:
+    row = (await connection.execute(select(posts).where(posts.c.post_id == post_id))).first()
+    if row is None:
+        return None
+    return Post(
+        post_id=row.post_id, state=State(row.state), newsgroup=row.newsgroup, title=row.title, url=row.url,
+        account_id=row.account_id, account_name=row.account_name,
+        author=Person.model_validate_json(row.author) if row.author else None, product=row.product,
+        plans=tuple(json.loads(row.plans)), local_site=LocalSite(row.local_site) if row.local_site else None,
+        country=row.country, time_zone=row.time_zone, posted_at=row.posted_at, due_at=row.due_at, reason=row.reason,
+        answered_at=row.answered_at,
+    )
+
+
+class Changed(RetryLater):
+    """The post changed since it was loaded (an escalation claimed it meanwhile): the event is processed
+    again, from the new state."""
+
+
+async def save_post(connection: AsyncConnection, post: Post, *, expected: State | None, partition: int | None,
+                    now: datetime) -> None:
+    """Insert the post (``expected=None``) or update it if its state is still ``expected``."""
+    values: dict[str, Any] = {
+        "post_id": post.post_id, "state": post.state.value, "newsgroup": post.newsgroup, "title": post.title,
+        "url": post.url, "account_id": post.account_id, "account_name": post.account_name,
+        "author": post.author.model_dump_json() if post.author else None, "product": post.product,
+        "plans": json.dumps(list(post.plans)), "local_site": post.local_site.value if post.local_site else None,
+        "country": post.country, "time_zone": post.time_zone, "posted_at": post.posted_at, "due_at": post.due_at,
+        "reason": post.reason, "answered_at": post.answered_at, "updated_at": now,
+    }
+    if partition is not None:
+        values["partition"] = partition
+    if expected is None:
+        await connection.execute(insert(posts).values(values))
+        return
+    result = await connection.execute(
+        update(posts).where(posts.c.post_id == post.post_id, posts.c.state == expected.value).values(values)
+    )
+    if not result.rowcount:
+        raise Changed(f"post {post.post_id!r} is no longer {expected.value}")
+
+
+async def claim_escalation(connection: AsyncConnection, post_id: str, claim: dict[str, str],
+                           now: datetime) -> datetime | None:
+    """Claim the post's one escalation for ``claim`` (its cause and trigger): the time of the escalation if
+    this claim holds it (new, or the same claim again after a crash), None if the post is not waiting or
+    another claim holds it."""
+    text = json.dumps(claim, sort_keys=True)
+    result = await connection.execute(
+        update(posts).where(posts.c.post_id == post_id, posts.c.state == State.WAITING.value)
+        .values(state=State.ESCALATING.value, escalation=text, escalated_at=now, updated_at=now)
+    )
+    row = (await connection.execute(select(posts.c.state, posts.c.escalation, posts.c.escalated_at)
+                                    .where(posts.c.post_id == post_id))).first()
+    if row is None or (not result.rowcount and (row.state != State.ESCALATING.value or row.escalation != text)):
+        return None
+    escalated_at: datetime = row.escalated_at
+    return escalated_at
+
+
+async def mark_escalated(connection: AsyncConnection, post_id: str, now: datetime) -> None:
+    await connection.execute(update(posts).where(posts.c.post_id == post_id, posts.c.state == State.ESCALATING.value)
+                             .values(state=State.ESCALATED.value, updated_at=now))
