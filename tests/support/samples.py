@@ -78,3 +78,23 @@ def decision(requested: dict[str, Any], *, by: dict[str, Any] | None = None, at:
         "decided_by": by or requested["customer_admins"][0],
         "decided_at": (at or datetime.now(UTC)).isoformat(),
     }
+
+
+def post_created(posted_at: datetime, **overrides: Any) -> dict[str, Any]:
+    """A question in a managed newsgroup from a US account with Software Assurance for NAV."""
+    data: dict[str, Any] = {
+        "post_id": uid("POST"),
+        "newsgroup": "microsoft.public.dynamics.nav",
+        "title": "Posting a sales invoice fails with a dimension error",
+        "url": "https://community.example.com/newsgroups/nav/4711",
+        "account_id": uid("ACC"),
+        "account_name": "Contoso Pharmaceuticals",
+        "author": person("author"),
+        "product": "dynamics_nav",
+        "plans": ["software_assurance"],
+        "local_site": "US",
+        "country": "US",
+        "posted_at": posted_at.isoformat(),
+    }
+    data.update(overrides)
+    return data

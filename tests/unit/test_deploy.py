@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from services.expiry.settings import ExpirySettings
 from services.invitations.settings import InvitationSettings
 from services.permissions.settings import PermissionSettings
+from services.support.settings import SupportSettings
 from shared.app import drain_seconds
 from shared.settings import ServiceSettings
 from tests.support.kafka import ALL_TOPICS
@@ -31,6 +32,7 @@ SERVICES: dict[str, tuple[type[ServiceSettings], int]] = {
     "invitations": (InvitationSettings, 8081),
     "expiry": (ExpirySettings, 8082),
     "permissions": (PermissionSettings, 8083),
+    "support": (SupportSettings, 8084),
 }
 
 

@@ -1,0 +1,187 @@
+"""Support handlers and the escalation job through FastStream's TestKafkaBroker, with recording fakes
+for SMTP and the output producer, a fixed clock and a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.kafka import TestKafkaBroker
+
+from services.support.app import create_service
+from services.support.contracts import (
+    ESCALATION_RAISED,
+    INPUT_TYPES,
+    OUTPUT_TOPIC,
+    POST_ANSWERED,
+    POST_CREATED,
+    POST_UNANSWERED,
+    TOPIC,
+)
+from services.support.handlers import SupportHandlers
+from services.support.settings import SupportSettings
+from shared.app import Service
+from shared.clock import FixedClock
+from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.kafka import cloudevent
+from tests.support.samples import post_created
+
+# Friday 27 November 2026, 15:00 in New York: due Tuesday 1 December, 15:00 (20:00 UTC).
+POSTED = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+DUE = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
+TEAM = "dynamics-support@customersource.example"
+TEAM_FR = "support-fr@customersource.example"
+
+
+@dataclass
+class Harness:
+    broker: Any
+    service: Service
+    pool: FakePool
+    outputs: FakeOutputs
+    clock: FixedClock
+    caught_up: set[int]
+
+    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        event = cloudevent(event_type, data, time=self.clock.now(), **kw)
+        await self.broker.publish(event, TOPIC, key=data["post_id"].encode(),
+                                  headers={"content-type": "application/cloudevents+json"})
+        return event
+
+    async def run_jobs_at(self, moment: datetime) -> int:
+        self.clock.advance(moment - self.clock.now())
+        assert self.service.scheduler is not None
+        return await self.service.scheduler.run_due()
+
+    def escalations(self) -> list[dict[str, Any]]:
+        return self.outputs.events(OUTPUT_TOPIC, ESCALATION_RAISED)
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = SupportSettings(
+        SMTP_FROM="CustomerSource <noreply@customersource.example>",
+        PORTAL_BASE_URL="https://portal.example.com",
+        BUSINESS_CENTER_URL="https://bc.example.com",
+        HELP_EMAIL="help@customersource.example",
+        SUPPORT_ESCALATION_EMAIL=TEAM,
+        SUPPORT_ESCALATION_ROUTES=f'{{"FR": "{TEAM_FR}"}}',
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/support.db",
+    )
+    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(POSTED + timedelta(minutes=5))
+    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
+                                retry_window=0.3)
+    await service.store.migrate()
+    caught_up = {0}
+    router = service.spec.router
+    handlers = router.routes[POST_CREATED].handler.__self__  # type: ignore[attr-defined]
+    handlers.bind(lambda partition: partition in caught_up)
+    async with TestKafkaBroker(service.broker) as broker:
+        yield Harness(broker, service, pool, outputs, clock, caught_up)
+    await service.store.close()
+
+
+def test_the_router_handles_exactly_the_contract_types() -> None:
+    router = SupportHandlers(escalation_email=TEAM, routes={}).router
+    assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
+
+
+async def test_an_unanswered_post_escalates_exactly_at_its_due_time(harness: Harness) -> None:
+    data = post_created(POSTED)
+    created = await harness.publish(POST_CREATED, data)
+    assert await harness.run_jobs_at(DUE - timedelta(seconds=1)) == 0
+    assert await harness.run_jobs_at(DUE) == 1
+    [raised] = harness.escalations()
+    assert raised["subject"] == data["post_id"] and raised["source"] == "/customersource/support"
+    body = raised["data"]
+    assert body["trigger"] == "timer" and body["due_at"] == "2026-12-01T20:00:00Z"
+    assert body["escalated_at"] == "2026-12-01T20:00:00Z" and body["time_zone"] == "America/New_York"
+    assert body["post"]["url"] == data["url"] and body["account"]["plans"] == ["software_assurance"]
+    assert body["routing"] == {"local_site": "US", "email": TEAM}
+    assert "software_assurance" in body["reason"]
+    [team] = harness.pool.to(TEAM)
+    assert team["X-CustomerSource-Template"] == "escalation_support" and team["Content-Language"] == "en"
+    assert team["X-CustomerSource-Event-Id"] == created["id"]
+    text = text_of(team)
+    assert data["title"] in text and data["url"] in text and "Contoso Pharmaceuticals" in text
+    assert "Microsoft Dynamics NAV" in text and "Waiting for: 4 days" in text
+    [author] = harness.pool.to(data["author"]["email"])
+    assert author["X-CustomerSource-Template"] == "escalation_author"
+    assert await harness.run_jobs_at(DUE + timedelta(days=3)) == 0, "one escalation, ever"
+    await harness.publish(POST_UNANSWERED, data)
+    assert len(harness.escalations()) == 1 and len(harness.pool.sent) == 2
+
+
+async def test_an_answer_before_the_due_time_cancels_and_after_it_does_not(harness: Harness) -> None:
+    early, late = post_created(POSTED), post_created(POSTED)
+    for data in (early, late):
+        await harness.publish(POST_CREATED, data)
+    await harness.publish(POST_ANSWERED, {"post_id": early["post_id"], "answered_at": (DUE - timedelta(minutes=1))
+                                          .isoformat(), "answered_by_kind": "participant"})
+    await harness.publish(POST_ANSWERED, {"post_id": late["post_id"], "answered_at": DUE.isoformat(),
+                                          "answered_by_kind": "participant"})
+    assert await harness.run_jobs_at(DUE) == 1
+    assert [e["data"]["post"]["post_id"] for e in harness.escalations()] == [late["post_id"]]
+
+
+async def test_ineligible_posts_never_escalate(harness: Harness) -> None:
+    for data in (post_created(POSTED, plans=["enhancement_plan"]),
+                 post_created(POSTED, country="FR", local_site="FR", product="dynamics_nav")):
+        await harness.publish(POST_CREATED, data)
+        await harness.publish(POST_UNANSWERED, data)
+    assert await harness.run_jobs_at(DUE + timedelta(days=10)) == 0
+    assert harness.escalations() == [] and harness.pool.sent == []
+
+
+async def test_post_unanswered_escalates_at_once_in_the_local_sites_language_and_route(harness: Harness) -> None:
+    data = post_created(POSTED, country="FR", local_site="FR", product="dynamics_crm", plans=["deluxe_support"],
+                        author={"email": "luc@fabrikam.example", "name": "Luc Moreau", "locale": "fr-FR"},
+                        url="http://insecure.example.com/post")
+    event = await harness.publish(POST_UNANSWERED, data)
+    [raised] = harness.escalations()
+    assert raised["data"]["trigger"] == "post_unanswered" and raised["data"]["routing"]["email"] == TEAM_FR
+    assert raised["data"]["post"]["url"] is None, "only https links are used"
+    assert raised["data"]["due_at"] == "2026-12-01T20:00:00Z"  # Friday 21:00 in Paris -> Tuesday 21:00
+    [team] = harness.pool.to(TEAM_FR)
+    assert team["Content-Language"] == "fr" and team["X-CustomerSource-Event-Id"] == event["id"]
+    assert "insecure.example.com" not in text_of(team)
+    [author] = harness.pool.to("luc@fabrikam.example")
+    assert author["Content-Language"] == "fr"
+    await harness.publish(POST_CREATED, data)  # the post itself, afterwards: nothing more
+    assert await harness.run_jobs_at(DUE + timedelta(days=1)) == 0
+    assert len(harness.escalations()) == 1
+
+
+async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: Harness) -> None:
+    harness.caught_up.clear()  # a backlog: the consumer is behind on partition 0
+    harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
+    await harness.publish(POST_CREATED, post_created(POSTED))
+    assert await harness.run_jobs_at(harness.clock.now()) == 1  # ran, and postponed itself
+    assert harness.escalations() == []
+    harness.caught_up.add(0)
+    assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=1)) == 1
+    assert len(harness.escalations()) == 1
+
+
+async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: Harness) -> None:
+    harness.caught_up.clear()
+    harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
+    data = post_created(POSTED)
+    await harness.publish(POST_CREATED, data)
+    assert await harness.run_jobs_at(harness.clock.now()) == 1  # postponed: not caught up
+    await harness.publish(POST_ANSWERED, {"post_id": data["post_id"], "answered_at": (POSTED + timedelta(hours=3))
+                                          .isoformat(), "answered_by_kind": "support"})
+    harness.caught_up.add(0)
+    assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=5)) == 0
+    assert harness.escalations() == [] and harness.pool.sent == []
