@@ -100,6 +100,7 @@ def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
         ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),
         *plan_events(event),
         *permission_events(event),
+        *newsgroup_events(event),
     ]
 
 
@@ -151,6 +152,42 @@ def permission_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
         decided("customersource.permission.removed.v1", 2),
         # An approval after the removal is an invalid transition: dead-lettered, nothing sent.
         decided("customersource.permission.approved.v1", 3),
+    ]
+
+
+def newsgroup_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """Managed newsgroup posts in the US and in France: one unanswered for two business days (escalated
+    at once), one answered in time, one just posted, and one from France on NAV (not eligible)."""
+    now = datetime.now(UTC)
+    jane = {"email": "jane.doe@contoso.example", "name": "Jane Doe", "locale": "en-US"}
+    claire = {"email": "claire.martin@fabrikam.example", "name": "Claire Martin", "locale": "fr-FR"}
+
+    def post(post_id: str, title: str, author: dict[str, str], site: str, product: str, plans: list[str],
+             posted: datetime, newsgroup: str) -> dict[str, Any]:
+        us = site == "US"
+        return {"post_id": post_id, "newsgroup": newsgroup, "title": title,
+                "url": f"https://community.customersource.example/newsgroups/{post_id.lower()}",
+                "account_id": "ACC-3003" if us else "ACC-1001",
+                "account_name": "Contoso Pharmaceuticals" if us else "Fabrikam France SA",
+                "author": author, "product": product, "plans": plans, "local_site": site, "country": site,
+                "posted_at": posted.isoformat()}
+
+    def created(data: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        return "customersource.newsgroups", data["post_id"], event("customersource.newsgroup.post_created.v1", data)
+
+    overdue = post("POST-101", "Posting a sales invoice fails with a dimension error", jane, "US", "dynamics_nav",
+                   ["software_assurance"], now - timedelta(days=5), "microsoft.public.dynamics.nav")
+    answered = post("POST-102", "Year-end closing in General Ledger", jane, "US", "dynamics_gp",
+                    ["deluxe_support"], now - timedelta(hours=3), "microsoft.public.dynamics.gp")
+    fresh = post("POST-103", "Synchronisation Outlook et Dynamics CRM", claire, "FR", "dynamics_crm",
+                 ["software_assurance"], now, "microsoft.public.fr.dynamics.crm")
+    not_crm = post("POST-104", "Écriture de clôture dans NAV", claire, "FR", "dynamics_nav",
+                   ["software_assurance"], now, "microsoft.public.fr.dynamics.nav")
+    return [
+        created(overdue), created(answered), created(fresh), created(not_crm),
+        ("customersource.newsgroups", "POST-102", event("customersource.newsgroup.post_answered.v1", {
+            "post_id": "POST-102", "answered_at": (now - timedelta(hours=1)).isoformat(),
+            "answered_by_kind": "participant"})),
     ]
 
 
