@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -155,10 +156,14 @@ def build_service(
         base_context=base_context,
         retry_window=retry_window,
     )
+    drain = drain_seconds(retry_window)
     scheduler: Scheduler | None = None
     if spec.jobs:
+        # A job's lease outlasts its longest run (SMTP retries, then recording under database trouble), so
+        # another replica never takes over a job that is still sending.
         scheduler = Scheduler(
-            store, clock, {}, on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n)
+            store, clock, {}, lease=timedelta(seconds=drain + 15),
+            on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n),
         )
     consumer = TopicConsumer(
         spec.router,
@@ -171,7 +176,6 @@ def build_service(
         concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
         scheduler=scheduler,
     )
-    drain = drain_seconds(retry_window)
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
         # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).

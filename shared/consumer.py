@@ -121,6 +121,18 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 DataT = TypeVar("DataT", bound=BaseModel)
+T = TypeVar("T")
+
+
+async def all_of(*steps: Awaitable[T]) -> list[T]:
+    """Run the steps concurrently and wait for every one, even when one fails (then raise the first
+    failure): an e-mail still being sent must never outlive the attempt that started it, or the retry
+    would send it a second time before the first one is recorded."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 @dataclass
@@ -142,6 +154,10 @@ class Effects:
 
     async def mail(self, note: Notification) -> NotificationOutcome:
         return await self.mailer.deliver(note, self.event)
+
+    async def mail_all(self, notes: Sequence[Notification]) -> list[NotificationOutcome]:
+        """Several e-mails at once (one per recipient), all finished before this returns or raises."""
+        return await all_of(*(self.mail(note) for note in notes))
 
     async def publish(
         self, *, topic: str, key: str, event_type: str, data: BaseModel, side_effect: str, recipient: str = ""

@@ -233,12 +233,14 @@ class Store:
             # writers wait for each other through busy_timeout.
             self.engine: AsyncEngine = create_async_engine(
                 url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30},
-                pool_reset_on_return=None,
+                pool_reset_on_return=None, hide_parameters=True,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self._sqlite_path = None
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # hide_parameters: a database error never carries addresses or names into logs or dead letters.
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                                              hide_parameters=True)
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
@@ -81,11 +80,8 @@ class ExpiryHandlers:
             "partner_name": data.partner.name if data.partner else None,
             "partner_email": data.partner.email if data.partner else None,
         }
-        await asyncio.gather(*(
-            effects.mail(Notification(template=template, recipient=contact, local_site=data.local_site,
-                                      aggregate_id=data.plan_id, context=context))
-            for contact in contacts
-        ))
+        await effects.mail_all([Notification(template=template, recipient=contact, local_site=data.local_site,
+                                             aggregate_id=data.plan_id, context=context) for contact in contacts])
 
     async def _add_to_digest(self, connection: AsyncConnection, data: PlanNearingExpiry, partner: Partner,
                              bucket: Bucket, account_zone: str, effects: Effects) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from services.permissions import domain, state
@@ -61,7 +60,8 @@ class PermissionHandlers:
         reminder is due PERMISSIONS_REMINDER_DAYS after requested_at while the request stays pending."""
         data = event.data
         current = await self._load(effects, data.request_id)
-        outcome = domain.on_requested(current, data, now=effects.now, reminder_after=self.reminder_after)
+        outcome = domain.on_requested(current, data, cause=_cause(effects), now=effects.now,
+                                      reminder_after=self.reminder_after)
         await self._act(outcome, effects)
 
     async def on_approved(self, event: Event[PermissionApproved], effects: Effects) -> None:
@@ -80,50 +80,63 @@ class PermissionHandlers:
         current = await self._load(effects, data.request_id)
         outcome = domain.on_decision(current, target, request_id=data.request_id, account_id=data.account_id,
                                      partner_id=data.partner_id, decided_by=data.decided_by,
-                                     decided_at=data.decided_at)
+                                     decided_at=data.decided_at, cause=_cause(effects))
         await self._act(outcome, effects)
 
     async def _act(self, outcome: Outcome, effects: Effects) -> None:
+        """The new state is saved first (so a reminder can no longer claim a decided request), then the
+        e-mails go out; a re-run after a crash in between finds its own change saved and sends them again,
+        which the delivery records deduplicate."""
         if outcome.ignored:
             effects.ignored(outcome.ignored)
         request = outcome.request
-        if request is not None:
-            mails = []
-            if outcome.notify_admins:
-                mails += [self._mail(outcome.notify_admins, admin, request) for admin in request.admins]
-            if outcome.notify_partner:
-                mails.append(self._mail(domain.DECISION_TEMPLATE, request.partner, request))
-            await asyncio.gather(*(effects.mail(note) for note in mails))
-        async with effects.finish() as connection:
-            if request is not None:
-                await state.save_request(connection, request, effects.now)
-            if outcome.cancel_reminder and request is not None:
-                await effects.cancel(connection, reminder_job_id(request.request_id))
-            if outcome.schedule_reminder is not None and request is not None:
-                await effects.schedule(connection, job_id=reminder_job_id(request.request_id), kind=REMINDER_JOB,
-                                       aggregate_id=request.request_id, due_at=outcome.schedule_reminder,
-                                       payload={"request_id": request.request_id})
+        if request is None:
+            return  # the consumer marks the event processed
+        if not outcome.resumed:
+            async with effects.store.transaction() as connection:
+                await state.save_request(connection, request, expected=outcome.expected, now=effects.now)
+                if outcome.cancel_reminder:
+                    await effects.cancel(connection, reminder_job_id(request.request_id))
+                if outcome.schedule_reminder is not None:
+                    await effects.schedule(connection, job_id=reminder_job_id(request.request_id),
+                                           kind=REMINDER_JOB, aggregate_id=request.request_id,
+                                           due_at=outcome.schedule_reminder,
+                                           payload={"request_id": request.request_id})
+        notes = [self._mail(outcome.notify_admins, admin, request) for admin in request.admins
+                 if outcome.notify_admins]
+        if outcome.notify_partner:
+            notes.append(self._mail(domain.DECISION_TEMPLATE, request.partner, request))
+        await effects.mail_all(notes)
 
     @staticmethod
     def _mail(template: str, recipient: Person, request: Request) -> Notification:
+        # Times are shown in UTC (labelled), whatever offset the publisher used, so that the request, its
+        # reminder and the decisions agree.
         context: dict[str, Any] = {
             "account_name": request.account_name,
             "partner_name": request.partner.name,
             "capabilities": list(request.capabilities),
-            "requested_at": request.requested_at,
+            "requested_at": request.requested_at.astimezone(UTC),
             "decision": request.state.value,
-            "decided_at": request.decided_at,
+            "decided_at": request.decided_at.astimezone(UTC) if request.decided_at else None,
             "decided_by_name": request.decided_by.name if request.decided_by else None,
         }
         return Notification(template=template, recipient=recipient, aggregate_id=request.request_id,
                             context=context)
 
     async def run_reminder(self, job: Job, effects: Effects) -> None:
-        """One reminder to the administrators, if the request is still pending."""
-        current = await self._load(effects, job.payload["request_id"])
-        if not domain.reminder_due(current):
+        """One reminder to the administrators, if the request is still pending: claimed first, so that a
+        decision saved meanwhile stops it. (Its cause is the request event, already marked processed: the
+        job has no state of its own to finish.)"""
+        request_id = job.payload["request_id"]
+        async with effects.store.transaction() as connection:
+            claimed = await state.claim_reminder(connection, request_id, effects.now)
+            current = await state.load_request(connection, request_id) if claimed else None
+        if current is None or not domain.reminder_due(current):
             effects.ignored("the request was decided: no reminder")
             return
-        assert current is not None
-        await asyncio.gather(*(effects.mail(self._mail(domain.REMINDER_TEMPLATE, admin, current))
-                               for admin in current.admins))
+        await effects.mail_all([self._mail(domain.REMINDER_TEMPLATE, admin, current) for admin in current.admins])
+
+
+def _cause(effects: Effects) -> str:
+    return f"{effects.event.source} {effects.event.id}"

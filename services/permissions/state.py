@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, select
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
+from shared.mail.mailer import RetryLater
 from shared.shapes import Person
-from shared.store import UTCDateTime, create_tables, upsert
+from shared.store import UTCDateTime, create_tables
 
 metadata = MetaData()
 
@@ -28,6 +29,8 @@ requests = Table(
     Column("state", String(16), nullable=False),
     Column("decided_at", UTCDateTime),
     Column("decided_by", Text),  # JSON person
+    Column("cause", String(600), nullable=False),  # the event that put the request in its state
+    Column("reminded_at", UTCDateTime),  # when the reminder was claimed (it goes out once)
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_permission_requests_account", "account_id", "partner_id"),
 )
@@ -49,16 +52,44 @@ async def load_request(connection: AsyncConnection, request_id: str) -> Request 
         admins=tuple(Person.model_validate(p) for p in json.loads(row.admins)),
         capabilities=tuple(json.loads(row.capabilities)), requested_at=row.requested_at, state=State(row.state),
         decided_at=row.decided_at, decided_by=_person(row.decided_by) if row.decided_by else None,
+        cause=row.cause,
     )
 
 
-async def save_request(connection: AsyncConnection, request: Request, now: datetime) -> None:
+class Changed(RetryLater):
+    """The request changed since it was loaded: the event is processed again, from the new state."""
+
+
+async def save_request(connection: AsyncConnection, request: Request, *, expected: State | None,
+                       now: datetime) -> None:
+    """Insert a new request (``expected=None``) or move it on if it is still in state ``expected``."""
     values = {
         "request_id": request.request_id, "account_id": request.account_id, "account_name": request.account_name,
         "partner_id": request.partner_id, "partner": request.partner.model_dump_json(),
         "admins": json.dumps([a.model_dump() for a in request.admins]),
         "capabilities": json.dumps(list(request.capabilities)), "requested_at": request.requested_at,
         "state": request.state.value, "decided_at": request.decided_at,
-        "decided_by": request.decided_by.model_dump_json() if request.decided_by else None, "updated_at": now,
+        "decided_by": request.decided_by.model_dump_json() if request.decided_by else None,
+        "cause": request.cause, "updated_at": now,
     }
-    await upsert(connection, requests, values, ["request_id"])
+    if expected is None:
+        await connection.execute(insert(requests).values(values))
+        return
+    result = await connection.execute(
+        update(requests).where(requests.c.request_id == request.request_id, requests.c.state == expected.value)
+        .values(values)
+    )
+    if not result.rowcount:
+        raise Changed(f"request {request.request_id!r} is no longer {expected.value}")
+
+
+async def claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> bool:
+    """Claim the request's one reminder: true if it is still pending and the reminder is (or, after a crash,
+    was already) this claim's to send."""
+    await connection.execute(
+        update(requests).where(requests.c.request_id == request_id, requests.c.state == State.PENDING.value,
+                               requests.c.reminded_at.is_(None)).values(reminded_at=now, updated_at=now)
+    )
+    row = (await connection.execute(select(requests.c.state, requests.c.reminded_at)
+                                    .where(requests.c.request_id == request_id))).first()
+    return row is not None and row.state == State.PENDING.value and row.reminded_at is not None

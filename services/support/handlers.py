@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -24,7 +23,7 @@ from services.support.contracts import (
     Routing,
 )
 from services.support.domain import Decision, Post, State
-from shared.consumer import Effects, EventRouter
+from shared.consumer import Effects, EventRouter, all_of
 from shared.envelope import Event
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
@@ -144,7 +143,7 @@ class SupportHandlers:
         )
         context = self._context(post, trigger, escalated_at)
         team = Person(email=routing, name=SUPPORT_TEAM_NAME, locale=SITE_LANGUAGE[post.local_site])
-        await asyncio.gather(
+        await all_of(
             effects.publish(topic=OUTPUT_TOPIC, key=post.post_id, event_type=ESCALATION_RAISED, data=raised,
                             side_effect="escalation", recipient=post.post_id),
             effects.mail(Notification(template=domain.SUPPORT_TEMPLATE, recipient=team, local_site=post.local_site,

@@ -9,16 +9,18 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from faststream.kafka import TestKafkaBroker
 
 from services.permissions.app import create_service
 from services.permissions.contracts import APPROVED, DENIED, INPUT_TYPES, REMOVED, REQUESTED, TOPIC
-from services.permissions.handlers import PermissionHandlers
+from services.permissions.handlers import REMINDER_JOB, PermissionHandlers, reminder_job_id
 from services.permissions.settings import PermissionSettings
 from shared.app import Service
 from shared.clock import FixedClock
+from shared.scheduler import Job
 from tests.support.fakes import FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
 from tests.support.samples import decision, permission_requested
@@ -174,3 +176,39 @@ async def test_no_reminder_for_a_request_read_more_than_a_day_after_it_was_due(h
     assert await harness.run_jobs_at(NOW) == 1  # the late one's reminder, at once
     assert harness.templates(late["customer_admins"][0]["email"]) == ["permission_requested", "permission_reminder"]
     assert harness.templates(stale["customer_admins"][0]["email"]) == ["permission_requested"]
+
+
+async def test_a_decision_saved_before_its_e_mails_stops_the_reminder_and_a_retry_sends_each_once(
+    harness: Harness
+) -> None:
+    data = permission_requested(requested_at=NOW.isoformat())
+    claire, paul = (a["email"] for a in data["customer_admins"])
+    await harness.publish(REQUESTED, data)
+    harness.pool.unreachable = {paul}  # the approval's confirmation to Paul cannot be sent for now
+    approval = cloudevent(APPROVED, decision(data))
+    with pytest.raises(Exception):  # noqa: B017 - the test broker surfaces the retry as the handler's error
+        await harness.broker.publish(approval, TOPIC, key=data["request_id"].encode())
+    assert harness.templates(claire) == ["permission_requested", "permission_confirmation"]
+    # The reminder falls due before the approval is retried: the saved decision cancelled it...
+    assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 0
+    # ... and a replica that had claimed it just before finds the request decided: nothing is sent.
+    scheduler = harness.service.scheduler
+    assert scheduler is not None
+    await scheduler.handlers[REMINDER_JOB](Job(reminder_job_id(data["request_id"]), REMINDER_JOB, data["request_id"],
+                                               NOW, {"request_id": data["request_id"]}, 1))
+    assert "permission_reminder" not in harness.templates(claire) + harness.templates(paul)
+    harness.pool.unreachable = set()
+    await harness.broker.publish(approval, TOPIC, key=data["request_id"].encode())  # re-delivered
+    assert harness.templates(claire) == ["permission_requested", "permission_confirmation"]
+    assert harness.templates(paul) == ["permission_requested", "permission_confirmation"]
+    assert harness.templates(data["partner"]["email"]) == ["permission_decision"]
+
+
+async def test_times_are_shown_in_utc_whatever_offset_the_publisher_used(harness: Harness) -> None:
+    data = permission_requested(requested_at="2026-12-01T00:30:00+01:00")  # 30 November, 23:30 UTC
+    await harness.publish(REQUESTED, data)
+    await harness.publish(APPROVED, decision(data, at=datetime(2026, 12, 1, 9, 15, tzinfo=UTC).astimezone(
+        ZoneInfo("Asia/Tokyo"))))
+    paul = data["customer_admins"][1]["email"]
+    assert "On November 30, 2026" in text_of(harness.pool.to(paul)[0])
+    assert "On December 1, 2026 at 9:15 AM (UTC)" in text_of(harness.pool.to(paul)[1])

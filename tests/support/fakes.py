@@ -44,6 +44,7 @@ class FakePool:
         self.sent: list[OutgoingMail] = []
         self.transient_failures = 0
         self.refuse: set[str] = set()
+        self.unreachable: set[str] = set()  # recipients whose sends fail transiently until removed
         self.attempts = 0
 
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
@@ -51,6 +52,8 @@ class FakePool:
         if self.transient_failures > 0:
             self.transient_failures -= 1
             raise TransientSmtpError("451 try again later", code=451)
+        if mail.recipient in self.unreachable:
+            raise TransientSmtpError("451 mailbox busy", code=451)
         if mail.recipient in self.refuse:
             return Refused(code=550, response="550 No such user")
         self.sent.append(mail)

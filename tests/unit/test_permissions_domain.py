@@ -27,6 +27,7 @@ from tests.support.samples import permission_requested
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 WEEK = timedelta(days=7)
 ADMIN = Person(email="claire@fabrikam.example", name="Claire Martin", locale="fr")
+CAUSE = "/tests this-event"
 
 
 def requested(**overrides: Any) -> PermissionRequested:
@@ -35,18 +36,18 @@ def requested(**overrides: Any) -> PermissionRequested:
 
 def stored(state: State) -> tuple[PermissionRequested, Request]:
     data = requested()
-    request = from_event(data)
+    request = from_event(data, "/tests first")
     return data, replace(request, state=state)
 
 
 def decide(current: Request | None, target: State, data: PermissionRequested) -> Any:
     return on_decision(current, target, request_id=data.request_id, account_id=data.account_id,
-                       partner_id=data.partner.partner_id, decided_by=ADMIN, decided_at=NOW)
+                       partner_id=data.partner.partner_id, decided_by=ADMIN, decided_at=NOW, cause=CAUSE)
 
 
 def test_a_new_request_mails_the_administrators_and_schedules_the_reminder() -> None:
     data = requested()
-    outcome = on_requested(None, data, now=NOW, reminder_after=WEEK)
+    outcome = on_requested(None, data, cause=CAUSE, now=NOW, reminder_after=WEEK)
     assert outcome.request is not None and outcome.request.state is State.PENDING
     assert outcome.notify_admins == REQUESTED_TEMPLATE and not outcome.notify_partner
     assert outcome.schedule_reminder == NOW + WEEK
@@ -68,7 +69,7 @@ def test_capabilities_default_to_all_six_and_keep_the_guides_order() -> None:
     (WEEK + timedelta(days=1), True), (WEEK + timedelta(days=1, seconds=1), False), (WEEK * 3, False),
 ])
 def test_a_request_read_late_is_reminded_only_if_less_than_a_day_overdue(late: timedelta, reminded: bool) -> None:
-    outcome = on_requested(None, requested(), now=NOW + late, reminder_after=WEEK)
+    outcome = on_requested(None, requested(), cause=CAUSE, now=NOW + late, reminder_after=WEEK)
     assert outcome.notify_admins == REQUESTED_TEMPLATE
     assert (outcome.schedule_reminder == NOW + WEEK) is reminded
 
@@ -106,7 +107,7 @@ def test_the_transition_table(current: State | None, target: State, expected: st
 
     def run() -> Any:
         if target is State.PENDING:
-            return on_requested(existing, data, now=NOW, reminder_after=WEEK)
+            return on_requested(existing, data, cause=CAUSE, now=NOW, reminder_after=WEEK)
         return decide(existing, target, data)
 
     if expected in ("unknown_aggregate", "invalid_transition"):
@@ -134,18 +135,37 @@ def test_a_decision_naming_another_account_or_partner_is_refused() -> None:
     for account, partner in (("ACC-other", data.partner.partner_id), (data.account_id, "PARTNER-other")):
         with pytest.raises(DeadLetter) as caught:
             on_decision(request, State.APPROVED, request_id=data.request_id, account_id=account, partner_id=partner,
-                        decided_by=ADMIN, decided_at=NOW)
+                        decided_by=ADMIN, decided_at=NOW, cause=CAUSE)
         assert caught.value.kind == "unknown_aggregate"
 
 
 def test_several_partners_of_one_account_are_independent() -> None:
     first, second = requested(account_id="ACC-1"), requested(account_id="ACC-1")
-    approved = decide(from_event(first), State.APPROVED, first).request
+    approved = decide(from_event(first, "/tests a"), State.APPROVED, first).request
     assert approved.state is State.APPROVED
-    assert decide(from_event(second), State.DENIED, second).request.state is State.DENIED
+    assert decide(from_event(second, "/tests b"), State.DENIED, second).request.state is State.DENIED
 
 
 def test_the_reminder_is_due_only_while_pending() -> None:
     assert reminder_due(stored(State.PENDING)[1])
     assert not any(reminder_due(stored(s)[1]) for s in (State.APPROVED, State.DENIED, State.REMOVED))
     assert not reminder_due(None)
+
+
+def test_the_same_event_again_after_a_crash_resumes_its_e_mails_without_changing_anything() -> None:
+    data, request = stored(State.PENDING)
+    decided = decide(request, State.APPROVED, data).request
+    again = decide(decided, State.APPROVED, data)
+    assert again.resumed and again.ignored is None and again.notify_partner
+    assert again.notify_admins == CONFIRMATION_TEMPLATE and again.request == decided
+    fresh = on_requested(None, data, cause=CAUSE, now=NOW, reminder_after=WEEK).request
+    resumed = on_requested(fresh, data, cause=CAUSE, now=NOW, reminder_after=WEEK)
+    assert resumed.resumed and resumed.notify_admins == REQUESTED_TEMPLATE and resumed.schedule_reminder is None
+
+
+def test_administrators_listed_twice_get_one_e_mail() -> None:
+    admins = [{"email": "claire@fabrikam.example", "name": "Claire", "locale": "fr"},
+              {"email": " CLAIRE@Fabrikam.example", "name": "Claire M.", "locale": "fr"},
+              {"email": "paul@fabrikam.example", "name": "Paul", "locale": "en"}]
+    request = from_event(requested(customer_admins=admins), CAUSE)
+    assert [a.email for a in request.admins] == ["claire@fabrikam.example", "paul@fabrikam.example"]
