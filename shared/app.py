@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -78,6 +80,7 @@ class ServiceSpec:
     outputs: Sequence[OutputTopic] = ()
     jobs: Mapping[str, JobFunction] = field(default_factory=dict)
     background: Sequence[BackgroundTask] = ()
+    job_gates: Mapping[str, Callable[[Service, Mapping[str, Any]], bool]] = field(default_factory=dict)
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
 
 
@@ -102,13 +105,10 @@ class Service:
     caught_up: set[int] = field(default_factory=set)  # assigned partitions with nothing left to process
 
     def is_caught_up(self, partition: int) -> bool:
-        """True when this member owns ``partition`` of the input topic and has processed everything the
-        broker reported at its last fetch (always true under FastStream's TestKafkaBroker, which delivers
-        each record synchronously)."""
-        consumer = getattr(getattr(self, "subscriber", None), "consumer", None)
-        if consumer is None:
-            return True
-        return partition in self.caught_up
+        """True when this member owns ``partition`` of the input topic, its last fetch of it is recent, and
+        everything that fetch reported has been processed (no batch in progress). False while stopping or
+        rebalancing, and under FastStream's TestKafkaBroker (which has no consumer)."""
+        return self.started and partition in self.caught_up
 
 
 def smtp_config(settings: ServiceSettings) -> SmtpConfig:
@@ -194,6 +194,12 @@ def build_service(
     )
     if scheduler is not None:
         scheduler.handlers.update({kind: _job_runner(service, function) for kind, function in spec.jobs.items()})
+        scheduler.gates.update({kind: functools.partial(gate, service) for kind, gate in spec.job_gates.items()})
+
+    def forget_caught_up() -> None:
+        service.caught_up = set()
+
+    consumer.on_revoke = forget_caught_up
     _subscribe(service)
     for output in spec.outputs:
         broker.publisher(output.topic, title=output.topic, description=output.description,
@@ -306,6 +312,11 @@ def _subscribe(service: Service) -> None:
     service.subscriber = subscriber  # type: ignore[attr-defined]
 
 
+FRESH_FETCH_MS = 3000
+"""A partition counts as caught up only if the broker answered a fetch for it this recently: a broker
+outage, or a rebalance that stopped fetching, must not leave it "caught up" on old news."""
+
+
 async def _measure_lag(service: Service) -> None:
     """Lag per assigned partition (high watermark of the last fetch minus position), exported and kept as
     the set of caught-up partitions."""
@@ -313,15 +324,17 @@ async def _measure_lag(service: Service) -> None:
     if consumer is None:
         return
     caught_up = set()
+    fresh_after = time.time() * 1000 - FRESH_FETCH_MS - service.settings.KAFKA_FETCH_MAX_WAIT_MS
     for partition in consumer.assignment():
-        highwater = consumer.highwater(partition)
-        if highwater is None:
-            continue
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a rebalance may take the partition away meanwhile
+            highwater = consumer.highwater(partition)
+            if highwater is None:
+                continue
             position = await consumer.position(partition)
             lag = max(highwater - position, 0)
             service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(lag)
-            if lag == 0 and partition.topic == service.spec.router.topic:
+            fetched = consumer.last_poll_timestamp(partition) or 0
+            if lag == 0 and fetched >= fresh_after and partition.topic == service.spec.router.topic:
                 caught_up.add(partition.partition)
     # While a batch is in progress the position is past records not yet processed: nothing counts as
     # caught up then (the batch's end measures again).
@@ -343,7 +356,11 @@ async def _after_start(service: Service) -> None:
     async def lag_loop() -> None:
         while True:
             await asyncio.sleep(1)
-            await _measure_lag(service)
+            try:
+                await _measure_lag(service)
+            except Exception:
+                service.caught_up = set()
+                log.warning("lag not measured", exc_info=True)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
     if service.scheduler is not None:
@@ -357,6 +374,10 @@ async def _after_start(service: Service) -> None:
 async def _wind_down(service: Service) -> None:
     """Before the broker stops: let the batch in progress finish its records and commit, rather
     than be cancelled between an SMTP acceptance and its record."""
+    service.started = False  # nothing counts as caught up from now on
+    service.caught_up = set()
+    for task in service.tasks:  # the scheduler and the lag loop stop before the consumer does
+        task.cancel()
     service.consumer.revoking.set()
     try:
         await asyncio.wait_for(service.consumer.idle.wait(), service.drain)

@@ -112,6 +112,8 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.consumer.revoking.set()  # cleared when the next batch starts, not before
+        if self.consumer.on_revoke is not None:
+            self.consumer.on_revoke()
         try:
             await asyncio.wait_for(self.consumer.idle.wait(), self.timeout)
         except TimeoutError:
@@ -277,6 +279,7 @@ class TopicConsumer:
         self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
+        self.on_revoke: Callable[[], None] | None = None  # called as partitions are taken away
 
     async def handle_fetch(
         self, kafka: AIOKafkaConsumer | None, records: Sequence[ConsumerRecord[Any, Any]]

@@ -43,13 +43,9 @@ class Job:
 JobHandler = Callable[[Job], Awaitable[None]]
 
 
-class Postpone(Exception):
-    """Raised by a job that is due but must wait (say, until its partition is caught up): it is moved
-    ``seconds`` later, without counting as a failure."""
-
-    def __init__(self, seconds: float, reason: str) -> None:
-        super().__init__(reason)
-        self.seconds = seconds
+Gate = Callable[[Mapping[str, Any]], bool]
+"""Whether a due job of some kind may run on this replica now (given its payload): a job held back by its
+gate is not claimed, so the replica that may run it does."""
 
 
 async def schedule(
@@ -99,6 +95,8 @@ class Scheduler:
         rescan: float = 5.0,
         concurrency: int = 16,
         on_pending: Callable[[int], None] | None = None,
+        gates: Mapping[str, Gate] | None = None,
+        gate_poll: float = 1.0,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -109,6 +107,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._on_pending = on_pending
+        self.gates: dict[str, Gate] = dict(gates or {})
+        self.gate_poll = gate_poll
+        self._held_back = 0  # due jobs the gates held back in the last pass
 
     def wake(self) -> None:
         """Look at the table now (called after a transaction that scheduled something)."""
@@ -121,6 +122,8 @@ class Scheduler:
                 if ran:
                     continue
                 delay = await self._sleep_for()
+                if self._held_back:
+                    delay = max(delay, self.gate_poll)  # due, but held back: look again shortly
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 delay = self.rescan
@@ -147,20 +150,23 @@ class Scheduler:
         return max(0.0, min((earliest - now).total_seconds(), self.rescan))
 
     async def run_due(self) -> int:
-        """Claim and run every job due now; return how many ran."""
+        """Claim and run every job due now that its gate lets through; return how many ran."""
         now = self.clock.now()
         async with self.store.connect() as connection:
             candidates = (
                 await connection.execute(
-                    select(jobs.c.job_id).where(
+                    select(jobs.c.job_id, jobs.c.kind, jobs.c.payload).where(
                         jobs.c.status == "pending",
                         jobs.c.due_at <= now,
                         or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
                         jobs.c.kind.in_(list(self.handlers)),
-                    ).order_by(jobs.c.due_at).limit(200)
+                    ).order_by(jobs.c.due_at).limit(1000)
                 )
-            ).scalars().all()
-        claimed = [job for job_id in candidates if (job := await self._claim(job_id, now)) is not None]
+            ).all()
+        allowed = [row.job_id for row in candidates
+                   if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))][:200]
+        self._held_back = len(candidates) - len(allowed) if len(allowed) < 200 else 0
+        claimed = [job for job_id in allowed if (job := await self._claim(job_id, now)) is not None]
         await asyncio.gather(*(self._execute(job) for job in claimed))
         return len(claimed)
 
@@ -187,15 +193,6 @@ class Scheduler:
         async with self._slots:
             try:
                 await self.handlers[job.kind](job)
-            except Postpone as wait:
-                async with self.store.transaction() as connection:
-                    await connection.execute(
-                        update(jobs).where(jobs.c.job_id == job.job_id, jobs.c.claimed_by == self.owner,
-                                           jobs.c.status == "pending")
-                        .values(due_at=self.clock.now() + timedelta(seconds=wait.seconds), claimed_by=None,
-                                lease_until=None, attempts=jobs.c.attempts - 1)
-                    )
-                return
             except Exception as exc:
                 pause = timedelta(seconds=min(2 ** min(job.attempts, 8), 300))
                 log.warning("scheduled job failed, will retry", exc_info=True,

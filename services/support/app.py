@@ -7,7 +7,7 @@ from pathlib import Path
 from faststream.asgi import AsgiFastStream
 
 from services.support.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
-from services.support.handlers import ESCALATION_JOB, SupportHandlers
+from services.support.handlers import ESCALATION_JOB, SupportHandlers, escalation_gate
 from services.support.settings import SupportSettings
 from services.support.state import MIGRATIONS
 from shared.app import OutputTopic, Service, ServiceSpec, build_service
@@ -20,9 +20,9 @@ NAME = "support"
 HERE = Path(__file__).parent
 
 
-def spec(settings: SupportSettings, handlers: SupportHandlers | None = None) -> ServiceSpec:
-    handlers = handlers or SupportHandlers(escalation_email=settings.SUPPORT_ESCALATION_EMAIL,
-                                           routes=settings.SUPPORT_ESCALATION_ROUTES)
+def spec(settings: SupportSettings) -> ServiceSpec:
+    handlers = SupportHandlers(escalation_email=settings.SUPPORT_ESCALATION_EMAIL,
+                               routes=settings.SUPPORT_ESCALATION_ROUTES)
     return ServiceSpec(
         name=NAME,
         title="CustomerSource managed newsgroup escalations",
@@ -41,6 +41,7 @@ def spec(settings: SupportSettings, handlers: SupportHandlers | None = None) -> 
             ),
         ],
         jobs={ESCALATION_JOB: handlers.run_escalation},
+        job_gates={ESCALATION_JOB: escalation_gate},
     )
 
 
@@ -53,12 +54,7 @@ def create_service(
     retry_window: float = 60.0,
 ) -> tuple[AsgiFastStream, Service]:
     settings = settings or load_settings(SupportSettings, NAME)
-    handlers = SupportHandlers(escalation_email=settings.SUPPORT_ESCALATION_EMAIL,
-                               routes=settings.SUPPORT_ESCALATION_ROUTES)
-    app, service = build_service(spec(settings, handlers), settings, pool=pool, outputs=outputs, clock=clock,
-                                 retry_window=retry_window)
-    handlers.bind(service.is_caught_up)
-    return app, service
+    return build_service(spec(settings), settings, pool=pool, outputs=outputs, clock=clock, retry_window=retry_window)
 
 
 def create_app(settings: SupportSettings | None = None) -> AsgiFastStream:

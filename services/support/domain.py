@@ -8,9 +8,11 @@ since it was posted; an answer before then cancels the escalation. One escalatio
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from services.support.contracts import PostAnswered, PostCreated
 from shared.calendar import calendar_for, default_time_zone
@@ -63,11 +65,18 @@ def due_time(posted_at: datetime, country: str, time_zone: str) -> datetime:
 
 
 def https_only(url: str) -> str | None:
-    """Links from events are used only if they are https (and have a host)."""
-    scheme, _, rest = url.strip().partition("://")
-    if scheme.lower() != "https" or not rest or rest.startswith("/") or any(c.isspace() for c in rest):
+    """Links from events are used only if they are https, with a host, and free of control and format
+    characters (no line breaks, no bidirectional overrides)."""
+    url = url.strip()
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") or c.isspace() for c in url):
         return None
-    return url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return None
+    return url
 
 
 class State(StrEnum):
@@ -142,31 +151,35 @@ def on_created(current: Post | None, data: PostCreated) -> Decision:
 
 def on_answered(current: Post | None, data: PostAnswered) -> Decision:
     if current is None or not current.known:
-        trace = Post(post_id=data.post_id, state=State.ANSWERED, answered_at=data.answered_at)
+        earliest = data.answered_at
+        if current is not None and current.answered_at is not None:
+            earliest = min(earliest, current.answered_at)
+        trace = Post(post_id=data.post_id, state=State.ANSWERED, answered_at=earliest)
         return Decision(post=trace, ignored="answer to a post not seen yet: kept, in case the post follows")
     if current.answered_at is not None and current.answered_at <= data.answered_at:
         return Decision(ignored="the post was already answered")
     if current.state is not State.WAITING:
         return Decision(post=replace(current, answered_at=data.answered_at),
                         ignored=f"the post is {current.state.value}: the answer changes nothing")
-    assert current.due_at is not None
-    if data.answered_at < current.due_at:
+    if current.due_at is not None and data.answered_at < current.due_at:
         return Decision(post=replace(current, state=State.ANSWERED, answered_at=data.answered_at), cancel=True)
     return Decision(post=replace(current, answered_at=data.answered_at),
                     ignored="answered after its due time: the escalation stands")
 
 
 def on_unanswered(current: Post | None, data: PostCreated) -> Decision:
+    """Escalate at once unless the post is not eligible, was answered before its due time, or is escalated.
+    A post whose escalation was claimed but not finished (a crash, a failed send) is escalated again: the
+    claim's holder resumes it, anyone else leaves it to its holder."""
     if current is not None and current.known:
-        if current.state is State.WAITING and current.answered_at is None:
+        if current.state in (State.WAITING, State.ESCALATING):
             return Decision(post=current, escalate=True, cancel=True)
         if current.state is State.INELIGIBLE:
             return Decision(ignored=f"not eligible for escalation: {current.reason}")
-        return Decision(ignored=f"the post is already {current.state.value}"
-                        + (" (answered)" if current.answered_at is not None else ""))
+        return Decision(ignored=f"the post is already {current.state.value}")
     post = from_event(data, current)
     if post.state is State.INELIGIBLE:
         return Decision(post=post, ignored=f"not eligible for escalation: {post.reason}")
-    if post.answered_at is not None:
-        return Decision(post=replace(post, state=State.ANSWERED), ignored="the post was already answered")
+    if post.state is State.ANSWERED:
+        return Decision(post=post, ignored="the post was answered before its due time")
     return Decision(post=post, escalate=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,16 +24,16 @@ from services.support.contracts import (
     Routing,
 )
 from services.support.domain import Decision, Post, State
+from shared.app import Service
 from shared.consumer import Effects, EventRouter, all_of
 from shared.envelope import Event
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
-from shared.scheduler import Job, Postpone
+from shared.scheduler import Job
 from shared.shapes import SITE_LANGUAGE, LocalSite, Person
 
 ESCALATION_JOB = "escalation"
 SUPPORT_TEAM_NAME = "Microsoft Dynamics Support"
-CATCH_UP_POLL_SECONDS = 1.0
 
 
 def escalation_job_id(post_id: str) -> str:
@@ -45,7 +46,6 @@ class SupportHandlers:
     def __init__(self, *, escalation_email: str, routes: Mapping[LocalSite, str]) -> None:
         self.escalation_email = escalation_email
         self.routes = dict(routes)
-        self.caught_up: Callable[[int], bool] = lambda partition: True
         self.router = EventRouter(
             service="support",
             topic=TOPIC,
@@ -56,10 +56,6 @@ class SupportHandlers:
         self.router.handles(POST_CREATED, PostCreated)(self.on_post_created)
         self.router.handles(POST_ANSWERED, PostAnswered)(self.on_post_answered)
         self.router.handles(POST_UNANSWERED, PostUnanswered)(self.on_post_unanswered)
-
-    def bind(self, caught_up: Callable[[int], bool]) -> None:
-        """Escalations wait until this member has caught up with the post's partition."""
-        self.caught_up = caught_up
 
     @staticmethod
     async def _load(effects: Effects, post_id: str) -> Post | None:
@@ -95,6 +91,8 @@ class SupportHandlers:
                     await state.save_post(connection, post, expected=expected, partition=effects.partition,
                                           now=effects.now)
             escalated = await self._escalate(post, "post_unanswered", effects)
+            if not escalated:
+                decision = replace(decision, cancel=False)  # the claim's holder (a timer) still needs its job
         async with effects.finish() as connection:
             if post is not None and not decision.escalate:
                 await state.save_post(connection, post, expected=expected, partition=effects.partition,
@@ -109,14 +107,12 @@ class SupportHandlers:
                                        payload={"post_id": post.post_id, "partition": effects.partition})
 
     async def run_escalation(self, job: Job, effects: Effects) -> None:
-        """The due time has come: escalate, unless answered meanwhile; first catch up with the partition."""
+        """The due time has come and this replica has caught up with the post's partition (the job's gate):
+        escalate, unless the post was answered meanwhile."""
         post = await self._load(effects, job.payload["post_id"])
         if post is None or post.state not in (State.WAITING, State.ESCALATING):
             effects.ignored("the post was answered or escalated meanwhile")
             return
-        partition = job.payload.get("partition")
-        if partition is not None and not self.caught_up(int(partition)):
-            raise Postpone(CATCH_UP_POLL_SECONDS, "waiting to catch up with the post's partition")
         if await self._escalate(post, "timer", effects):
             async with effects.finish() as connection:
                 await state.mark_escalated(connection, post.post_id, effects.now)
@@ -165,3 +161,10 @@ class SupportHandlers:
             "waited": escalated_at - post.posted_at, "time_zone": post.time_zone, "reason": post.reason,
             "trigger": trigger,
         }
+
+
+def escalation_gate(service: Service, payload: Mapping[str, Any]) -> bool:
+    """An escalation runs only on the replica that owns the post's partition, once it has caught up with it:
+    an answer further on in a backlog is read first."""
+    partition = payload.get("partition")
+    return partition is None or service.is_caught_up(int(partition))

@@ -3,6 +3,7 @@ for SMTP and the output producer, a fixed clock and a real SQLite store."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from services.support.contracts import (
     POST_UNANSWERED,
     TOPIC,
 )
-from services.support.handlers import SupportHandlers
+from services.support.handlers import ESCALATION_JOB, SupportHandlers
 from services.support.settings import SupportSettings
 from shared.app import Service
 from shared.clock import FixedClock
@@ -84,9 +85,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
                                 retry_window=0.3)
     await service.store.migrate()
     caught_up = {0}
-    router = service.spec.router
-    handlers = router.routes[POST_CREATED].handler.__self__  # type: ignore[attr-defined]
-    handlers.bind(lambda partition: partition in caught_up)
+    assert service.scheduler is not None  # the test broker has no consumer: the test says what is caught up
+    service.scheduler.gates[ESCALATION_JOB] = lambda payload: int(payload["partition"]) in caught_up
     async with TestKafkaBroker(service.broker) as broker:
         yield Harness(broker, service, pool, outputs, clock, caught_up)
     await service.store.close()
@@ -167,7 +167,7 @@ async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: H
     harness.caught_up.clear()  # a backlog: the consumer is behind on partition 0
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     await harness.publish(POST_CREATED, post_created(POSTED))
-    assert await harness.run_jobs_at(harness.clock.now()) == 1  # ran, and postponed itself
+    assert await harness.run_jobs_at(harness.clock.now()) == 0  # due, but held back
     assert harness.escalations() == []
     harness.caught_up.add(0)
     assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=1)) == 1
@@ -179,9 +179,63 @@ async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: H
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     data = post_created(POSTED)
     await harness.publish(POST_CREATED, data)
-    assert await harness.run_jobs_at(harness.clock.now()) == 1  # postponed: not caught up
+    assert await harness.run_jobs_at(harness.clock.now()) == 0  # held back: not caught up
     await harness.publish(POST_ANSWERED, {"post_id": data["post_id"], "answered_at": (POSTED + timedelta(hours=3))
                                           .isoformat(), "answered_by_kind": "support"})
     harness.caught_up.add(0)
     assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=5)) == 0
     assert harness.escalations() == [] and harness.pool.sent == []
+
+
+async def test_an_escalation_interrupted_after_its_claim_is_completed_by_the_redelivery(harness: Harness) -> None:
+    data = post_created(POSTED)
+    failures = []
+    send = harness.outputs.send
+
+    async def broker_down_once(topic: str, **kwargs: Any) -> None:
+        if topic == OUTPUT_TOPIC and not failures:
+            failures.append(topic)
+            raise OSError("the broker went away")
+        await send(topic, **kwargs)
+
+    harness.outputs.send = broker_down_once  # type: ignore[method-assign]
+    event = cloudevent(POST_UNANSWERED, data, time=harness.clock.now())
+    with pytest.raises(OSError):
+        await harness.broker.publish(event, TOPIC, key=data["post_id"].encode())
+    assert harness.escalations() == [] and failures
+    await harness.broker.publish(event, TOPIC, key=data["post_id"].encode())  # re-delivered
+    [raised] = harness.escalations()
+    assert raised["data"]["trigger"] == "post_unanswered"
+    assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1
+    assert await harness.run_jobs_at(DUE + timedelta(days=1)) == 0
+
+
+async def test_an_unanswered_report_that_loses_the_claim_leaves_the_timer_to_finish(harness: Harness) -> None:
+    data = post_created(POSTED)
+    await harness.publish(POST_CREATED, data)
+    # The timer claims the escalation, then fails to publish it (the broker is down for it).
+    failures = []
+    send = harness.outputs.send
+
+    async def broker_down_once(topic: str, **kwargs: Any) -> None:
+        if topic == OUTPUT_TOPIC and not failures:
+            failures.append(topic)
+            raise OSError("the broker went away")
+        await send(topic, **kwargs)
+
+    harness.outputs.send = broker_down_once  # type: ignore[method-assign]
+    assert await harness.run_jobs_at(DUE) == 1
+    assert harness.escalations() == [] and failures
+    await harness.publish(POST_UNANSWERED, data)  # comes second: sends nothing, cancels nothing
+    assert harness.escalations() == []
+    assert await harness.run_jobs_at(DUE + timedelta(minutes=10)) == 1  # the timer's retry completes it
+    [raised] = harness.escalations()
+    assert raised["data"]["trigger"] == "timer"
+    assert len(harness.pool.to(TEAM)) == 1
+
+
+async def test_the_reason_of_an_ineligible_post_is_logged(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="customersource.consumer")
+    await harness.publish(POST_CREATED, post_created(POSTED, country="FR", local_site="FR", product="dynamics_gp"))
+    [record] = [r for r in caplog.records if r.getMessage() == "event ignored"]
+    assert "open only to Dynamics CRM customers" in record.why  # type: ignore[attr-defined]

@@ -19,7 +19,8 @@ from tests.support.samples import post_created
 from tests.support.smtp import SmtpServer
 from tests.support.waiting import wait_until
 
-TEAM = "support@customersource.example"  # SUPPORT_ESCALATION_EMAIL of the test environment
+TEAM = "support@customersource.example"
+FILLERS = 600  # more than one fetch (max_records=500)  # SUPPORT_ESCALATION_EMAIL of the test environment
 
 
 def escalated(reader: Reader) -> list[str]:
@@ -53,7 +54,13 @@ async def test_a_backlog_escalates_overdue_posts_once_caught_up_unless_answered_
     unanswered = post_created(now - timedelta(hours=1), local_site="UK", country="GB",
                               author={"email": "sam@contoso.example", "name": "Sam", "locale": "en-GB"})
     fresh = post_created(now)
+    deep = post_created(now - timedelta(days=10))  # its early answer comes more than a fetch later
     async with Publisher(kafka) as publisher:  # published before the service starts: a backlog
+        await publisher.structured(NEWSGROUPS, deep["post_id"], cloudevent(POST_CREATED, deep))
+        await publisher.many(NEWSGROUPS, [(deep["post_id"], cloudevent(POST_ANSWERED, answer(deep, now)))
+                                          for _ in range(FILLERS)])  # late answers: they cancel nothing
+        await publisher.structured(NEWSGROUPS, deep["post_id"], cloudevent(
+            POST_ANSWERED, answer(deep, now - timedelta(days=10) + timedelta(hours=1))))
         for post in (overdue, answered_later, ineligible, fresh):
             await publisher.structured(NEWSGROUPS, post["post_id"], cloudevent(POST_CREATED, post))
         await publisher.binary(NEWSGROUPS, unanswered["post_id"], cloudevent(POST_UNANSWERED, unanswered))
@@ -64,7 +71,7 @@ async def test_a_backlog_escalates_overdue_posts_once_caught_up_unless_answered_
     async with Reader(kafka, OUTPUT_TOPIC, NEWSGROUPS + ".dlq") as reader:
         service = start_service("support", database_url=database_url)
         await service.wait_ready()
-        await handled(service, 7)
+        await handled(service, 7 + FILLERS + 2)
         await reader.wait_for(lambda: len(escalated(reader)) == 2)
         await pending_jobs(service, 1)  # only the fresh post's due-time is left
         await reader.wait_for(lambda: len(reader.on(NEWSGROUPS + ".dlq")) == 1)
@@ -76,6 +83,7 @@ async def test_a_backlog_escalates_overdue_posts_once_caught_up_unless_answered_
     assert len(smtp.to(TEAM)) == 2
     assert [m["X-CustomerSource-Template"] for m in smtp.to("sam@contoso.example")] == ["escalation_author"]
     assert smtp.to(answered_later["author"]["email"]) == [] and smtp.to(ineligible["author"]["email"]) == []
+    assert smtp.to(deep["author"]["email"]) == []
 
 
 async def test_due_times_survive_restarts_and_one_that_passes_while_down_escalates_at_start(

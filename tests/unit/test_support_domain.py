@@ -68,6 +68,7 @@ def test_due_time(posted: datetime, zone: str, country: str, due: datetime) -> N
     ("https://community.example.com/post/1", True), ("HTTPS://community.example.com/x", True),
     ("http://community.example.com/post/1", False), ("javascript:alert(1)", False), ("https:///nohost", False),
     ("https://evil.example.com/a b", False), ("ftp://files.example.com", False),
+    ("https://x.example.com/a\u202eb", False), ("https://x.example.com/a\nb", False), ("https://:443/x", False),
 ])
 def test_only_https_links_are_used(url: str, kept: bool) -> None:
     assert (https_only(url) is not None) is kept
@@ -126,11 +127,13 @@ def test_unanswered_escalates_at_once_if_eligible_and_neither_escalated_nor_answ
                                                                                         tzinfo=UTC)
     waiting = from_event(data, None)
     assert on_unanswered(waiting, data).escalate and on_unanswered(waiting, data).cancel
-    for state in (State.ANSWERED, State.ESCALATING, State.ESCALATED, State.INELIGIBLE):
+    resumed = on_unanswered(replace(waiting, state=State.ESCALATING), data)
+    assert resumed.escalate, "a claimed escalation is resumed by its holder (the claim decides)"
+    for state in (State.ANSWERED, State.ESCALATED, State.INELIGIBLE):
         decision = on_unanswered(replace(waiting, state=state), data)
         assert not decision.escalate and decision.ignored
     late_answer = on_answered(waiting, answered(data.post_id, waiting.due_at)).post  # type: ignore[arg-type]
-    assert not on_unanswered(late_answer, data).escalate
+    assert on_unanswered(late_answer, data).escalate, "an answer after the due time does not count"
     assert not on_unanswered(None, created(plans=["enhancement_plan"])).escalate
 
 
@@ -157,3 +160,12 @@ def test_routes_are_a_json_map_of_local_sites_to_usable_addresses() -> None:
             SupportSettings(**base, SUPPORT_ESCALATION_ROUTES=bad)
     with pytest.raises(ValidationError):
         SupportSettings(**{**base, "SUPPORT_ESCALATION_EMAIL": "nobody"})
+
+
+def test_of_several_answers_seen_before_the_post_the_earliest_counts() -> None:
+    data = created()
+    first = on_answered(None, answered(data.post_id, FRIDAY_3PM + timedelta(hours=2))).post
+    later = on_answered(first, answered(data.post_id, FRIDAY_3PM + timedelta(days=9))).post
+    assert later is not None and later.answered_at == FRIDAY_3PM + timedelta(hours=2)
+    decision = on_created(later, data)
+    assert decision.post is not None and decision.post.state is State.ANSWERED and not decision.schedule

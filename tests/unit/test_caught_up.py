@@ -1,0 +1,85 @@
+"""Which partitions count as caught up (escalations wait for it): lag 0 after a recent fetch, with no
+batch in progress, on the input topic only; nothing while stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from shared.app import Service, _measure_lag
+from shared.metrics import Metrics
+
+TOPIC = "customersource.newsgroups"
+
+
+@dataclass
+class FakeConsumer:
+    highwaters: dict[TopicPartition, int]
+    positions: dict[TopicPartition, int]
+    polled_ms_ago: dict[TopicPartition, float] = field(default_factory=dict)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.highwaters)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self.highwaters[partition]
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self.positions[partition]
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int:
+        return int(time.time() * 1000 - self.polled_ms_ago.get(partition, 100))
+
+
+def service_with(consumer: FakeConsumer, *, batch_running: bool = False) -> Any:
+    idle = asyncio.Event()
+    if not batch_running:
+        idle.set()
+    return SimpleNamespace(
+        subscriber=SimpleNamespace(consumer=consumer), metrics=Metrics("support"), caught_up=set(), started=True,
+        spec=SimpleNamespace(name="support", router=SimpleNamespace(topic=TOPIC)),
+        settings=SimpleNamespace(KAFKA_FETCH_MAX_WAIT_MS=100), consumer=SimpleNamespace(idle=idle),
+    )
+
+
+def partitions(*numbers: int, topic: str = TOPIC) -> list[TopicPartition]:
+    return [TopicPartition(topic, n) for n in numbers]
+
+
+async def test_lag_zero_after_a_recent_fetch_is_caught_up_and_anything_else_is_not() -> None:
+    p0, p1, p2 = partitions(0, 1, 2)
+    [other] = partitions(0, topic="customersource.newsgroups.dlq")
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10, p2: 10, other: 5}, positions={p0: 10, p1: 7, p2: 10, other: 5},
+                            polled_ms_ago={p2: 60_000})
+    service = service_with(consumer)
+    await _measure_lag(service)
+    assert service.caught_up == {0}, "p1 lags; p2's last fetch is a minute old; other topics do not count"
+    assert Service.is_caught_up(service, 0) and not Service.is_caught_up(service, 1)
+    service.started = False
+    assert not Service.is_caught_up(service, 0), "nothing is caught up while stopping"
+
+
+async def test_nothing_is_caught_up_while_a_batch_is_in_progress() -> None:
+    [p0] = partitions(0)
+    service = service_with(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}), batch_running=True)
+    await _measure_lag(service)
+    assert service.caught_up == set()
+
+
+async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
+    p0, p1 = partitions(0, 1)
+
+    class Revoked(FakeConsumer):
+        async def position(self, partition: TopicPartition) -> int:
+            if partition == p1:
+                raise AssertionError("partition is not assigned")
+            return await super().position(partition)
+
+    service = service_with(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}))
+    await _measure_lag(service)
+    assert service.caught_up == {0}
