@@ -1,0 +1,441 @@
+"""customersource-ops: the operations command line of CustomerSource notifications.
+
+Kafka is KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092) or --bootstrap; KAFKA_SECURITY_PROTOCOL,
+KAFKA_SASL_* and KAFKA_SSL_CAFILE are read from the environment as the services read them. The tools
+never join a service's consumer group.
+
+Examples:
+  customersource-ops publish --list-examples
+  customersource-ops publish --example professional-added
+  customersource-ops publish events.json              (an event, a JSON array of events, or JSON lines)
+  customersource-ops dlq list invitations             (the dead letters of a service, with their reasons)
+  customersource-ops dlq show invitations 0:42        (one dead letter: headers, reason, value)
+  customersource-ops dlq replay invitations --kind unknown_aggregate
+  customersource-ops lag                              (per service and partition, from /metrics)
+  customersource-ops preview expiry plan_expiry_reminder --language fr --out reminder.html
+  customersource-ops escalation-time --posted 2026-11-27T15:00 --country FR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ops import contract, health
+from ops.examples import EXAMPLES, example
+from ops.topicreader import DeadLetter, follow, read_to_end
+from shared.calendar import calendar_for, default_time_zone
+from shared.envelope import STRUCTURED_HEADERS, decode, validate
+from shared.envelope import DeadLetter as Refusal
+from shared.shapes import LANGUAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Progress:
+    """``label 120/500 (24%)`` on one refreshed line on a terminal, every tenth otherwise."""
+
+    def __init__(self, total: int, label: str, out: TextIO = sys.stderr) -> None:
+        self.total, self.label, self.out, self.done = total, label, out, 0
+        self._tty = out.isatty()
+        self._next = max(total // 10, 1)
+
+    def step(self) -> None:
+        self.done += 1
+        if self._tty:
+            self.out.write(f"\r{self.label} {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)")
+            self.out.flush()
+        elif self.done >= self._next or self.done == self.total:
+            self.out.write(f"{self.label} {self.done}/{self.total}\n")
+            self._next += max(self.total // 10, 1)
+
+    def close(self) -> None:
+        if self._tty and self.total:
+            self.out.write("\n")
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- publish ---------------------------------------------------------------------------------------------
+
+def load_events(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Events from files ('-' is stdin): a JSON object, a JSON array, or JSON lines."""
+    events: list[dict[str, Any]] = []
+    for path in paths:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        stripped = text.strip()
+        try:
+            parsed = json.loads(stripped)
+            items = parsed if isinstance(parsed, list) else [parsed]
+        except json.JSONDecodeError:
+            try:
+                items = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: neither JSON nor JSON lines ({exc.msg}, line {exc.lineno})") from exc
+        for number, item in enumerate(items, start=1):
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}: item {number} is not a JSON object")
+            events.append(item)
+    return events
+
+
+def complete(event: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the envelope attributes a hand-written event may leave out (id, time, specversion, source)."""
+    return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/customersource-ops",
+            "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json", **event}
+
+
+def check(event: dict[str, Any]) -> tuple[contract.InputTopic, str]:
+    """Validate an event as the consuming service will (envelope, type, data); return its topic and key."""
+    inbound = decode(json.dumps(event).encode(), list(STRUCTURED_HEADERS))
+    target = contract.input_for_type(inbound.attributes.type)
+    if target is None:
+        known = sorted(t for item in contract.inputs().values() for t in item.types)
+        raise Refusal("unknown_type", f"{inbound.attributes.type!r} is not a type of the contract: {', '.join(known)}")
+    validated = validate(inbound, target.types[inbound.attributes.type])
+    return target, str(getattr(validated.data, target.key_field))
+
+
+async def publish(args: argparse.Namespace) -> int:
+    if args.list_examples:
+        for name, (event_type, _, what) in EXAMPLES.items():
+            print(f"{name:<22} {event_type:<45} {what}")
+        return 0
+    try:
+        events = [example(name) for name in args.example for _ in range(args.count)]
+        events += [complete(e) for e in load_events(args.files)]
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
+    except KeyError as exc:
+        return fail(f"no example {exc}; see --list-examples")
+    if not events:
+        return fail("nothing to publish: give files, '-' for stdin, or --example NAME")
+    checked, problems = [], []
+    for number, event in enumerate(events, start=1):
+        try:
+            checked.append((event, *check(event)))
+        except Refusal as refusal:
+            problems.append(f"event {number} ({event.get('type', '?')}, id {event.get('id')}): "
+                            f"{refusal.kind}: {refusal.reason}")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return fail(f"{len(problems)} of {len(events)} events are invalid; nothing was published")
+    if args.dry_run:
+        for event, target, key in checked:
+            print(f"valid: {event['type']} -> {target.topic} (key {key})")
+        return 0
+    producer = AIOKafkaProducer(**contract.kafka_options(args.bootstrap), acks="all")
+    await producer.start()
+    progress = Progress(len(checked), "published")
+    try:
+        for event, target, key in checked:
+            if args.binary:
+                headers = [(f"ce_{k}", str(v).encode()) for k, v in event.items() if k not in ("data", "datacontenttype")]
+                headers.append(("content-type", str(event.get("datacontenttype", "application/json")).encode()))
+                value = json.dumps(event["data"]).encode()
+            else:
+                headers, value = list(STRUCTURED_HEADERS), json.dumps(event).encode()
+            await producer.send_and_wait(target.topic, value, key=key.encode(), headers=headers)
+            progress.step()
+            if len(checked) <= 10:
+                print(f"published {event['type']} id {event['id']} to {target.topic} (key {key})")
+    finally:
+        progress.close()
+        await producer.stop()
+    return 0
+
+
+# --- dead letters -----------------------------------------------------------------------------------------
+
+def describe(letter: DeadLetter) -> str:
+    event = letter.event
+    return (f"{letter.record.partition}:{letter.record.offset}  {letter.failed_at[:19]}  {letter.kind:<19} "
+            f"{event.get('type', '(no CloudEvent type)')}  id={event.get('id', '?')}\n"
+            f"    from {letter.original}: {letter.reason}")
+
+
+async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[DeadLetter]:
+    topics = [contract.resolve_dlq(n) for n in names] or [i.dlq for i in contract.inputs().values()]
+    records = await read_to_end(contract.kafka_options(args.bootstrap), topics)
+    letters = [DeadLetter(r) for r in records]
+    if getattr(args, "kind", None):
+        letters = [d for d in letters if d.kind in args.kind]
+    return letters
+
+
+async def dlq_list(args: argparse.Namespace) -> int:
+    try:
+        letters = await dead_letters(args, args.topics)
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.follow:
+        topics = [contract.resolve_dlq(n) for n in args.topics] or [i.dlq for i in contract.inputs().values()]
+        async for record in follow(contract.kafka_options(args.bootstrap), topics):
+            letter = DeadLetter(record)
+            if not args.kind or letter.kind in args.kind:
+                print(f"{record.topic} " + describe(letter), flush=True)
+        return 0
+    for letter in letters[-args.limit:] if args.limit else letters:
+        print(f"{letter.record.topic} " + describe(letter))
+    print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+async def dlq_show(args: argparse.Namespace) -> int:
+    try:
+        partition, offset = (int(part) for part in args.position.split(":"))
+        letters = await dead_letters(args, [args.topic])
+    except ValueError as exc:
+        return fail(f"{exc} (the position is PARTITION:OFFSET, as `dlq list` prints it)")
+    found = [d for d in letters if (d.record.partition, d.record.offset) == (partition, offset)]
+    if not found:
+        return fail(f"no dead letter at {args.position} in {contract.resolve_dlq(args.topic)}")
+    letter = found[0]
+    print(f"dead letter {letter.record.where}\n  kind:     {letter.kind}\n  reason:   {letter.reason}\n"
+          f"  service:  {letter.service}\n  original: {letter.original}\n  failed:   {letter.failed_at}\n"
+          f"  key:      {(letter.record.key or b'').decode('utf-8', 'replace')}\n  headers:")
+    for key, value in letter.record.headers:
+        print(f"    {key}: {value.decode('utf-8', 'replace')}")
+    body = letter.record.json()
+    print("  value:\n" + (json.dumps(body, indent=2, ensure_ascii=False) if body is not None
+                         else repr(letter.record.value)))
+    return 0
+
+
+async def dlq_replay(args: argparse.Namespace) -> int:
+    try:
+        letters = await dead_letters(args, [args.topic])
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.positions:
+        wanted = {tuple(int(x) for x in p.split(":")) for p in args.positions}
+        letters = [d for d in letters if (d.record.partition, d.record.offset) in wanted]
+    if not letters:
+        print("nothing to replay")
+        return 0
+    for letter in letters[:20]:
+        print(describe(letter))
+    if len(letters) > 20:
+        print(f"... and {len(letters) - 20} more")
+    if args.dry_run:
+        print(f"dry run: {len(letters)} dead letter(s) would be replayed")
+        return 0
+    producer = AIOKafkaProducer(**contract.kafka_options(args.bootstrap), acks="all")
+    await producer.start()
+    progress = Progress(len(letters), "replayed")
+    try:
+        for letter in letters:
+            original = letter.record.header("dlq-original-topic")
+            if not original:
+                print(f"skipped {letter.record.where}: no dlq-original-topic header", file=sys.stderr)
+                continue
+            await producer.send_and_wait(original, letter.record.value, key=letter.record.key,
+                                         headers=letter.replay_headers())
+            progress.step()
+    finally:
+        progress.close()
+        await producer.stop()
+    print(f"replayed {progress.done} dead letter(s) to their original topic. Events already processed are "
+          "ignored by the services (their id was seen), so no e-mail is sent twice; events still invalid are "
+          "dead-lettered again.")
+    return 0
+
+
+# --- lag ----------------------------------------------------------------------------------------------------
+
+async def broker_lag(bootstrap: str | None, service: str) -> list[tuple[str, int, float]]:
+    """Lag from the broker: the group's committed offsets against the end offsets (right on Kafka; the
+    local Tansu broker's end offsets are wrong, which is why the services export their own)."""
+    topic = contract.inputs()[service].topic
+    consumer = AIOKafkaConsumer(**contract.kafka_options(bootstrap), group_id=f"customersource.{service}",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(partitions)
+        rows = []
+        for partition in partitions:
+            committed = await consumer.committed(partition) or 0
+            rows.append((topic, partition.partition, float(max(ends[partition] - committed, 0))))
+        return rows
+    finally:
+        await consumer.stop()
+
+
+async def lag(args: argparse.Namespace) -> int:
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in contract.PORTS.items()}
+    for item in args.service or []:
+        name, _, url = item.partition("=")
+        urls[name] = url.rstrip("/") or urls.get(name, "")
+    print(f"{'service':<13} {'state':<11} {'topic':<40} {'partition':>9} {'lag':>8}  source")
+    for name, url in urls.items():
+        state = await asyncio.to_thread(health.read, name, url)
+        rows: list[tuple[str, int, float]] = [(t, p, float(n)) for t, p, n in state.lag]
+        status, source = ("ready" if state.ready else "not ready"), "metrics"
+        if not state.reachable:
+            status, source = "unreachable", "broker"
+            try:
+                rows = await broker_lag(args.bootstrap, name)
+            except Exception as exc:
+                print(f"{name:<13} {status:<11} (no /metrics at {url}, and the broker: {exc})")
+                continue
+        if not rows:
+            print(f"{name:<13} {status:<11} {'(no partition assigned yet)':<40}")
+        for topic, partition, value in rows:
+            print(f"{name:<13} {status:<11} {topic:<40} {partition:>9} {int(value):>8}  {source}")
+    return 0
+
+
+# --- preview and escalation time ------------------------------------------------------------------------------
+
+def preview(args: argparse.Namespace) -> int:
+    from shared.mail.render import Renderer
+
+    services = sorted(p.name for p in (ROOT / "services").iterdir() if (p / "templates").is_dir())
+    if args.service not in services:
+        return fail(f"no service {args.service!r}: {', '.join(services)}")
+    folder = ROOT / "services" / args.service
+    samples = importlib.import_module(f"services.{args.service}.previews").samples()
+    if args.template not in samples:
+        return fail(f"no template {args.template!r} in {args.service}: {', '.join(sorted(samples))}")
+    variants = samples[args.template]
+    if not 0 <= args.sample < len(variants):
+        return fail(f"--sample must be between 0 and {len(variants) - 1}")
+    renderer = Renderer(folder / "templates", folder / "locale", globals={
+        "portal_url": "https://customersource.example", "business_center_url": "https://businesscenter.example",
+        "help_email": "itmbssup@customersource.example"})
+    mail = renderer.render(args.template, args.language, variants[args.sample])
+    output = f"Subject: {mail.subject}\n\n{mail.text}" if args.text else mail.html
+    if args.out:
+        Path(args.out).write_text(output, encoding="utf-8")
+        print(f"wrote {args.out} ({args.template}, {args.language}, sample {args.sample}): {mail.subject}")
+    else:
+        print(output)
+    return 0
+
+
+def escalation_time(args: argparse.Namespace) -> int:
+    zone = args.time_zone or default_time_zone(args.country)
+    try:
+        posted = datetime.fromisoformat(args.posted)
+        calendar = calendar_for(args.country, zone)
+    except ValueError as exc:
+        return fail(str(exc))
+    if posted.tzinfo is None:
+        posted = posted.replace(tzinfo=ZoneInfo(zone))
+    due = calendar.add_business_hours(posted, hours=args.hours)
+    local = ZoneInfo(zone)
+    print(f"posted   {posted.astimezone(local):%A %Y-%m-%d %H:%M %Z} ({zone})")
+    print(f"due      {due.astimezone(local):%A %Y-%m-%d %H:%M %Z}  = {due:%Y-%m-%d %H:%M} UTC")
+    print(f"elapsed  {due - posted} of real time for {args.hours:g} h of business time in {args.country}")
+    day = posted.astimezone(local).date()
+    while day <= due.astimezone(local).date():
+        if not calendar.is_business_day(day):
+            name = calendar.holiday_name(day) or ("Saturday" if day.weekday() == 5 else "Sunday")
+            print(f"  not a business day: {day:%a %Y-%m-%d} ({name})")
+        day = day.fromordinal(day.toordinal() + 1)
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="customersource-ops", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    main.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or "
+                                          "127.0.0.1:9092)")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("publish", help="validate events against the contract, then publish them",
+                            description="Validate events exactly as the consuming service will (envelope, type, "
+                            "data) and publish them to their topic, keyed by their aggregate id. Nothing is "
+                            "published if any event is invalid. id, time, specversion and source are filled in "
+                            "when a hand-written event leaves them out.")
+    p.add_argument("files", nargs="*", help="JSON files: one event, an array of events, or JSON lines ('-': stdin)")
+    p.add_argument("--example", action="append", default=[], metavar="NAME", help="a built-in example (repeatable)")
+    p.add_argument("--count", type=int, default=1, help="publish each example this many times (fresh ids)")
+    p.add_argument("--list-examples", action="store_true", help="list the built-in examples")
+    p.add_argument("--binary", action="store_true", help="binary mode (ce_* headers) instead of structured")
+    p.add_argument("--dry-run", action="store_true", help="validate only")
+    p.set_defaults(run=publish)
+
+    dlq = commands.add_parser("dlq", help="find, understand and replay dead letters",
+                              description="Dead letters: records a service could not process, copied byte for "
+                              "byte to <input topic>.dlq with the reason. TOPIC may be a service name "
+                              "(invitations, expiry, permissions, support), its input topic or its .dlq topic.")
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="the dead letters, oldest first, with kind and reason")
+    q.add_argument("topics", nargs="*", metavar="TOPIC", help="default: every service's")
+    q.add_argument("--kind", action="append", help="only this error kind (repeatable)")
+    q.add_argument("--limit", type=int, default=0, help="only the last N")
+    q.add_argument("--follow", "-f", action="store_true", help="keep printing new dead letters (Ctrl-C stops)")
+    q.set_defaults(run=dlq_list)
+    q = actions.add_parser("show", help="one dead letter in full: reason, headers, value")
+    q.add_argument("topic", metavar="TOPIC")
+    q.add_argument("position", metavar="PARTITION:OFFSET")
+    q.set_defaults(run=dlq_show)
+    q = actions.add_parser("replay", help="publish dead letters again to their original topic, after a fix",
+                           description="Publish dead letters again to their original topic: same key, value and "
+                           "original headers (the dlq-* ones dropped, customersource-replayed-from added). The "
+                           "services deduplicate by (source, id): an event that was processed meanwhile is "
+                           "ignored, so a replay never sends an e-mail twice.")
+    q.add_argument("topic", metavar="TOPIC")
+    q.add_argument("--kind", action="append", help="only dead letters of this error kind (repeatable)")
+    q.add_argument("--position", dest="positions", action="append", metavar="PARTITION:OFFSET",
+                   help="only this dead letter (repeatable)")
+    q.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    q.set_defaults(run=dlq_replay)
+
+    p = commands.add_parser("lag", help="consumer lag per service and partition, and each service's health",
+                            description="Reads each service's /readyz and /metrics (the lag each service "
+                            "measures from its own consumer); for a service that does not answer, falls back to "
+                            "the broker's offsets (committed against end, right on a real Kafka cluster).")
+    p.add_argument("--service", action="append", metavar="NAME=URL",
+                   help="where a service listens (default: http://127.0.0.1:8081 ... 8084)")
+    p.set_defaults(run=lag)
+
+    p = commands.add_parser("preview", help="render a template with sample data (HTML, or the text part)")
+    p.add_argument("service")
+    p.add_argument("template")
+    p.add_argument("--language", "-l", default="en", choices=LANGUAGES)
+    p.add_argument("--sample", type=int, default=0, help="which sample context (default 0)")
+    p.add_argument("--text", action="store_true", help="the subject and text part instead of the HTML")
+    p.add_argument("--out", "-o", help="write to this file instead of the standard output")
+    p.set_defaults(run=preview)
+
+    p = commands.add_parser("escalation-time", help="when a managed newsgroup post would escalate",
+                            description="48 hours of business time (Monday to Friday minus the national "
+                            "holidays of the country, in the time zone, real elapsed time) after --posted.")
+    p.add_argument("--posted", required=True, help="ISO time; without an offset it is read in the time zone")
+    p.add_argument("--country", required=True, help="ISO 3166-1 alpha-2 (GB, not UK)")
+    p.add_argument("--time-zone", help="IANA zone (default: the country's)")
+    p.add_argument("--hours", type=float, default=48.0)
+    p.set_defaults(run=escalation_time)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.run(args)
+        return int(asyncio.run(result) if asyncio.iscoroutine(result) else result)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The contract as operations tools see it: each service's input topic, Kafka key field and event types,
+and a Kafka client configuration from the contract's KAFKA_* environment variables."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from shared.kafka import client_options
+from shared.settings import ServiceSettings
+from shared.shapes import ContractModel
+
+PORTS = {"invitations": 8081, "expiry": 8082, "permissions": 8083, "support": 8084}
+"""Each service's default HTTP_PORT (health, metrics, AsyncAPI)."""
+KEYS = {"invitations": "professional_id", "expiry": "plan_id", "permissions": "request_id", "support": "post_id"}
+
+
+@dataclass(frozen=True)
+class InputTopic:
+    service: str
+    topic: str
+    key_field: str
+    types: dict[str, type[ContractModel]]
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.topic}.dlq"
+
+
+def inputs() -> dict[str, InputTopic]:
+    """Service name -> its input topic."""
+    found = {}
+    for service, key in KEYS.items():
+        contracts = importlib.import_module(f"services.{service}.contracts")
+        found[service] = InputTopic(service, contracts.TOPIC, key, dict(contracts.INPUT_TYPES))
+    return found
+
+
+def input_for_type(event_type: str) -> InputTopic | None:
+    return next((i for i in inputs().values() if event_type in i.types), None)
+
+
+def resolve_dlq(name: str) -> str:
+    """A dead-letter topic from a service name, an input topic or the dead-letter topic itself."""
+    for item in inputs().values():
+        if name in (item.service, item.topic, item.dlq):
+            return item.dlq
+    raise ValueError(f"{name!r} is neither a service ({', '.join(KEYS)}) nor one of their topics")
+
+
+def kafka_options(bootstrap: str | None = None) -> dict[str, Any]:
+    """aiokafka keyword arguments: ``bootstrap`` or KAFKA_BOOTSTRAP_SERVERS, with KAFKA_SECURITY_PROTOCOL,
+    KAFKA_SASL_* and KAFKA_SSL_CAFILE from the environment, as the services read them."""
+    settings = ServiceSettings(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        SMTP_FROM="ops@localhost.localdomain", PORTAL_BASE_URL="https://ops.invalid",
+        BUSINESS_CENTER_URL="https://ops.invalid", HELP_EMAIL="ops@localhost.localdomain",
+    )
+    return client_options(settings)

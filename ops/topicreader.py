@@ -1,0 +1,160 @@
+"""Reading topics from the beginning without joining a consumer group (operations tools never move a
+service's offsets): everything up to the current end, or following new records as they come.
+
+The end is taken from the high watermark of each fetch: the local Tansu broker's ``end_offsets()``
+are wrong (see TESTING.md), the high watermark is right on Tansu and on Kafka."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp: datetime
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return (value or b"").decode("utf-8", "replace")
+        return None
+
+    def json(self) -> Any:
+        """The value as JSON, or None if it is not JSON."""
+        try:
+            return json.loads(self.value or b"")
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record of a ``.dlq`` topic with what the service said about it."""
+
+    record: Record
+
+    @property
+    def kind(self) -> str:
+        return self.record.header("dlq-error-kind") or "?"
+
+    @property
+    def reason(self) -> str:
+        return self.record.header("dlq-reason") or ""
+
+    @property
+    def service(self) -> str:
+        return self.record.header("dlq-service") or "?"
+
+    @property
+    def original(self) -> str:
+        return "/".join(self.record.header(h) or "?" for h in
+                        ("dlq-original-topic", "dlq-original-partition", "dlq-original-offset"))
+
+    @property
+    def failed_at(self) -> str:
+        return self.record.header("dlq-failed-at") or ""
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The CloudEvent attributes that can be read (structured mode: the value; binary: ce_ headers)."""
+        found: dict[str, Any] = {}
+        for key, value in self.record.headers:
+            if key.startswith("ce_"):
+                found[key[3:]] = (value or b"").decode("utf-8", "replace")
+        body = self.record.json()
+        if isinstance(body, dict) and "specversion" in body:
+            found.update({k: body[k] for k in ("id", "source", "type", "time", "subject") if k in body})
+        return found
+
+    def replay_headers(self) -> list[tuple[str, bytes]]:
+        """The original headers, byte for byte (the dlq-* ones are dropped), and where it was replayed from."""
+        kept = [(k, v) for k, v in self.record.headers if not k.startswith("dlq-")]
+        return [*kept, ("customersource-replayed-from", self.record.where.encode())]
+
+
+def _record(message: Any) -> Record:
+    return Record(message.topic, message.partition, message.offset, message.key, message.value,
+                  tuple((k, v or b"") for k, v in message.headers),
+                  datetime.fromtimestamp(message.timestamp / 1000, UTC))
+
+
+@contextlib.asynccontextmanager
+async def _reader(options: dict[str, Any], topics: Sequence[str]) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        partitions = [TopicPartition(topic, p) for topic in topics if topic in existing
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        if partitions:
+            await consumer.seek_to_beginning(*partitions)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(options: dict[str, Any], topics: Sequence[str], *, within: float = 20.0) -> list[Record]:
+    """Every record of the topics, up to their end when the read started (missing topics are empty)."""
+    records: list[Record] = []
+    async with _reader(options, topics) as consumer:
+        partitions = consumer.assignment()
+        deadline = time.monotonic() + within
+        ends: dict[TopicPartition, int] = {}
+        while partitions and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            for messages in batch.values():
+                records.extend(_record(m) for m in messages)
+            for partition in partitions:
+                highwater = consumer.highwater(partition)
+                if highwater is not None and partition not in ends:
+                    ends[partition] = highwater
+            if len(ends) == len(partitions) and all([await consumer.position(p) >= end for p, end in ends.items()]):
+                break
+        else:
+            if partitions:
+                raise TimeoutError(f"could not read {', '.join(topics)} to the end in {within:.0f} s")
+    return sorted((r for r in records if r.offset < ends.get(TopicPartition(r.topic, r.partition), 0)),
+                  key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+
+
+async def follow(options: dict[str, Any], topics: Sequence[str], *, rescan: float = 5.0) -> AsyncIterator[Record]:
+    """Every record of the topics from the beginning, then new ones as they arrive (until cancelled).
+    Topics that do not exist yet are looked for again every ``rescan`` seconds."""
+    positions: dict[TopicPartition, int] = {}
+    while True:
+        async with _reader(options, topics) as consumer:
+            for partition in consumer.assignment():
+                if partition in positions:
+                    consumer.seek(partition, positions[partition])
+            complete = {tp.topic for tp in consumer.assignment()} == set(topics)
+            looked = time.monotonic()
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+                for partition, messages in batch.items():
+                    for message in messages:
+                        positions[partition] = message.offset + 1
+                        yield _record(message)
+                if not complete and time.monotonic() - looked > rescan:
+                    if set(topics) & set(await consumer.topics()) != {tp.topic for tp in consumer.assignment()}:
+                        break  # a topic appeared: assign again, from where each partition was
+                    looked = time.monotonic()

@@ -1,0 +1,63 @@
+"""The operations CLI's offline commands: previews, escalation times, event validation, help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.cli import check, complete, main
+from ops.examples import EXAMPLES, example
+from shared.envelope import DeadLetter
+
+
+def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("publish", "dlq", "lag", "preview", "escalation-time"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["dlq", "replay", "--help"])
+    assert "never sends an e-mail twice" in capsys.readouterr().out
+
+
+def test_every_example_is_valid_for_its_service() -> None:
+    for name in EXAMPLES:
+        target, key = check(example(name))
+        assert target.topic.startswith("customersource.") and key
+
+
+def test_hand_written_events_get_their_envelope_and_bad_ones_a_reason() -> None:
+    event = complete({"type": "customersource.plan.renewed.v1",
+                      "data": {"plan_id": "PLAN-1", "account_id": "ACC-1", "expires_on": "2027-01-31"}})
+    assert event["specversion"] == "1.0" and event["id"] and event["time"]
+    assert check(event)[1] == "PLAN-1"
+    with pytest.raises(DeadLetter) as caught:
+        check(complete({"type": "customersource.plan.renewed.v2", "data": {}}))
+    assert caught.value.kind == "unknown_type" and "customersource.plan.renewed.v1" in caught.value.reason
+
+
+def test_preview_renders_any_template_in_any_language(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reminder.html"
+    assert main(["preview", "expiry", "plan_expiry_reminder", "--language", "fr", "--out", str(out)]) == 0
+    html = out.read_text()
+    assert '<html lang="fr">' in html and "Microsoft Dynamics NAV" in html
+    assert "wrote " in capsys.readouterr().out
+    assert main(["preview", "support", "escalation_author", "--language", "da", "--text"]) == 0
+    assert capsys.readouterr().out.startswith("Subject: ")
+    assert main(["preview", "support", "no_such_template"]) == 2
+    assert "escalation_support" in capsys.readouterr().err
+
+
+def test_escalation_time(capsys: pytest.CaptureFixture[str]) -> None:
+    # The contract's examples: Friday 15:00 -> Tuesday 15:00; Saturday 10:00 -> Wednesday 00:00.
+    assert main(["escalation-time", "--posted", "2026-11-27T15:00", "--country", "FR"]) == 0
+    out = capsys.readouterr().out
+    assert "due      Tuesday 2026-12-01 15:00 CET" in out and "Sat 2026-11-28" in out
+    assert main(["escalation-time", "--posted", "2026-11-28T10:00", "--country", "US"]) == 0
+    assert "due      Wednesday 2026-12-02 00:00 EST" in capsys.readouterr().out
+    # Christmas in Great Britain, with the substitute Boxing Day.
+    assert main(["escalation-time", "--posted", "2026-12-24T10:00", "--country", "GB"]) == 0
+    out = capsys.readouterr().out
+    assert "due      Wednesday 2026-12-30 10:00 GMT" in out and "Boxing Day (observed)" in out
