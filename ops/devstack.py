@@ -26,12 +26,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from ops.broker import TansuBroker, free_port
+from ops.console import Console
+from ops.contract import PORTS
 from ops.mailcatcher import MailCatcher
 from shared.kafka import create_missing_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-PORTS = {"invitations": 8081, "expiry": 8082, "permissions": 8083, "support": 8084}
 TOPICS = {
     "invitations": ["customersource.professionals", "customersource.invitations"],
     "expiry": ["customersource.service-plans"],
@@ -97,7 +98,12 @@ def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
         ("customersource.professionals", "PRO-4", event(
             "customersource.professional.invitation_resend_requested.v1",
             {"account_id": "ACC-3003", "professional_id": "PRO-4"})),
+        # A few malformed events, for the dead-letter view: not a CloudEvent, "UK" (the contract wants GB),
+        # and a type no service consumes yet.
         ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),
+        added("ACC-4004", "Tailspin Toys", "PRO-7", "sam.lee@tailspin.example", "Sam Lee", "en-GB", "UK", "UK",
+              True, partner),
+        ("customersource.newsgroups", "POST-900", event("customersource.newsgroup.post_moved.v2", {"post_id": "POST-900"})),
         *plan_events(event),
         *permission_events(event),
         *newsgroup_events(event),
@@ -212,10 +218,11 @@ async def run(args: argparse.Namespace) -> None:
     if not bootstrap:
         broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
         bootstrap = broker.bootstrap
-    smtp_port, inbox_port = port_or_free(1025), port_or_free(8025)
-    catcher = MailCatcher(VAR / "mail", smtp_port, inbox_port)
+    smtp_port, console_port = port_or_free(1025), port_or_free(8025)
+    catcher = MailCatcher(VAR / "mail", smtp_port)
     await catcher.start()
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    console: Console | None = None
     try:
         names = services()
         topics = [t for s in names for t in TOPICS[s]]
@@ -247,6 +254,9 @@ async def run(args: argparse.Namespace) -> None:
             log = open(VAR / f"{name}.log", "ab")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
+        console = Console(catcher.box, port=console_port, kafka_options={"bootstrap_servers": bootstrap},
+                          services={name: f"http://127.0.0.1:{port}" for name, port in http_ports.items()})
+        await console.start()
         while not all(ready(p) for p in http_ports.values()):
             for name, process in processes.items():
                 if process.poll() is not None:
@@ -254,7 +264,8 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.2)
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
         print(f"  broker        {bootstrap}" + (" (local Tansu, in memory)" if broker else ""))
-        print(f"  mail inbox    http://127.0.0.1:{inbox_port}/   (SMTP on 127.0.0.1:{smtp_port})")
+        print(f"  console       {console.url}   inbox, escalations, dead letters, services (SMTP on "
+              f"127.0.0.1:{smtp_port}, every message kept in var/mail)")
         for name, port in http_ports.items():
             print(f"  {name:<13} http://127.0.0.1:{port}/asyncapi  /metrics  /readyz   log: var/{name}.log")
         if not args.no_demo:
@@ -263,7 +274,7 @@ async def run(args: argparse.Namespace) -> None:
             deadline = time.monotonic() + 30
             while len(catcher.box.names()) == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            print(f"\nPublished {count} demo events (one of them malformed: see the .dlq topic);"
+            print(f"\nPublished {count} demo events (four of them end as dead letters, on purpose);"
                   f" first e-mail in the inbox {time.monotonic() - started:.1f} s after start.")
         print("\nCtrl-C stops everything.")
         stop = asyncio.Event()
@@ -280,6 +291,8 @@ async def run(args: argparse.Namespace) -> None:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if console is not None:
+            await console.stop()
         await catcher.stop()
         if broker:
             broker.stop()

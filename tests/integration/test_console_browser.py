@@ -1,0 +1,112 @@
+"""The local console in headless Chromium (Debian's, driven by Playwright): an e-mail from a published
+event, as the recipient sees it with the event that caused it, and a dead letter with its reason.
+
+Chromium comes from Debian's package: where the tests run as root with apt (as in CI) it is installed
+on first use; elsewhere the test says what it needs. Set CUSTOMERSOURCE_SCREENSHOTS=docs to refresh the
+README's screenshots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ops.broker import free_port
+from ops.console import Console
+from ops.mailcatcher import MailCatcher
+from services.invitations.contracts import ADDED, TOPIC
+from tests.conftest import unavailable
+from tests.integration.conftest import Starter
+from tests.support.kafka import Publisher, cloudevent
+from tests.support.samples import professional_added
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    if not CHROMIUM.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+            if result.returncode != 0:
+                unavailable("Chromium", f"`{' '.join(command)}` failed: {result.stderr[-500:]}")
+    if not CHROMIUM.exists():
+        unavailable("Chromium", "this test needs Debian's chromium package (/usr/bin/chromium): "
+                                "`sudo apt-get install chromium`, or run the tests as root where apt works")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def console(kafka: str, tmp_path: Path, start_service: Starter) -> AsyncIterator[Console]:
+    catcher = MailCatcher(tmp_path / "mail", free_port())
+    await catcher.start()
+    service = start_service("invitations", SMTP_PORT=str(catcher.smtp_port))
+    await service.wait_ready()
+    console = Console(catcher.box, port=free_port(), kafka_options={"bootstrap_servers": kafka},
+                      services={"invitations": f"http://127.0.0.1:{service.http_port}"})
+    await console.start()
+    try:
+        yield console
+    finally:
+        await console.stop()
+        await catcher.stop()
+
+
+async def test_the_console_shows_an_e_mail_with_its_cause_and_a_dead_letter(
+    chromium: Path, kafka: str, console: Console, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    data = professional_added(account_name="Northwind Traders", name="Maria Anders", locale="de-DE",
+                              local_site="DE", country="DE")
+    event = cloudevent(ADDED, data)
+    async with Publisher(kafka) as publisher:
+        await publisher.structured(TOPIC, data["professional_id"], event)
+        await publisher.raw(TOPIC, "PRO-broken", b'{"hello": "not a CloudEvent"}', [])
+    await wait_until(lambda: len(console.box.names()) == 1 and len(console.feed.dead_letters) == 1, 30)
+    await wait_until(lambda: event["id"] in console.feed.events, 30)
+
+    shots = ROOT / "docs" if os.environ.get("CUSTOMERSOURCE_SCREENSHOTS") == "docs" else tmp_path
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(console.url)
+            await page.get_by_text("Northwind Traders").first.click()
+            await page.wait_for_selector("#subject")
+            assert "Northwind Traders" in await page.inner_text("#subject")
+            assert await page.inner_text("#language") == "de"
+            # The HTML part, as the recipient sees it, in a sandboxed frame.
+            frame = page.frame_locator("iframe")
+            assert "Maria Anders" in await frame.locator("body").inner_text()
+            assert "/invitations/accept?token=" in await page.inner_text("#text")
+            cause = await page.inner_text("#cause")
+            assert event["id"] in cause and data["professional_id"] in cause
+            await page.screenshot(path=str(shots / "console-inbox.png"))
+
+            await page.get_by_role("link", name="Dead letters (1)").click()
+            table = await page.inner_text("#dead-letters")
+            assert "not_cloudevent" in table and "customersource.professionals/" in table
+            await page.get_by_role("link", name="inspect").click()
+            body = await page.inner_text("main")
+            assert "customersource-ops dlq replay invitations --position" in body
+            assert "not a CloudEvent" in body
+            await page.screenshot(path=str(shots / "console-dead-letter.png"))
+
+            await page.get_by_role("link", name="Services").click()
+            service = await page.inner_text("#service-invitations")
+            assert "ready" in service and "customersource.professionals" in service
+            assert "customersource.professional.added.v1" in service
+        finally:
+            await browser.close()
+    assert (shots / "console-inbox.png").stat().st_size > 10_000
