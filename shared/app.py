@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.factories import AsyncAPIRoute
@@ -39,7 +39,7 @@ from shared.mail.render import Renderer
 from shared.mail.smtp import SmtpConfig, SmtpPool
 from shared.metrics import Metrics
 from shared.scheduler import Job, JobHandler, Scheduler
-from shared.settings import ServiceSettings, database_url
+from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
 
 log = logging.getLogger("customersource.app")
@@ -109,6 +109,35 @@ class Service:
         everything that fetch reported has been processed (no batch in progress). False while stopping or
         rebalancing, and under FastStream's TestKafkaBroker (which has no consumer)."""
         return self.started and partition in self.caught_up
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class ServiceFactory(Generic[SettingsT]):
+    """A service's composition root: ``create_app`` for ``python -m services.<name>``, ``create_service``
+    for tests (their own SMTP pool, outputs or clock; nothing is patched)."""
+
+    def __init__(self, name: str, settings_class: type[SettingsT], spec: Callable[[SettingsT], ServiceSpec]) -> None:
+        self.name = name
+        self.settings_class = settings_class
+        self.spec = spec
+
+    def create_service(
+        self,
+        settings: SettingsT | None = None,
+        *,
+        pool: SmtpPool | None = None,
+        outputs: Outputs | None = None,
+        clock: Clock | None = None,
+        retry_window: float = 60.0,
+    ) -> tuple[AsgiFastStream, Service]:
+        settings = settings or load_settings(self.settings_class, self.name)
+        return build_service(self.spec(settings), settings, pool=pool, outputs=outputs, clock=clock,
+                             retry_window=retry_window)
+
+    def create_app(self, settings: SettingsT | None = None) -> AsgiFastStream:
+        return self.create_service(settings)[0]
 
 
 def smtp_config(settings: ServiceSettings) -> SmtpConfig:

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faststream.asgi import AsgiFastStream
-
 from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
 from services.expiry.settings import ExpirySettings
 from services.expiry.state import MIGRATIONS
-from shared.app import Service, ServiceSpec, build_service
-from shared.clock import Clock
-from shared.kafka import Outputs
-from shared.mail.smtp import SmtpPool
-from shared.settings import load_settings
+from shared.app import ServiceFactory, ServiceSpec
 
 NAME = "expiry"
 HERE = Path(__file__).parent
@@ -36,17 +30,6 @@ def spec(settings: ExpirySettings) -> ServiceSpec:
     )
 
 
-def create_service(
-    settings: ExpirySettings | None = None,
-    *,
-    pool: SmtpPool | None = None,
-    outputs: Outputs | None = None,
-    clock: Clock | None = None,
-    retry_window: float = 60.0,
-) -> tuple[AsgiFastStream, Service]:
-    settings = settings or load_settings(ExpirySettings, NAME)
-    return build_service(spec(settings), settings, pool=pool, outputs=outputs, clock=clock, retry_window=retry_window)
-
-
-def create_app(settings: ExpirySettings | None = None) -> AsgiFastStream:
-    return create_service(settings)[0]
+factory = ServiceFactory(NAME, ExpirySettings, spec)
+create_service = factory.create_service
+create_app = factory.create_app

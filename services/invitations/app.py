@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faststream.asgi import AsgiFastStream
-
 from services.invitations.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
 from services.invitations.handlers import InvitationHandlers
 from services.invitations.settings import InvitationSettings
 from services.invitations.state import MIGRATIONS
-from shared.app import OutputTopic, Service, ServiceSpec, build_service
-from shared.clock import Clock
-from shared.kafka import Outputs
-from shared.mail.smtp import SmtpPool
-from shared.settings import load_settings
+from shared.app import OutputTopic, ServiceFactory, ServiceSpec
 
 NAME = "invitations"
 HERE = Path(__file__).parent
@@ -46,17 +40,6 @@ def spec(settings: InvitationSettings) -> ServiceSpec:
     )
 
 
-def create_service(
-    settings: InvitationSettings | None = None,
-    *,
-    pool: SmtpPool | None = None,
-    outputs: Outputs | None = None,
-    clock: Clock | None = None,
-    retry_window: float = 60.0,
-) -> tuple[AsgiFastStream, Service]:
-    settings = settings or load_settings(InvitationSettings, NAME)
-    return build_service(spec(settings), settings, pool=pool, outputs=outputs, clock=clock, retry_window=retry_window)
-
-
-def create_app(settings: InvitationSettings | None = None) -> AsgiFastStream:
-    return create_service(settings)[0]
+factory = ServiceFactory(NAME, InvitationSettings, spec)
+create_service = factory.create_service
+create_app = factory.create_app

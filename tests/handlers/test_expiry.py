@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.kafka import TestKafkaBroker
 from sqlalchemy import select
 
 from services.expiry import state
@@ -21,12 +18,9 @@ from services.expiry.app import create_service
 from services.expiry.contracts import INPUT_TYPES, NEARING_EXPIRY, RENEWED, TOPIC
 from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
 from services.expiry.settings import ExpirySettings
-from shared.app import Service
-from shared.clock import FixedClock
 from shared.scheduler import Job
 from shared.store import scheduled_jobs
-from tests.support.fakes import FakeOutputs, FakePool
-from tests.support.kafka import cloudevent
+from tests.support.harness import Harness, service_harness, text_of
 from tests.support.samples import plan_nearing_expiry, uid
 
 # 1 December 2026, 15:00 UTC: 10:00 in New York, 16:00 in Paris.
@@ -34,53 +28,11 @@ NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 TODAY = date(2026, 12, 1)
 
 
-@dataclass
-class Harness:
-    broker: Any
-    service: Service
-    pool: FakePool
-    outputs: FakeOutputs
-    clock: FixedClock
-
-    async def publish(self, event_type: str, data: dict[str, Any], *, at: datetime | None = None,
-                      **kw: Any) -> dict[str, Any]:
-        event = cloudevent(event_type, data, time=at or self.clock.now(), **kw)
-        await self.broker.publish(event, TOPIC, key=data["plan_id"].encode(),
-                                  headers={"content-type": "application/cloudevents+json"})
-        return event
-
-    async def run_digests_until(self, moment: datetime) -> int:
-        """Move the clock to ``moment`` and run every job due by then; return how many ran."""
-        self.clock.advance(moment - self.clock.now())
-        assert self.service.scheduler is not None
-        return await self.service.scheduler.run_due()
-
-    def mails(self, address: str) -> list[EmailMessage]:
-        return self.pool.to(address)
-
-
-def text_of(message: EmailMessage) -> str:
-    body = message.get_body(("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\xa0", " ")  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = ExpirySettings(
-        SMTP_FROM="CustomerSource <noreply@customersource.example>",
-        PORTAL_BASE_URL="https://portal.example.com",
-        BUSINESS_CENTER_URL="https://bc.example.com",
-        HELP_EMAIL="help@customersource.example",
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/expiry.db",
-    )
-    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(NOW)
-    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
-                                retry_window=0.3)
-    await service.store.migrate()
-    async with TestKafkaBroker(service.broker) as broker:
-        yield Harness(broker, service, pool, outputs, clock)
-    await service.store.close()
+    async with service_harness(create_service, ExpirySettings, tmp_path, now=NOW, topic=TOPIC,
+                               key_field="plan_id") as ready:
+        yield ready
 
 
 def test_the_router_handles_exactly_the_contract_types() -> None:
@@ -138,7 +90,7 @@ async def test_crm_plans_get_nothing_and_never_reach_a_digest(harness: Harness) 
     data = plan_nearing_expiry(TODAY + timedelta(days=10), product="dynamics_crm")
     await harness.publish(NEARING_EXPIRY, data)
     assert harness.pool.sent == []
-    assert await harness.run_digests_until(NOW + timedelta(days=2)) == 0
+    assert await harness.run_jobs_at(NOW + timedelta(days=2)) == 0
     assert harness.pool.sent == []
 
 
@@ -150,7 +102,7 @@ async def test_a_renewal_suppresses_notices_and_pending_digest_entries(harness: 
                                     "expires_on": "2027-12-13"})
     await harness.publish(NEARING_EXPIRY, data, at=NOW + timedelta(days=12))  # the old date reaches "expired"
     assert len(harness.pool.sent) == 2
-    assert await harness.run_digests_until(NOW + timedelta(days=1)) == 1  # the digest job ran...
+    assert await harness.run_jobs_at(NOW + timedelta(days=1)) == 1  # the digest job ran...
     assert harness.mails(data["partner"]["email"]) == []  # ... with nothing left to say: no empty digest
 
 
@@ -175,8 +127,8 @@ async def test_the_partner_digest_groups_its_customers_by_bucket_once_a_day(harn
     # (15 days on 1 December in New York, 14 days from midnight there, 5:00 UTC on the 2nd.)
     await harness.publish(NEARING_EXPIRY, plans["Northwind Traders"], at=datetime(2026, 12, 2, 5, 30, tzinfo=UTC))
     assert harness.mails(partner["email"]) == []
-    assert await harness.run_digests_until(datetime(2026, 12, 2, 5, 59, tzinfo=UTC)) == 0
-    assert await harness.run_digests_until(datetime(2026, 12, 2, 6, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 5, 59, tzinfo=UTC)) == 0
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 6, 0, tzinfo=UTC)) == 1
     [digest] = harness.mails(partner["email"])
     assert digest["X-CustomerSource-Template"] == "partner_digest" and digest["Content-Language"] == "en"
     text = text_of(digest)
@@ -188,12 +140,12 @@ async def test_the_partner_digest_groups_its_customers_by_bucket_once_a_day(harn
     assert "Crm Customer" not in text
     assert "December 2, 2026" in digest["Subject"]
     # Nothing new: no digest the next day; the same day's job never runs twice.
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 6, 0, tzinfo=UTC)) == 0
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 6, 0, tzinfo=UTC)) == 0
     # A plan entering a bucket later that day waits for the next day's digest.
     later = plan_nearing_expiry(TODAY + timedelta(days=40), partner=partner, account_name="Litware")
     await harness.publish(NEARING_EXPIRY, later, at=datetime(2026, 12, 3, 6, 30, tzinfo=UTC))
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 23, 0, tzinfo=UTC)) == 0
-    assert await harness.run_digests_until(datetime(2026, 12, 4, 6, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 23, 0, tzinfo=UTC)) == 0
+    assert await harness.run_jobs_at(datetime(2026, 12, 4, 6, 0, tzinfo=UTC)) == 1
     _, second = harness.mails(partner["email"])
     assert "Litware" in text_of(second) and "Contoso Ltd" not in text_of(second)
 
@@ -226,7 +178,7 @@ async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_late
         await finish(*args, **kwargs)
 
     monkeypatch.setattr(state, "finish_digest", crash_once)
-    assert await harness.run_digests_until(datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == 1
     assert len(harness.mails(partner["email"])) == 1 and crashes
     # Meanwhile the listed plan is renewed, and another plan enters a bucket.
     await harness.publish(RENEWED, {"plan_id": first["plan_id"], "account_id": first["account_id"],
@@ -234,9 +186,9 @@ async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_late
     second = plan_nearing_expiry(TODAY + timedelta(days=12), partner=partner, account_name="Northwind Traders")
     await harness.publish(NEARING_EXPIRY, second)
     # The job runs again (after its back-off): nothing is sent twice, and the new plan is not swallowed.
-    assert await harness.run_digests_until(datetime(2026, 12, 2, 7, 30, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 7, 30, tzinfo=UTC)) == 1
     assert len(harness.mails(partner["email"])) == 1
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
     _, later = harness.mails(partner["email"])
     assert "Northwind Traders" in text_of(later) and "Contoso Ltd" not in text_of(later)
 
@@ -245,15 +197,15 @@ async def test_a_digest_missed_while_down_goes_out_at_start_and_the_day_gets_no_
     partner = partner_in_utc()
     await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner))
     # Down from before 7:00 on 2 December until 6:30 on the 3rd: the missed digest goes out at start...
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 6, 30, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 6, 30, tzinfo=UTC)) == 1
     assert len(harness.mails(partner["email"])) == 1
     # ... and a plan read from the backlog right after waits for the 4th, not for 7:00 on the 3rd.
     harness.clock.advance(timedelta(minutes=1))
     await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=40), partner=partner,
                                                               account_name="Litware"))
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 23, 59, tzinfo=UTC)) == 0
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 23, 59, tzinfo=UTC)) == 0
     assert len(harness.mails(partner["email"])) == 1
-    assert await harness.run_digests_until(datetime(2026, 12, 4, 7, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 4, 7, 0, tzinfo=UTC)) == 1
     assert "Litware" in text_of(harness.mails(partner["email"])[1])
 
 
@@ -277,7 +229,7 @@ async def test_an_entry_added_while_an_empty_digest_finishes_gets_the_next_diges
     await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
                                                               account_name="Litware"))
     assert [status for _, status in await digest_jobs(harness)] == ["pending", "pending"]
-    assert await harness.run_digests_until(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 2
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 2
     [digest] = harness.mails(partner["email"])
     assert "Litware" in text_of(digest)
 
@@ -291,6 +243,6 @@ async def test_a_partner_without_zone_or_country_keeps_the_zone_of_its_first_cus
                                                               time_zone="Australia/Sydney"))
     # 7:00 in Los Angeles on 2 December is 15:00 UTC.
     assert [due for due, _ in await digest_jobs(harness)] == [datetime(2026, 12, 2, 15, 0, tzinfo=UTC)]
-    assert await harness.run_digests_until(datetime(2026, 12, 2, 15, 0, tzinfo=UTC)) == 1
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 15, 0, tzinfo=UTC)) == 1
     [digest] = harness.mails(partner["email"])
     assert text_of(digest).count("Contoso Ltd") == 2

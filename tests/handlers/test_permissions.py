@@ -4,78 +4,33 @@ for SMTP and the output producer, a fixed clock and a real SQLite store."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from faststream.kafka import TestKafkaBroker
 
 from services.permissions.app import create_service
 from services.permissions.contracts import APPROVED, DENIED, INPUT_TYPES, REMOVED, REQUESTED, TOPIC
 from services.permissions.handlers import REMINDER_JOB, PermissionHandlers, reminder_job_id
 from services.permissions.settings import PermissionSettings
-from shared.app import Service
-from shared.clock import FixedClock
 from shared.scheduler import Job
-from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import decision, permission_requested
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
-@dataclass
-class Harness:
-    broker: Any
-    service: Service
-    pool: FakePool
-    outputs: FakeOutputs
-    clock: FixedClock
-
-    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        event = cloudevent(event_type, data, time=self.clock.now(), **kw)
-        await self.broker.publish(event, TOPIC, key=data["request_id"].encode(),
-                                  headers={"content-type": "application/cloudevents+json"})
-        return event
-
-    async def run_jobs_at(self, moment: datetime) -> int:
-        self.clock.advance(moment - self.clock.now())
-        assert self.service.scheduler is not None
-        return await self.service.scheduler.run_due()
-
-    def templates(self, address: str) -> list[str]:
-        return [m["X-CustomerSource-Template"] for m in self.pool.to(address)]
-
-    def dead_letters(self) -> list[dict[str, str]]:
-        return self.outputs.dead_letters(TOPIC)
-
-
-def text_of(message: EmailMessage) -> str:
-    body = message.get_body(("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")  # type: ignore[attr-defined]
+def dead_letters(harness: Harness) -> list[dict[str, str]]:
+    return harness.outputs.dead_letters(TOPIC)
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = PermissionSettings(
-        SMTP_FROM="CustomerSource <noreply@customersource.example>",
-        PORTAL_BASE_URL="https://portal.example.com",
-        BUSINESS_CENTER_URL="https://businesscenter.example.com",
-        HELP_EMAIL="help@customersource.example",
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/permissions.db",
-    )
-    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(NOW)
-    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
-                                retry_window=0.3)
-    await service.store.migrate()
-    async with TestKafkaBroker(service.broker) as broker:
-        yield Harness(broker, service, pool, outputs, clock)
-    await service.store.close()
+    async with service_harness(create_service, PermissionSettings, tmp_path, now=NOW, topic=TOPIC,
+                               key_field="request_id") as ready:
+        yield ready
 
 
 def test_the_router_handles_exactly_the_contract_types() -> None:
@@ -142,7 +97,7 @@ async def test_repeats_are_ignored_and_invalid_transitions_dead_lettered_without
     await harness.publish(REQUESTED, data)
     unknown = permission_requested()
     await harness.publish(APPROVED, decision(unknown))  # never requested
-    kinds = [(d["dlq-error-kind"], d["dlq-reason"]) for d in harness.dead_letters()]
+    kinds = [(d["dlq-error-kind"], d["dlq-reason"]) for d in dead_letters(harness)]
     assert [k for k, _ in kinds] == ["invalid_transition"] * 4 + ["unknown_aggregate"]
     assert "pending" in kinds[0][1] and "removed" in kinds[2][1] and unknown["request_id"] in kinds[4][1]
     assert len(harness.pool.to(data["partner"]["email"])) == 2  # approved, removed

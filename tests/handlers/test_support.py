@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.kafka import TestKafkaBroker
 
 from services.support.app import create_service
 from services.support.contracts import (
@@ -26,9 +24,7 @@ from services.support.contracts import (
 )
 from services.support.handlers import ESCALATION_JOB, SupportHandlers
 from services.support.settings import SupportSettings
-from shared.app import Service
-from shared.clock import FixedClock
-from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import post_created
 
@@ -39,57 +35,28 @@ TEAM = "dynamics-support@customersource.example"
 TEAM_FR = "support-fr@customersource.example"
 
 
+def escalations(harness: Support) -> list[dict[str, Any]]:
+    return harness.outputs.events(OUTPUT_TOPIC, ESCALATION_RAISED)
+
+
 @dataclass
-class Harness:
-    broker: Any
-    service: Service
-    pool: FakePool
-    outputs: FakeOutputs
-    clock: FixedClock
-    caught_up: set[int]
-
-    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        event = cloudevent(event_type, data, time=self.clock.now(), **kw)
-        await self.broker.publish(event, TOPIC, key=data["post_id"].encode(),
-                                  headers={"content-type": "application/cloudevents+json"})
-        return event
-
-    async def run_jobs_at(self, moment: datetime) -> int:
-        self.clock.advance(moment - self.clock.now())
-        assert self.service.scheduler is not None
-        return await self.service.scheduler.run_due()
+class Support(Harness):
+    caught_up: set[int] = field(default_factory=set)
 
     def escalations(self) -> list[dict[str, Any]]:
-        return self.outputs.events(OUTPUT_TOPIC, ESCALATION_RAISED)
-
-
-def text_of(message: EmailMessage) -> str:
-    body = message.get_body(("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")  # type: ignore[attr-defined]
+        return escalations(self)
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = SupportSettings(
-        SMTP_FROM="CustomerSource <noreply@customersource.example>",
-        PORTAL_BASE_URL="https://portal.example.com",
-        BUSINESS_CENTER_URL="https://bc.example.com",
-        HELP_EMAIL="help@customersource.example",
-        SUPPORT_ESCALATION_EMAIL=TEAM,
-        SUPPORT_ESCALATION_ROUTES=f'{{"FR": "{TEAM_FR}"}}',
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/support.db",
-    )
-    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(POSTED + timedelta(minutes=5))
-    _, service = create_service(settings, pool=pool, outputs=outputs, clock=clock,  # type: ignore[arg-type]
-                                retry_window=0.3)
-    await service.store.migrate()
-    caught_up = {0}
-    assert service.scheduler is not None  # the test broker has no consumer: the test says what is caught up
-    service.scheduler.gates[ESCALATION_JOB] = lambda payload: int(payload["partition"]) in caught_up
-    async with TestKafkaBroker(service.broker) as broker:
-        yield Harness(broker, service, pool, outputs, clock, caught_up)
-    await service.store.close()
+async def harness(tmp_path: Path) -> AsyncIterator[Support]:
+    async with service_harness(create_service, SupportSettings, tmp_path, now=POSTED + timedelta(minutes=5),
+                               topic=TOPIC, key_field="post_id", SUPPORT_ESCALATION_EMAIL=TEAM,
+                               SUPPORT_ESCALATION_ROUTES=f'{{"FR": "{TEAM_FR}"}}') as ready:
+        support = Support(**{f.name: getattr(ready, f.name) for f in fields(Harness)}, caught_up={0})
+        # The test broker has no consumer: the test says which partitions are caught up.
+        assert support.service.scheduler is not None
+        support.service.scheduler.gates[ESCALATION_JOB] = lambda payload: int(payload["partition"]) in support.caught_up
+        yield support
 
 
 def test_the_router_handles_exactly_the_contract_types() -> None:
@@ -97,7 +64,7 @@ def test_the_router_handles_exactly_the_contract_types() -> None:
     assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
 
 
-async def test_an_unanswered_post_escalates_exactly_at_its_due_time(harness: Harness) -> None:
+async def test_an_unanswered_post_escalates_exactly_at_its_due_time(harness: Support) -> None:
     data = post_created(POSTED)
     created = await harness.publish(POST_CREATED, data)
     assert await harness.run_jobs_at(DUE - timedelta(seconds=1)) == 0
@@ -123,7 +90,7 @@ async def test_an_unanswered_post_escalates_exactly_at_its_due_time(harness: Har
     assert len(harness.escalations()) == 1 and len(harness.pool.sent) == 2
 
 
-async def test_an_answer_before_the_due_time_cancels_and_after_it_does_not(harness: Harness) -> None:
+async def test_an_answer_before_the_due_time_cancels_and_after_it_does_not(harness: Support) -> None:
     early, late = post_created(POSTED), post_created(POSTED)
     for data in (early, late):
         await harness.publish(POST_CREATED, data)
@@ -135,7 +102,7 @@ async def test_an_answer_before_the_due_time_cancels_and_after_it_does_not(harne
     assert [e["data"]["post"]["post_id"] for e in harness.escalations()] == [late["post_id"]]
 
 
-async def test_ineligible_posts_never_escalate(harness: Harness) -> None:
+async def test_ineligible_posts_never_escalate(harness: Support) -> None:
     for data in (post_created(POSTED, plans=["enhancement_plan"]),
                  post_created(POSTED, country="FR", local_site="FR", product="dynamics_nav")):
         await harness.publish(POST_CREATED, data)
@@ -144,7 +111,7 @@ async def test_ineligible_posts_never_escalate(harness: Harness) -> None:
     assert harness.escalations() == [] and harness.pool.sent == []
 
 
-async def test_post_unanswered_escalates_at_once_in_the_local_sites_language_and_route(harness: Harness) -> None:
+async def test_post_unanswered_escalates_at_once_in_the_local_sites_language_and_route(harness: Support) -> None:
     data = post_created(POSTED, country="FR", local_site="FR", product="dynamics_crm", plans=["deluxe_support"],
                         author={"email": "luc@fabrikam.example", "name": "Luc Moreau", "locale": "fr-FR"},
                         url="http://insecure.example.com/post")
@@ -163,7 +130,7 @@ async def test_post_unanswered_escalates_at_once_in_the_local_sites_language_and
     assert len(harness.escalations()) == 1
 
 
-async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: Harness) -> None:
+async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: Support) -> None:
     harness.caught_up.clear()  # a backlog: the consumer is behind on partition 0
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     await harness.publish(POST_CREATED, post_created(POSTED))
@@ -174,7 +141,7 @@ async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: H
     assert len(harness.escalations()) == 1
 
 
-async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: Harness) -> None:
+async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: Support) -> None:
     harness.caught_up.clear()
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     data = post_created(POSTED)
@@ -187,7 +154,7 @@ async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: H
     assert harness.escalations() == [] and harness.pool.sent == []
 
 
-async def test_an_escalation_interrupted_after_its_claim_is_completed_by_the_redelivery(harness: Harness) -> None:
+async def test_an_escalation_interrupted_after_its_claim_is_completed_by_the_redelivery(harness: Support) -> None:
     data = post_created(POSTED)
     failures = []
     send = harness.outputs.send
@@ -210,7 +177,7 @@ async def test_an_escalation_interrupted_after_its_claim_is_completed_by_the_red
     assert await harness.run_jobs_at(DUE + timedelta(days=1)) == 0
 
 
-async def test_an_unanswered_report_that_loses_the_claim_leaves_the_timer_to_finish(harness: Harness) -> None:
+async def test_an_unanswered_report_that_loses_the_claim_leaves_the_timer_to_finish(harness: Support) -> None:
     data = post_created(POSTED)
     await harness.publish(POST_CREATED, data)
     # The timer claims the escalation, then fails to publish it (the broker is down for it).
@@ -234,7 +201,7 @@ async def test_an_unanswered_report_that_loses_the_claim_leaves_the_timer_to_fin
     assert len(harness.pool.to(TEAM)) == 1
 
 
-async def test_the_reason_of_an_ineligible_post_is_logged(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_reason_of_an_ineligible_post_is_logged(harness: Support, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="customersource.consumer")
     await harness.publish(POST_CREATED, post_created(POSTED, country="FR", local_site="FR", product="dynamics_gp"))
     [record] = [r for r in caplog.records if r.getMessage() == "event ignored"]
