@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -31,6 +33,8 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
@@ -38,7 +42,7 @@ from ops.topicreader import DeadLetter, follow, read_to_end
 from shared.calendar import calendar_for, default_time_zone
 from shared.envelope import STRUCTURED_HEADERS, decode, validate
 from shared.envelope import DeadLetter as Refusal
-from shared.shapes import LANGUAGES
+from shared.shapes import LANGUAGES, Country
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,29 +182,47 @@ async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[D
 
 
 async def dlq_list(args: argparse.Namespace) -> int:
-    try:
-        letters = await dead_letters(args, args.topics)
-    except ValueError as exc:
-        return fail(str(exc))
-    if args.follow:
+    if args.follow:  # everything from the beginning, then new dead letters as they come
         topics = [contract.resolve_dlq(n) for n in args.topics] or [i.dlq for i in contract.inputs().values()]
         async for record in follow(contract.kafka_options(args.bootstrap), topics):
             letter = DeadLetter(record)
             if not args.kind or letter.kind in args.kind:
                 print(f"{record.topic} " + describe(letter), flush=True)
         return 0
+    letters = await dead_letters(args, args.topics)
     for letter in letters[-args.limit:] if args.limit else letters:
         print(f"{letter.record.topic} " + describe(letter))
     print(f"{len(letters)} dead letter(s)", file=sys.stderr)
     return 0
 
 
-async def dlq_show(args: argparse.Namespace) -> int:
+def position(text: str) -> tuple[int, int]:
     try:
-        partition, offset = (int(part) for part in args.position.split(":"))
-        letters = await dead_letters(args, [args.topic])
-    except ValueError as exc:
-        return fail(f"{exc} (the position is PARTITION:OFFSET, as `dlq list` prints it)")
+        partition, offset = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a position: PARTITION:OFFSET, as `dlq list` prints it") from None
+    return partition, offset
+
+
+def identity(letter: DeadLetter) -> str:
+    """The event a dead letter carries: its CloudEvent (source, id), else its key and value."""
+    event = letter.event
+    if event.get("id") and event.get("source"):
+        return f"{event['source']} {event['id']}"
+    return hashlib.sha256((letter.record.key or b"") + b"\0" + (letter.record.value or b"")).hexdigest()
+
+
+def latest_per_event(letters: list[DeadLetter]) -> list[DeadLetter]:
+    """An event replayed and dead-lettered again has several letters: only its latest counts."""
+    latest: dict[str, DeadLetter] = {}
+    for letter in letters:  # oldest first
+        latest[identity(letter)] = letter
+    return sorted(latest.values(), key=lambda d: (d.record.timestamp, d.record.partition, d.record.offset))
+
+
+async def dlq_show(args: argparse.Namespace) -> int:
+    partition, offset = position(args.position)
+    letters = await dead_letters(args, [args.topic])
     found = [d for d in letters if (d.record.partition, d.record.offset) == (partition, offset)]
     if not found:
         return fail(f"no dead letter at {args.position} in {contract.resolve_dlq(args.topic)}")
@@ -217,54 +239,62 @@ async def dlq_show(args: argparse.Namespace) -> int:
 
 
 async def dlq_replay(args: argparse.Namespace) -> int:
-    try:
-        letters = await dead_letters(args, [args.topic])
-    except ValueError as exc:
-        return fail(str(exc))
-    if args.positions:
-        wanted = {tuple(int(x) for x in p.split(":")) for p in args.positions}
+    if not (args.all or args.kind or args.positions):
+        return fail("say which dead letters to replay: --kind KIND, --position PARTITION:OFFSET, or --all")
+    wanted = {position(p) for p in args.positions or ()}
+    dlq = contract.resolve_dlq(args.topic)
+    letters = await dead_letters(args, [dlq])
+    if wanted:
         letters = [d for d in letters if (d.record.partition, d.record.offset) in wanted]
-    if not letters:
+    else:
+        letters = latest_per_event(letters)  # not the copies left by earlier replays
+    replayable, skipped = [], []
+    for letter in letters:
+        if letter.record.header("dlq-original-topic") != dlq.removesuffix(".dlq"):
+            skipped.append((letter, "its dlq-original-topic is not this dead-letter topic's input topic"))
+        elif letter.record.header("dlq-truncated") is not None or letter.record.value is None:
+            skipped.append((letter, "its value was too large to keep (dlq-truncated): publish it again from the "
+                                    "source system"))
+        else:
+            replayable.append(letter)
+    for letter, why in skipped:
+        print(f"skipped {letter.record.where}: {why}", file=sys.stderr)
+    if not replayable:
         print("nothing to replay")
         return 0
-    for letter in letters[:20]:
+    for letter in replayable[:20]:
         print(describe(letter))
-    if len(letters) > 20:
-        print(f"... and {len(letters) - 20} more")
+    if len(replayable) > 20:
+        print(f"... and {len(replayable) - 20} more")
     if args.dry_run:
-        print(f"dry run: {len(letters)} dead letter(s) would be replayed")
+        print(f"dry run: {len(replayable)} dead letter(s) would be replayed")
         return 0
     producer = AIOKafkaProducer(**contract.kafka_options(args.bootstrap), acks="all")
     await producer.start()
-    progress = Progress(len(letters), "replayed")
+    progress = Progress(len(replayable), "replayed")
     try:
-        for letter in letters:
-            original = letter.record.header("dlq-original-topic")
-            if not original:
-                print(f"skipped {letter.record.where}: no dlq-original-topic header", file=sys.stderr)
-                continue
-            await producer.send_and_wait(original, letter.record.value, key=letter.record.key,
+        for letter in replayable:
+            await producer.send_and_wait(dlq.removesuffix(".dlq"), letter.record.value, key=letter.record.key,
                                          headers=letter.replay_headers())
             progress.step()
     finally:
         progress.close()
         await producer.stop()
     print(f"replayed {progress.done} dead letter(s) to their original topic. Events already processed are "
-          "ignored by the services (their id was seen), so no e-mail is sent twice; events still invalid are "
-          "dead-lettered again.")
+          "ignored by the services (their id was seen), so no e-mail is sent twice; an event still invalid is "
+          "dead-lettered again (one new letter per replay).")
     return 0
 
 
 # --- lag ----------------------------------------------------------------------------------------------------
 
-async def broker_lag(bootstrap: str | None, service: str) -> list[tuple[str, int, float]]:
+async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tuple[str, int, float]]:
     """Lag from the broker: the group's committed offsets against the end offsets (right on Kafka; the
     local Tansu broker's end offsets are wrong, which is why the services export their own)."""
     topic = contract.inputs()[service].topic
-    consumer = AIOKafkaConsumer(**contract.kafka_options(bootstrap), group_id=f"customersource.{service}",
-                                enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**contract.kafka_options(bootstrap), group_id=group, enable_auto_commit=False)
     try:
+        await consumer.start()
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = await consumer.end_offsets(partitions)
         rows = []
@@ -276,22 +306,36 @@ async def broker_lag(bootstrap: str | None, service: str) -> list[tuple[str, int
         await consumer.stop()
 
 
-async def lag(args: argparse.Namespace) -> int:
+def service_urls(overrides: Sequence[str]) -> dict[str, str]:
+    """Where the services listen: var/services.json (written by `make run`) if there is one in this folder,
+    else the default ports, then --service NAME=URL."""
     urls = {name: f"http://127.0.0.1:{port}" for name, port in contract.PORTS.items()}
-    for item in args.service or []:
+    written = Path("var/services.json")
+    if written.is_file():
+        urls.update(json.loads(written.read_text()))
+    for item in overrides:
         name, _, url = item.partition("=")
-        urls[name] = url.rstrip("/") or urls.get(name, "")
+        if name not in contract.PORTS or not url:
+            raise ValueError(f"--service wants NAME=URL with NAME one of {', '.join(contract.PORTS)}: {item!r}")
+        urls[name] = url.rstrip("/")
+    return urls
+
+
+async def lag(args: argparse.Namespace) -> int:
+    urls = service_urls(args.service or [])
+    groups = {name: f"customersource.{name}" for name in contract.PORTS}
+    groups.update(dict(item.partition("=")[::2] for item in args.group or []))
     print(f"{'service':<13} {'state':<11} {'topic':<40} {'partition':>9} {'lag':>8}  source")
     for name, url in urls.items():
         state = await asyncio.to_thread(health.read, name, url)
         rows: list[tuple[str, int, float]] = [(t, p, float(n)) for t, p, n in state.lag]
-        status, source = ("ready" if state.ready else "not ready"), "metrics"
+        status, source = ("ready" if state.ready else "not-ready"), "metrics"
         if not state.reachable:
-            status, source = "unreachable", "broker"
+            status, source = "unreachable", f"broker offsets, group {groups[name]}"
             try:
-                rows = await broker_lag(args.bootstrap, name)
+                rows = await broker_lag(args.bootstrap, name, groups[name])
             except Exception as exc:
-                print(f"{name:<13} {status:<11} (no /metrics at {url}, and the broker: {exc})")
+                print(f"{name:<13} {status:<11} (no /metrics at {url}; broker offsets not read either: {exc})")
                 continue
         if not rows:
             print(f"{name:<13} {status:<11} {'(no partition assigned yet)':<40}")
@@ -329,6 +373,10 @@ def preview(args: argparse.Namespace) -> int:
 
 
 def escalation_time(args: argparse.Namespace) -> int:
+    try:
+        TypeAdapter(Country).validate_python(args.country)
+    except ValidationError as exc:
+        return fail(exc.errors()[0]["msg"].removeprefix("Value error, "))
     zone = args.time_zone or default_time_zone(args.country)
     try:
         posted = datetime.fromisoformat(args.posted)
@@ -381,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
     q = actions.add_parser("list", help="the dead letters, oldest first, with kind and reason")
     q.add_argument("topics", nargs="*", metavar="TOPIC", help="default: every service's")
     q.add_argument("--kind", action="append", help="only this error kind (repeatable)")
-    q.add_argument("--limit", type=int, default=0, help="only the last N")
+    q.add_argument("--limit", type=int, default=0, help="only the last N (without --follow)")
     q.add_argument("--follow", "-f", action="store_true", help="keep printing new dead letters (Ctrl-C stops)")
     q.set_defaults(run=dlq_list)
     q = actions.add_parser("show", help="one dead letter in full: reason, headers, value")
@@ -397,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", action="append", help="only dead letters of this error kind (repeatable)")
     q.add_argument("--position", dest="positions", action="append", metavar="PARTITION:OFFSET",
                    help="only this dead letter (repeatable)")
+    q.add_argument("--all", action="store_true", help="every dead letter of the topic (the latest letter of each "
+                   "event: copies left by earlier replays are not replayed again)")
     q.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     q.set_defaults(run=dlq_replay)
 
@@ -405,7 +455,10 @@ def parser() -> argparse.ArgumentParser:
                             "measures from its own consumer); for a service that does not answer, falls back to "
                             "the broker's offsets (committed against end, right on a real Kafka cluster).")
     p.add_argument("--service", action="append", metavar="NAME=URL",
-                   help="where a service listens (default: http://127.0.0.1:8081 ... 8084)")
+                   help="where a service listens (default: var/services.json written by `make run`, else "
+                   "http://127.0.0.1:8081 ... 8084)")
+    p.add_argument("--group", action="append", metavar="NAME=GROUP",
+                   help="a service's consumer group for the broker fallback (default customersource.NAME)")
     p.set_defaults(run=lag)
 
     p = commands.add_parser("preview", help="render a template with sample data (HTML, or the text part)")
@@ -435,6 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(asyncio.run(result) if asyncio.iscoroutine(result) else result)
     except KeyboardInterrupt:
         return 130
+    except KafkaError as exc:
+        where = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        return fail(f"Kafka at {where}: {exc}. Is the broker running (`make run` prints its address)? "
+                    "Use --bootstrap or KAFKA_BOOTSTRAP_SERVERS.")
+    except (ValueError, TimeoutError, OSError) as exc:
+        return fail(str(exc))
 
 
 if __name__ == "__main__":

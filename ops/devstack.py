@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from ops.broker import TansuBroker, free_port
 from ops.console import Console
-from ops.contract import PORTS
+from ops.contract import PORTS, kafka_options
 from ops.mailcatcher import MailCatcher
 from shared.kafka import create_missing_topics
 
@@ -198,7 +199,7 @@ def newsgroup_events(event: Any) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 async def publish_demo(bootstrap: str) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all")
     await producer.start()
     try:
         events = [e for e in demo_events() if e[0] in {t for s in services() for t in TOPICS[s]}]
@@ -216,6 +217,11 @@ async def run(args: argparse.Namespace) -> None:
     broker: TansuBroker | None = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
+        # The local broker keeps nothing between runs: neither do the services' databases and the inbox,
+        # so that what the console shows is this run's.
+        for stale in [*VAR.glob("*.db"), *VAR.glob("*.db-*"), *VAR.glob("*.lock")]:
+            stale.unlink()
+        shutil.rmtree(VAR / "mail", ignore_errors=True)
         broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
         bootstrap = broker.bootstrap
     smtp_port, console_port = port_or_free(1025), port_or_free(8025)
@@ -227,7 +233,7 @@ async def run(args: argparse.Namespace) -> None:
         names = services()
         topics = [t for s in names for t in TOPICS[s]]
         inputs = [TOPICS[s][0] for s in names]
-        await create_missing_topics({"bootstrap_servers": bootstrap},
+        await create_missing_topics(kafka_options(bootstrap),
                                     topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"])
         secret = dev_secret()
         http_ports = {}
@@ -254,7 +260,7 @@ async def run(args: argparse.Namespace) -> None:
             log = open(VAR / f"{name}.log", "ab")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
-        console = Console(catcher.box, port=console_port, kafka_options={"bootstrap_servers": bootstrap},
+        console = Console(catcher.box, port=console_port, kafka_options=kafka_options(bootstrap),
                           services={name: f"http://127.0.0.1:{port}" for name, port in http_ports.items()})
         await console.start()
         while not all(ready(p) for p in http_ports.values()):
@@ -262,6 +268,8 @@ async def run(args: argparse.Namespace) -> None:
                 if process.poll() is not None:
                     raise SystemExit(f"{name} exited ({process.returncode}); see var/{name}.log")
             await asyncio.sleep(0.2)
+        # Where the services listen, for `customersource-ops lag` run from this folder.
+        (VAR / "services.json").write_text(json.dumps({n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}))
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
         print(f"  broker        {bootstrap}" + (" (local Tansu, in memory)" if broker else ""))
         print(f"  console       {console.url}   inbox, escalations, dead letters, services (SMTP on "
@@ -302,7 +310,10 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-demo", action="store_true", help="do not publish the demo events")
-    asyncio.run(run(parser.parse_args()))
+    try:
+        asyncio.run(run(parser.parse_args()))
+    except KeyboardInterrupt:  # Ctrl-C before the system was up: everything was stopped on the way out
+        pass
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,8 +100,8 @@ def _record(message: Any) -> Record:
 async def _reader(options: dict[str, Any], topics: Sequence[str]) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=100)
-    await consumer.start()
     try:
+        await consumer.start()
         existing = await consumer.topics()
         partitions = [TopicPartition(topic, p) for topic in topics if topic in existing
                       for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -113,17 +113,19 @@ async def _reader(options: dict[str, Any], topics: Sequence[str]) -> AsyncIterat
         await consumer.stop()
 
 
-async def read_to_end(options: dict[str, Any], topics: Sequence[str], *, within: float = 20.0) -> list[Record]:
-    """Every record of the topics, up to their end when the read started (missing topics are empty)."""
+async def read_to_end(options: dict[str, Any], topics: Sequence[str], *, stalled: float = 20.0) -> list[Record]:
+    """Every record of the topics, up to their end when the read started (missing topics are empty). Gives
+    up if nothing arrives for ``stalled`` seconds before the end."""
     records: list[Record] = []
     async with _reader(options, topics) as consumer:
         partitions = consumer.assignment()
-        deadline = time.monotonic() + within
+        deadline = time.monotonic() + stalled
         ends: dict[TopicPartition, int] = {}
         while partitions and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for messages in batch.values():
                 records.extend(_record(m) for m in messages)
+                deadline = time.monotonic() + stalled
             for partition in partitions:
                 highwater = consumer.highwater(partition)
                 if highwater is not None and partition not in ends:
@@ -132,20 +134,25 @@ async def read_to_end(options: dict[str, Any], topics: Sequence[str], *, within:
                 break
         else:
             if partitions:
-                raise TimeoutError(f"could not read {', '.join(topics)} to the end in {within:.0f} s")
+                raise TimeoutError(f"reading {', '.join(topics)} stalled for {stalled:.0f} s before the end")
     return sorted((r for r in records if r.offset < ends.get(TopicPartition(r.topic, r.partition), 0)),
                   key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
 
 
-async def follow(options: dict[str, Any], topics: Sequence[str], *, rescan: float = 5.0) -> AsyncIterator[Record]:
+async def follow(options: dict[str, Any], topics: Sequence[str], *, rescan: float = 5.0,
+                 positions: dict[TopicPartition, int] | None = None,
+                 connected: Callable[[], None] | None = None) -> AsyncIterator[Record]:
     """Every record of the topics from the beginning, then new ones as they arrive (until cancelled).
-    Topics that do not exist yet are looked for again every ``rescan`` seconds."""
-    positions: dict[TopicPartition, int] = {}
+    Topics that do not exist yet are looked for again every ``rescan`` seconds. ``positions`` (kept by the
+    caller) lets a follow that was interrupted go on where it was, instead of from the beginning."""
+    positions = {} if positions is None else positions
     while True:
         async with _reader(options, topics) as consumer:
             for partition in consumer.assignment():
                 if partition in positions:
                     consumer.seek(partition, positions[partition])
+            if connected is not None:
+                connected()
             complete = {tp.topic for tp in consumer.assignment()} == set(topics)
             looked = time.monotonic()
             while True:

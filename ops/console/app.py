@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
+from aiokafka import TopicPartition
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ops import contract, health
@@ -38,6 +39,7 @@ class Feed:
         self.dead_letters: deque[DeadLetter] = deque(maxlen=KEEP)
         self.escalations: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self.error = ""
+        self.positions: dict[TopicPartition, int] = {}  # where the feed is, to go on after an interruption
 
     @staticmethod
     def topics() -> list[str]:
@@ -58,10 +60,14 @@ class Feed:
                 while len(self.events) > KEEP_EVENTS:
                     self.events.popitem(last=False)
 
+    def _connected(self) -> None:
+        self.error = ""
+
     async def run(self, options: dict[str, Any]) -> None:
         while True:
             try:
-                async for record in follow(options, self.topics()):
+                async for record in follow(options, self.topics(), positions=self.positions,
+                                           connected=self._connected):
                     self.add(record)
             except asyncio.CancelledError:
                 raise

@@ -79,6 +79,8 @@ async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicat
     async with Publisher(kafka) as publisher:
         await publisher.structured(TOPIC, profile["professional_id"], cloudevent(ADDED, profile))
     await smtp.wait_for(lambda: len(smtp.to(profile["email"])) == 1)
+    unspecific = ops(kafka, "dlq", "replay", "invitations")
+    assert unspecific.returncode == 2 and "--kind" in unspecific.stderr and "--all" in unspecific.stderr
     dry = ops(kafka, "dlq", "replay", "invitations", "--kind", "unknown_aggregate", "--dry-run")
     assert "1 dead letter(s) would be replayed" in dry.stdout
     replayed = ops(kafka, "dlq", "replay", "invitations", "--kind", "unknown_aggregate")
@@ -104,5 +106,22 @@ async def test_lag_per_service_and_partition_from_metrics(kafka: str, smtp: Smtp
     result = ops(kafka, "lag", "--service", f"invitations={url}")
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("invitations")]
-    assert rows and all("ready" in row and TOPIC in row and row.endswith("metrics") for row in rows)
+    assert rows and all(row.split()[1] == "ready" and TOPIC in row and row.endswith("metrics") for row in rows)
     assert sum(int(row.split()[-2]) for row in rows) == 0
+
+
+async def test_replaying_everything_sends_each_still_invalid_event_once_more_not_every_copy(
+    kafka: str, smtp: SmtpServer, start_service: Starter
+) -> None:
+    service = start_service("invitations")
+    await service.wait_ready()
+    orphan = cloudevent(RESEND_REQUESTED, {"account_id": "ACC-none", "professional_id": "PRO-none"})
+    async with Publisher(kafka) as publisher:
+        await publisher.structured(TOPIC, "PRO-none", orphan)
+    await handled(service, 1)
+    for round_ in (1, 2, 3):  # still invalid: each replay dead-letters it again, once
+        replayed = ops(kafka, "dlq", "replay", "invitations", "--all")
+        assert "replayed 1 dead letter(s)" in replayed.stdout, replayed.stdout + replayed.stderr
+        await wait_until(lambda n=round_: service.metric("customersource_dead_letters_total") == n + 1, 30)
+    listing = ops(kafka, "dlq", "list", "invitations")
+    assert listing.stdout.count(orphan["id"]) == 4 and "4 dead letter(s)" in listing.stderr
