@@ -115,6 +115,8 @@ class PermissionHandlers:
         context: dict[str, Any] = {
             "account_name": request.account_name,
             "partner_name": request.partner.name,
+            # Who asks, as administrators can check it in the Business Center: the name alone is free text.
+            "partner_label": f"{request.partner.name} ({request.partner.email})",
             "capabilities": list(request.capabilities),
             "requested_at": request.requested_at.astimezone(UTC),
             "decision": request.state.value,

@@ -16,6 +16,7 @@ def samples(hostile: str = "") -> dict[str, list[dict[str, Any]]]:
     base = {
         "account_name": "Fabrikam France SA" + hostile,
         "partner_name": partner.name,
+        "partner_label": f"{partner.name} ({partner.email})",
         "requested_at": datetime(2026, 11, 24, 8, 15, tzinfo=UTC),
         "decided_at": datetime(2026, 12, 1, 1, 5, tzinfo=UTC),
         "decided_by_name": "Claire Martin" + hostile,

@@ -52,6 +52,7 @@ async def test_a_request_asks_each_administrator_in_their_language(harness: Harn
     assert "Add, change and remove authorized users" in text and "Download software and view product keys" in text
     assert "authorized domains" not in text, "only the capabilities of the event"
     assert "https://businesscenter.example.com" in text
+    assert f"Encore Business Solutions ({data['partner']['email']})" in text, "who asks, with the partner's address"
     assert "Inventory" in text and "Manage my inventory" in text and "View and change partner permissions" in text
     assert "Change status" in text and "Submit" in text and "Remove permission" in text
     assert harness.pool.to(data["partner"]["email"]) == [], "the partner gets nothing on its own request"
