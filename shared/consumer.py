@@ -34,14 +34,14 @@ from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
 from shared.mail.plan import Notification
 from shared.metrics import Metrics
 from shared.scheduler import Scheduler
-from shared.store import Store
+from shared.store import StaleState, Store
 
 log = logging.getLogger("customersource.consumer")
 
 CRASHES_BEFORE_DEAD_LETTER = 3
 # Failures of the infrastructure (database, broker, SMTP, network): retried without limit.
 TRANSIENT: tuple[type[BaseException], ...] = (
-    RetryLater, OSError, asyncio.TimeoutError, KafkaError, sqlalchemy.exc.OperationalError,
+    RetryLater, StaleState, OSError, asyncio.TimeoutError, KafkaError, sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError,
 )
 
@@ -343,10 +343,10 @@ class TopicConsumer:
             raise errors[0]
         self._failures = 0
 
-    def effects(self, cause: EventRef, now: datetime) -> Effects:
+    def effects(self, cause: EventRef, now: datetime, partition: int | None = None) -> Effects:
         """What a handler (or a scheduled job) caused by ``cause`` may do."""
         return Effects(event=cause, service=self.router.service, now=now, store=self.store, mailer=self.mailer,
-                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler)
+                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler, partition=partition)
 
     async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
         event_type = "unknown"
@@ -376,8 +376,7 @@ class TopicConsumer:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
-            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), now)
-            effects.partition = record.partition
+            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), now, record.partition)
             await route.handler(event, effects)
             if not effects.finished:
                 async with effects.finish():

@@ -164,9 +164,9 @@ class Scheduler:
                 )
             ).all()
         allowed = [row.job_id for row in candidates
-                   if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))][:200]
-        self._held_back = len(candidates) - len(allowed) if len(allowed) < 200 else 0
-        claimed = [job for job_id in allowed if (job := await self._claim(job_id, now)) is not None]
+                   if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))]
+        self._held_back = len(candidates) - len(allowed)
+        claimed = [job for job_id in allowed[:200] if (job := await self._claim(job_id, now)) is not None]
         await asyncio.gather(*(self._execute(job) for job in claimed))
         return len(claimed)
 

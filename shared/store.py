@@ -165,6 +165,25 @@ async def upsert(connection: AsyncConnection, table: Table, values: Mapping[str,
     await connection.execute(statement, dict(values))
 
 
+class StaleState(Exception):
+    """A compare-and-set found the row no longer in the state it was loaded in (a job claimed it meanwhile):
+    transient, the event is processed again from the new state."""
+
+
+async def insert_or_advance(connection: AsyncConnection, table: Table, values: Mapping[str, Any], *, key: str,
+                            expected: str | None, state_column: str = "state") -> None:
+    """Insert a new row (``expected=None``), or update the row only if its state is still ``expected``
+    (else :class:`StaleState`): a state machine's step, safe against a concurrent step."""
+    if expected is None:
+        await connection.execute(table.insert().values(dict(values)))
+        return
+    result = await connection.execute(
+        update(table).where(table.c[key] == values[key], table.c[state_column] == expected).values(dict(values))
+    )
+    if not result.rowcount:
+        raise StaleState(f"{table.name} {values[key]!r} is no longer {expected}")
+
+
 class WriteTurns:
     """Writers take turns (SQLite has one writer); urgent writers go first.
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
-from shared.mail.mailer import RetryLater
 from shared.shapes import Person
-from shared.store import UTCDateTime, create_tables
+from shared.store import UTCDateTime, create_tables, insert_or_advance
 
 metadata = MetaData()
 
@@ -56,10 +55,6 @@ async def load_request(connection: AsyncConnection, request_id: str) -> Request 
     )
 
 
-class Changed(RetryLater):
-    """The request changed since it was loaded: the event is processed again, from the new state."""
-
-
 async def save_request(connection: AsyncConnection, request: Request, *, expected: State | None,
                        now: datetime) -> None:
     """Insert a new request (``expected=None``) or move it on if it is still in state ``expected``."""
@@ -72,15 +67,8 @@ async def save_request(connection: AsyncConnection, request: Request, *, expecte
         "decided_by": request.decided_by.model_dump_json() if request.decided_by else None,
         "cause": request.cause, "updated_at": now,
     }
-    if expected is None:
-        await connection.execute(insert(requests).values(values))
-        return
-    result = await connection.execute(
-        update(requests).where(requests.c.request_id == request.request_id, requests.c.state == expected.value)
-        .values(values)
-    )
-    if not result.rowcount:
-        raise Changed(f"request {request.request_id!r} is no longer {expected.value}")
+    await insert_or_advance(connection, requests, values, key="request_id",
+                            expected=expected.value if expected else None)
 
 
 async def claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> bool:

@@ -88,15 +88,13 @@ class SupportHandlers:
         if post is not None and decision.escalate:
             if post != current:  # first seen in this event: stored before it is claimed
                 async with effects.store.transaction() as connection:
-                    await state.save_post(connection, post, expected=expected, partition=effects.partition,
-                                          now=effects.now)
+                    await state.save_post(connection, post, expected=expected, now=effects.now)
             escalated = await self._escalate(post, "post_unanswered", effects)
             if not escalated:
                 decision = replace(decision, cancel=False)  # the claim's holder (a timer) still needs its job
         async with effects.finish() as connection:
             if post is not None and not decision.escalate:
-                await state.save_post(connection, post, expected=expected, partition=effects.partition,
-                                      now=effects.now)
+                await state.save_post(connection, post, expected=expected, now=effects.now)
             if escalated and post is not None:
                 await state.mark_escalated(connection, post.post_id, effects.now)
             if decision.cancel and post is not None:

@@ -6,13 +6,12 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, MetaData, String, Table, Text, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
-from shared.mail.mailer import RetryLater
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables
+from shared.store import UTCDateTime, create_tables, insert_or_advance
 
 metadata = MetaData()
 
@@ -36,7 +35,6 @@ posts = Table(
     Column("due_at", UTCDateTime),
     Column("reason", String(300), nullable=False),
     Column("answered_at", UTCDateTime),
-    Column("partition", Integer),  # of the input topic: escalations wait until it is caught up
     Column("escalation", Text),  # JSON: the claimed escalation's cause and trigger
     Column("escalated_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -59,13 +57,7 @@ async def load_post(connection: AsyncConnection, post_id: str) -> Post | None:
     )
 
 
-class Changed(RetryLater):
-    """The post changed since it was loaded (an escalation claimed it meanwhile): the event is processed
-    again, from the new state."""
-
-
-async def save_post(connection: AsyncConnection, post: Post, *, expected: State | None, partition: int | None,
-                    now: datetime) -> None:
+async def save_post(connection: AsyncConnection, post: Post, *, expected: State | None, now: datetime) -> None:
     """Insert the post (``expected=None``) or update it if its state is still ``expected``."""
     values: dict[str, Any] = {
         "post_id": post.post_id, "state": post.state.value, "newsgroup": post.newsgroup, "title": post.title,
@@ -75,16 +67,7 @@ async def save_post(connection: AsyncConnection, post: Post, *, expected: State 
         "country": post.country, "time_zone": post.time_zone, "posted_at": post.posted_at, "due_at": post.due_at,
         "reason": post.reason, "answered_at": post.answered_at, "updated_at": now,
     }
-    if partition is not None:
-        values["partition"] = partition
-    if expected is None:
-        await connection.execute(insert(posts).values(values))
-        return
-    result = await connection.execute(
-        update(posts).where(posts.c.post_id == post.post_id, posts.c.state == expected.value).values(values)
-    )
-    if not result.rowcount:
-        raise Changed(f"post {post.post_id!r} is no longer {expected.value}")
+    await insert_or_advance(connection, posts, values, key="post_id", expected=expected.value if expected else None)
 
 
 async def claim_escalation(connection: AsyncConnection, post_id: str, claim: dict[str, str],
