@@ -27,7 +27,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -173,8 +173,7 @@ def describe(letter: DeadLetter) -> str:
 
 
 async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[DeadLetter]:
-    topics = [contract.resolve_dlq(n) for n in names] or [i.dlq for i in contract.inputs().values()]
-    records = await read_to_end(contract.kafka_options(args.bootstrap), topics)
+    records = await read_to_end(contract.kafka_options(args.bootstrap), contract.dlq_topics(names))
     letters = [DeadLetter(r) for r in records]
     if getattr(args, "kind", None):
         letters = [d for d in letters if d.kind in args.kind]
@@ -183,8 +182,7 @@ async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[D
 
 async def dlq_list(args: argparse.Namespace) -> int:
     if args.follow:  # everything from the beginning, then new dead letters as they come
-        topics = [contract.resolve_dlq(n) for n in args.topics] or [i.dlq for i in contract.inputs().values()]
-        async for record in follow(contract.kafka_options(args.bootstrap), topics):
+        async for record in follow(contract.kafka_options(args.bootstrap), contract.dlq_topics(args.topics)):
             letter = DeadLetter(record)
             if not args.kind or letter.kind in args.kind:
                 print(f"{record.topic} " + describe(letter), flush=True)
@@ -395,7 +393,7 @@ def escalation_time(args: argparse.Namespace) -> int:
         if not calendar.is_business_day(day):
             name = calendar.holiday_name(day) or ("Saturday" if day.weekday() == 5 else "Sunday")
             print(f"  not a business day: {day:%a %Y-%m-%d} ({name})")
-        day = day.fromordinal(day.toordinal() + 1)
+        day += timedelta(days=1)
     return 0
 
 

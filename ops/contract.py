@@ -3,8 +3,10 @@ and a Kafka client configuration from the contract's KAFKA_* environment variabl
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +14,6 @@ from shared.kafka import client_options
 from shared.settings import ServiceSettings
 from shared.shapes import ContractModel
 
-PORTS = {"invitations": 8081, "expiry": 8082, "permissions": 8083, "support": 8084}
-"""Each service's default HTTP_PORT (health, metrics, AsyncAPI)."""
 KEYS = {"invitations": "professional_id", "expiry": "plan_id", "permissions": "request_id", "support": "post_id"}
 
 
@@ -29,6 +29,11 @@ class InputTopic:
         return f"{self.topic}.dlq"
 
 
+PORTS = {service: int(importlib.import_module(f"services.{service}.settings").HTTP_PORT) for service in KEYS}
+"""Each service's default HTTP_PORT (health, metrics, AsyncAPI), as its settings define it."""
+
+
+@functools.cache
 def inputs() -> dict[str, InputTopic]:
     """Service name -> its input topic."""
     found = {}
@@ -40,6 +45,16 @@ def inputs() -> dict[str, InputTopic]:
 
 def input_for_type(event_type: str) -> InputTopic | None:
     return next((i for i in inputs().values() if event_type in i.types), None)
+
+
+def dlq_topics(names: Iterable[str] = ()) -> list[str]:
+    """The dead-letter topics of the services (or topics) named, or of every service."""
+    return [resolve_dlq(name) for name in names] or [item.dlq for item in inputs().values()]
+
+
+def dlq_services() -> dict[str, str]:
+    """Dead-letter topic -> the service that writes it."""
+    return {item.dlq: item.service for item in inputs().values()}
 
 
 def resolve_dlq(name: str) -> str:

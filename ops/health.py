@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,25 +49,26 @@ def read(name: str, url: str, timeout: float = 3.0) -> ServiceHealth:
         health.error = str(exc)
         return health
     health.reachable = True
-    sums: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
+    events: Counter[tuple[str, str]] = Counter()
+    emails: Counter[tuple[str, str]] = Counter()
+    dead_letters: Counter[str] = Counter()
+    retries: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            labels = sample.labels
+            labels, value = sample.labels, int(sample.value)
             if sample.name == "customersource_consumer_lag":
-                health.lag.append((labels["topic"], int(labels["partition"]), int(sample.value)))
+                health.lag.append((labels["topic"], int(labels["partition"]), value))
             elif sample.name == "customersource_events_total":
-                sums["events"][(labels["type"], labels["outcome"])] += sample.value
+                events[(labels["type"], labels["outcome"])] += value
             elif sample.name == "customersource_emails_total":
-                sums["emails"][(labels["template"], labels["outcome"])] += sample.value
+                emails[(labels["template"], labels["outcome"])] += value
             elif sample.name == "customersource_dead_letters_total":
-                sums["dead_letters"][(labels["kind"],)] += sample.value
+                dead_letters[labels["kind"]] += value
             elif sample.name == "customersource_retries_total":
-                sums["retries"][(labels["what"],)] += sample.value
+                retries[labels["what"]] += value
             elif sample.name == "customersource_scheduled_jobs":
-                health.scheduled = int(sample.value)
+                health.scheduled = value
     health.lag.sort()
-    health.events = {k: int(v) for k, v in sorted(sums["events"].items())}  # type: ignore[misc]
-    health.emails = {k: int(v) for k, v in sorted(sums["emails"].items())}  # type: ignore[misc]
-    health.dead_letters = {k[0]: int(v) for k, v in sorted(sums["dead_letters"].items())}
-    health.retries = {k[0]: int(v) for k, v in sorted(sums["retries"].items())}
+    health.events, health.emails = dict(sorted(events.items())), dict(sorted(emails.items()))
+    health.dead_letters, health.retries = dict(sorted(dead_letters.items())), dict(sorted(retries.items()))
     return health

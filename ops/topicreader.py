@@ -44,6 +44,18 @@ class Record:
     def where(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
+    @property
+    def event(self) -> dict[str, Any]:
+        """The CloudEvent attributes that can be read (structured mode: the value; binary: ce_ headers)."""
+        found: dict[str, Any] = {}
+        for key, value in self.headers:
+            if key.startswith("ce_"):
+                found[key[3:]] = (value or b"").decode("utf-8", "replace")
+        body = self.json()
+        if isinstance(body, dict) and "specversion" in body:
+            found.update({k: body[k] for k in ("id", "source", "type", "time", "subject") if k in body})
+        return found
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -74,15 +86,7 @@ class DeadLetter:
 
     @property
     def event(self) -> dict[str, Any]:
-        """The CloudEvent attributes that can be read (structured mode: the value; binary: ce_ headers)."""
-        found: dict[str, Any] = {}
-        for key, value in self.record.headers:
-            if key.startswith("ce_"):
-                found[key[3:]] = (value or b"").decode("utf-8", "replace")
-        body = self.record.json()
-        if isinstance(body, dict) and "specversion" in body:
-            found.update({k: body[k] for k in ("id", "source", "type", "time", "subject") if k in body})
-        return found
+        return self.record.event
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers, byte for byte (the dlq-* ones are dropped), and where it was replayed from."""

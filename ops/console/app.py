@@ -54,7 +54,7 @@ class Feed:
             if isinstance(body, dict):
                 self.escalations.append(body)
         else:
-            event_id = DeadLetter(record).event.get("id")  # structured or binary mode
+            event_id = record.event.get("id")  # structured or binary mode
             if event_id:
                 self.events[str(event_id)] = record
                 while len(self.events) > KEEP_EVENTS:
@@ -167,8 +167,7 @@ class Console:
             body = self.render("escalations.html", escalations=list(reversed(self.feed.escalations)),
                                page="escalations")
         elif path == "/dead-letters":
-            body = self.render("dead_letters.html", letters=list(reversed(self.feed.dead_letters)), page="dlq",
-                               services={i.dlq: i.service for i in contract.inputs().values()})
+            body = self.render("dead_letters.html", letters=list(reversed(self.feed.dead_letters)), page="dlq")
         elif path.startswith("/dead-letters/"):
             letter = self._dead_letter(path.removeprefix("/dead-letters/"))
             if letter is None:
@@ -177,8 +176,7 @@ class Console:
                 value = letter.record.json()
                 body = self.render("dead_letter.html", letter=letter, page="dlq",
                                    key=(letter.record.key or b"").decode("utf-8", "replace"),
-                                   service={i.dlq: i.service for i in contract.inputs().values()}
-                                   .get(letter.record.topic, letter.record.topic),
+                                   service=contract.dlq_services().get(letter.record.topic, letter.record.topic),
                                    value=json.dumps(value, indent=2, ensure_ascii=False) if value is not None
                                    else repr(letter.record.value))
         elif path == "/services":
