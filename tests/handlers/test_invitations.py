@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.kafka import TestKafkaBroker
 from sqlalchemy import select
 
 from services.invitations import verify_invitation
@@ -30,11 +29,9 @@ from services.invitations.contracts import (
 )
 from services.invitations.settings import InvitationSettings
 from services.invitations.state import load_profile
-from shared.app import Service
-from shared.clock import FixedClock
 from shared.mail.mailer import RetryLater
 from shared.store import deliveries
-from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.harness import Harness, service_harness
 from tests.support.kafka import cloudevent
 from tests.support.samples import address, professional_added, uid
 
@@ -44,18 +41,7 @@ LINK = re.compile(r"https://portal\.example\.com/invitations/accept\?token=(cs1\
 
 
 @dataclass
-class Harness:
-    broker: Any
-    service: Service
-    pool: FakePool
-    outputs: FakeOutputs
-
-    async def publish(self, event_type: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        event = cloudevent(event_type, data, **kw)
-        await self.broker.publish(event, TOPIC, key=data["professional_id"].encode(),
-                                  headers={"content-type": "application/cloudevents+json"})
-        return event
-
+class Invitations(Harness):
     def issued(self) -> list[dict[str, Any]]:
         return self.outputs.events("customersource.invitations", ISSUED)
 
@@ -64,22 +50,10 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = InvitationSettings(
-        SMTP_FROM="CustomerSource <noreply@customersource.example>",
-        PORTAL_BASE_URL="https://portal.example.com",
-        BUSINESS_CENTER_URL="https://bc.example.com",
-        HELP_EMAIL="help@customersource.example",
-        INVITATION_SECRET=SECRET,
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/invitations.db",
-    )
-    pool, outputs = FakePool(), FakeOutputs()
-    _, service = create_service(settings, pool=pool, outputs=outputs, clock=FixedClock(NOW),  # type: ignore[arg-type]
-                                retry_window=0.3)
-    await service.store.migrate()
-    async with TestKafkaBroker(service.broker) as broker:
-        yield Harness(broker, service, pool, outputs)
-    await service.store.close()
+async def harness(tmp_path: Path) -> AsyncIterator[Invitations]:
+    async with service_harness(create_service, InvitationSettings, tmp_path, now=NOW, topic=TOPIC,
+                               key_field="professional_id", INVITATION_SECRET=SECRET) as ready:
+        yield Invitations(**{f.name: getattr(ready, f.name) for f in fields(Harness)})
 
 
 def token_in(message: Any) -> str:
@@ -97,7 +71,7 @@ def test_the_router_handles_exactly_the_contract_types() -> None:
     assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
 
 
-async def test_added_sends_one_invitation_with_a_signed_link_and_publishes_issued(harness: Harness) -> None:
+async def test_added_sends_one_invitation_with_a_signed_link_and_publishes_issued(harness: Invitations) -> None:
     data = professional_added()
     event = await harness.publish(ADDED, data)
     [message] = harness.pool.to(data["email"])
@@ -120,7 +94,7 @@ async def test_added_sends_one_invitation_with_a_signed_link_and_publishes_issue
 
 
 @pytest.mark.parametrize(("roles", "first"), [(["administrator"], False), (["professional"], True)])
-async def test_administrator_variant_explains_how_to_add_colleagues(harness: Harness, roles: list[str],
+async def test_administrator_variant_explains_how_to_add_colleagues(harness: Invitations, roles: list[str],
                                                                     first: bool) -> None:
     data = professional_added(roles=roles, is_first_professional=first, locale="fr-BE", local_site="BE-fr")
     await harness.publish(ADDED, data)
@@ -131,7 +105,7 @@ async def test_administrator_variant_explains_how_to_add_colleagues(harness: Har
     assert "Mon compte > Nos comptes CustomerSource" in text.replace("\xa0", " ")
 
 
-async def test_same_event_twice_and_second_added_send_nothing_more(harness: Harness) -> None:
+async def test_same_event_twice_and_second_added_send_nothing_more(harness: Invitations) -> None:
     data = professional_added()
     event = await harness.publish(ADDED, data)
     await harness.publish(ADDED, data, event_id=event["id"])
@@ -140,7 +114,7 @@ async def test_same_event_twice_and_second_added_send_nothing_more(harness: Harn
     assert len(harness.issued()) == 1
 
 
-async def test_same_address_on_two_accounts_gets_one_mail_per_account(harness: Harness) -> None:
+async def test_same_address_on_two_accounts_gets_one_mail_per_account(harness: Invitations) -> None:
     email = address()
     first = professional_added(email=email, account_name="Contoso Ltd")
     second = professional_added(email=email, account_name="Fabrikam Inc")
@@ -151,7 +125,7 @@ async def test_same_address_on_two_accounts_gets_one_mail_per_account(harness: H
     assert "Contoso Ltd" in subjects[0] and "Fabrikam Inc" in subjects[1]
 
 
-async def test_send_invitation_false_issues_nothing_until_a_resend(harness: Harness) -> None:
+async def test_send_invitation_false_issues_nothing_until_a_resend(harness: Invitations) -> None:
     data = professional_added(send_invitation=False)
     await harness.publish(ADDED, data)
     assert harness.pool.sent == [] and harness.issued() == []
@@ -160,7 +134,7 @@ async def test_send_invitation_false_issues_nothing_until_a_resend(harness: Harn
     assert harness.issued()[0]["data"]["reason"] == "resend" and harness.revoked() == []
 
 
-async def test_resend_revokes_the_earlier_link_and_sends_a_new_one(harness: Harness) -> None:
+async def test_resend_revokes_the_earlier_link_and_sends_a_new_one(harness: Invitations) -> None:
     data = professional_added()
     await harness.publish(ADDED, data)
     await harness.publish(RESEND_REQUESTED, {"account_id": data["account_id"], "professional_id": data["professional_id"],
@@ -175,7 +149,7 @@ async def test_resend_revokes_the_earlier_link_and_sends_a_new_one(harness: Harn
     assert [e["data"]["reason"] for e in harness.issued()] == ["added", "resend"]
 
 
-async def test_email_change_revokes_and_invites_the_new_address(harness: Harness) -> None:
+async def test_email_change_revokes_and_invites_the_new_address(harness: Invitations) -> None:
     data = professional_added()
     new_email = address("new")
     await harness.publish(ADDED, data)
@@ -187,7 +161,7 @@ async def test_email_change_revokes_and_invites_the_new_address(harness: Harness
     assert harness.issued()[-1]["data"]["email"] == new_email
 
 
-async def test_removal_revokes_sends_nothing_and_purges_personal_data(harness: Harness) -> None:
+async def test_removal_revokes_sends_nothing_and_purges_personal_data(harness: Invitations) -> None:
     data = professional_added()
     await harness.publish(ADDED, data)
     await harness.publish(REMOVED, {"account_id": data["account_id"], "professional_id": data["professional_id"]})
@@ -203,7 +177,7 @@ async def test_removal_revokes_sends_nothing_and_purges_personal_data(harness: H
 
 
 @pytest.mark.parametrize("event_type", [RESEND_REQUESTED, EMAIL_CHANGED])
-async def test_unknown_profile_is_dead_lettered(harness: Harness, event_type: str) -> None:
+async def test_unknown_profile_is_dead_lettered(harness: Invitations, event_type: str) -> None:
     data = {"account_id": uid("ACC"), "professional_id": uid("PRO"), "old_email": address(), "new_email": address()}
     await harness.publish(event_type, data)
     [letter] = harness.outputs.dead_letters(TOPIC)
@@ -212,7 +186,7 @@ async def test_unknown_profile_is_dead_lettered(harness: Harness, event_type: st
     assert harness.pool.sent == []
 
 
-async def test_unusable_address_fails_that_recipient_and_a_correction_invites(harness: Harness) -> None:
+async def test_unusable_address_fails_that_recipient_and_a_correction_invites(harness: Invitations) -> None:
     data = professional_added(email="jane.doe at contoso")
     await harness.publish(ADDED, data)
     [failed] = harness.outputs.events("customersource.notifications", "customersource.notification.failed.v1")
@@ -224,7 +198,7 @@ async def test_unusable_address_fails_that_recipient_and_a_correction_invites(ha
     assert len(harness.pool.to(fixed)) == 1 and harness.issued()[0]["data"]["reason"] == "email_changed"
 
 
-async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness: Harness) -> None:
+async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness: Invitations) -> None:
     data = professional_added()
     harness.pool.refuse.add(data["email"])
     await harness.publish(ADDED, data)
@@ -238,7 +212,7 @@ async def test_permanent_smtp_refusal_is_reported_and_no_link_is_issued(harness:
     assert len(harness.pool.to(fixed)) == 1
 
 
-async def test_html_and_header_injection_attempts_are_neutralised(harness: Harness) -> None:
+async def test_html_and_header_injection_attempts_are_neutralised(harness: Invitations) -> None:
     data = professional_added(name='Eve <script>alert(1)</script>', account_name='Evil" onmouseover="x <b>Corp</b>',
                               added_by={"name": "<img src=x onerror=alert(1)>", "kind": "administrator"})
     await harness.publish(ADDED, data)
@@ -249,7 +223,7 @@ async def test_html_and_header_injection_attempts_are_neutralised(harness: Harne
     assert message["Bcc"] is None
 
 
-async def test_tokens_and_links_never_reach_the_logs(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tokens_and_links_never_reach_the_logs(harness: Invitations, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     data = professional_added()
     await harness.publish(ADDED, data)
@@ -257,7 +231,7 @@ async def test_tokens_and_links_never_reach_the_logs(harness: Harness, caplog: p
     assert token not in caplog.text and "token=" not in caplog.text
 
 
-async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness: Harness) -> None:
+async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness: Invitations) -> None:
     import json
 
     from aiokafka.structs import ConsumerRecord
@@ -285,7 +259,7 @@ async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness
     assert sent["data"]["attempts"] > 1
 
 
-async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(harness: Harness) -> None:
+async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(harness: Invitations) -> None:
     import json
 
     from aiokafka.structs import ConsumerRecord
@@ -309,7 +283,7 @@ async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(
     assert letter["dlq-error-kind"] == "unusable_content" and "KeyError" in letter["dlq-reason"]
 
 
-async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness: Harness) -> None:
+async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness: Invitations) -> None:
     data = professional_added()
     await harness.publish(ADDED, data)
     harness.pool.refuse.add(data["email"])
@@ -319,7 +293,7 @@ async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness
     assert len(harness.issued()) == 1
 
 
-async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness: Harness) -> None:
+async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness: Invitations) -> None:
     import json
 
     data = professional_added()
