@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
-from ops.topicreader import DeadLetter, follow, read_to_end
+from ops.topicreader import DeadLetter, follow, partitions_of, read_to_end
 from shared.calendar import calendar_for, default_time_zone
 from shared.envelope import STRUCTURED_HEADERS, decode, validate
 from shared.envelope import DeadLetter as Refusal
@@ -293,7 +293,7 @@ async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tu
     consumer = AIOKafkaConsumer(**contract.kafka_options(bootstrap), group_id=group, enable_auto_commit=False)
     try:
         await consumer.start()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await partitions_of(contract.kafka_options(bootstrap), [topic])
         ends = await consumer.end_offsets(partitions)
         rows = []
         for partition in partitions:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,28 @@ def _record(message: Any) -> Record:
                   datetime.fromtimestamp(message.timestamp / 1000, UTC))
 
 
+async def partitions_of(options: dict[str, Any], topics: Sequence[str]) -> list[TopicPartition]:
+    """The partitions of those topics that exist, asked of the broker. (A consumer knows only the
+    metadata of the topics it was given; Apache Kafka answers its start-up request with none.)"""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d["error_code"]
+            for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))]
+
+
 @contextlib.asynccontextmanager
 async def _reader(options: dict[str, Any], topics: Sequence[str]) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=100)
     try:
         await consumer.start()
-        existing = await consumer.topics()
-        partitions = [TopicPartition(topic, p) for topic in topics if topic in existing
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await partitions_of(options, topics)
         consumer.assign(partitions)
         if partitions:
             await consumer.seek_to_beginning(*partitions)
@@ -166,6 +180,7 @@ async def follow(options: dict[str, Any], topics: Sequence[str], *, rescan: floa
                         positions[partition] = message.offset + 1
                         yield _record(message)
                 if not complete and time.monotonic() - looked > rescan:
-                    if set(topics) & set(await consumer.topics()) != {tp.topic for tp in consumer.assignment()}:
+                    if {tp.topic for tp in await partitions_of(options, topics)} != {tp.topic for tp in
+                                                                                     consumer.assignment()}:
                         break  # a topic appeared: assign again, from where each partition was
                     looked = time.monotonic()

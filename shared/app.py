@@ -346,9 +346,15 @@ FRESH_FETCH_MS = 3000
 outage, or a rebalance that stopped fetching, must not leave it "caught up" on old news."""
 
 
+COMMITTED_TIMEOUT_S = 2.0
+"""How long the lag loop waits for the group coordinator's committed offsets (it is down with the broker)."""
+
+
 async def _measure_lag(service: Service) -> None:
-    """Lag per assigned partition (high watermark of the last fetch minus position), exported and kept as
-    the set of caught-up partitions."""
+    """Lag per assigned partition, exported and kept as the set of caught-up partitions: the high
+    watermark of the last fetch minus the group's committed offset (the log's start before the first
+    commit), so that /metrics says what the broker says (end offset minus committed offset): records
+    fetched but not yet committed still count."""
     consumer = getattr(getattr(service, "subscriber", None), "consumer", None)
     if consumer is None:
         return
@@ -359,8 +365,11 @@ async def _measure_lag(service: Service) -> None:
             highwater = consumer.highwater(partition)
             if highwater is None:
                 continue
-            position = await consumer.position(partition)
-            lag = max(highwater - position, 0)
+            committed = await asyncio.wait_for(consumer.committed(partition), COMMITTED_TIMEOUT_S)
+            if committed is None:  # never committed: consumption starts at the log's start (earliest)
+                starts = await asyncio.wait_for(consumer.beginning_offsets([partition]), COMMITTED_TIMEOUT_S)
+                committed = starts[partition]
+            lag = max(highwater - committed, 0)
             service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(lag)
             fetched = consumer.last_poll_timestamp(partition) or 0
             if lag == 0 and fetched >= fresh_after and partition.topic == service.spec.router.topic:

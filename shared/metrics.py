@@ -41,8 +41,8 @@ class Metrics:
         )
         self.lag = Gauge(
             "customersource_consumer_lag",
-            "Records not yet processed per partition (high watermark minus position), "
-            "measured from the service's own consumer",
+            "Records not yet processed and committed per partition (high watermark minus the group's "
+            "committed offset), measured from the service's own consumer",
             ["service", "topic", "partition"],
             registry=self.registry,
         )

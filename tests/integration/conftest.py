@@ -12,9 +12,10 @@ Starter = Callable[..., ServiceProcess]
 
 
 @pytest.fixture
-def start_service(kafka: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[Starter]:
-    """Start ``python -m services.<name>`` against the test broker and SMTP server; all are stopped
-    (SIGTERM, then SIGKILL) at teardown."""
+def start_service(kafka: str, smtp: SmtpServer, tmp_path: Path, test_token: str) -> Iterator[Starter]:
+    """Start ``python -m services.<name>`` against the test broker and SMTP server, in a consumer group
+    of this test's (``customersource.<name>.<test token>``); all are stopped (SIGTERM, then SIGKILL)
+    at teardown."""
     started: list[ServiceProcess] = []
 
     def start(name: str = "invitations", *, database_url: str | None = None, **extra: str) -> ServiceProcess:
@@ -24,6 +25,7 @@ def start_service(kafka: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[Star
             database_url=database_url or f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
             http_port=new_port(),
         )
+        env["KAFKA_GROUP_ID"] = f"customersource.{name}.{test_token}"
         env.update(extra)
         process = ServiceProcess(name, env, tmp_path / f"{name}-{len(started)}.log").start()
         started.append(process)

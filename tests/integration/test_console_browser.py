@@ -59,6 +59,7 @@ async def console(kafka: str, tmp_path: Path, start_service: Starter) -> AsyncIt
         await catcher.stop()
 
 
+@pytest.mark.tansu
 async def test_the_console_shows_an_e_mail_with_its_cause_and_a_dead_letter(
     chromium: Path, kafka: str, console: Console, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from services.expiry.contracts import NEARING_EXPIRY, RENEWED, TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, Reader, cloudevent
@@ -29,6 +31,7 @@ async def handled(service: ServiceProcess, count: int) -> None:
                                    f"{service.log_tail(5)}")
 
 
+@pytest.mark.tansu
 async def test_reminders_renewals_and_dead_letters_end_to_end(kafka: str, smtp: SmtpServer, start_service: Starter,
                                                               database_url: str) -> None:
     service = start_service("expiry", database_url=database_url)

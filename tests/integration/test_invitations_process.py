@@ -8,6 +8,8 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from services.invitations import verify_invitation
 from services.invitations.contracts import ADDED, EMAIL_CHANGED, ISSUED, REMOVED, RESEND_REQUESTED, REVOKED, TOPIC
 from tests.integration.conftest import Starter
@@ -28,6 +30,7 @@ def token_of(message: Any) -> str:
     return match.group(1)
 
 
+@pytest.mark.tansu
 async def test_every_input_type_end_to_end(kafka: str, smtp: SmtpServer, start_service: Starter,
                                            database_url: str) -> None:
     from datetime import UTC, datetime
@@ -80,6 +83,7 @@ async def test_every_input_type_end_to_end(kafka: str, smtp: SmtpServer, start_s
     assert f'customersource_consumer_lag{{partition="0",service="invitations",topic="{TOPIC}"}}'.encode() in metrics
 
 
+@pytest.mark.tansu
 async def test_bad_messages_are_dead_lettered_and_the_partition_goes_on(kafka: str, smtp: SmtpServer,
                                                                         start_service: Starter) -> None:
     service = start_service(KAFKA_MAX_MESSAGE_BYTES="4096")

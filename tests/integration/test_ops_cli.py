@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from services.invitations.contracts import ADDED, RESEND_REQUESTED, TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, cloudevent
@@ -56,6 +58,7 @@ async def test_publish_validates_before_sending(kafka: str, smtp: SmtpServer, st
     assert "post-overdue" in listed.stdout and "permission-requested" in listed.stdout
 
 
+@pytest.mark.tansu
 async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicate_e_mail(
     kafka: str, smtp: SmtpServer, start_service: Starter
 ) -> None:

@@ -9,6 +9,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from services.permissions.contracts import APPROVED, DENIED, REMOVED, REQUESTED, TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, Reader, cloudevent
@@ -29,6 +31,7 @@ async def handled(service: ServiceProcess, count: int) -> None:
                      state=lambda: f"{service.metric('customersource_events_total')} of {count} handled")
 
 
+@pytest.mark.tansu
 async def test_every_transition_duplicates_and_out_of_order_deliveries(
     kafka: str, smtp: SmtpServer, start_service: Starter, database_url: str
 ) -> None:

@@ -9,6 +9,8 @@ import collections
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from services.support.contracts import ESCALATION_RAISED, OUTPUT_TOPIC, POST_ANSWERED, POST_CREATED, POST_UNANSWERED
 from services.support.contracts import TOPIC as NEWSGROUPS
 from services.support.domain import due_time
@@ -44,6 +46,7 @@ async def pending_jobs(service: ServiceProcess, count: int) -> None:
     await wait_until(done, 30, state=lambda: service.log_tail(5))
 
 
+@pytest.mark.tansu
 async def test_a_backlog_escalates_overdue_posts_once_caught_up_unless_answered_further_on(
     kafka: str, smtp: SmtpServer, start_service: Starter, database_url: str
 ) -> None:

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.kafka import create_missing_topics
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 OUTPUT_TOPICS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations"]
 INPUT_TOPICS = [
@@ -30,6 +30,8 @@ async def create_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, part
 
 
 async def delete_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS) -> None:
+    """Delete the topics and wait until the broker no longer lists them (Apache Kafka deletes
+    asynchronously: a topic created again too early would be the one being deleted)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -37,6 +39,14 @@ async def delete_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS) -> N
         doomed = [t for t in topics if t in existing]
         if doomed:
             await admin.delete_topics(doomed)
+            remaining: set[str] = set(doomed)
+
+            async def gone() -> bool:
+                nonlocal remaining
+                remaining = set(await admin.list_topics()) & set(doomed)
+                return not remaining
+
+            await wait_until_async(gone, 30, state=lambda: f"still listed: {sorted(remaining)}")
     finally:
         await admin.close()
 

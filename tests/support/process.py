@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -16,15 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ops.broker import free_port
+from ops.broker import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    os.setsid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def base_env(*, bootstrap: str, smtp_port: int, database_url: str, http_port: int) -> dict[str, str]:
@@ -62,7 +54,7 @@ class ServiceProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"], cwd=ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         return self
 

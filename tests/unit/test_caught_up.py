@@ -22,6 +22,7 @@ class FakeConsumer:
     highwaters: dict[TopicPartition, int]
     positions: dict[TopicPartition, int]
     polled_ms_ago: dict[TopicPartition, float] = field(default_factory=dict)
+    commits: dict[TopicPartition, int] = field(default_factory=dict)  # absent: never committed (log starts at 0)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.highwaters)
@@ -31,6 +32,12 @@ class FakeConsumer:
 
     async def position(self, partition: TopicPartition) -> int:
         return self.positions[partition]
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        return self.commits.get(partition)
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {p: 0 for p in partitions}
 
     def last_poll_timestamp(self, partition: TopicPartition) -> int:
         return int(time.time() * 1000 - self.polled_ms_ago.get(partition, 100))
@@ -54,8 +61,8 @@ def partitions(*numbers: int, topic: str = TOPIC) -> list[TopicPartition]:
 async def test_lag_zero_after_a_recent_fetch_is_caught_up_and_anything_else_is_not() -> None:
     p0, p1, p2 = partitions(0, 1, 2)
     [other] = partitions(0, topic="customersource.newsgroups.dlq")
-    consumer = FakeConsumer(highwaters={p0: 10, p1: 10, p2: 10, other: 5}, positions={p0: 10, p1: 7, p2: 10, other: 5},
-                            polled_ms_ago={p2: 60_000})
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10, p2: 10, other: 5}, positions={p0: 10, p1: 10, p2: 10, other: 5},
+                            commits={p0: 10, p1: 7, p2: 10, other: 5}, polled_ms_ago={p2: 60_000})
     service = service_with(consumer)
     await _measure_lag(service)
     assert service.caught_up == {0}, "p1 lags; p2's last fetch is a minute old; other topics do not count"
@@ -64,9 +71,28 @@ async def test_lag_zero_after_a_recent_fetch_is_caught_up_and_anything_else_is_n
     assert not Service.is_caught_up(service, 0), "nothing is caught up while stopping"
 
 
+async def test_lag_counts_from_the_committed_offset_as_the_broker_does() -> None:
+    """Fetched but not committed is still lag: /metrics agrees with end offset minus committed offset."""
+    p0, p1 = partitions(0, 1)
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, positions={p0: 10, p1: 10}, commits={p0: 4, p1: 10})
+    service = service_with(consumer)
+    await _measure_lag(service)
+    assert service.metrics.lag.labels("support", TOPIC, "0")._value.get() == 6
+    assert service.metrics.lag.labels("support", TOPIC, "1")._value.get() == 0
+    assert service.caught_up == {1}
+
+
+async def test_a_partition_never_committed_lags_from_the_start_of_its_log() -> None:
+    [p0] = partitions(0)
+    service = service_with(FakeConsumer(highwaters={p0: 30}, positions={p0: 30}))
+    await _measure_lag(service)
+    assert service.metrics.lag.labels("support", TOPIC, "0")._value.get() == 30
+    assert service.caught_up == set()
+
+
 async def test_nothing_is_caught_up_while_a_batch_is_in_progress() -> None:
     [p0] = partitions(0)
-    service = service_with(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}), batch_running=True)
+    service = service_with(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}, commits={p0: 3}), batch_running=True)
     await _measure_lag(service)
     assert service.caught_up == set()
 
@@ -75,11 +101,11 @@ async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
     p0, p1 = partitions(0, 1)
 
     class Revoked(FakeConsumer):
-        async def position(self, partition: TopicPartition) -> int:
+        async def committed(self, partition: TopicPartition) -> int | None:
             if partition == p1:
                 raise AssertionError("partition is not assigned")
-            return await super().position(partition)
+            return await super().committed(partition)
 
-    service = service_with(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}))
+    service = service_with(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}, commits={p0: 1, p1: 1}))
     await _measure_lag(service)
     assert service.caught_up == {0}

@@ -1,0 +1,225 @@
+"""What only the real broker allows: Apache Kafka SIGKILLed and restarted on the same log directory in the
+middle of a stream, for each service. The service is not restarted: it reconnects by itself, nothing is
+lost, duplicates stay within the crash window, and its consumer lag in /metrics returns to 0 and agrees
+with the group's committed offsets against the broker's end offsets.
+
+These tests run on an Apache Kafka node of their own (the run's broker may be a cluster nobody may kill).
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ops.broker import ApacheKafkaBroker, apache_kafka_available
+from services.expiry.contracts import NEARING_EXPIRY
+from services.invitations.contracts import ADDED
+from services.permissions.contracts import REQUESTED
+from services.support.contracts import POST_UNANSWERED
+from tests.conftest import unavailable
+from tests.support.kafka import ALL_TOPICS, Publisher, cloudevent, create_topics, delete_topics
+from tests.support.process import ServiceProcess, base_env, new_port
+from tests.support.samples import (
+    permission_requested,
+    person,
+    plan_nearing_expiry,
+    post_created,
+    professional_added,
+)
+from tests.support.smtp import SmtpServer
+from tests.support.waiting import wait_until, wait_until_async
+
+EVENTS = 400  # per service: half before the broker dies, half after its restart
+SMTP_MAX_CONNECTIONS = 16
+IN_FLIGHT_BOUND = SMTP_MAX_CONNECTIONS * 2  # the most e-mails accepted and not yet recorded at any moment
+PARTITIONS = 3  # of every test topic
+
+
+@dataclass(frozen=True)
+class Stream:
+    """How one service is fed: its input topic, one event (key, CloudEvent), and e-mails per event."""
+
+    topic: str
+    event: Callable[[], tuple[str, dict[str, Any]]]
+    mails_per_event: int
+
+
+def _expiry_event() -> tuple[str, dict[str, Any]]:
+    data = plan_nearing_expiry(date.today() + timedelta(days=10), contacts=[person("contact")])
+    del data["partner"]  # no digest job: one reminder per event
+    return data["plan_id"], cloudevent(NEARING_EXPIRY, data)
+
+
+def _permissions_event() -> tuple[str, dict[str, Any]]:
+    data = permission_requested(customer_admins=[person("admin")])
+    return data["request_id"], cloudevent(REQUESTED, data)
+
+
+def _support_event() -> tuple[str, dict[str, Any]]:
+    data = post_created(datetime.now(UTC) - timedelta(days=10))  # escalation, team e-mail and author notice
+    return data["post_id"], cloudevent(POST_UNANSWERED, data)
+
+
+def _invitations_event() -> tuple[str, dict[str, Any]]:
+    data = professional_added()
+    return data["professional_id"], cloudevent(ADDED, data)
+
+
+STREAMS = {
+    "invitations": Stream("customersource.professionals", _invitations_event, 1),
+    "expiry": Stream("customersource.service-plans", _expiry_event, 1),
+    "permissions": Stream("customersource.partner-permissions", _permissions_event, 1),
+    "support": Stream("customersource.newsgroups", _support_event, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaBroker]:
+    why = apache_kafka_available()
+    if why is not None:
+        unavailable("Apache Kafka", why)
+    broker = ApacheKafkaBroker(tmp_path_factory.mktemp("restartable-kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+async def topics(own_kafka: ApacheKafkaBroker) -> AsyncIterator[str]:
+    await delete_topics(own_kafka.bootstrap)
+    await create_topics(own_kafka.bootstrap)
+    yield own_kafka.bootstrap
+    if own_kafka.process is not None and own_kafka.process.poll() is None:
+        await delete_topics(own_kafka.bootstrap)
+
+
+@pytest.fixture
+def service_process(topics: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[Callable[[str], ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(name: str) -> ServiceProcess:
+        env = base_env(bootstrap=topics, smtp_port=smtp.port, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
+                       http_port=new_port())
+        env.update(KAFKA_GROUP_ID=f"customersource.{name}.{uuid.uuid4().hex[:8]}",
+                   SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
+        process = ServiceProcess(name, env, tmp_path / f"{name}.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+
+
+async def broker_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Per partition: the broker's end offset minus the group's committed offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(partitions)
+        return {tp.partition: ends[tp] - (await consumer.committed(tp) or 0) for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
+def metrics_lag(service: ServiceProcess, topic: str) -> dict[int, int]:
+    lags: dict[int, int] = {}
+    for line in service.get("/metrics")[1].decode().splitlines():
+        if line.startswith("customersource_consumer_lag{") and f'topic="{topic}"' in line:
+            partition = int(line.split('partition="', 1)[1].split('"', 1)[0])
+            lags[partition] = int(float(line.rsplit(" ", 1)[1]))
+    return lags
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
+    name: str, own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer,
+    service_process: Callable[[str], ServiceProcess], report: Callable[[str], None],
+) -> None:
+    stream = STREAMS[name]
+    service = service_process(name)
+    await service.wait_ready()
+    events = [stream.event() for _ in range(EVENTS)]
+
+    def delivered() -> collections.Counter[tuple[str, str]]:
+        ids = {e["id"] for _, e in events}
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        for received in smtp.messages:
+            event_id = received.message["X-CustomerSource-Event-Id"]
+            if event_id in ids:
+                counts[(event_id, received.rcpt_tos[0].lower())] += 1
+        return counts
+
+    expected = EVENTS * stream.mails_per_event
+    async with Publisher(topics) as publisher:
+        await publisher.many(stream.topic, events[: EVENTS // 2])
+    await smtp.wait_for(lambda: len(delivered()) >= expected // 8, timeout=120)
+
+    own_kafka.kill()
+    at_kill = sum(delivered().values())
+    own_kafka.start()
+    async with Publisher(topics) as publisher:
+        await publisher.many(stream.topic, events[EVENTS // 2:])
+
+    await wait_until(lambda: len(delivered()) >= expected, 180,
+                     state=lambda: f"{len(delivered())} of {expected} e-mails; {service.log_tail(5)}")
+    counts = delivered()
+    duplicates = sum(n - 1 for n in counts.values())
+    assert service.process is not None and service.process.poll() is None, "the service was not restarted"
+
+    group = service.env["KAFKA_GROUP_ID"]
+    lag_now: dict[str, Any] = {}
+
+    async def caught_up() -> bool:
+        lag_now["metrics"] = metrics_lag(service, stream.topic)
+        lag_now["broker"] = await broker_lag(topics, group, stream.topic)
+        return (sorted(lag_now["metrics"]) == list(range(PARTITIONS)) and set(lag_now["metrics"].values()) == {0}
+                and set(lag_now["broker"].values()) == {0})
+
+    await wait_until_async(caught_up, 60, state=lambda: f"lag {lag_now}")
+    report(f"broker SIGKILLed after {at_kill} of {expected} {name} e-mails and restarted: {len(counts)} delivered, "
+           f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND} in flight), lag back to 0")
+    assert len(counts) == expected
+    assert duplicates <= IN_FLIGHT_BOUND
+
+
+async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
+    topics: str, smtp: SmtpServer, service_process: Callable[[str], ServiceProcess]
+) -> None:
+    """With the SMTP server refusing (451), nothing can be committed: /metrics and the broker both count
+    every published event as lag, partition by partition; once it accepts, both return to 0."""
+    service = service_process("invitations")
+    await service.wait_ready()
+    smtp.handler.refuse_code = 451
+    events = [_invitations_event() for _ in range(30)]
+    async with Publisher(topics) as publisher:
+        await publisher.many(STREAMS["invitations"].topic, events)
+    group, topic = service.env["KAFKA_GROUP_ID"], STREAMS["invitations"].topic
+    seen: dict[str, Any] = {}
+
+    async def agree(total: int) -> bool:
+        seen["metrics"] = metrics_lag(service, topic)
+        seen["broker"] = await broker_lag(topics, group, topic)
+        return seen["metrics"] == seen["broker"] and sum(seen["broker"].values()) == total
+
+    await wait_until_async(lambda: agree(len(events)), 30, state=lambda: f"lag {seen}")
+    smtp.handler.refuse_code = None
+    await wait_until_async(lambda: agree(0), 60, state=lambda: f"lag {seen}")
+    assert len({r.rcpt_tos[0] for r in smtp.messages}) == len(events)
+
+
+def test_the_module_covers_every_service() -> None:
+    services = sorted(p.parent.name for p in Path(__file__).resolve().parents[2].glob("services/*/__main__.py"))
+    assert sorted(STREAMS) == services
+    assert set(s.topic for s in STREAMS.values()) <= set(ALL_TOPICS)
