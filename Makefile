@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# BROKER=apache-kafka runs Apache Kafka itself instead of Tansu (a JDK 17+ and Maven on the first run).
+BROKER ?= tansu
+
 run: $(STAMP)
-	$(BIN)/python -m ops.devstack
+	$(BIN)/python -m ops.devstack --broker $(BROKER)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

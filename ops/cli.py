@@ -38,7 +38,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
-from ops.topicreader import DeadLetter, follow, partitions_of, read_to_end
+from ops.topicreader import DeadLetter, follow, high_watermarks, partitions_of, read_to_end
 from shared.calendar import calendar_for, default_time_zone
 from shared.envelope import STRUCTURED_HEADERS, decode, validate
 from shared.envelope import DeadLetter as Refusal
@@ -287,19 +287,24 @@ async def dlq_replay(args: argparse.Namespace) -> int:
 # --- lag ----------------------------------------------------------------------------------------------------
 
 async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tuple[str, int, float]]:
-    """Lag from the broker: the group's committed offsets against the end offsets (right on Kafka; the
-    local Tansu broker's end offsets are wrong, which is why the services export their own)."""
+    """Lag from the broker: the group's committed offsets against the partitions' ends (the high watermark
+    of a fetch from the committed offset: right on Kafka and on Tansu, whose ``end_offsets()`` are not).
+    A partition the group never committed counts from the start of its log."""
     topic = contract.inputs()[service].topic
-    consumer = AIOKafkaConsumer(**contract.kafka_options(bootstrap), group_id=group, enable_auto_commit=False)
+    options = contract.kafka_options(bootstrap)
+    partitions = await partitions_of(options, [topic])
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, fetch_max_wait_ms=100)
     try:
         await consumer.start()
-        partitions = await partitions_of(contract.kafka_options(bootstrap), [topic])
-        ends = await consumer.end_offsets(partitions)
-        rows = []
+        consumer.assign(partitions)  # assigned, not subscribed: the group is read, never joined
+        starts = await consumer.beginning_offsets(partitions)
+        committed = {}
         for partition in partitions:
-            committed = await consumer.committed(partition) or 0
-            rows.append((topic, partition.partition, float(max(ends[partition] - committed, 0))))
-        return rows
+            offset = await consumer.committed(partition)
+            committed[partition] = starts[partition] if offset is None else offset
+            consumer.seek(partition, committed[partition])
+        ends = await high_watermarks(consumer, partitions)
+        return [(topic, p.partition, float(max(ends[p] - committed[p], 0))) for p in partitions]
     finally:
         await consumer.stop()
 

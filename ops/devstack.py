@@ -1,6 +1,7 @@
 """``make run``: the whole system on one machine with embedded defaults.
 
-A local Kafka-protocol broker (Tansu, unless KAFKA_BOOTSTRAP_SERVERS points at a cluster), the mail
+A local broker (Tansu by default, which starts at once; Apache Kafka itself with ``--broker apache-kafka``,
+``make run BROKER=apache-kafka``; neither when KAFKA_BOOTSTRAP_SERVERS points at a cluster), the mail
 catcher with its web inbox, and every service as its own process with SQLite under ``var/`` and a
 generated development secret. Publishes a short demo unless ``--no-demo``; Ctrl-C stops everything.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from ops.broker import TansuBroker, free_port
+from ops.broker import ApacheKafkaBroker, Broker, TansuBroker, free_port
 from ops.console import Console
 from ops.contract import PORTS, kafka_options
 from ops.mailcatcher import MailCatcher
@@ -214,15 +215,20 @@ async def publish_demo(bootstrap: str) -> int:
 async def run(args: argparse.Namespace) -> None:
     VAR.mkdir(exist_ok=True)
     started = time.monotonic()
-    broker: TansuBroker | None = None
+    broker: Broker | None = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        # The local broker keeps nothing between runs: neither do the services' databases and the inbox,
-        # so that what the console shows is this run's.
+        # The local broker starts empty: so do the services' databases and the inbox, so that what the
+        # console shows is this run's.
         for stale in [*VAR.glob("*.db"), *VAR.glob("*.db-*"), *VAR.glob("*.lock")]:
             stale.unlink()
         shutil.rmtree(VAR / "mail", ignore_errors=True)
-        broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
+        if args.broker == "apache-kafka":
+            shutil.rmtree(VAR / "apache-kafka", ignore_errors=True)
+            print("starting Apache Kafka (the first time, its jars are fetched from Maven Central)...")
+            broker = ApacheKafkaBroker(VAR / "apache-kafka", port=port_or_free(9092)).start()
+        else:
+            broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
         bootstrap = broker.bootstrap
     smtp_port, console_port = port_or_free(1025), port_or_free(8025)
     catcher = MailCatcher(VAR / "mail", smtp_port)
@@ -271,7 +277,8 @@ async def run(args: argparse.Namespace) -> None:
         # Where the services listen, for `customersource-ops lag` run from this folder.
         (VAR / "services.json").write_text(json.dumps({n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}))
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
-        print(f"  broker        {bootstrap}" + (" (local Tansu, in memory)" if broker else ""))
+        where = {"tansu": " (local Tansu, in memory)", "apache-kafka": " (local Apache Kafka, logs in var/apache-kafka)"}
+        print(f"  broker        {bootstrap}" + (where[args.broker] if broker else ""))
         print(f"  console       {console.url}   inbox, escalations, dead letters, services (SMTP on "
               f"127.0.0.1:{smtp_port}, every message kept in var/mail)")
         for name, port in http_ports.items():
@@ -310,6 +317,9 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-demo", action="store_true", help="do not publish the demo events")
+    parser.add_argument("--broker", choices=["tansu", "apache-kafka"], default="tansu",
+                        help="the local broker (default tansu: it starts at once; apache-kafka needs a JDK 17+ and "
+                             "Maven the first time); ignored when KAFKA_BOOTSTRAP_SERVERS is set")
     try:
         asyncio.run(run(parser.parse_args()))
     except KeyboardInterrupt:  # Ctrl-C before the system was up: everything was stopped on the way out

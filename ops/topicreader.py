@@ -116,6 +116,19 @@ async def partitions_of(options: dict[str, Any], topics: Sequence[str]) -> list[
             for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))]
 
 
+async def high_watermarks(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], *,
+                          within: float = 20.0) -> dict[TopicPartition, int]:
+    """Each assigned partition's end, from the high watermark of a fetch at its current position."""
+    ends: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + within
+    while len(ends) < len(partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no fetch answered for {len(partitions) - len(ends)} partition(s) in {within:.0f} s")
+        await consumer.getmany(*partitions, timeout_ms=200, max_records=1)
+        ends.update({p: h for p in partitions if (h := consumer.highwater(p)) is not None})
+    return ends
+
+
 @contextlib.asynccontextmanager
 async def _reader(options: dict[str, Any], topics: Sequence[str]) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.health import read as read_health
 from services.invitations.contracts import ADDED, RESEND_REQUESTED, TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, cloudevent
@@ -112,6 +113,36 @@ async def test_lag_per_service_and_partition_from_metrics(kafka: str, smtp: Smtp
     rows = [line for line in result.stdout.splitlines() if line.startswith("invitations")]
     assert rows and all(row.split()[1] == "ready" and TOPIC in row and row.endswith("metrics") for row in rows)
     assert sum(int(row.split()[-2]) for row in rows) == 0
+
+
+@pytest.mark.tansu
+async def test_lag_from_the_broker_while_the_service_is_down(kafka: str, smtp: SmtpServer,
+                                                           start_service: Starter) -> None:
+    """With no /metrics to read, the CLI falls back to the group's committed offsets against the ends of the
+    partitions: what was published while the service was down, partition by partition."""
+    service = start_service("invitations")
+    await service.wait_ready()
+    before = [professional_added() for _ in range(4)]
+    async with Publisher(kafka) as publisher:
+        await publisher.many(TOPIC, [(e["professional_id"], cloudevent(ADDED, e)) for e in before])
+    await smtp.wait_for(lambda: len(smtp.messages) == len(before))
+    def committed_all() -> bool:
+        health = read_health("invitations", f"http://127.0.0.1:{service.http_port}")
+        return len(health.lag) == 3 and health.total_lag == 0
+
+    await wait_until(committed_all, 30)
+    service.terminate()
+    while_down = [professional_added() for _ in range(7)]
+    async with Publisher(kafka) as publisher:
+        await publisher.many(TOPIC, [(e["professional_id"], cloudevent(ADDED, e)) for e in while_down])
+
+    group = service.env["KAFKA_GROUP_ID"]
+    result = ops(kafka, "lag", "--service", f"invitations=http://127.0.0.1:{service.http_port}",
+                 "--group", f"invitations={group}")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("invitations")]
+    assert len(rows) == 3 and all(row[1] == "unreachable" and f"group {group}" in " ".join(row) for row in rows)
+    assert sum(int(row[4]) for row in rows) == len(while_down)
 
 
 async def test_replaying_everything_sends_each_still_invalid_event_once_more_not_every_copy(
