@@ -30,8 +30,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check shared services ops tests
 	$(BIN)/mypy shared services ops
 
+# BENCH_ARGS: see `python -m ops.bench --help` (services, stores, sizes, broker).
 bench: $(STAMP)
-	$(BIN)/python -m ops.bench
+	$(BIN)/python -m ops.bench $(BENCH_ARGS)
 
 smoke: $(STAMP)
 	$(BIN)/python ../shared/tools/contract_smoke.py

@@ -1,12 +1,25 @@
-"""``make bench``: throughput and memory of a service against the raw limits, measured in one run.
+"""``make bench``: each service's throughput, CPU, latency and memory against the raw limits, measured in
+one run on the same broker and the same SMTP sink.
 
-Raw limits: plain aiokafka consuming the same records from the same local broker, and plain
-aiosmtplib sending pre-built messages over SMTP_MAX_CONNECTIONS persistent connections into the
-same SMTP sink. Then ``python -m services.invitations`` turns N ``professional.added`` events into
-N e-mails (render, build, send, record, audit). Reported as events/s and as ratios of the limits,
-plus the service's peak RSS. No thresholds: the numbers are for reading and comparing.
+Raw limits, measured in the same run: plain aiokafka consuming the records from the same broker, and
+plain aiosmtplib sending pre-built messages of the size each service's e-mails have, over the same
+number of persistent connections into the same sink. Then, per service and store (SQLite file, a
+fresh database on a throwaway PostgreSQL), ``python -m services.<name>`` as a process:
 
-    python -m ops.bench [--events 3000] [--connections 16]
+- throughput: a backlog of N events published before the service starts, drained to the last e-mail
+  (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail);
+- latency: events offered at a fixed rate (300/s by default); publish to SMTP accept, p50 and p99;
+- backlog: a larger backlog (``--backlog``), peak RSS while draining it, and whether throughput stays
+  flat from N to the larger backlog (within 10%).
+
+The workloads: invitations (one e-mail per ``professional.added``), expiry (reminders to three
+contacts per ``plan.nearing_expiry``), permissions (three administrators per ``permission.requested``),
+support (overdue posts: a team e-mail and an author notice each). No thresholds: the numbers are for
+reading and comparing; results go to a JSON file and a table.
+
+    python -m ops.bench [--events 3000] [--backlog 30000] [--rate 300] [--latency-events 1500]
+                        [--services invitations,expiry,permissions,support] [--stores sqlite,postgresql]
+                        [--broker tansu|apache-kafka] [--connections 16] [--json var/bench/latest.json]
 """
 
 from __future__ import annotations
@@ -15,12 +28,16 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import statistics
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +46,158 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiosmtpd.controller import Controller
 
-from ops.broker import TansuBroker, free_port
+from ops.broker import ApacheKafkaBroker, Broker, TansuBroker, free_port
+from ops.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPIC = "customersource.professionals"
+EVENT_ID = re.compile(rb"\r\nX-CustomerSource-Event-Id: ([^\r\n]+)", re.IGNORECASE)
+OUTPUTS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations"]
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Sink:
+    """The SMTP sink: counts what it accepts, its sizes, and when each event's e-mails arrived."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.bytes = 0
+        self.accepted_at: dict[bytes, list[float]] = {}
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.count += 1
+        content = envelope.original_content or envelope.content
+        self.bytes += len(content)
+        match = EVENT_ID.search(content)
+        if match:
+            self.accepted_at.setdefault(match.group(1).strip(), []).append(time.perf_counter())
         return "250 OK"
 
-
-def event(i: int) -> tuple[bytes, bytes]:
-    pid = f"PRO-{i}-{uuid.uuid4().hex[:6]}"
-    data = {"account_id": f"ACC-{i}", "account_name": "Contoso Ltd", "professional_id": pid,
-            "email": f"pro{i}@bench.example", "name": "Jane Doe", "locale": "en", "local_site": "US", "country": "US",
-            "roles": ["professional"], "is_first_professional": False,
-            "added_by": {"name": "Admin", "kind": "administrator"}}
-    value = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/bench", "type":
-             "customersource.professional.added.v1", "time": datetime.now(UTC).isoformat(), "data": data}
-    return pid.encode(), json.dumps(value).encode()
+    def reset(self) -> None:
+        self.count, self.bytes = 0, 0
+        self.accepted_at = {}
 
 
-async def publish(bootstrap: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def cloudevent(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/bench", "type": event_type,
+            "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json", "data": data}
+
+
+def person(tag: str) -> dict[str, str]:
+    return {"email": f"{tag}-{uuid.uuid4().hex[:10]}@bench.example", "name": "Jane Doe", "locale": "en-US"}
+
+
+def invitation() -> tuple[str, dict[str, Any]]:
+    pid = f"PRO-{uuid.uuid4().hex[:12]}"
+    return pid, cloudevent("customersource.professional.added.v1", {
+        "account_id": f"ACC-{uuid.uuid4().hex[:8]}", "account_name": "Contoso Ltd", "professional_id": pid,
+        **person("pro"), "local_site": "US", "country": "US", "roles": ["professional"],
+        "is_first_professional": False, "added_by": {"name": "Alex Admin", "kind": "administrator"}})
+
+
+def plan_reminder() -> tuple[str, dict[str, Any]]:
+    plan = f"PLAN-{uuid.uuid4().hex[:12]}"
+    return plan, cloudevent("customersource.plan.nearing_expiry.v1", {
+        "plan_id": plan, "account_id": f"ACC-{uuid.uuid4().hex[:8]}", "account_name": "Contoso Ltd",
+        "plan_type": "software_assurance", "product": "dynamics_nav",
+        "expires_on": (date.today() + timedelta(days=10)).isoformat(),
+        "contacts": [person("contact") for _ in range(3)], "local_site": "US", "country": "US"})
+
+
+def permission_request() -> tuple[str, dict[str, Any]]:
+    request = f"REQ-{uuid.uuid4().hex[:12]}"
+    return request, cloudevent("customersource.permission.requested.v1", {
+        "request_id": request, "account_id": f"ACC-{uuid.uuid4().hex[:8]}", "account_name": "Fabrikam SA",
+        "partner": {**person("partner"), "name": "Encore Business Solutions", "partner_id": "PARTNER-1"},
+        "customer_admins": [person("admin") for _ in range(3)], "requested_at": datetime.now(UTC).isoformat()})
+
+
+def overdue_post() -> tuple[str, dict[str, Any]]:
+    post = f"POST-{uuid.uuid4().hex[:12]}"
+    return post, cloudevent("customersource.newsgroup.post_created.v1", {
+        "post_id": post, "newsgroup": "microsoft.public.dynamics.nav", "title": "Posting a sales invoice fails",
+        "url": "https://community.bench.example/nav/1", "account_id": f"ACC-{uuid.uuid4().hex[:8]}",
+        "account_name": "Contoso Pharmaceuticals", "author": person("author"), "product": "dynamics_nav",
+        "plans": ["software_assurance"], "local_site": "US", "country": "US",
+        "posted_at": (datetime.now(UTC) - timedelta(days=10)).isoformat()})
+
+
+@dataclass(frozen=True)
+class Workload:
+    topic: str
+    event: Callable[[], tuple[str, dict[str, Any]]]
+    mails_per_event: int
+
+
+WORKLOADS = {
+    "invitations": Workload("customersource.professionals", invitation, 1),
+    "expiry": Workload("customersource.service-plans", plan_reminder, 3),
+    "permissions": Workload("customersource.partner-permissions", permission_request, 3),
+    "support": Workload("customersource.newsgroups", overdue_post, 2),
+}
+
+
+@dataclass
+class Result:
+    service: str
+    store: str
+    events: int
+    emails: int
+    events_per_s: float
+    emails_per_s: float
+    raw_smtp_per_s: float
+    ratio_to_raw_smtp: float
+    cpu_ms_per_email: float
+    mean_email_bytes: int
+    latency_rate: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    backlog: int = 0
+    backlog_emails_per_s: float | None = None
+    backlog_peak_rss_mib: float | None = None
+    flat_within_10pct: bool | None = None
+
+
+@dataclass
+class Report:
+    when: str
+    machine: str
+    broker: str
+    connections: int
+    raw_kafka_events_per_s: float
+    results: list[Result] = field(default_factory=list)
+
+
+def encoded(key: str, event: dict[str, Any]) -> tuple[bytes, bytes]:
+    return key.encode(), json.dumps(event).encode()
+
+
+async def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262_144)
     await producer.start()
     try:
         for key, value in records:
-            await producer.send(TOPIC, value, key=key, headers=[("content-type", b"application/cloudevents+json")])
+            await producer.send(topic, value, key=key, headers=[("content-type", b"application/cloudevents+json")])
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def raw_consume(bootstrap: str, expected: int) -> float:
-    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4()}",
+async def fresh_topics(bootstrap: str, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics()) & set(topics)
+        if existing:
+            await admin.delete_topics(list(existing))
+            while set(await admin.list_topics()) & existing:
+                await asyncio.sleep(0.05)
+        await admin.create_topics([NewTopic(t, 3, 1) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4()}",
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
@@ -83,19 +213,21 @@ async def raw_consume(bootstrap: str, expected: int) -> float:
         await consumer.stop()
 
 
-async def raw_smtp(port: int, sink: Sink, messages: int, connections: int) -> float:
-    body = b"From: a@bench.example\r\nTo: b@bench.example\r\nSubject: bench\r\n\r\n" + (b"x" * 75 + b"\r\n") * 60
+async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size: int) -> float:
+    """Pre-built messages of ``size`` bytes over ``connections`` persistent connections."""
+    head = b"From: a@bench.example\r\nTo: b@bench.example\r\nSubject: bench\r\n\r\n"
+    line = b"x" * 76 + b"\r\n"
+    body = head + line * max((size - len(head)) // len(line), 1)
     clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(connections)]
     await asyncio.gather(*(c.connect() for c in clients))
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(messages):
-        queue.put_nowait(i)
+    remaining = messages
     before = sink.count
     started = time.perf_counter()
 
     async def worker(client: aiosmtplib.SMTP) -> None:
-        while not queue.empty():
-            queue.get_nowait()
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
             await client.sendmail("a@bench.example", ["b@bench.example"], body)
 
     await asyncio.gather(*(worker(c) for c in clients))
@@ -105,93 +237,242 @@ async def raw_smtp(port: int, sink: Sink, messages: int, connections: int) -> fl
     return messages / elapsed
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def proc_stat(pid: int) -> tuple[float, float]:
+    """(CPU seconds used, peak RSS MiB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    peak = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    return cpu, peak
 
 
-async def service_run(
-    bootstrap: str, smtp_port: int, sink: Sink, events: int, connections: int, database_url: str | None
-) -> tuple[float, float]:
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    http_port = free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_FETCH_MAX_WAIT_MS": "50",
-           "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-           "SMTP_PORT": str(smtp_port), "SMTP_FROM": "CustomerSource <noreply@bench.example>",
-           "SMTP_MAX_CONNECTIONS": str(connections),
-           "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{work}/inv.db",
-           "HTTP_PORT": str(http_port), "PORTAL_BASE_URL": "https://portal.bench.example",
-           "BUSINESS_CENTER_URL": "https://bc.bench.example", "HELP_EMAIL": "help@bench.example",
-           "INVITATION_SECRET": "bench-" + "s" * 40, "ENVIRONMENT": "test"}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.invitations", cwd=ROOT, env=env,
-                                                   stdout=open(work / "service.log", "wb"),
-                                                   stderr=asyncio.subprocess.STDOUT)
-    try:
+class ServiceRun:
+    """One service process against the broker, the sink and a store."""
+
+    def __init__(self, name: str, bootstrap: str, smtp_port: int, connections: int, database_url: str) -> None:
+        self.name = name
+        self.work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.http_port = free_port()
+        self.env = {
+            **os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_FETCH_MAX_WAIT_MS": "50",
+            "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "KAFKA_GROUP_ID": f"bench-{name}-{uuid.uuid4().hex[:8]}",
+            "SMTP_PORT": str(smtp_port), "SMTP_FROM": "CustomerSource <noreply@bench.example>",
+            "SMTP_MAX_CONNECTIONS": str(connections), "DATABASE_URL": database_url,
+            "HTTP_PORT": str(self.http_port), "PORTAL_BASE_URL": "https://portal.bench.example",
+            "BUSINESS_CENTER_URL": "https://bc.bench.example", "HELP_EMAIL": "help@bench.example",
+            "INVITATION_SECRET": "bench-" + "s" * 40, "SUPPORT_ESCALATION_EMAIL": "support@bench.example",
+            "ENVIRONMENT": "test",
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"services.{self.name}", cwd=ROOT, env=self.env,
+            stdout=open(self.work / "service.log", "wb"), stderr=asyncio.subprocess.STDOUT)
+        deadline = time.monotonic() + 60
         while True:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.work / 'service.log'}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as r:
                     if r.status == 200:
-                        break
+                        return
             except OSError:
-                await asyncio.sleep(0.1)
-        before = sink.count
-        records = [event(i) for i in range(events)]
-        started = time.perf_counter()
-        await publish(bootstrap, records)
-        while sink.count - before < events:
-            await asyncio.sleep(0.01)
-        rate = events / (time.perf_counter() - started)
-        return rate, peak_rss_mib(process.pid)
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready in 60 s: see {self.work / 'service.log'}")
+            await asyncio.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+
+async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: float = 120.0) -> float:
+    """Wait until the sink has ``expected`` e-mails; the time it happened. Fails if nothing comes for a while."""
+    last, last_change = sink.count, time.monotonic()
+    while sink.count < expected:
+        await asyncio.sleep(0.01)
+        if sink.count != last:
+            last, last_change = sink.count, time.monotonic()
+        elif time.monotonic() - last_change > stalled:
+            raise RuntimeError(f"{run.name}: {sink.count} of {expected} e-mails, nothing for {stalled:.0f} s; "
+                               f"see {run.work / 'service.log'}")
+    return time.perf_counter()
+
+
+async def drain(name: str, store_url: str, events: int, ctx: Context) -> tuple[float, float, float, float]:
+    """A backlog of ``events`` drained: (events/s, e-mails/s, CPU ms per e-mail, peak RSS MiB)."""
+    workload = WORKLOADS[name]
+    await fresh_topics(ctx.bootstrap, [workload.topic, workload.topic + ".dlq", *OUTPUTS])
+    records = [encoded(*workload.event()) for _ in range(events)]
+    await publish(ctx.bootstrap, workload.topic, records)
+    ctx.sink.reset()
+    run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
+    await run.start()
+    started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
+    try:
+        cpu_before, _ = proc_stat(run.pid)
+        expected = events * workload.mails_per_event
+        finished = await wait_for_mail(ctx.sink, expected, run)
+        cpu_after, peak = proc_stat(run.pid)
     finally:
-        process.terminate()
-        await process.wait()
+        await run.stop()
+    elapsed = finished - started
+    return events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak
 
 
-async def main(events: int, connections: int, database_url: str | None) -> None:
-    broker = TansuBroker().start()
+async def latency(name: str, store_url: str, events: int, rate: int, ctx: Context) -> tuple[float, float]:
+    """Events offered at ``rate`` per second: (p50, p99) ms from publish to the SMTP server's accept."""
+    workload = WORKLOADS[name]
+    await fresh_topics(ctx.bootstrap, [workload.topic, workload.topic + ".dlq", *OUTPUTS])
+    ctx.sink.reset()
+    run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
+    await run.start()
+    published: dict[bytes, float] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        for i in range(events):
+            key, event = workload.event()
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            published[event["id"].encode()] = time.perf_counter()
+            await producer.send(workload.topic, json.dumps(event).encode(), key=key.encode(),
+                                headers=[("content-type", b"application/cloudevents+json")])
+        await producer.flush()
+        await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
+    finally:
+        await producer.stop()
+        await run.stop()
+    samples = sorted((at - published[event_id]) * 1000 for event_id, times in ctx.sink.accepted_at.items()
+                     if event_id in published for at in times)
+    quantiles = statistics.quantiles(samples, n=100)
+    return quantiles[49], quantiles[98]
+
+
+@dataclass
+class Context:
+    bootstrap: str
+    sink: Sink
+    smtp_port: int
+    connections: int
+    postgres: LocalPostgres | None
+
+
+async def store_url(store: str, ctx: Context) -> str:
+    if store == "sqlite":
+        return f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='bench-db-')}/state.db"
+    import asyncpg
+
+    assert ctx.postgres is not None
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(ctx.postgres.url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return ctx.postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def main(args: argparse.Namespace) -> Report:
+    services = [s.strip() for s in args.services.split(",") if s.strip()]
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    broker: Broker = (ApacheKafkaBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-"))) if args.broker == "apache-kafka"
+                      else TansuBroker())
+    broker.start()
+    postgres = LocalPostgres().start() if "postgresql" in stores else None
     sink = Sink()
     smtp_port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
     controller.start()
+    ctx = Context(broker.bootstrap, sink, smtp_port, args.connections, postgres)
     try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        await admin.create_topics([NewTopic(t, 3, 1) for t in (TOPIC, TOPIC + ".dlq", "customersource.invitations",
-                                                               "customersource.notifications")])
-        await admin.close()
-        kafka_records = [event(i) for i in range(events * 10)]
-        await publish(broker.bootstrap, kafka_records)
-        kafka_rate = await raw_consume(broker.bootstrap, len(kafka_records))
-        smtp_rate = await raw_smtp(smtp_port, sink, events, connections)
-        # The raw consume topic is reused: the service's group starts from the beginning, so give it a fresh broker.
-        broker.stop()
-        broker = TansuBroker().start()
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        await admin.create_topics([NewTopic(t, 3, 1) for t in (TOPIC, TOPIC + ".dlq", "customersource.invitations",
-                                                               "customersource.notifications")])
-        await admin.close()
-        service_rate, rss = await service_run(broker.bootstrap, smtp_port, sink, events, connections, database_url)
+        topic = "bench.raw"
+        await fresh_topics(ctx.bootstrap, [topic])
+        raw_records = [encoded(*invitation()) for _ in range(max(args.events * 10, 20_000))]
+        await publish(ctx.bootstrap, topic, raw_records)
+        report = Report(when=datetime.now(UTC).isoformat(timespec="seconds"),
+                        machine=f"{os.cpu_count()} cores, {os.uname().machine}", broker=args.broker,
+                        connections=args.connections,
+                        raw_kafka_events_per_s=await raw_consume(ctx.bootstrap, topic, len(raw_records)))
+        print(f"raw aiokafka consume: {report.raw_kafka_events_per_s:,.0f} events/s", flush=True)
+        for name in services:
+            for store in stores:
+                workload = WORKLOADS[name]
+                url = await store_url(store, ctx)
+                events_s, emails_s, cpu_ms, _ = await drain(name, url, args.events, ctx)
+                size = ctx.sink.bytes // max(ctx.sink.count, 1)
+                ctx.sink.reset()
+                smtp_s = await raw_smtp(smtp_port, sink, max(args.events * workload.mails_per_event, 3000),
+                                        args.connections, size)
+                result = Result(name, store, args.events, args.events * workload.mails_per_event, events_s, emails_s,
+                                smtp_s, emails_s / smtp_s, cpu_ms, size)
+                if args.latency_events:
+                    result.latency_rate = args.rate
+                    result.latency_p50_ms, result.latency_p99_ms = await latency(
+                        name, await store_url(store, ctx), args.latency_events, args.rate, ctx)
+                if args.backlog:
+                    result.backlog = args.backlog
+                    _, result.backlog_emails_per_s, _, result.backlog_peak_rss_mib = await drain(
+                        name, await store_url(store, ctx), args.backlog, ctx)
+                    result.flat_within_10pct = result.backlog_emails_per_s >= 0.9 * emails_s
+                report.results.append(result)
+                print(row(result), flush=True)
     finally:
         controller.stop()
         broker.stop()
-    print(f"raw aiokafka consume      {kafka_rate:10.0f} events/s")
-    print(f"raw SMTP send ({connections} conns)   {smtp_rate:10.0f} messages/s")
-    store = "PostgreSQL" if database_url else "SQLite"
-    print(f"invitations service       {service_rate:10.0f} events/s (= e-mails/s) on {store}, peak RSS {rss:.0f} MiB")
-    print(f"  ratio to raw SMTP       {service_rate / smtp_rate:10.2f}")
-    print(f"  ratio to raw Kafka      {service_rate / kafka_rate:10.4f}")
+        if postgres is not None:
+            postgres.stop()
+    return report
+
+
+HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | p50 / p99 ms at "
+          "offered rate | backlog: e-mails/s, peak RSS | flat |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def row(r: Result) -> str:
+    lat = (f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} at {r.latency_rate}/s"
+           if r.latency_p50_ms is not None and r.latency_p99_ms is not None else "-")
+    backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_peak_rss_mib:.0f} MiB"
+               if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
+    flat = "-" if r.flat_within_10pct is None else ("yes" if r.flat_within_10pct else "no")
+    return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {r.raw_smtp_per_s:,.0f} | "
+            f"{r.ratio_to_raw_smtp:.2f} | {r.cpu_ms_per_email:.2f} | {lat} | {backlog} | {flat} |")
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=3000)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: a fresh SQLite file)")
+    parser.add_argument("--events", type=int, default=3000, help="backlog drained for throughput (default 3000)")
+    parser.add_argument("--backlog", type=int, default=30_000,
+                        help="larger backlog for peak RSS and flatness (0: skip; default 30000)")
+    parser.add_argument("--rate", type=int, default=300, help="offered events/s for the latency run (default 300)")
+    parser.add_argument("--latency-events", type=int, default=1500,
+                        help="events offered in the latency run (0: skip; default 1500)")
+    parser.add_argument("--services", default=",".join(WORKLOADS))
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--broker", choices=["tansu", "apache-kafka"], default="tansu")
+    parser.add_argument("--connections", type=int, default=16, help="SMTP_MAX_CONNECTIONS and raw SMTP connections")
+    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "latest.json")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.connections, args.database_url))
+    report = asyncio.run(main(args))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    print(f"\n{report.when}, {report.machine}, broker {report.broker}, {report.connections} SMTP connections; "
+          f"raw aiokafka consume {report.raw_kafka_events_per_s:,.0f} events/s\n")
+    print(HEADER)
+    for result in report.results:
+        print(row(result))
+    print(f"\nwritten to {args.json}")
 
 
 if __name__ == "__main__":
