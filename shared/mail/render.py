@@ -86,6 +86,7 @@ class Renderer:
                 extensions=["jinja2.ext.i18n"],
                 lstrip_blocks=True,
                 keep_trailing_newline=False,
+                auto_reload=False,  # templates ship with the service: no file check on every render
             )
             translations = load_translations(language, [locale_folder, SHARED_LOCALE])
             environment.policies["ext.i18n.trimmed"] = True
