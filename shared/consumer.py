@@ -34,7 +34,7 @@ from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
 from shared.mail.plan import Notification
 from shared.metrics import Metrics
 from shared.scheduler import Scheduler
-from shared.store import StaleState, Store
+from shared.store import EventKey, EventState, StaleState, Store
 
 log = logging.getLogger("customersource.consumer")
 
@@ -150,12 +150,13 @@ class Effects:
     metrics: Metrics
     scheduler: Scheduler | None = None
     partition: int | None = None  # the input record's partition (None for a scheduled job)
+    known_deliveries: Mapping[str, Any] | None = None  # read with the batch (None: looked up per e-mail)
     outcome: str = "processed"
     finished: bool = False
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     async def mail(self, note: Notification) -> NotificationOutcome:
-        return await self.mailer.deliver(note, self.event)
+        return await self.mailer.deliver(note, self.event, self.known_deliveries)
 
     async def mail_all(self, notes: Sequence[Notification]) -> list[NotificationOutcome]:
         """Several e-mails at once (one per recipient), all finished before this returns or raises."""
@@ -247,6 +248,18 @@ class EventRouter:
         return events_json_schema({event_type: route.model for event_type, route in self.routes.items()})
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record decoded and validated (pure work, done for the whole batch before any I/O): its event and
+    route, or why it is a dead letter, or the defect it raised."""
+
+    event_type: str = "unknown"
+    event: Event[Any] | None = None
+    route: Route[Any] | None = None
+    letter: DeadLetter | None = None
+    defect: Exception | None = None
+
+
 class TopicConsumer:
     """Processes the batches FastStream's subscriber fetches for one router."""
 
@@ -276,6 +289,7 @@ class TopicConsumer:
         self._crashes: dict[tuple[str, int, int], int] = {}
         self._dead_lettered: set[tuple[str, int, int]] = set()
         self._done: set[tuple[str, int, int]] = set()  # records of the current batch that are finished
+        self._finished: set[EventKey] = set()  # events of the current batch marked processed (repeats skip)
         self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
@@ -305,6 +319,18 @@ class TopicConsumer:
             self.idle.set()
 
     async def process_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """Decode and validate every record, read the idempotency and delivery records of the batch's
+        events in one query each (and note the new ones in one write), then process the records: one
+        aggregate's in order, different aggregates concurrently."""
+        self._finished = set()
+        prepared = {id(record): self.prepare(record) for record in records}
+        events = {(p.event.source, p.event.id): p.event.type for p in prepared.values() if p.event is not None}
+        try:
+            states = await self.store.begin_events(events, self.clock.now())
+            known = await self.store.deliveries_of(list(events))
+        except Exception as exc:
+            await self._pause_after([exc])
+            raise
         groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
         for record in records:
             groups.setdefault((record.topic, record.partition, record.key), []).append(record)
@@ -320,7 +346,7 @@ class TopicConsumer:
                         unfinished = True
                         return
                     try:
-                        await self.process_record(record)
+                        await self.process_record(record, prepared[id(record)], states, known)
                     except BaseException:
                         stop.set()
                         raise
@@ -331,29 +357,30 @@ class TopicConsumer:
         if not errors and unfinished:
             raise BatchInterrupted("partitions are being revoked: the batch stops early")
         if errors:
-            self._failures += 1
-            pause = min(0.5 * 2 ** (self._failures - 1), 30.0)
-            self.metrics.retry("batch")
-            log.error(
-                "batch not finished, it will be processed again",
-                extra={"topic": self.router.topic, "errors": len(errors), "retry_in_s": pause},
-                exc_info=errors[0],
-            )
-            await asyncio.sleep(pause)
+            await self._pause_after(errors)
             raise errors[0]
         self._failures = 0
+
+    async def _pause_after(self, errors: Sequence[BaseException]) -> None:
+        """A batch failed: log it, count the retry, and pause (doubling up to 30 s) before it is fetched again."""
+        self._failures += 1
+        pause = min(0.5 * 2 ** (self._failures - 1), 30.0)
+        self.metrics.retry("batch")
+        log.error(
+            "batch not finished, it will be processed again",
+            extra={"topic": self.router.topic, "errors": len(errors), "retry_in_s": pause},
+            exc_info=errors[0],
+        )
+        await asyncio.sleep(pause)
 
     def effects(self, cause: EventRef, now: datetime, partition: int | None = None) -> Effects:
         """What a handler (or a scheduled job) caused by ``cause`` may do."""
         return Effects(event=cause, service=self.router.service, now=now, store=self.store, mailer=self.mailer,
                        outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler, partition=partition)
 
-    async def process_record(self, record: ConsumerRecord[Any, Any]) -> None:
+    def prepare(self, record: ConsumerRecord[Any, Any]) -> Prepared:
+        """Size, envelope, type and data checks of one record: no I/O."""
         event_type = "unknown"
-        where = (record.topic, record.partition, record.offset)
-        if where in self._dead_lettered:
-            return  # already copied to the dead-letter topic in an earlier pass of this batch
-        started: tuple[str, str] | None = None
         try:
             size = len(record.value or b"") + len(record.key or b"")
             size += sum(len(k) + len(v or b"") for k, v in record.headers)
@@ -361,26 +388,50 @@ class TopicConsumer:
                 limit = self.max_message_bytes
                 raise DeadLetter("oversized", f"the record is {size} bytes, more than KAFKA_MAX_MESSAGE_BYTES={limit}")
             inbound = decode(record.value, record.headers)
-            event_type = inbound.attributes.type
-            route = self.router.routes.get(event_type)
-            if route is None:
-                event_type = "unknown"  # not a label value: an input string
+            route = self.router.routes.get(inbound.attributes.type)
+            if route is None:  # "unknown" stays the label: the type is an input string
                 raise DeadLetter(
                     "unknown_type",
                     f"{inbound.attributes.type!r} is not a type this service consumes from {self.router.topic}",
                 )
-            event = validate(inbound, route.model)
-            now, done = await self.store.begin_event(event.source, event.id, event.type, self.clock.now())
-            started = (event.source, event.id)
-            if done:
+            event_type = inbound.attributes.type
+            return Prepared(event_type, validate(inbound, route.model), route)
+        except DeadLetter as exc:
+            return Prepared(event_type, letter=exc)
+        except Exception as exc:
+            return Prepared(event_type, defect=exc)
+
+    async def process_record(
+        self, record: ConsumerRecord[Any, Any], prepared: Prepared, states: Mapping[EventKey, EventState],
+        known: Mapping[EventKey, Mapping[str, Any]],
+    ) -> None:
+        event_type = prepared.event_type
+        where = (record.topic, record.partition, record.offset)
+        if where in self._dead_lettered:
+            return  # already copied to the dead-letter topic in an earlier pass of this batch
+        started: tuple[str, str] | None = None
+        try:
+            if prepared.letter is not None:
+                raise prepared.letter
+            if prepared.defect is not None:
+                raise prepared.defect
+            event, route = prepared.event, prepared.route
+            assert event is not None and route is not None
+            key = (event.source, event.id)
+            state = states[key]
+            started = key
+            if state.processed or key in self._finished:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
-            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), now, record.partition)
+            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), state.first_seen_at,
+                                   record.partition)
+            effects.known_deliveries = known.get(key, {})
             await route.handler(event, effects)
             if not effects.finished:
                 async with effects.finish():
                     pass
+            self._finished.add(key)
             self._crashes.pop(where, None)
             self.metrics.event(event_type, effects.outcome)
         except DeadLetter as exc:

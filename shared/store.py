@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from sqlalchemy import (
     event,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -132,7 +134,13 @@ def create_tables(metadata: MetaData) -> Migration:
     return step
 
 
-SHARED_MIGRATIONS: Sequence[Migration] = (create_tables(shared_metadata),)
+def _index_deliveries_by_event(connection: Connection) -> None:
+    """v2: a batch's deliveries are read by their events in one query."""
+    DELIVERIES_BY_EVENT.create(connection, checkfirst=True)
+
+
+DELIVERIES_BY_EVENT = Index("ix_deliveries_event", deliveries.c.event_source, deliveries.c.event_id)
+SHARED_MIGRATIONS: Sequence[Migration] = (create_tables(shared_metadata), _index_deliveries_by_event)
 
 
 def _lock_key(name: str) -> int:
@@ -163,6 +171,27 @@ async def upsert(connection: AsyncConnection, table: Table, values: Mapping[str,
     """``INSERT ... ON CONFLICT (keys) DO UPDATE`` (built once per dialect, table and column set)."""
     statement = _upsert(connection.dialect.name, table, tuple(values), tuple(keys))
     await connection.execute(statement, dict(values))
+
+
+async def upsert_many(connection: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]],
+                      keys: Sequence[str]) -> None:
+    """:func:`upsert` of several rows (same columns) in one statement; the last row of a key wins."""
+    latest = {tuple(row[k] for k in keys): dict(row) for row in rows}
+    statement = _upsert(connection.dialect.name, table, tuple(rows[0]), tuple(keys))
+    await connection.execute(statement, list(latest.values()))
+
+
+EventKey = tuple[str, str]
+"""(source, id): the idempotency key of an event."""
+
+BATCH_QUERY_SIZE = 400
+"""Keys per query of a batch read (two bound parameters each: far under SQLite's and asyncpg's limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventState:
+    first_seen_at: datetime  # the processing time of the first attempt, kept for re-runs
+    processed: bool
 
 
 class StaleState(Exception):
@@ -226,6 +255,45 @@ class WriteTurns:
                     nxt.set_result(None)  # the turn passes on; still busy
                     return
         self._busy = False
+
+
+class GroupCommit:
+    """Upserts into one table, group-committed: rows queued while a write is in progress, or within
+    ``window`` seconds of the first, go into one transaction; each writer returns once its row is
+    committed (or gets the transaction's error). On SQLite the write takes an urgent turn."""
+
+    def __init__(self, store: Store, table: Table, keys: Sequence[str], *, window: float = 0.002) -> None:
+        self.store = store
+        self.table = table
+        self.keys = keys
+        self.window = window
+        self._queue: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, values: Mapping[str, Any]) -> None:
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((values, committed))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=f"group-commit-{self.table.name}")
+        await committed
+
+    async def _flush(self) -> None:
+        while self._queue:
+            await asyncio.sleep(self.window)
+            group, self._queue = self._queue, []
+            try:
+                async with self.store.transaction(urgent=True) as connection:
+                    await upsert_many(connection, self.table, [values for values, _ in group], self.keys)
+            except BaseException as exc:
+                for _, committed in group:
+                    if not committed.done():
+                        committed.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, committed in group:
+                    if not committed.done():
+                        committed.set_result(None)
 
 
 class Store:
@@ -333,28 +401,51 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    async def begin_event(self, source: str, event_id: str, event_type: str, now: datetime) -> tuple[datetime, bool]:
-        """(processing time, already processed?) of an event. The first attempt's time is kept, so
-        a re-run after a crash or an outage computes the same times (token issue times, output
-        event times) as the attempt whose e-mail went out."""
+    async def begin_events(self, events: Mapping[EventKey, str], now: datetime) -> dict[EventKey, EventState]:
+        """The state of a batch's events (key -> type) in one read; those never seen are recorded in one
+        write, with ``now`` as their first attempt's time. That time is kept, so a re-run after a crash or
+        an outage computes the same times (token issue times, output event times) as the attempt whose
+        e-mail went out."""
+        keys = list(events)
+        states: dict[EventKey, EventState] = {}
+        if not keys:
+            return states
         async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(processed_events.c.first_seen_at, processed_events.c.processed_at).where(
-                        processed_events.c.source == source, processed_events.c.event_id == event_id
-                    )
+            for start in range(0, len(keys), BATCH_QUERY_SIZE):
+                chunk = keys[start:start + BATCH_QUERY_SIZE]
+                rows = await connection.execute(
+                    select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
+                           processed_events.c.processed_at)
+                    .where(tuple_(processed_events.c.source, processed_events.c.event_id).in_(chunk))
                 )
-            ).first()
-        if row is not None:
-            return row.first_seen_at, row.processed_at is not None
-        async with self.transaction() as connection:
-            await insert_ignore(
-                connection,
-                processed_events,
-                {"source": source, "event_id": event_id, "event_type": event_type, "first_seen_at": now,
-                 "processed_at": None},
-            )
-        return now, False
+                states.update({(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None)
+                               for r in rows})
+        new = [key for key in keys if key not in states]
+        if new:
+            async with self.transaction() as connection:
+                await connection.execute(
+                    _insert_ignore(connection.dialect.name, processed_events),
+                    [{"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
+                      "first_seen_at": now, "processed_at": None} for source, event_id in new],
+                )
+            states.update({key: EventState(now, False) for key in new})
+        return states
+
+    async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
+        """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
+        found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
+        keys = list(found)
+        if not keys:
+            return found
+        async with self.engine.connect() as connection:
+            for start in range(0, len(keys), BATCH_QUERY_SIZE):
+                chunk = keys[start:start + BATCH_QUERY_SIZE]
+                rows = await connection.execute(
+                    select(deliveries).where(tuple_(deliveries.c.event_source, deliveries.c.event_id).in_(chunk))
+                )
+                for row in rows:
+                    found[(row.event_source, row.event_id)][row.delivery_id] = row
+        return found
 
     async def forget_event(self, source: str, event_id: str) -> None:
         """Drop the record of an unfinished event (it was dead-lettered)."""

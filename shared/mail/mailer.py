@@ -1,9 +1,10 @@
-"""Delivering a planned notification: render, send, record the outcome the moment the SMTP server
-answers, and publish the ``customersource.notifications`` audit event.
+"""Delivering a planned notification: render, send, record the outcome as soon as the SMTP server
+answers (group-committed with the outcomes of concurrent e-mails, within a couple of milliseconds), and
+publish the ``customersource.notifications`` audit event.
 
 Idempotent per (triggering event, template, recipient): a re-delivered event finds the recorded
-outcome and sends nothing; only an e-mail accepted in the instant before a crash, not yet recorded,
-can go out twice.
+outcome and sends nothing; only an e-mail accepted just before a crash, not yet recorded, can go out
+twice.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ from shared.mail.plan import Notification
 from shared.mail.render import RenderedMail, Renderer, negotiate_language
 from shared.mail.smtp import Accepted, Refused, SmtpPool, TransientSmtpError
 from shared.metrics import Metrics
-from shared.store import Store, deliveries, upsert
+from shared.store import GroupCommit, Store, deliveries
 
 log = logging.getLogger("customersource.mail")
 
 NOTIFICATIONS_TOPIC = "customersource.notifications"
 SENT_TYPE = "customersource.notification.sent.v1"
 FAILED_TYPE = "customersource.notification.failed.v1"
+
+
+RECORD_WINDOW_S = 0.002
+"""Outcome records are group-committed: one waits at most this long for others to share its transaction."""
 
 
 class RetryLater(Exception):
@@ -100,12 +105,20 @@ class Mailer:
         self.max_backoff = max_backoff
         domain = parseaddr(sender)[1].rpartition("@")[2] or "customersource.invalid"
         self._message_id_domain = domain
+        self._records = GroupCommit(store, deliveries, ["delivery_id"], window=RECORD_WINDOW_S)
 
-    async def deliver(self, note: Notification, cause: EventRef) -> NotificationOutcome:
+    async def deliver(self, note: Notification, cause: EventRef,
+                      known: Mapping[str, Any] | None = None) -> NotificationOutcome:
+        """Send one e-mail once. ``known``: the deliveries already recorded for the cause, read with its
+        batch (delivery id -> row); without it the record is looked up here."""
         recipient = note.recipient.email.strip()
         delivery_id = deterministic_id(cause.source, cause.id, "mail", note.template, recipient.lower())
-        async with self.store.connect() as connection:
-            row = (await connection.execute(select(deliveries).where(deliveries.c.delivery_id == delivery_id))).first()
+        if known is not None:
+            row = known.get(delivery_id)
+        else:
+            async with self.store.connect() as connection:
+                query = select(deliveries).where(deliveries.c.delivery_id == delivery_id)
+                row = (await connection.execute(query)).first()
         if row is not None and row.outcome in ("sent", "failed"):
             outcome = NotificationOutcome(
                 event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
@@ -211,8 +224,7 @@ class Mailer:
         deadline = time.monotonic() + (self.retry_window if insist else 0)
         while True:
             try:
-                async with self.store.transaction(urgent=True) as connection:
-                    await upsert(connection, deliveries, values, ["delivery_id"])
+                await self._records.write(values)
                 return
             except sqlalchemy.exc.SQLAlchemyError:
                 if time.monotonic() + pause > deadline:
