@@ -310,6 +310,7 @@ class _Group:
         self.all_left = asyncio.Event()
         self.committed: asyncio.Future[None] = loop.create_future()
         self.lock = asyncio.Lock()
+        self.holder: asyncio.Task[None] | None = None  # the task holding the transaction open (kept referenced)
 
 
 class SharedTransactions:
@@ -333,7 +334,7 @@ class SharedTransactions:
                 group.connection is not None and loop.time() > group.open_until):
             group = _Group()
             self._group = group
-            asyncio.create_task(self._hold(group), name="shared-transaction")
+            group.holder = asyncio.create_task(self._hold(group), name="shared-transaction")
         group.members += 1
         return group
 
