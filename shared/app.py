@@ -376,7 +376,11 @@ async def _measure_lag(service: Service) -> None:
                 caught_up.add(partition.partition)
     # While a batch is in progress the position is past records not yet processed: nothing counts as
     # caught up then (the batch's end measures again).
-    service.caught_up = caught_up if service.consumer.idle.is_set() else set()
+    caught_up = caught_up if service.consumer.idle.is_set() else set()
+    newly = caught_up - service.caught_up
+    service.caught_up = caught_up
+    if newly and service.scheduler is not None:
+        service.scheduler.gates_opened()
 
 
 async def _start(service: Service) -> None:

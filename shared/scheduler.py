@@ -115,6 +115,10 @@ class Scheduler:
         """Look at the table now (called after a transaction that scheduled something)."""
         self._wake.set()
 
+    def gates_opened(self) -> None:
+        """A gate may let more jobs through now (a partition caught up): look again at once."""
+        self._wake.set()
+
     async def run(self) -> None:
         while True:
             try:

@@ -49,6 +49,7 @@ def service_with(consumer: FakeConsumer, *, batch_running: bool = False) -> Any:
         idle.set()
     return SimpleNamespace(
         subscriber=SimpleNamespace(consumer=consumer), metrics=Metrics("support"), caught_up=set(), started=True,
+        scheduler=None,
         spec=SimpleNamespace(name="support", router=SimpleNamespace(topic=TOPIC)),
         settings=SimpleNamespace(KAFKA_FETCH_MAX_WAIT_MS=100), consumer=SimpleNamespace(idle=idle),
     )
@@ -109,3 +110,18 @@ async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
     service = service_with(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}, commits={p0: 1, p1: 1}))
     await _measure_lag(service)
     assert service.caught_up == {0}
+
+
+async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
+    """Escalations held back by the gate run as soon as their partition is caught up, not at the next poll."""
+    p0, p1 = partitions(0, 1)
+    consumer = FakeConsumer(highwaters={p0: 5, p1: 5}, positions={p0: 5, p1: 5}, commits={p0: 5, p1: 2})
+    woken: list[str] = []
+    service = service_with(consumer)
+    service.scheduler = SimpleNamespace(gates_opened=lambda: woken.append("woken"))
+    await _measure_lag(service)
+    await _measure_lag(service)
+    assert service.caught_up == {0} and woken == ["woken"], "caught up once: one wake"
+    consumer.commits[p1] = 5
+    await _measure_lag(service)
+    assert service.caught_up == {0, 1} and woken == ["woken", "woken"]
