@@ -182,9 +182,8 @@ class Effects:
 
     @contextlib.asynccontextmanager
     async def finish(self) -> AsyncIterator[AsyncConnection]:
-        """The handler's final state change, in one transaction with the idempotency record (shared with
-        the final state changes of concurrent events: it returns once that transaction has committed)."""
-        async with self.store.shared.unit() as connection:
+        """The handler's final state change, in one transaction with the idempotency record."""
+        async with self.store.transaction() as connection:
             yield connection
             await self.store.mark_processed(
                 connection, source=self.event.source, event_id=self.event.id, event_type=self.event.type, at=self.now

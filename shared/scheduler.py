@@ -170,17 +170,12 @@ class Scheduler:
         allowed = [row.job_id for row in candidates
                    if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))]
         self._held_back = len(candidates) - len(allowed)
-        claims = await asyncio.gather(*(self._claim(job_id, now) for job_id in allowed[:200]), return_exceptions=True)
-        claimed = [job for job in claims if isinstance(job, Job)]
-        await asyncio.gather(*(self._execute(job) for job in claimed))  # the claimed ones run even if others failed
-        failed = [error for error in claims if isinstance(error, BaseException)]
-        if failed:
-            raise failed[0]
+        claimed = [job for job_id in allowed[:200] if (job := await self._claim(job_id, now)) is not None]
+        await asyncio.gather(*(self._execute(job) for job in claimed))
         return len(claimed)
 
     async def _claim(self, job_id: str, now: datetime) -> Job | None:
-        """Claim one job for a lease (claims made at once share transactions)."""
-        async with self.store.shared.unit() as connection:
+        async with self.store.transaction() as connection:
             result = await connection.execute(
                 update(jobs)
                 .where(
@@ -213,7 +208,7 @@ class Scheduler:
                         .values(lease_until=self.clock.now() + pause, last_error=error)
                     )
                 return
-            async with self.store.shared.unit() as connection:
+            async with self.store.transaction() as connection:
                 await connection.execute(
                     update(jobs).where(and_(jobs.c.job_id == job.job_id, jobs.c.status == "pending"))
                     .values(status="done", claimed_by=None, lease_until=None, updated_at=self.clock.now())

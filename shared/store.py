@@ -296,93 +296,6 @@ class GroupCommit:
                         committed.set_result(None)
 
 
-class _Group:
-    """One shared transaction of :class:`SharedTransactions`: its members, the lock that runs their
-    bodies one at a time on its connection, and the outcome of its commit."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.members = 0
-        self.open_until = loop.time()
-        self.accepting = True
-        self.connection: AsyncConnection | None = None
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.all_left = asyncio.Event()
-        self.committed: asyncio.Future[None] = loop.create_future()
-        self.lock = asyncio.Lock()
-        self.holder: asyncio.Task[None] | None = None  # the task holding the transaction open (kept referenced)
-
-
-class SharedTransactions:
-    """Short write transactions of concurrent events, committed together. Each unit runs in a savepoint
-    of one shared transaction (a unit that fails rolls back its savepoint only, and its caller gets the
-    error); the transaction commits once its last member has left, and every member returns only then
-    (or gets the commit's error). A group takes new members for ``window`` seconds after it opens and
-    at most ``max_members``, so that it stays short: on SQLite it holds the one write turn, which an
-    e-mail's outcome record must not wait long for."""
-
-    def __init__(self, store: Store, *, window: float = 0.003, max_members: int = 32) -> None:
-        self.store = store
-        self.window = window
-        self.max_members = max_members
-        self._group: _Group | None = None
-
-    def _join(self) -> _Group:
-        group = self._group
-        loop = asyncio.get_running_loop()
-        if group is None or not group.accepting or group.members >= self.max_members or (
-                group.connection is not None and loop.time() > group.open_until):
-            group = _Group()
-            self._group = group
-            group.holder = asyncio.create_task(self._hold(group), name="shared-transaction")
-        group.members += 1
-        return group
-
-    async def _hold(self, group: _Group) -> None:
-        try:
-            async with self.store.transaction() as connection:
-                group.connection = connection
-                group.open_until = asyncio.get_running_loop().time() + self.window
-                group.opened.set_result(None)
-                await group.all_left.wait()
-        except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
-            for future in (group.opened, group.committed):
-                if not future.done():
-                    future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            group.committed.set_result(None)
-
-    def _leave(self, group: _Group) -> None:
-        group.members -= 1
-        if group.members == 0:
-            group.accepting = False
-            if self._group is group:
-                self._group = None
-            group.all_left.set()
-
-    @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction that commits with those of concurrent callers; returns once committed."""
-        group = self._join()
-        try:
-            await asyncio.shield(group.opened)
-            async with group.lock:
-                assert group.connection is not None
-                savepoint = await group.connection.begin_nested()
-                try:
-                    yield group.connection
-                except BaseException:
-                    await savepoint.rollback()
-                    raise
-                await savepoint.commit()
-        finally:
-            self._leave(group)
-        await asyncio.shield(group.committed)
-
-
 class Store:
     """An engine plus the service's migrations."""
 
@@ -415,7 +328,6 @@ class Store:
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
                                               hide_parameters=True)
-        self.shared = SharedTransactions(self)
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:

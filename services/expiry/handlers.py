@@ -130,7 +130,7 @@ class ExpiryHandlers:
         that day, or one while another digest is in flight, passes its entries on to the next day). A
         re-run after a crash sends what the first run took, to whom it took it for (deduplicated)."""
         partner_id, day = job.payload["partner_id"], date.fromisoformat(job.payload["day"])
-        async with effects.store.shared.unit() as connection:
+        async with effects.store.transaction() as connection:
             partner = await state.lock_partner(connection, partner_id, effects.now)
             if partner is None:
                 return

@@ -93,7 +93,7 @@ class PermissionHandlers:
         if request is None:
             return  # the consumer marks the event processed
         if not outcome.resumed:
-            async with effects.store.shared.unit() as connection:
+            async with effects.store.transaction() as connection:
                 await state.save_request(connection, request, expected=outcome.expected, now=effects.now)
                 if outcome.cancel_reminder:
                     await effects.cancel(connection, reminder_job_id(request.request_id))
@@ -131,7 +131,7 @@ class PermissionHandlers:
         decision saved meanwhile stops it. (Its cause is the request event, already marked processed: the
         job has no state of its own to finish.)"""
         request_id = job.payload["request_id"]
-        async with effects.store.shared.unit() as connection:
+        async with effects.store.transaction() as connection:
             claimed = await state.claim_reminder(connection, request_id, effects.now)
             current = await state.load_request(connection, request_id) if claimed else None
         if current is None or not domain.reminder_due(current):

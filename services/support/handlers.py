@@ -87,7 +87,7 @@ class SupportHandlers:
         escalated = False
         if post is not None and decision.escalate:
             if post != current:  # first seen in this event: stored before it is claimed
-                async with effects.store.shared.unit() as connection:
+                async with effects.store.transaction() as connection:
                     await state.save_post(connection, post, expected=expected, now=effects.now)
             escalated = await self._escalate(post, "post_unanswered", effects)
             if not escalated:
@@ -119,7 +119,7 @@ class SupportHandlers:
         """Claim the post's one escalation, then publish it and send both e-mails (all with ids derived from
         the cause, so a re-run after a crash repeats nothing). False if the post was not ours to escalate."""
         claim = {"source": effects.event.source, "id": effects.event.id, "trigger": trigger}
-        async with effects.store.shared.unit() as connection:
+        async with effects.store.transaction() as connection:
             escalated_at = await state.claim_escalation(connection, post.post_id, claim, effects.now)
         if escalated_at is None:
             effects.ignored("another escalation of this post came first")

@@ -98,29 +98,3 @@ async def test_a_failed_group_commit_fails_every_writer_in_it(database_url: str)
         assert list((await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]) == ["d2"]
     finally:
         await store.close()
-
-
-async def test_concurrent_state_changes_share_transactions_and_a_failing_one_is_rolled_back_alone(
-    database_url: str,
-) -> None:
-    store = Store(database_url, component="invitations", migrations=MIGRATIONS)
-    commits = []
-    event.listen(store.engine.sync_engine, "commit", lambda connection: commits.append(1))
-    try:
-        await store.migrate()
-        commits.clear()
-        at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-        async def change(number: int) -> None:
-            async with store.shared.unit() as connection:
-                await store.mark_processed(connection, source="/s", event_id=str(number), event_type="t", at=at)
-                if number == 13:
-                    raise ValueError("this one fails")
-
-        results = await asyncio.gather(*(change(n) for n in range(60)), return_exceptions=True)
-        assert [type(r) for r in results if r is not None] == [ValueError]
-        assert len(commits) < 20, f"{len(commits)} transactions for 60 state changes"
-        processed = [await store.is_processed("/s", str(n)) for n in range(60)]
-        assert processed == [n != 13 for n in range(60)], "only the failing one is rolled back"
-    finally:
-        await store.close()
