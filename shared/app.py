@@ -380,7 +380,7 @@ async def _measure_lag(service: Service) -> None:
     newly = caught_up - service.caught_up
     service.caught_up = caught_up
     if newly and service.scheduler is not None:
-        service.scheduler.gates_opened()
+        service.scheduler.wake()
 
 
 async def _start(service: Service) -> None:

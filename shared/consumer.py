@@ -327,7 +327,10 @@ class TopicConsumer:
         events = {(p.event.source, p.event.id): p.event.type for p in prepared.values() if p.event is not None}
         try:
             states = await self.store.begin_events(events, self.clock.now())
-            known = await self.store.deliveries_of(list(events))
+            # Only for the events this read noted: no other attempt of them can be sending meanwhile. An event
+            # seen before (a re-run, perhaps still in progress on a member that lost its partitions) looks
+            # up each delivery just before sending.
+            known = await self.store.deliveries_of([key for key, state in states.items() if state.new])
         except Exception as exc:
             await self._pause_after([exc])
             raise
@@ -373,10 +376,12 @@ class TopicConsumer:
         )
         await asyncio.sleep(pause)
 
-    def effects(self, cause: EventRef, now: datetime, partition: int | None = None) -> Effects:
+    def effects(self, cause: EventRef, now: datetime, partition: int | None = None,
+                known_deliveries: Mapping[str, Any] | None = None) -> Effects:
         """What a handler (or a scheduled job) caused by ``cause`` may do."""
         return Effects(event=cause, service=self.router.service, now=now, store=self.store, mailer=self.mailer,
-                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler, partition=partition)
+                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler, partition=partition,
+                       known_deliveries=known_deliveries)
 
     def prepare(self, record: ConsumerRecord[Any, Any]) -> Prepared:
         """Size, envelope, type and data checks of one record: no I/O."""
@@ -425,8 +430,7 @@ class TopicConsumer:
                 return
             self._check_key(record, event)
             effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), state.first_seen_at,
-                                   record.partition)
-            effects.known_deliveries = known.get(key, {})
+                                   record.partition, known.get(key))
             await route.handler(event, effects)
             if not effects.finished:
                 async with effects.finish():

@@ -112,15 +112,13 @@ class Scheduler:
         self._held_back = 0  # due jobs the gates held back in the last pass
 
     def wake(self) -> None:
-        """Look at the table now (called after a transaction that scheduled something)."""
-        self._wake.set()
-
-    def gates_opened(self) -> None:
-        """A gate may let more jobs through now (a partition caught up): look again at once."""
+        """Look at the table now: something was scheduled, or a gate may let more jobs through (a partition
+        caught up)."""
         self._wake.set()
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # cleared before the pass: a wake that comes during it is not lost
             try:
                 ran = await self.run_due()
                 if ran:
@@ -131,7 +129,6 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 delay = self.rescan
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:

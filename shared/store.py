@@ -176,8 +176,11 @@ async def upsert(connection: AsyncConnection, table: Table, values: Mapping[str,
 async def upsert_many(connection: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]],
                       keys: Sequence[str]) -> None:
     """:func:`upsert` of several rows (same columns) in one statement; the last row of a key wins."""
+    columns = tuple(rows[0])
+    if any(tuple(row) != columns for row in rows):
+        raise ValueError("upsert_many: every row must have the same columns, in the same order")
     latest = {tuple(row[k] for k in keys): dict(row) for row in rows}
-    statement = _upsert(connection.dialect.name, table, tuple(rows[0]), tuple(keys))
+    statement = _upsert(connection.dialect.name, table, columns, tuple(keys))
     await connection.execute(statement, list(latest.values()))
 
 
@@ -192,6 +195,7 @@ BATCH_QUERY_SIZE = 400
 class EventState:
     first_seen_at: datetime  # the processing time of the first attempt, kept for re-runs
     processed: bool
+    new: bool = False  # noted by this read: no other attempt of it can be in progress
 
 
 class StaleState(Exception):
@@ -278,6 +282,15 @@ class GroupCommit:
         await committed
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_queued()
+        finally:  # cancelled (the loop is closing): nobody may wait for a flush that will not come
+            for _, committed in self._queue:
+                if not committed.done():
+                    committed.set_exception(RuntimeError("the outcome writer stopped before this row was written"))
+            self._queue = []
+
+    async def _flush_queued(self) -> None:
         while self._queue:
             await asyncio.sleep(self.window)
             group, self._queue = self._queue, []
@@ -402,11 +415,29 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     async def begin_events(self, events: Mapping[EventKey, str], now: datetime) -> dict[EventKey, EventState]:
-        """The state of a batch's events (key -> type) in one read; those never seen are recorded in one
-        write, with ``now`` as their first attempt's time. That time is kept, so a re-run after a crash or
+        """The state of a batch's events (key -> type) in one read; those never seen are noted in one
+        write (``new``), with ``now`` as their first attempt's time. That time is kept, so a re-run after a crash or
         an outage computes the same times (token issue times, output event times) as the attempt whose
         e-mail went out."""
         keys = list(events)
+        states = await self._event_states(keys)
+        unseen = [key for key in keys if key not in states]
+        if unseen:
+            async with self.transaction() as connection:
+                statement = _insert_ignore(connection.dialect.name, processed_events).returning(
+                    processed_events.c.source, processed_events.c.event_id)
+                inserted = await connection.execute(
+                    statement,
+                    [{"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
+                      "first_seen_at": now, "processed_at": None} for source, event_id in unseen],
+                )
+                noted = {(row.source, row.event_id) for row in inserted}
+            states.update({key: EventState(now, False, new=True) for key in noted})
+            # Noted meanwhile by another attempt (another replica): read as it stands.
+            states.update(await self._event_states([key for key in unseen if key not in noted]))
+        return states
+
+    async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
         states: dict[EventKey, EventState] = {}
         if not keys:
             return states
@@ -420,15 +451,6 @@ class Store:
                 )
                 states.update({(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None)
                                for r in rows})
-        new = [key for key in keys if key not in states]
-        if new:
-            async with self.transaction() as connection:
-                await connection.execute(
-                    _insert_ignore(connection.dialect.name, processed_events),
-                    [{"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
-                      "first_seen_at": now, "processed_at": None} for source, event_id in new],
-                )
-            states.update({key: EventState(now, False) for key in new})
         return states
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:

@@ -51,12 +51,14 @@ async def test_a_batch_of_events_is_read_and_noted_in_one_query_each(database_ur
         keys = {("/s", str(i)): "t" for i in range(900)}  # more than one query's worth of keys
         states = await store.begin_events(keys, first)
         assert set(states) == set(keys) and {s.first_seen_at for s in states.values()} == {first}
+        assert all(s.new and not s.processed for s in states.values()), "noted by this read"
         async with store.transaction() as connection:
             await store.mark_processed(connection, source="/s", event_id="7", event_type="t", at=first)
         again = await store.begin_events({**keys, ("/s", "new"): "t"}, first + timedelta(hours=1))
         assert again[("/s", "7")].processed and not again[("/s", "8")].processed
         assert again[("/s", "8")].first_seen_at == first, "a re-run keeps the first attempt's time"
         assert again[("/s", "new")].first_seen_at == first + timedelta(hours=1)
+        assert again[("/s", "new")].new and not again[("/s", "8")].new, "seen before: not new"
     finally:
         await store.close()
 

@@ -118,7 +118,7 @@ async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
     consumer = FakeConsumer(highwaters={p0: 5, p1: 5}, positions={p0: 5, p1: 5}, commits={p0: 5, p1: 2})
     woken: list[str] = []
     service = service_with(consumer)
-    service.scheduler = SimpleNamespace(gates_opened=lambda: woken.append("woken"))
+    service.scheduler = SimpleNamespace(wake=lambda: woken.append("woken"))
     await _measure_lag(service)
     await _measure_lag(service)
     assert service.caught_up == {0} and woken == ["woken"], "caught up once: one wake"
