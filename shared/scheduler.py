@@ -84,6 +84,10 @@ async def job_status(connection: AsyncConnection, job_id: str) -> str | None:
     return None if row is None else str(row.status)
 
 
+CLAIMS_PER_PASS = 200
+"""Due jobs claimed (one statement) and run per pass."""
+
+
 class Scheduler:
     def __init__(
         self,
@@ -167,28 +171,41 @@ class Scheduler:
         allowed = [row.job_id for row in candidates
                    if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))]
         self._held_back = len(candidates) - len(allowed)
-        claimed = [job for job_id in allowed[:200] if (job := await self._claim(job_id, now)) is not None]
+        claimed = await self._claim(allowed[:CLAIMS_PER_PASS], now)
         await asyncio.gather(*(self._execute(job) for job in claimed))
         return len(claimed)
 
-    async def _claim(self, job_id: str, now: datetime) -> Job | None:
-        async with self.store.transaction() as connection:
-            result = await connection.execute(
-                update(jobs)
-                .where(
-                    jobs.c.job_id == job_id,
-                    jobs.c.status == "pending",
-                    jobs.c.due_at <= now,
-                    or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
-                )
-                .values(claimed_by=self.owner, lease_until=now + self.lease, attempts=jobs.c.attempts + 1,
-                        updated_at=now)
+    async def _claim(self, job_ids: list[str], now: datetime) -> list[Job]:
+        """Claim the jobs for a lease, in one statement; those another replica claimed first are left out.
+        On PostgreSQL the rows are locked in one order and those locked by another replica skipped, so two
+        replicas claiming at once neither wait for nor deadlock with each other."""
+        if not job_ids:
+            return []
+        claimable = (
+            select(jobs.c.job_id)
+            .where(
+                jobs.c.job_id.in_(job_ids),
+                jobs.c.status == "pending",
+                jobs.c.due_at <= now,
+                or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
             )
-            if result.rowcount != 1:
-                return None  # another replica won
-            row = (await connection.execute(select(jobs).where(jobs.c.job_id == job_id))).one()
-        return Job(job_id=row.job_id, kind=row.kind, aggregate_id=row.aggregate_id, due_at=row.due_at,
-                   payload=json.loads(row.payload), attempts=row.attempts)
+            .order_by(jobs.c.job_id)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.store.transaction() as connection:
+            rows = (
+                await connection.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id.in_(claimable.scalar_subquery()))
+                    .values(claimed_by=self.owner, lease_until=now + self.lease, attempts=jobs.c.attempts + 1,
+                            updated_at=now)
+                    .returning(jobs.c.job_id, jobs.c.kind, jobs.c.aggregate_id, jobs.c.due_at, jobs.c.payload,
+                               jobs.c.attempts)
+                )
+            ).all()
+        claimed = [Job(job_id=row.job_id, kind=row.kind, aggregate_id=row.aggregate_id, due_at=row.due_at,
+                       payload=json.loads(row.payload), attempts=row.attempts) for row in rows]
+        return sorted(claimed, key=lambda job: (job.due_at, job.job_id))
 
     async def _execute(self, job: Job) -> None:
         async with self._slots:

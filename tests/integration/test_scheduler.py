@@ -117,7 +117,7 @@ async def test_a_claim_left_by_a_dead_replica_is_taken_over_after_its_lease(stor
         ran.append(job.job_id)
 
     dead = Scheduler(store, clock, {"remind": remind}, lease=timedelta(seconds=60))
-    assert await dead._claim("orphan", clock.now()) is not None  # claimed, then the replica dies
+    assert [job.job_id for job in await dead._claim(["orphan"], clock.now())] == ["orphan"]  # then it dies
     survivor = Scheduler(store, clock, {"remind": remind}, lease=timedelta(seconds=60))
     assert await survivor.run_due() == 0
     clock.advance(timedelta(seconds=61))
@@ -160,3 +160,23 @@ async def test_future_jobs_wait_for_the_injected_clock(store: Store) -> None:
     # Scheduling a job again after it ran does not revive it.
     await add(store, "tuesday", clock.now(), clock.now())
     assert await scheduler.run_due() == 0
+
+
+async def test_two_replicas_claiming_the_same_jobs_at_once_share_them_out(store: Store, database_url: str) -> None:
+    """One statement claims a pass's jobs; two replicas claiming the same 150 at the same moment get disjoint
+    sets that together are all of them (on PostgreSQL, rows one replica has locked are skipped by the other)."""
+    clock = FixedClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    ids = [f"job-{i:03}" for i in range(150)]
+    for job_id in ids:
+        await add(store, job_id, clock.now(), clock.now())
+    other = Store(database_url, component="scheduler-test")
+    try:
+        first = Scheduler(store, clock, {"remind": lambda job: asyncio.sleep(0)})
+        second = Scheduler(other, clock, {"remind": lambda job: asyncio.sleep(0)})
+        a, b = await asyncio.gather(first._claim(ids, clock.now()), second._claim(ids, clock.now()))
+        assert not {j.job_id for j in a} & {j.job_id for j in b}
+        claimed_later = await first._claim(ids, clock.now())
+        assert {j.job_id for j in a} | {j.job_id for j in b} | {j.job_id for j in claimed_later} == set(ids)
+        assert [j.due_at for j in a] == sorted(j.due_at for j in a)
+    finally:
+        await other.close()
