@@ -29,6 +29,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -438,35 +439,29 @@ class Store:
         return states
 
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        states: dict[EventKey, EventState] = {}
-        if not keys:
-            return states
-        async with self.engine.connect() as connection:
-            for start in range(0, len(keys), BATCH_QUERY_SIZE):
-                chunk = keys[start:start + BATCH_QUERY_SIZE]
-                rows = await connection.execute(
-                    select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
-                           processed_events.c.processed_at)
-                    .where(tuple_(processed_events.c.source, processed_events.c.event_id).in_(chunk))
-                )
-                states.update({(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None)
-                               for r in rows})
-        return states
+        rows = await self._rows_by_event(
+            select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
+                   processed_events.c.processed_at),
+            tuple_(processed_events.c.source, processed_events.c.event_id), keys)
+        return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
-        keys = list(found)
+        rows = await self._rows_by_event(select(deliveries), tuple_(deliveries.c.event_source, deliveries.c.event_id),
+                                         list(found))
+        for row in rows:
+            found[(row.event_source, row.event_id)][row.delivery_id] = row
+        return found
+
+    async def _rows_by_event(self, query: Select[Any], key: Any, keys: Sequence[EventKey]) -> list[Any]:
+        """The rows of ``query`` whose ``key`` (a tuple of columns) is one of ``keys``, a few hundred per query."""
+        found: list[Any] = []
         if not keys:
             return found
         async with self.engine.connect() as connection:
             for start in range(0, len(keys), BATCH_QUERY_SIZE):
-                chunk = keys[start:start + BATCH_QUERY_SIZE]
-                rows = await connection.execute(
-                    select(deliveries).where(tuple_(deliveries.c.event_source, deliveries.c.event_id).in_(chunk))
-                )
-                for row in rows:
-                    found[(row.event_source, row.event_id)][row.delivery_id] = row
+                found.extend(await connection.execute(query.where(key.in_(keys[start:start + BATCH_QUERY_SIZE]))))
         return found
 
     async def forget_event(self, source: str, event_id: str) -> None:
