@@ -70,9 +70,10 @@ class BatchInterrupted(Exception):
 
 async def settle(
     kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]]
-) -> None:
+) -> dict[TopicPartition, int]:
     """After a batch, for each partition this member still owns: commit the offsets after the
-    finished records that precede the first unfinished one, and seek back to that one (if any)."""
+    finished records that precede the first unfinished one, and seek back to that one (if any).
+    Returns the offsets committed (none if the commit failed)."""
     by_partition: dict[TopicPartition, list[int]] = {}
     for record in records:
         by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record.offset)
@@ -94,12 +95,24 @@ async def settle(
         except IllegalStateError:
             offsets.pop(partition, None)
     if not offsets:
-        return
+        return offsets
     try:
         await kafka.commit(offsets)
     except (CommitFailedError, IllegalStateError) as exc:
         # The group rebalanced: the new owner processes these records again, idempotently.
         log.warning("offsets not committed (the group rebalanced)", extra={"error": str(exc)})
+        return {}
+    return offsets
+
+
+def still_fetched_again(
+    marks: set[tuple[str, int, int]], committed: Mapping[TopicPartition, int], assigned: set[TopicPartition]
+) -> set[tuple[str, int, int]]:
+    """The dead-lettered records (topic, partition, offset) that will be fetched again by this member: on a
+    partition it still owns, at or after what was committed. Those are skipped when they come back (their
+    letter is already written); the others are forgotten."""
+    return {(topic, partition, offset) for topic, partition, offset in marks
+            if (tp := TopicPartition(topic, partition)) in assigned and offset >= committed.get(tp, 0)}
 
 
 class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -313,8 +326,8 @@ class TopicConsumer:
         try:
             with contextlib.suppress(Exception):  # logged by process_batch; the rest is fetched again
                 await self.process_batch(records)
-            await settle(kafka, records, self._done)
-            self._dead_lettered -= self._done
+            committed = await settle(kafka, records, self._done)
+            self._dead_lettered = still_fetched_again(self._dead_lettered, committed, kafka.assignment())
         finally:
             self.idle.set()
 

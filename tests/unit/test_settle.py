@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 
-from shared.consumer import settle
+from shared.consumer import settle, still_fetched_again
 
 T = "customersource.professionals"
 
@@ -61,3 +61,17 @@ async def test_revoked_partitions_are_left_to_their_new_owner() -> None:
     records = [rec(0, 1), rec(1, 1), rec(1, 2), rec(2, 8)]
     await settle(kafka, records, {(T, 0, 1), (T, 1, 1), (T, 2, 8)})  # type: ignore[arg-type]
     assert kafka.commits == [{P0: 2}]  # P1 could not be rewound: not committed; P2 is not ours
+
+
+async def test_settle_says_what_it_committed() -> None:
+    kafka = FakeKafka({P0, P1})
+    records = [rec(0, 5), rec(0, 6), rec(1, 9)]
+    assert await settle(kafka, records, {(T, 0, 5), (T, 1, 9)}) == {P0: 6, P1: 10}  # type: ignore[arg-type]
+
+
+def test_a_dead_letter_not_yet_committed_stays_marked_so_it_is_not_written_twice() -> None:
+    """0:7 was dead-lettered, but 0:6 did not finish: the commit stops at 6, 0:7 comes back with the next
+    fetch and must be skipped, not dead-lettered again. 1:3 is committed past; 2:4's partition is gone."""
+    marks = {(T, 0, 7), (T, 1, 3), (T, 2, 4)}
+    assert still_fetched_again(marks, {P0: 6, P1: 4}, {P0, P1}) == {(T, 0, 7)}
+    assert still_fetched_again(marks, {}, {P0, P1, P2}) == marks, "nothing committed: all come back"
