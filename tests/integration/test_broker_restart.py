@@ -9,7 +9,6 @@ These tests run on an Apache Kafka node of their own (the run's broker may be a 
 from __future__ import annotations
 
 import collections
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -26,7 +25,7 @@ from services.permissions.contracts import REQUESTED
 from services.support.contracts import POST_UNANSWERED
 from tests.conftest import unavailable
 from tests.support.kafka import ALL_TOPICS, Publisher, cloudevent, create_topics, delete_topics
-from tests.support.process import ServiceProcess, base_env, new_port
+from tests.support.process import ServiceProcess, ServiceStarter
 from tests.support.samples import (
     permission_requested,
     person,
@@ -104,21 +103,11 @@ async def topics(own_kafka: ApacheKafkaBroker) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def service_process(topics: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[Callable[[str], ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(name: str) -> ServiceProcess:
-        env = base_env(bootstrap=topics, smtp_port=smtp.port, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
-                       http_port=new_port())
-        env.update(KAFKA_GROUP_ID=f"customersource.{name}.{uuid.uuid4().hex[:8]}",
-                   SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
-        process = ServiceProcess(name, env, tmp_path / f"{name}.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
+def service_process(topics: str, smtp: SmtpServer, tmp_path: Path, test_token: str) -> Iterator[ServiceStarter]:
+    """Services on this module's own broker (as ``start_service`` on the run's)."""
+    starter = ServiceStarter(bootstrap=topics, smtp_port=smtp.port, folder=tmp_path, token=test_token)
+    yield starter
+    starter.stop_all()
 
 
 async def broker_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -145,10 +134,10 @@ def metrics_lag(service: ServiceProcess, topic: str) -> dict[int, int]:
 @pytest.mark.parametrize("name", sorted(STREAMS))
 async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     name: str, own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer,
-    service_process: Callable[[str], ServiceProcess], report: Callable[[str], None],
+    service_process: ServiceStarter, report: Callable[[str], None],
 ) -> None:
     stream = STREAMS[name]
-    service = service_process(name)
+    service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     events = [stream.event() for _ in range(EVENTS)]
 
@@ -195,11 +184,11 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
 
 
 async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
-    topics: str, smtp: SmtpServer, service_process: Callable[[str], ServiceProcess]
+    topics: str, smtp: SmtpServer, service_process: ServiceStarter
 ) -> None:
     """With the SMTP server refusing (451), nothing can be committed: /metrics and the broker both count
     every published event as lag, partition by partition; once it accepts, both return to 0."""
-    service = service_process("invitations")
+    service = service_process("invitations", SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     smtp.handler.refuse_code = 451
     events = [_invitations_event() for _ in range(30)]

@@ -4,8 +4,10 @@ and noted a batch at a time, outcomes group-committed, aware UTC datetimes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy.exc
 from sqlalchemy import event, select
 
@@ -25,42 +27,43 @@ async def test_concurrent_migrations_apply_once(database_url: str) -> None:
             await store.close()
 
 
-async def test_processed_events_are_idempotent_and_times_stay_aware(database_url: str) -> None:
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """The invitations service's store, migrated, on SQLite or PostgreSQL."""
     store = Store(database_url, component="invitations", migrations=MIGRATIONS)
+    await store.migrate()
     try:
-        await store.migrate()
-        at = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=2)))
-        for _ in range(2):
-            async with store.transaction() as connection:
-                await store.mark_processed(connection, source="/s", event_id="1", event_type="t", at=at)
-        assert await store.is_processed("/s", "1") and not await store.is_processed("/s", "2")
-        async with store.connect() as connection:
-            [stored] = (await connection.execute(select(processed_events.c.processed_at))).scalars().all()
-        assert stored == at and stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
-        assert stored == datetime(2026, 3, 28, 23, 30, tzinfo=UTC)
-        assert await store.ping()
+        yield store
     finally:
         await store.close()
 
 
-async def test_a_batch_of_events_is_read_and_noted_in_one_query_each(database_url: str) -> None:
-    store = Store(database_url, component="invitations", migrations=MIGRATIONS)
-    try:
-        await store.migrate()
-        first = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-        keys = {("/s", str(i)): "t" for i in range(900)}  # more than one query's worth of keys
-        states = await store.begin_events(keys, first)
-        assert set(states) == set(keys) and {s.first_seen_at for s in states.values()} == {first}
-        assert all(s.new and not s.processed for s in states.values()), "noted by this read"
+async def test_processed_events_are_idempotent_and_times_stay_aware(store: Store) -> None:
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=2)))
+    for _ in range(2):
         async with store.transaction() as connection:
-            await store.mark_processed(connection, source="/s", event_id="7", event_type="t", at=first)
-        again = await store.begin_events({**keys, ("/s", "new"): "t"}, first + timedelta(hours=1))
-        assert again[("/s", "7")].processed and not again[("/s", "8")].processed
-        assert again[("/s", "8")].first_seen_at == first, "a re-run keeps the first attempt's time"
-        assert again[("/s", "new")].first_seen_at == first + timedelta(hours=1)
-        assert again[("/s", "new")].new and not again[("/s", "8")].new, "seen before: not new"
-    finally:
-        await store.close()
+            await store.mark_processed(connection, source="/s", event_id="1", event_type="t", at=at)
+    assert await store.is_processed("/s", "1") and not await store.is_processed("/s", "2")
+    async with store.connect() as connection:
+        [stored] = (await connection.execute(select(processed_events.c.processed_at))).scalars().all()
+    assert stored == at and stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
+    assert stored == datetime(2026, 3, 28, 23, 30, tzinfo=UTC)
+    assert await store.ping()
+
+
+async def test_a_batch_of_events_is_read_and_noted_in_one_query_each(store: Store) -> None:
+    first = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    keys = {("/s", str(i)): "t" for i in range(900)}  # more than one query's worth of keys
+    states = await store.begin_events(keys, first)
+    assert set(states) == set(keys) and {s.first_seen_at for s in states.values()} == {first}
+    assert all(s.new and not s.processed for s in states.values()), "noted by this read"
+    async with store.transaction() as connection:
+        await store.mark_processed(connection, source="/s", event_id="7", event_type="t", at=first)
+    again = await store.begin_events({**keys, ("/s", "new"): "t"}, first + timedelta(hours=1))
+    assert again[("/s", "7")].processed and not again[("/s", "8")].processed
+    assert again[("/s", "8")].first_seen_at == first, "a re-run keeps the first attempt's time"
+    assert again[("/s", "new")].first_seen_at == first + timedelta(hours=1)
+    assert again[("/s", "new")].new and not again[("/s", "8")].new, "seen before: not new"
 
 
 def delivery(number: int, event_id: str) -> dict[str, object]:
@@ -69,34 +72,23 @@ def delivery(number: int, event_id: str) -> dict[str, object]:
             "outcome": "sent", "attempts": 1, "smtp_code": 250, "error": None, "at": datetime.now(UTC)}
 
 
-async def test_concurrent_outcomes_are_group_committed_and_read_back_by_event(database_url: str) -> None:
-    store = Store(database_url, component="invitations", migrations=MIGRATIONS)
+async def test_concurrent_outcomes_are_group_committed_and_read_back_by_event(store: Store) -> None:
     commits = []
     event.listen(store.engine.sync_engine, "commit", lambda connection: commits.append(1))
-    try:
-        await store.migrate()
-        writer = GroupCommit(store, deliveries, ["delivery_id"])
-        commits.clear()
-        await asyncio.gather(*(writer.write(delivery(n, f"e{n % 10}")) for n in range(200)))
-        assert 1 <= len(commits) < 20, f"{len(commits)} transactions for 200 outcomes"
-        await writer.write({**delivery(3, "e3"), "outcome": "failed"})  # the same delivery again: updated
-        found = await store.deliveries_of([("/s", "e3"), ("/s", "e4"), ("/s", "none")])
-        assert len(found[("/s", "e3")]) == 20 and len(found[("/s", "e4")]) == 20 and found[("/s", "none")] == {}
-        assert found[("/s", "e3")]["d3"].outcome == "failed"
-    finally:
-        await store.close()
+    writer = GroupCommit(store, deliveries, ["delivery_id"])
+    await asyncio.gather(*(writer.write(delivery(n, f"e{n % 10}")) for n in range(200)))
+    assert 1 <= len(commits) < 20, f"{len(commits)} transactions for 200 outcomes"
+    await writer.write({**delivery(3, "e3"), "outcome": "failed"})  # the same delivery again: updated
+    found = await store.deliveries_of([("/s", "e3"), ("/s", "e4"), ("/s", "none")])
+    assert len(found[("/s", "e3")]) == 20 and len(found[("/s", "e4")]) == 20 and found[("/s", "none")] == {}
+    assert found[("/s", "e3")]["d3"].outcome == "failed"
 
 
-async def test_a_failed_group_commit_fails_every_writer_in_it(database_url: str) -> None:
-    store = Store(database_url, component="invitations", migrations=MIGRATIONS)
-    try:
-        await store.migrate()
-        writer = GroupCommit(store, deliveries, ["delivery_id"])
-        bad = {**delivery(1, "e1"), "template": None}  # NOT NULL
-        results = await asyncio.gather(writer.write(delivery(2, "e1")), writer.write(bad), return_exceptions=True)
-        assert all(isinstance(r, sqlalchemy.exc.IntegrityError) for r in results), results
-        assert (await store.deliveries_of([("/s", "e1")]))[("/s", "e1")] == {}
-        await writer.write(delivery(2, "e1"))  # the writer goes on after a failure
-        assert list((await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]) == ["d2"]
-    finally:
-        await store.close()
+async def test_a_failed_group_commit_fails_every_writer_in_it(store: Store) -> None:
+    writer = GroupCommit(store, deliveries, ["delivery_id"])
+    bad = {**delivery(1, "e1"), "template": None}  # NOT NULL
+    results = await asyncio.gather(writer.write(delivery(2, "e1")), writer.write(bad), return_exceptions=True)
+    assert all(isinstance(r, sqlalchemy.exc.IntegrityError) for r in results), results
+    assert (await store.deliveries_of([("/s", "e1")]))[("/s", "e1")] == {}
+    await writer.write(delivery(2, "e1"))  # the writer goes on after a failure
+    assert list((await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]) == ["d2"]

@@ -116,3 +116,30 @@ class ServiceProcess:
 
 def new_port() -> int:
     return free_port()
+
+
+class ServiceStarter:
+    """Starts ``python -m services.<name>`` against one broker and SMTP server, each service in a consumer
+    group of this test's (``customersource.<name>.<token>``), its SQLite file and log in ``folder``;
+    ``stop_all()`` stops every one it started (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, *, bootstrap: str, smtp_port: int, folder: Path, token: str) -> None:
+        self.bootstrap = bootstrap
+        self.smtp_port = smtp_port
+        self.folder = folder
+        self.token = token
+        self.started: list[ServiceProcess] = []
+
+    def __call__(self, name: str = "invitations", *, database_url: str | None = None, **extra: str) -> ServiceProcess:
+        env = base_env(bootstrap=self.bootstrap, smtp_port=self.smtp_port,
+                       database_url=database_url or f"sqlite+aiosqlite:///{self.folder}/{name}.db",
+                       http_port=new_port())
+        env["KAFKA_GROUP_ID"] = f"customersource.{name}.{self.token}"
+        env.update(extra)
+        process = ServiceProcess(name, env, self.folder / f"{name}-{len(self.started)}.log").start()
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.terminate()
