@@ -28,7 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services ops tests
-	$(BIN)/mypy shared services ops
+	$(BIN)/mypy shared services ops tests
 
 # BENCH_ARGS: see `python -m ops.bench --help` (services, stores, sizes, broker).
 bench: $(STAMP)

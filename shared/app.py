@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,14 +29,17 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
+from shared.batches import BatchProcessor, DrainOnRevoke
 from shared.clock import Clock, SystemClock
-from shared.consumer import DrainOnRevoke, Effects, EventRouter, TopicConsumer
 from shared.envelope import events_json_schema
-from shared.kafka import Outputs, ensure_topics, security
+from shared.handling import Context, EventRouter, Plan
+from shared.kafka import Outputs, Producer, ensure_topics, security
+from shared.lag import CaughtUp, LagMeter
 from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, EventRef, Mailer, NotificationOutcome
 from shared.mail.render import Renderer
-from shared.mail.smtp import SmtpConfig, SmtpPool
+from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
 from shared.metrics import Metrics
+from shared.runtime import PlanRunner
 from shared.scheduler import Job, JobHandler, Scheduler
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
@@ -51,8 +53,10 @@ def drain_seconds(retry_window: float) -> float:
     return 2 * retry_window + 30 + 15
 
 BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
-JobFunction = Callable[[Job, Effects], Awaitable[None]]
+JobFunction = Callable[[Job, Context], Awaitable[Plan]]
 """A scheduled job's handler: like an event handler, with the job instead of the event."""
+JobGate = Callable[[CaughtUp, Mapping[str, Any]], bool]
+"""Whether a due job (given its payload) may run on this member now, knowing which partitions it has caught up."""
 
 
 @dataclass(frozen=True)
@@ -80,35 +84,32 @@ class ServiceSpec:
     outputs: Sequence[OutputTopic] = ()
     jobs: Mapping[str, JobFunction] = field(default_factory=dict)
     background: Sequence[BackgroundTask] = ()
-    job_gates: Mapping[str, Callable[[Service, Mapping[str, Any]], bool]] = field(default_factory=dict)
+    job_gates: Mapping[str, JobGate] = field(default_factory=dict)
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
 
 
 @dataclass
 class Service:
-    """The running parts of one service (what handlers and tests reach through)."""
+    """The running parts of one service (what the hooks, the endpoints and tests reach through)."""
 
     spec: ServiceSpec
     settings: ServiceSettings
     store: Store
-    outputs: Outputs
-    pool: SmtpPool
+    producer: Producer
+    pool: Pool
     mailer: Mailer
+    runner: PlanRunner
     metrics: Metrics
     clock: Clock
-    consumer: TopicConsumer
+    batches: BatchProcessor
+    caught_up: CaughtUp
+    lag: LagMeter
     broker: KafkaBroker
-    scheduler: Scheduler | None = None
-    drain: float = 165.0
+    subscriber: Any
+    scheduler: Scheduler | None
+    drain: float
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
-    caught_up: set[int] = field(default_factory=set)  # assigned partitions with nothing left to process
-
-    def is_caught_up(self, partition: int) -> bool:
-        """True when this member owns ``partition`` of the input topic, its last fetch of it is recent, and
-        everything that fetch reported has been processed (no batch in progress). False while stopping or
-        rebalancing, and under FastStream's TestKafkaBroker (which has no consumer)."""
-        return self.started and partition in self.caught_up
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
@@ -127,14 +128,15 @@ class ServiceFactory(Generic[SettingsT]):
         self,
         settings: SettingsT | None = None,
         *,
-        pool: SmtpPool | None = None,
-        outputs: Outputs | None = None,
+        pool: Pool | None = None,
+        producer: Producer | None = None,
         clock: Clock | None = None,
+        caught_up: CaughtUp | None = None,
         retry_window: float = 60.0,
     ) -> tuple[AsgiFastStream, Service]:
         settings = settings or load_settings(self.settings_class, self.name)
-        return build_service(self.spec(settings), settings, pool=pool, outputs=outputs, clock=clock,
-                             retry_window=retry_window)
+        return build_service(self.spec(settings), settings, pool=pool, producer=producer, clock=clock,
+                             caught_up=caught_up, retry_window=retry_window)
 
     def create_app(self, settings: SettingsT | None = None) -> AsgiFastStream:
         return self.create_service(settings)[0]
@@ -156,55 +158,51 @@ def build_service(
     spec: ServiceSpec,
     settings: ServiceSettings,
     *,
-    pool: SmtpPool | None = None,
-    outputs: Outputs | None = None,
+    pool: Pool | None = None,
+    producer: Producer | None = None,
     clock: Clock | None = None,
+    caught_up: CaughtUp | None = None,
     retry_window: float = 60.0,
 ) -> tuple[AsgiFastStream, Service]:
-    """Wire a service. Tests pass their own SMTP pool, outputs or clock; production passes none."""
+    """Wire a service, each part built once and complete. Tests pass their own SMTP pool, producer, clock
+    or caught-up gate; production passes none."""
     metrics = Metrics(spec.name)
     clock = clock or SystemClock(settings.TEST_CLOCK_OFFSET_SECONDS)
     store = Store(database_url(settings), component=spec.name, migrations=spec.migrations)
-    outputs = outputs or Outputs(settings)
+    producer = producer or Outputs(settings)
     pool = pool or SmtpPool(smtp_config(settings))
+    caught_up = caught_up or CaughtUp()
     base_context = {
         "portal_url": settings.PORTAL_BASE_URL,
         "business_center_url": settings.BUSINESS_CENTER_URL,
         "help_email": settings.HELP_EMAIL,
     }
     renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
-    mailer = Mailer(
-        service=spec.name,
-        sender=settings.SMTP_FROM,
-        renderer=renderer,
-        pool=pool,
-        store=store,
-        outputs=outputs,
-        metrics=metrics,
-        clock=clock,
-        base_context=base_context,
-        retry_window=retry_window,
-    )
+    mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
+                    metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window)
     drain = drain_seconds(retry_window)
-    scheduler: Scheduler | None = None
+    wake_scheduler = asyncio.Event()  # set when a job was scheduled or a partition caught up
+    runner = PlanRunner(service=spec.name, store=store, mailer=mailer, producer=producer, metrics=metrics,
+                        on_scheduled=wake_scheduler.set)
+    scheduler = None
     if spec.jobs:
         # A job's lease outlasts its longest run (SMTP retries, then recording under database trouble), so
         # another replica never takes over a job that is still sending.
+        jobs = {kind: _job_runner(spec.name, runner, clock, function) for kind, function in spec.jobs.items()}
         scheduler = Scheduler(
-            store, clock, {}, lease=timedelta(seconds=drain + 15),
+            store, clock, jobs,
+            gates={kind: functools.partial(gate, caught_up) for kind, gate in spec.job_gates.items()},
+            wake=wake_scheduler, lease=timedelta(seconds=drain + 15),
             on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n),
         )
-    consumer = TopicConsumer(
-        spec.router,
-        store=store,
-        mailer=mailer,
-        outputs=outputs,
-        metrics=metrics,
-        clock=clock,
-        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES,
-        concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
-        scheduler=scheduler,
+    batches = BatchProcessor(
+        spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
+        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
+        on_revoke=caught_up.forget,
     )
+    lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
+                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, batch_idle=batches.idle.is_set,
+                   on_caught_up=wake_scheduler.set)
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
         # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
@@ -217,19 +215,35 @@ def build_service(
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
         description=spec.description,
     )
+    subscriber = _subscribe(broker, settings, spec.router, batches, lag, drain)
+    _document_outputs(broker, spec)
     service = Service(
-        spec=spec, settings=settings, store=store, outputs=outputs, pool=pool, mailer=mailer,
-        metrics=metrics, clock=clock, consumer=consumer, broker=broker, scheduler=scheduler, drain=drain,
+        spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer, runner=runner,
+        metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
+        subscriber=subscriber, scheduler=scheduler, drain=drain,
     )
-    if scheduler is not None:
-        scheduler.handlers.update({kind: _job_runner(service, function) for kind, function in spec.jobs.items()})
-        scheduler.gates.update({kind: functools.partial(gate, service) for kind, gate in spec.job_gates.items()})
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/healthz", _healthz()),
+            ("/readyz", _readyz(service)),
+            ("/metrics", _metrics(service)),
+        ],
+        asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json", try_it_out_path=None),
+        specification=AsyncAPI(
+            title=spec.title, version="1.0.0", description=spec.description, schema_version="3.0.0"
+        ),
+        logger=logging.getLogger(f"customersource.{spec.name}.app"),
+        on_startup=[_hook(_start, service)],
+        on_shutdown=[_hook(_wind_down, service)],
+        after_startup=[_hook(_after_start, service)],
+        after_shutdown=[_hook(_stop, service)],
+    )
+    return app, service
 
-    def forget_caught_up() -> None:
-        service.caught_up = set()
 
-    consumer.on_revoke = forget_caught_up
-    _subscribe(service)
+def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
+    """The output topics, the dead letters and the audit events, as publishers in the AsyncAPI document."""
     for output in spec.outputs:
         broker.publisher(output.topic, title=output.topic, description=output.description,
                          schema=_documented(f"{output.topic} event", output.types))
@@ -252,34 +266,18 @@ def build_service(
             f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}
         ),
     )
-    app = AsgiFastStream(
-        broker,
-        asgi_routes=[
-            ("/healthz", _healthz()),
-            ("/readyz", _readyz(service)),
-            ("/metrics", _metrics(service)),
-        ],
-        asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json", try_it_out_path=None),
-        specification=AsyncAPI(
-            title=spec.title, version="1.0.0", description=spec.description, schema_version="3.0.0"
-        ),
-        logger=logging.getLogger(f"customersource.{spec.name}.app"),
-        on_startup=[_hook(_start, service)],
-        on_shutdown=[_hook(_wind_down, service)],
-        after_startup=[_hook(_after_start, service)],
-        after_shutdown=[_hook(_stop, service)],
-    )
-    return app, service
 
 
-def _job_runner(service: Service, function: JobFunction) -> JobHandler:
+def _job_runner(service: str, runner: PlanRunner, clock: Clock, function: JobFunction) -> JobHandler:
+    """A job's plan is applied like an event's; its cause is the event that scheduled it (or the job itself).
+    The scheduler marks the job done once its plan is applied."""
+
     async def run(job: Job) -> None:
         cause = job.payload.get("cause") or {
-            "id": job.job_id, "source": f"/customersource/{service.spec.name}/scheduler", "type": job.kind,
+            "id": job.job_id, "source": f"/customersource/{service}/scheduler", "type": job.kind,
         }
-        effects = service.consumer.effects(EventRef(id=cause["id"], source=cause["source"], type=cause["type"]),
-                                           service.clock.now())
-        await function(job, effects)
+        context = runner.context(EventRef(id=cause["id"], source=cause["source"], type=cause["type"]), clock.now())
+        await runner.apply(await function(job, context), context)
 
     return run
 
@@ -291,8 +289,8 @@ def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Calla
     return hook
 
 
-def _subscribe(service: Service) -> None:
-    settings, router = service.settings, service.spec.router
+def _subscribe(broker: KafkaBroker, settings: ServiceSettings, router: EventRouter, batches: BatchProcessor,
+               lag: LagMeter, drain: float) -> Any:
 
     async def raw_records(message: Any) -> Any:
         return message.raw_message
@@ -312,21 +310,23 @@ def _subscribe(service: Service) -> None:
     records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
 
     async def consume(records: Any) -> None:
-        await service.consumer.handle_fetch(subscriber.consumer, records)
-        await _measure_lag(service)
+        kafka = subscriber.consumer
+        assert kafka is not None, "FastStream hands over batches only from a running consumer"
+        await batches.handle_fetch(kafka, records)
+        await lag.measure(kafka)
 
     consume.__annotations__["records"] = records_type  # resolved here, not from a string
     consume.__doc__ = router.description
-    subscriber = service.broker.subscriber(
+    subscriber = broker.subscriber(
         router.topic,
         batch=True,
         group_id=settings.group_id,
         parser=tolerant_parser,
         decoder=raw_records,
-        ack_policy=AckPolicy.MANUAL,  # TopicConsumer.handle_fetch commits or rewinds each batch itself
+        ack_policy=AckPolicy.MANUAL,  # BatchProcessor.handle_fetch commits or rewinds each batch itself
         no_reply=True,  # never publish to a topic named by a record's reply_to header
-        listener=DrainOnRevoke(service.consumer, timeout=service.drain),
-        rebalance_timeout_ms=int((service.drain + 15) * 1000),
+        listener=DrainOnRevoke(batches, timeout=drain),
+        rebalance_timeout_ms=int((drain + 15) * 1000),
         auto_offset_reset="earliest",
         session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
@@ -338,49 +338,7 @@ def _subscribe(service: Service) -> None:
         description=router.description,
     )
     subscriber(consume)
-    service.subscriber = subscriber  # type: ignore[attr-defined]
-
-
-FRESH_FETCH_MS = 3000
-"""A partition counts as caught up only if the broker answered a fetch for it this recently: a broker
-outage, or a rebalance that stopped fetching, must not leave it "caught up" on old news."""
-
-
-COMMITTED_TIMEOUT_S = 2.0
-"""How long the lag loop waits for the group coordinator's committed offsets (it is down with the broker)."""
-
-
-async def _measure_lag(service: Service) -> None:
-    """Lag per assigned partition, exported and kept as the set of caught-up partitions: the high
-    watermark of the last fetch minus the group's committed offset (the log's start before the first
-    commit), so that /metrics says what the broker says (end offset minus committed offset): records
-    fetched but not yet committed still count."""
-    consumer = getattr(getattr(service, "subscriber", None), "consumer", None)
-    if consumer is None:
-        return
-    caught_up = set()
-    fresh_after = time.time() * 1000 - FRESH_FETCH_MS - service.settings.KAFKA_FETCH_MAX_WAIT_MS
-    for partition in consumer.assignment():
-        with contextlib.suppress(Exception):  # a rebalance may take the partition away meanwhile
-            highwater = consumer.highwater(partition)
-            if highwater is None:
-                continue
-            committed = await asyncio.wait_for(consumer.committed(partition), COMMITTED_TIMEOUT_S)
-            if committed is None:  # never committed: consumption starts at the log's start (earliest)
-                starts = await asyncio.wait_for(consumer.beginning_offsets([partition]), COMMITTED_TIMEOUT_S)
-                committed = starts[partition]
-            lag = max(highwater - committed, 0)
-            service.metrics.lag.labels(service.spec.name, partition.topic, str(partition.partition)).set(lag)
-            fetched = consumer.last_poll_timestamp(partition) or 0
-            if lag == 0 and fetched >= fresh_after and partition.topic == service.spec.router.topic:
-                caught_up.add(partition.partition)
-    # While a batch is in progress the position is past records not yet processed: nothing counts as
-    # caught up then (the batch's end measures again).
-    caught_up = caught_up if service.consumer.idle.is_set() else set()
-    newly = caught_up - service.caught_up
-    service.caught_up = caught_up
-    if newly and service.scheduler is not None:
-        service.scheduler.wake()
+    return subscriber
 
 
 async def _start(service: Service) -> None:
@@ -391,7 +349,7 @@ async def _start(service: Service) -> None:
         topics = [service.spec.router.topic, f"{service.spec.router.topic}.dlq", NOTIFICATIONS_TOPIC]
         topics += [o.topic for o in service.spec.outputs]
         await ensure_topics(service.settings, topics)
-    await service.outputs.start()
+    await service.producer.start()
 
 
 async def _after_start(service: Service) -> None:
@@ -399,9 +357,9 @@ async def _after_start(service: Service) -> None:
         while True:
             await asyncio.sleep(1)
             try:
-                await _measure_lag(service)
+                await service.lag.measure(service.subscriber.consumer)
             except Exception:
-                service.caught_up = set()
+                service.caught_up.forget()
                 log.warning("lag not measured", exc_info=True)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
@@ -416,13 +374,13 @@ async def _after_start(service: Service) -> None:
 async def _wind_down(service: Service) -> None:
     """Before the broker stops: let the batch in progress finish its records and commit, rather
     than be cancelled between an SMTP acceptance and its record."""
-    service.started = False  # nothing counts as caught up from now on
-    service.caught_up = set()
+    service.started = False
+    service.caught_up.close()  # nothing counts as caught up from now on
     for task in service.tasks:  # the scheduler and the lag loop stop before the consumer does
         task.cancel()
-    service.consumer.revoking.set()
+    service.batches.revoking.set()
     try:
-        await asyncio.wait_for(service.consumer.idle.wait(), service.drain)
+        await asyncio.wait_for(service.batches.idle.wait(), service.drain)
     except TimeoutError:
         log.warning("batch still running at shutdown")
 
@@ -435,7 +393,7 @@ async def _stop(service: Service) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await service.pool.close()
-    await service.outputs.stop()
+    await service.producer.stop()
     await service.store.close()
     log.info("service stopped")
 

@@ -3,11 +3,13 @@ events and dead letters, and topic creation for local and test brokers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -50,6 +52,31 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.KAFKA_BOOTSTRAP_SERVERS, **parse_security(security(settings))}
 
 
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One record to produce (``event_type``: for the metrics, not sent)."""
+
+    topic: str
+    key: str | bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    event_type: str = ""
+
+
+class Producer(Protocol):
+    """The port through which the runtime produces output events and dead letters."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, *, key: str | bytes | None, value: bytes | None, headers: Headers = ()) -> None:
+        """Produce one record and wait for its acknowledgement."""
+
+    async def send_all(self, records: Sequence[OutputRecord]) -> None:
+        """Produce the records in order, then wait until every one is acknowledged."""
+
+
 class Outputs:
     """The producer of our output events and dead letters: acks from all in-sync replicas, awaited
     before the input's offset is committed."""
@@ -63,7 +90,7 @@ class Outputs:
         self._producer = AIOKafkaProducer(
             **self._options,
             acks="all",
-            linger_ms=0,  # each send is awaited before the input is committed: no reason to wait
+            linger_ms=0,  # what a plan produces is sent together (send_all): no reason to wait for more
             max_request_size=self._max_bytes,
             client_id="customersource-outputs",
         )
@@ -78,6 +105,15 @@ class Outputs:
         assert self._producer is not None, "Outputs.start() first"
         raw_key = key.encode() if isinstance(key, str) else key
         await self._producer.send_and_wait(topic, value=value, key=raw_key, headers=list(headers))
+
+    async def send_all(self, records: Sequence[OutputRecord]) -> None:
+        assert self._producer is not None, "Outputs.start() first"
+        pending = []
+        for record in records:
+            raw_key = record.key.encode() if isinstance(record.key, str) else record.key
+            pending.append(await self._producer.send(record.topic, value=record.value, key=raw_key,
+                                                     headers=list(record.headers)))
+        await asyncio.gather(*pending)
 
 
 async def create_missing_topics(

@@ -101,17 +101,18 @@ class Scheduler:
         on_pending: Callable[[int], None] | None = None,
         gates: Mapping[str, Gate] | None = None,
         gate_poll: float = 1.0,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.handlers = dict(handlers)
+        self.handlers: Mapping[str, JobHandler] = dict(handlers)
         self.lease = lease
         self.rescan = rescan
         self.owner = uuid.uuid4().hex[:16]
-        self._wake = asyncio.Event()
+        self._wake = wake or asyncio.Event()  # set by whoever knows there is something to run
         self._slots = asyncio.Semaphore(concurrency)
         self._on_pending = on_pending
-        self.gates: dict[str, Gate] = dict(gates or {})
+        self.gates: Mapping[str, Gate] = dict(gates or {})
         self.gate_poll = gate_poll
         self._held_back = 0  # due jobs the gates held back in the last pass
 

@@ -44,7 +44,7 @@ def unavailable(what: str, why: str) -> None:
 
 def _docker_engine() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         client = docker.from_env(timeout=2)
         return bool(client.ping())
@@ -92,7 +92,7 @@ def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session
     elif SESSION_BROKER == "external":
         yield SessionBroker("external", os.environ["KAFKA_BOOTSTRAP_SERVERS"])
     elif SESSION_BROKER == "kafka-container":
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+        from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
             yield SessionBroker("kafka-container", container.get_bootstrap_server())

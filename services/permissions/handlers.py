@@ -1,9 +1,15 @@
-"""Handlers of the permission events and the reminder job."""
+"""Handlers of the permission events and the reminder job: load the request, ask the domain, return the plan.
+
+A request's new state (and its reminder scheduled or cancelled) is saved before its e-mails go out, so a
+reminder can no longer claim a decided request; a re-run after a crash in between finds its own change
+saved (the domain says "resumed") and sends the e-mails again, which the delivery records deduplicate."""
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions import domain, state
 from services.permissions.contracts import (
@@ -19,8 +25,8 @@ from services.permissions.contracts import (
     PermissionRequested,
 )
 from services.permissions.domain import Outcome, Request, State
-from shared.consumer import Effects, EventRouter
 from shared.envelope import Event
+from shared.handling import Context, EventRouter, Plan, write
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
 from shared.scheduler import Job
@@ -50,63 +56,52 @@ class PermissionHandlers:
         self.router.handles(DENIED, PermissionDenied)(self.on_denied)
         self.router.handles(REMOVED, PermissionRemoved)(self.on_removed)
 
-    @staticmethod
-    async def _load(effects: Effects, request_id: str) -> Request | None:
-        async with effects.store.connect() as connection:
-            return await state.load_request(connection, request_id)
-
-    async def on_requested(self, event: Event[PermissionRequested], effects: Effects) -> None:
+    async def on_requested(self, event: Event[PermissionRequested], context: Context) -> Plan:
         """Each administrator is asked to approve or refuse (what the partner could do, how to answer); a
         reminder is due PERMISSIONS_REMINDER_DAYS after requested_at while the request stays pending."""
         data = event.data
-        current = await self._load(effects, data.request_id)
-        outcome = domain.on_requested(current, data, cause=_cause(effects), now=effects.now,
+        current = await context.read(state.load_request, data.request_id)
+        outcome = domain.on_requested(current, data, cause=_cause(context), now=context.now,
                                       reminder_after=self.reminder_after)
-        await self._act(outcome, effects)
+        return self._plan(outcome, context)
 
-    async def on_approved(self, event: Event[PermissionApproved], effects: Effects) -> None:
+    async def on_approved(self, event: Event[PermissionApproved], context: Context) -> Plan:
         """The partner is told; the administrators get a confirmation."""
-        await self._decide(event.data, State.APPROVED, effects)
+        return await self._decide(event.data, State.APPROVED, context)
 
-    async def on_denied(self, event: Event[PermissionDenied], effects: Effects) -> None:
+    async def on_denied(self, event: Event[PermissionDenied], context: Context) -> Plan:
         """The partner is told."""
-        await self._decide(event.data, State.DENIED, effects)
+        return await self._decide(event.data, State.DENIED, context)
 
-    async def on_removed(self, event: Event[PermissionRemoved], effects: Effects) -> None:
+    async def on_removed(self, event: Event[PermissionRemoved], context: Context) -> Plan:
         """The partner is told; the administrators get a confirmation."""
-        await self._decide(event.data, State.REMOVED, effects)
+        return await self._decide(event.data, State.REMOVED, context)
 
-    async def _decide(self, data: Decision, target: State, effects: Effects) -> None:
-        current = await self._load(effects, data.request_id)
+    async def _decide(self, data: Decision, target: State, context: Context) -> Plan:
+        current = await context.read(state.load_request, data.request_id)
         outcome = domain.on_decision(current, target, request_id=data.request_id, account_id=data.account_id,
                                      partner_id=data.partner_id, decided_by=data.decided_by,
-                                     decided_at=data.decided_at, cause=_cause(effects))
-        await self._act(outcome, effects)
+                                     decided_at=data.decided_at, cause=_cause(context))
+        return self._plan(outcome, context)
 
-    async def _act(self, outcome: Outcome, effects: Effects) -> None:
-        """The new state is saved first (so a reminder can no longer claim a decided request), then the
-        e-mails go out; a re-run after a crash in between finds its own change saved and sends them again,
-        which the delivery records deduplicate."""
-        if outcome.ignored:
-            effects.ignored(outcome.ignored)
+    def _plan(self, outcome: Outcome, context: Context) -> Plan:
         request = outcome.request
         if request is None:
-            return  # the consumer marks the event processed
+            return Plan(ignored=outcome.ignored)
+        before = []
         if not outcome.resumed:
-            async with effects.store.transaction() as connection:
-                await state.save_request(connection, request, expected=outcome.expected, now=effects.now)
-                if outcome.cancel_reminder:
-                    await effects.cancel(connection, reminder_job_id(request.request_id))
-                if outcome.schedule_reminder is not None:
-                    await effects.schedule(connection, job_id=reminder_job_id(request.request_id),
-                                           kind=REMINDER_JOB, aggregate_id=request.request_id,
-                                           due_at=outcome.schedule_reminder,
-                                           payload={"request_id": request.request_id})
-        notes = [self._mail(outcome.notify_admins, admin, request) for admin in request.admins
+            before.append(write(state.save_request, request, expected=outcome.expected, now=context.now))
+            if outcome.cancel_reminder:
+                before.append(context.cancel(reminder_job_id(request.request_id)))
+            if outcome.schedule_reminder is not None:
+                before.append(context.schedule(job_id=reminder_job_id(request.request_id), kind=REMINDER_JOB,
+                                               aggregate_id=request.request_id, due_at=outcome.schedule_reminder,
+                                               payload={"request_id": request.request_id}))
+        mails = [self._mail(outcome.notify_admins, admin, request) for admin in request.admins
                  if outcome.notify_admins]
         if outcome.notify_partner:
-            notes.append(self._mail(domain.DECISION_TEMPLATE, request.partner, request))
-        await effects.mail_all(notes)
+            mails.append(self._mail(domain.DECISION_TEMPLATE, request.partner, request))
+        return Plan(before=before, mails=mails, ignored=outcome.ignored)
 
     @staticmethod
     def _mail(template: str, recipient: Person, request: Request) -> Notification:
@@ -126,19 +121,22 @@ class PermissionHandlers:
         return Notification(template=template, recipient=recipient, aggregate_id=request.request_id,
                             context=context)
 
-    async def run_reminder(self, job: Job, effects: Effects) -> None:
+    async def run_reminder(self, job: Job, context: Context) -> Plan:
         """One reminder to the administrators, if the request is still pending: claimed first, so that a
-        decision saved meanwhile stops it. (Its cause is the request event, already marked processed: the
-        job has no state of its own to finish.)"""
+        decision saved meanwhile stops it."""
         request_id = job.payload["request_id"]
-        async with effects.store.transaction() as connection:
-            claimed = await state.claim_reminder(connection, request_id, effects.now)
-            current = await state.load_request(connection, request_id) if claimed else None
+        current = await context.claim(_claim_reminder, request_id, context.now)
         if current is None or not domain.reminder_due(current):
-            effects.ignored("the request was decided: no reminder")
-            return
-        await effects.mail_all([self._mail(domain.REMINDER_TEMPLATE, admin, current) for admin in current.admins])
+            return Plan(ignored="the request was decided: no reminder")
+        return Plan(mails=[self._mail(domain.REMINDER_TEMPLATE, admin, current) for admin in current.admins])
 
 
-def _cause(effects: Effects) -> str:
-    return f"{effects.event.source} {effects.event.id}"
+async def _claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> Request | None:
+    """The request, if its reminder is ours to send (claimed in this transaction)."""
+    if not await state.claim_reminder(connection, request_id, now):
+        return None
+    return await state.load_request(connection, request_id)
+
+
+def _cause(context: Context) -> str:
+    return f"{context.cause.source} {context.cause.id}"

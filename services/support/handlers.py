@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support import domain, state
 from services.support.contracts import (
@@ -24,10 +26,10 @@ from services.support.contracts import (
     Routing,
 )
 from services.support.domain import Decision, Post, State
-from shared.app import Service
-from shared.consumer import Effects, EventRouter, all_of
 from shared.envelope import Event
+from shared.handling import Context, EventRouter, Output, Plan, Write, write
 from shared.ids import deterministic_id
+from shared.lag import CaughtUp
 from shared.mail.plan import Notification
 from shared.scheduler import Job
 from shared.shapes import SITE_LANGUAGE, LocalSite, Person
@@ -57,73 +59,69 @@ class SupportHandlers:
         self.router.handles(POST_ANSWERED, PostAnswered)(self.on_post_answered)
         self.router.handles(POST_UNANSWERED, PostUnanswered)(self.on_post_unanswered)
 
-    @staticmethod
-    async def _load(effects: Effects, post_id: str) -> Post | None:
-        async with effects.store.connect() as connection:
-            return await state.load_post(connection, post_id)
-
-    async def on_post_created(self, event: Event[PostCreated], effects: Effects) -> None:
+    async def on_post_created(self, event: Event[PostCreated], context: Context) -> Plan:
         """An eligible post gets its due-time: 48 business hours after posted_at. A post read when already
         overdue escalates once this member has caught up with the partition (an answer further on in the
         backlog can still cancel it)."""
-        current = await self._load(effects, event.data.post_id)
-        await self._act(current, domain.on_created(current, event.data), effects)
+        current = await context.read(state.load_post, event.data.post_id)
+        return await self._plan(current, domain.on_created(current, event.data), context)
 
-    async def on_post_answered(self, event: Event[PostAnswered], effects: Effects) -> None:
+    async def on_post_answered(self, event: Event[PostAnswered], context: Context) -> Plan:
         """An answer before the due time cancels the escalation."""
-        current = await self._load(effects, event.data.post_id)
-        await self._act(current, domain.on_answered(current, event.data), effects)
+        current = await context.read(state.load_post, event.data.post_id)
+        return await self._plan(current, domain.on_answered(current, event.data), context)
 
-    async def on_post_unanswered(self, event: Event[PostUnanswered], effects: Effects) -> None:
+    async def on_post_unanswered(self, event: Event[PostUnanswered], context: Context) -> Plan:
         """Escalates at once if eligible and neither escalated nor answered."""
-        current = await self._load(effects, event.data.post_id)
-        await self._act(current, domain.on_unanswered(current, event.data), effects)
+        current = await context.read(state.load_post, event.data.post_id)
+        return await self._plan(current, domain.on_unanswered(current, event.data), context)
 
-    async def _act(self, current: Post | None, decision: Decision, effects: Effects) -> None:
-        if decision.ignored:
-            effects.ignored(decision.ignored)
+    async def _plan(self, current: Post | None, decision: Decision, context: Context) -> Plan:
+        """An escalation is claimed first (with the post, if first seen in this event); then the e-mails and
+        the escalation event; then the post marked escalated and its timer cancelled. Otherwise the post's
+        new state and its timer, scheduled or cancelled, in one transaction."""
         post = decision.post
+        if post is None:
+            return Plan(ignored=decision.ignored)
         expected = current.state if current is not None else None
-        escalated = False
-        if post is not None and decision.escalate:
-            if post != current:  # first seen in this event: stored before it is claimed
-                async with effects.store.transaction() as connection:
-                    await state.save_post(connection, post, expected=expected, now=effects.now)
-            escalated = await self._escalate(post, "post_unanswered", effects)
-            if not escalated:
-                decision = replace(decision, cancel=False)  # the claim's holder (a timer) still needs its job
-        async with effects.finish() as connection:
-            if post is not None and not decision.escalate:
-                await state.save_post(connection, post, expected=expected, now=effects.now)
-            if escalated and post is not None:
-                await state.mark_escalated(connection, post.post_id, effects.now)
-            if decision.cancel and post is not None:
-                await effects.cancel(connection, escalation_job_id(post.post_id))
-            if decision.schedule and post is not None and post.due_at is not None:
-                await effects.schedule(connection, job_id=escalation_job_id(post.post_id), kind=ESCALATION_JOB,
-                                       aggregate_id=post.post_id, due_at=post.due_at,
-                                       payload={"post_id": post.post_id, "partition": effects.partition})
+        if decision.escalate:
+            escalated_at = await context.claim(_save_and_claim, post, expected, first_seen=post != current,
+                                               claim=_claim(context, "post_unanswered"), now=context.now)
+            if escalated_at is None:  # the claim's holder (a timer) still needs its job: not cancelled
+                return Plan(after=self._timer(post, replace(decision, cancel=False), context),
+                            ignored="another escalation of this post came first")
+            return self._escalation(post, "post_unanswered", escalated_at, context,
+                                    then_also=self._timer(post, decision, context))
+        return Plan(after=[write(state.save_post, post, expected=expected, now=context.now),
+                           *self._timer(post, decision, context)], ignored=decision.ignored)
 
-    async def run_escalation(self, job: Job, effects: Effects) -> None:
+    @staticmethod
+    def _timer(post: Post, decision: Decision, context: Context) -> list[Write]:
+        changes = []
+        if decision.cancel:
+            changes.append(context.cancel(escalation_job_id(post.post_id)))
+        if decision.schedule and post.due_at is not None:
+            changes.append(context.schedule(job_id=escalation_job_id(post.post_id), kind=ESCALATION_JOB,
+                                            aggregate_id=post.post_id, due_at=post.due_at,
+                                            payload={"post_id": post.post_id, "partition": context.partition}))
+        return changes
+
+    async def run_escalation(self, job: Job, context: Context) -> Plan:
         """The due time has come and this replica has caught up with the post's partition (the job's gate):
         escalate, unless the post was answered meanwhile."""
-        post = await self._load(effects, job.payload["post_id"])
+        post = await context.read(state.load_post, job.payload["post_id"])
         if post is None or post.state not in (State.WAITING, State.ESCALATING):
-            effects.ignored("the post was answered or escalated meanwhile")
-            return
-        if await self._escalate(post, "timer", effects):
-            async with effects.finish() as connection:
-                await state.mark_escalated(connection, post.post_id, effects.now)
-
-    async def _escalate(self, post: Post, trigger: Literal["timer", "post_unanswered"], effects: Effects) -> bool:
-        """Claim the post's one escalation, then publish it and send both e-mails (all with ids derived from
-        the cause, so a re-run after a crash repeats nothing). False if the post was not ours to escalate."""
-        claim = {"source": effects.event.source, "id": effects.event.id, "trigger": trigger}
-        async with effects.store.transaction() as connection:
-            escalated_at = await state.claim_escalation(connection, post.post_id, claim, effects.now)
+            return Plan(ignored="the post was answered or escalated meanwhile")
+        escalated_at = await context.claim(state.claim_escalation, post.post_id, _claim(context, "timer"),
+                                           context.now)
         if escalated_at is None:
-            effects.ignored("another escalation of this post came first")
-            return False
+            return Plan(ignored="another escalation of this post came first")
+        return self._escalation(post, "timer", escalated_at, context)
+
+    def _escalation(self, post: Post, trigger: Literal["timer", "post_unanswered"], escalated_at: datetime,
+                    context: Context, then_also: Sequence[Write] = ()) -> Plan:
+        """The claimed escalation: both e-mails and the escalation event (all with ids derived from the cause,
+        so a re-run after a crash repeats nothing), then the post marked escalated."""
         assert post.local_site is not None and post.author is not None
         assert post.posted_at is not None and post.due_at is not None
         routing = self.routes.get(post.local_site, self.escalation_email)
@@ -135,17 +133,17 @@ class SupportHandlers:
             reason=post.reason, trigger=trigger, due_at=post.due_at, escalated_at=escalated_at,
             time_zone=post.time_zone, routing=Routing(local_site=post.local_site.value, email=routing),
         )
-        context = self._context(post, trigger, escalated_at)
+        mail_context = self._context(post, trigger, escalated_at)
         team = Person(email=routing, name=SUPPORT_TEAM_NAME, locale=SITE_LANGUAGE[post.local_site])
-        await all_of(
-            effects.publish(topic=OUTPUT_TOPIC, key=post.post_id, event_type=ESCALATION_RAISED, data=raised,
-                            side_effect="escalation", recipient=post.post_id),
-            effects.mail(Notification(template=domain.SUPPORT_TEMPLATE, recipient=team, local_site=post.local_site,
-                                      aggregate_id=post.post_id, context=context)),
-            effects.mail(Notification(template=domain.AUTHOR_TEMPLATE, recipient=post.author,
-                                      local_site=post.local_site, aggregate_id=post.post_id, context=context)),
+        return Plan(
+            mails=[Notification(template=domain.SUPPORT_TEMPLATE, recipient=team, local_site=post.local_site,
+                                aggregate_id=post.post_id, context=mail_context),
+                   Notification(template=domain.AUTHOR_TEMPLATE, recipient=post.author, local_site=post.local_site,
+                                aggregate_id=post.post_id, context=mail_context)],
+            events=[Output(topic=OUTPUT_TOPIC, key=post.post_id, event_type=ESCALATION_RAISED, data=raised,
+                           side_effect="escalation", recipient=post.post_id)],
+            after=[write(state.mark_escalated, post.post_id, context.now), *then_also],
         )
-        return True
 
     @staticmethod
     def _context(post: Post, trigger: str, escalated_at: datetime) -> dict[str, Any]:
@@ -161,8 +159,20 @@ class SupportHandlers:
         }
 
 
-def escalation_gate(service: Service, payload: Mapping[str, Any]) -> bool:
+def _claim(context: Context, trigger: str) -> dict[str, str]:
+    return {"source": context.cause.source, "id": context.cause.id, "trigger": trigger}
+
+
+async def _save_and_claim(connection: AsyncConnection, post: Post, expected: State | None, *, first_seen: bool,
+                          claim: dict[str, str], now: datetime) -> datetime | None:
+    """Store the post if first seen in this event, then claim its escalation."""
+    if first_seen:
+        await state.save_post(connection, post, expected=expected, now=now)
+    return await state.claim_escalation(connection, post.post_id, claim, now)
+
+
+def escalation_gate(caught_up: CaughtUp, payload: Mapping[str, Any]) -> bool:
     """An escalation runs only on the replica that owns the post's partition, once it has caught up with it:
     an answer further on in a backlog is read first."""
     partition = payload.get("partition")
-    return partition is None or service.is_caught_up(int(partition))
+    return partition is None or int(partition) in caught_up

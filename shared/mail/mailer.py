@@ -1,6 +1,7 @@
-"""Delivering a planned notification: render, send, record the outcome as soon as the SMTP server
-answers (group-committed with the outcomes of concurrent e-mails, within a couple of milliseconds), and
-publish the ``customersource.notifications`` audit event.
+"""Delivering a planned notification: render, send, and record the outcome as soon as the SMTP server
+answers (group-committed with the outcomes of concurrent e-mails, within a couple of milliseconds); the
+``customersource.notifications`` audit event of the outcome is built here and produced by the runtime
+with the plan's other events.
 
 Idempotent per (triggering event, template, recipient): a re-delivered event finds the recorded
 outcome and sends nothing; only an e-mail accepted just before a crash, not yet recorded, can go out
@@ -25,11 +26,11 @@ from sqlalchemy import select
 from shared.clock import Clock
 from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
-from shared.kafka import Outputs
+from shared.kafka import OutputRecord
 from shared.mail.message import OutgoingMail, build_message, usable_address
 from shared.mail.plan import Notification
 from shared.mail.render import RenderedMail, Renderer, negotiate_language
-from shared.mail.smtp import Accepted, Refused, SmtpPool, TransientSmtpError
+from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
 from shared.metrics import Metrics
 from shared.store import GroupCommit, Store, deliveries
 
@@ -83,9 +84,8 @@ class Mailer:
         service: str,
         sender: str,
         renderer: Renderer,
-        pool: SmtpPool,
+        pool: Pool,
         store: Store,
-        outputs: Outputs,
         metrics: Metrics,
         clock: Clock,
         base_context: Mapping[str, Any],
@@ -97,7 +97,6 @@ class Mailer:
         self.renderer = renderer
         self.pool = pool
         self.store = store
-        self.outputs = outputs
         self.metrics = metrics
         self.clock = clock
         self.base_context = dict(base_context)
@@ -120,13 +119,11 @@ class Mailer:
                 query = select(deliveries).where(deliveries.c.delivery_id == delivery_id)
                 row = (await connection.execute(query)).first()
         if row is not None and row.outcome in ("sent", "failed"):
-            outcome = NotificationOutcome(
+            return NotificationOutcome(
                 event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
                 template=row.template, locale=row.locale, recipient=row.recipient, message_id=row.message_id,
                 outcome=row.outcome, attempts=row.attempts, smtp_code=row.smtp_code, error=row.error, at=row.at,
             )
-            await self._audit(outcome, note.aggregate_id, delivery_id)
-            return outcome
         # Until the SMTP server answers for good, the outcome is provisionally a failure.
         outcome = NotificationOutcome(
             event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
@@ -159,7 +156,6 @@ class Mailer:
         # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
         await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent"))
         self.metrics.email(note.template, outcome.outcome)
-        await self._audit(outcome, note.aggregate_id, delivery_id)
         return outcome
 
     def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome) -> OutgoingMail | None:
@@ -234,7 +230,10 @@ class Mailer:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _audit(self, outcome: NotificationOutcome, aggregate_id: str, delivery_id: str) -> None:
+    def audit(self, outcome: NotificationOutcome, aggregate_id: str) -> OutputRecord:
+        """The ``customersource.notifications`` event of a final outcome (its id derived from the delivery's)."""
+        delivery_id = deterministic_id(outcome.event_source, outcome.event_id, "mail", outcome.template,
+                                       outcome.recipient.lower())
         event_type = SENT_TYPE if outcome.outcome == "sent" else FAILED_TYPE
         value = structured(
             event_id=deterministic_id(delivery_id, "notification"),
@@ -244,10 +243,5 @@ class Mailer:
             subject=aggregate_id,
             data=outcome,
         )
-        await self.outputs.send(
-            NOTIFICATIONS_TOPIC,
-            key=aggregate_id,
-            value=value,
-            headers=STRUCTURED_HEADERS,
-        )
-        self.metrics.output(event_type)
+        return OutputRecord(NOTIFICATIONS_TOPIC, key=aggregate_id, value=value, headers=STRUCTURED_HEADERS,
+                            event_type=event_type)

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiosmtplib
 
@@ -39,7 +40,16 @@ class TransientSmtpError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
+class Pool(Protocol):
+    """The port through which the mailer sends (an :class:`SmtpPool`, or a test's recording double)."""
+
+    async def send(self, mail: OutgoingMail) -> Accepted | Refused:
+        """Send one message; a refusal is returned, a transient failure raised as TransientSmtpError."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
 class SmtpConfig:
     host: str
     port: int

@@ -1,4 +1,4 @@
-"""Expiry handlers and the digest job through FastStream's TestKafkaBroker, with recording fakes for
+"""Expiry handlers and the digest job, fed batches as the subscriber feeds them, with recording fakes for
 SMTP and the output producer, a fixed clock and a real SQLite store (the integration tests repeat the
 key flows on the real broker, SMTP server, SQLite and PostgreSQL)."""
 
@@ -168,7 +168,7 @@ async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_late
     partner = partner_in_utc()
     first = plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner, account_name="Contoso Ltd")
     await harness.publish(NEARING_EXPIRY, first)
-    crashes = []
+    crashes: list[bool] = []
     finish = state.finish_digest
 
     async def crash_once(*args: Any, **kwargs: Any) -> None:

@@ -1,9 +1,11 @@
-"""Invitations handlers through FastStream's TestKafkaBroker, with recording fakes for SMTP and the
+"""Invitations handlers, fed batches as the subscriber feeds them, with recording fakes for SMTP and the
 output producer and a real SQLite store (fast; the integration tests repeat the key flows on the
 real broker and SMTP server)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from sqlalchemy import select
 
 from services.invitations import verify_invitation
 from services.invitations.app import create_service
+from services.invitations.app import spec as invitations_spec
 from services.invitations.contracts import (
     ADDED,
     EMAIL_CHANGED,
@@ -29,7 +33,8 @@ from services.invitations.contracts import (
 )
 from services.invitations.settings import InvitationSettings
 from services.invitations.state import load_profile
-from shared.mail.mailer import RetryLater
+from shared.app import ServiceFactory, ServiceSpec
+from shared.handling import EventRouter, Plan
 from shared.store import deliveries
 from tests.support.harness import Harness, service_harness
 from tests.support.kafka import cloudevent
@@ -101,7 +106,9 @@ async def test_administrator_variant_explains_how_to_add_colleagues(harness: Inv
     [message] = harness.pool.to(data["email"])
     assert message["X-CustomerSource-Template"] == "invitation_administrator"
     assert message["Content-Language"] == "fr"
-    text = message.get_body(("plain",)).get_content()
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
     assert "Mon compte > Nos comptes CustomerSource" in text.replace("\xa0", " ")
 
 
@@ -217,7 +224,9 @@ async def test_html_and_header_injection_attempts_are_neutralised(harness: Invit
                               added_by={"name": "<img src=x onerror=alert(1)>", "kind": "administrator"})
     await harness.publish(ADDED, data)
     [message] = harness.pool.to(data["email"])
-    html = message.get_body(("html",)).get_content()
+    body = message.get_body(("html",))
+    assert body is not None
+    html = body.get_content()
     assert "<script>" not in html and "<img" not in html and "<b>Corp" not in html
     assert "&lt;script&gt;" in html
     assert message["Bcc"] is None
@@ -232,22 +241,17 @@ async def test_tokens_and_links_never_reach_the_logs(harness: Invitations, caplo
 
 
 async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness: Invitations) -> None:
-    import json
-
-    from aiokafka.structs import ConsumerRecord
-
     data = professional_added()
-    event = cloudevent(ADDED, data)
-    record = ConsumerRecord(TOPIC, 0, 7, 0, 0, data["professional_id"].encode(), json.dumps(event).encode(),
-                            None, 0, 0, [("content-type", b"application/cloudevents+json")])
+    record = harness.record(cloudevent(ADDED, data))
     harness.pool.transient_failures = 1000
-    with pytest.raises(RetryLater):
-        await harness.service.consumer.process_batch([record])
+    await harness.fetch(record)
+    assert not harness.committed(record) and (TopicPartition(TOPIC, 0), record.offset) in harness.kafka.seeks
     assert harness.pool.sent == [] and harness.issued() == []
     harness.pool.transient_failures = 0
-    harness.service.clock.advance(timedelta(minutes=30))  # type: ignore[attr-defined]
-    await harness.service.consumer.process_batch([record])
-    await harness.service.consumer.process_batch([record])  # a re-delivery after the commit was lost
+    harness.clock.advance(timedelta(minutes=30))
+    await harness.fetch(record)
+    assert harness.committed(record)
+    await harness.fetch(record)  # a re-delivery after the commit was lost
     [message] = harness.pool.to(data["email"])
     [issued] = harness.issued()
     # The times are those of the first attempt: the e-mailed link and the issued event agree.
@@ -259,28 +263,27 @@ async def test_a_transient_smtp_outage_rewinds_without_loss_or_duplicate(harness
     assert sent["data"]["attempts"] > 1
 
 
-async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(harness: Invitations) -> None:
-    import json
-
-    from aiokafka.structs import ConsumerRecord
-
-    data = professional_added()
-    record = ConsumerRecord(TOPIC, 0, 9, 0, 0, data["professional_id"].encode(),
-                            json.dumps(cloudevent(ADDED, data)).encode(), None, 0, 0, [])
-    consumer = harness.service.consumer
-
-    async def broken(event: Any, effects: Any) -> None:
+async def test_an_event_that_keeps_crashing_is_dead_lettered_after_a_few_passes(tmp_path: Path) -> None:
+    async def broken(event: Any, context: Any) -> Plan:
         raise KeyError("a defect")
 
-    route = consumer.router.routes[ADDED]
-    consumer.router.routes[ADDED] = type(route)(route.event_type, route.model, broken)
-    consumer._failures = 0
-    for _ in range(2):
-        with pytest.raises(KeyError):
-            await consumer.process_batch([record])
-    await consumer.process_batch([record])
-    [letter] = harness.outputs.dead_letters(TOPIC)
-    assert letter["dlq-error-kind"] == "unusable_content" and "KeyError" in letter["dlq-reason"]
+    def spec(settings: InvitationSettings) -> ServiceSpec:
+        real = invitations_spec(settings)
+        router = EventRouter(service=real.name, topic=TOPIC, key_field="professional_id")
+        router.handles(ADDED, real.router.routes[ADDED].model)(broken)
+        return dataclasses.replace(real, router=router)
+
+    factory = ServiceFactory("invitations", InvitationSettings, spec)
+    async with service_harness(factory.create_service, InvitationSettings, tmp_path, now=NOW, topic=TOPIC,
+                               key_field="professional_id", INVITATION_SECRET=SECRET) as harness:
+        record = harness.record(cloudevent(ADDED, professional_added()))
+        for _ in range(2):
+            await harness.fetch(record)
+            assert not harness.committed(record) and harness.outputs.dead_letters(TOPIC) == []
+        await harness.fetch(record)
+        assert harness.committed(record)
+        [letter] = harness.outputs.dead_letters(TOPIC)
+        assert letter["dlq-error-kind"] == "unusable_content" and "KeyError" in letter["dlq-reason"]
 
 
 async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness: Invitations) -> None:
@@ -294,11 +297,8 @@ async def test_a_resend_whose_mail_is_refused_names_no_phantom_successor(harness
 
 
 async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness: Invitations) -> None:
-    import json
-
     data = professional_added()
     raw = json.dumps(cloudevent(ADDED, data)).replace("Jane Doe", "Jane \\ud800 Doe").encode()
-    await harness.broker.publish(raw, TOPIC, key=data["professional_id"].encode(),
-                                 headers={"content-type": "application/cloudevents+json"})
+    await harness.fetch(harness.record(raw))
     [letter] = harness.outputs.dead_letters(TOPIC)
     assert letter["dlq-error-kind"] == "schema_invalid" and "data.name" in letter["dlq-reason"]

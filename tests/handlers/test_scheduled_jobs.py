@@ -1,4 +1,4 @@
-"""A handler schedules a due-time in its final transaction; the scheduler runs the job with the
+"""A handler's plan schedules a due-time in its final transaction; the scheduler runs the job with the
 original event as the cause of its e-mail (same X-CustomerSource-Event-Id, deduplicated on re-runs).
 A tiny service of its own, wired by the same factory as the real ones."""
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from services.invitations.settings import InvitationSettings
 from shared.app import ServiceSpec, build_service
 from shared.clock import SystemClock
-from shared.consumer import Effects, EventRouter
 from shared.envelope import Event
+from shared.handling import Context, EventRouter, Plan
 from shared.mail.plan import Notification
 from shared.scheduler import Job, job_status
 from shared.shapes import Person
@@ -35,14 +35,14 @@ async def test_a_handler_schedules_and_the_job_mails_with_the_event_as_cause(tmp
     router = EventRouter(service="pinger", topic="tests.pings", key_field="ping_id")
 
     @router.handles("tests.ping.v1", Ping)
-    async def on_ping(event: Event[Ping], effects: Effects) -> None:
-        async with effects.finish() as connection:
-            await effects.schedule(connection, job_id=f"remind:{event.data.ping_id}", kind="remind",
-                                   aggregate_id=event.data.ping_id, due_at=effects.now + timedelta(milliseconds=200),
-                                   payload={"email": event.data.email})
+    async def on_ping(event: Event[Ping], context: Context) -> Plan:
+        return Plan(after=[context.schedule(job_id=f"remind:{event.data.ping_id}", kind="remind",
+                                            aggregate_id=event.data.ping_id,
+                                            due_at=context.now + timedelta(milliseconds=200),
+                                            payload={"email": event.data.email})])
 
-    async def remind(job: Job, effects: Effects) -> None:
-        await effects.mail(Notification(
+    async def remind(job: Job, context: Context) -> Plan:
+        return Plan(mails=[Notification(
             template="invitation_professional",
             recipient=Person(email=job.payload["email"], name="Jane", locale="en"),
             aggregate_id=job.aggregate_id,
@@ -50,7 +50,7 @@ async def test_a_handler_schedules_and_the_job_mails_with_the_event_as_cause(tmp
                      "added_by_name": "A", "added_by_kind": "administrator", "is_first_professional": False,
                      "reason": "resend", "link": "https://portal.example.com/x", "time_zone": "UTC",
                      "expires_at": datetime(2026, 12, 1, tzinfo=UTC)},
-        ))
+        )])
 
     spec = ServiceSpec(name="pinger", title="t", description="d", router=router, templates=HERE / "templates",
                        locale=HERE / "locale", jobs={"remind": remind})
@@ -58,14 +58,14 @@ async def test_a_handler_schedules_and_the_job_mails_with_the_event_as_cause(tmp
                                   BUSINESS_CENTER_URL="https://b.example.com", HELP_EMAIL="h@example.com",
                                   INVITATION_SECRET="s" * 32, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/p.db")
     pool, outputs = FakePool(), FakeOutputs()
-    _, service = build_service(spec, settings, pool=pool, outputs=outputs, clock=SystemClock())  # type: ignore[arg-type]
+    _, service = build_service(spec, settings, pool=pool, producer=outputs, clock=SystemClock())
     await service.store.migrate()
     assert service.scheduler is not None
     runner = asyncio.create_task(service.scheduler.run())
     try:
         event = cloudevent("tests.ping.v1", {"ping_id": "P1", "email": "jane@contoso.example"})
         record = ConsumerRecord("tests.pings", 0, 0, 0, 0, b"P1", json.dumps(event).encode(), None, 0, 0, [])
-        await service.consumer.process_batch([record])
+        await service.batches.process_batch([record])
         for _ in range(200):
             if pool.sent:
                 break

@@ -195,7 +195,7 @@ async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
     async with Publisher(topics) as publisher:
         await publisher.many(STREAMS["invitations"].topic, events)
     group, topic = service.env["KAFKA_GROUP_ID"], STREAMS["invitations"].topic
-    seen: dict[str, Any] = {}
+    seen: dict[str, dict[int, int]] = {}
 
     async def agree(total: int) -> bool:
         seen["metrics"] = metrics_lag(service, topic)

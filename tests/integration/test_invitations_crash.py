@@ -4,6 +4,7 @@ lost, and duplicates are only among the e-mails in flight at the kill (counted a
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 from services.invitations.contracts import ADDED, TOPIC
 from tests.integration.conftest import Starter
@@ -19,7 +20,7 @@ IN_FLIGHT_BOUND = SMTP_MAX_CONNECTIONS * 2
 
 
 async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, start_service: Starter,
-                                                report) -> None:  # type: ignore[no-untyped-def]
+                                                report: Callable[[str], None]) -> None:
     service = start_service(SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     events = [professional_added() for _ in range(EVENTS)]

@@ -138,7 +138,9 @@ async def test_injection_attempts_do_not_reach_headers_or_html(kafka: str, smtp:
     assert received.rcpt_tos == [data["email"]]
     assert message["Bcc"] is None and message["X-Injected"] is None
     assert "\u202e" not in message["Subject"]
-    html = message.get_body(("html",)).get_content()
+    body = message.get_body(("html",))
+    assert body is not None
+    html = body.get_content()
     assert "<script>" not in html and "<img src=x" not in html
 
 

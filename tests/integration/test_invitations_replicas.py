@@ -5,6 +5,7 @@ e-mail goes out exactly once."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 from services.invitations.contracts import ADDED, TOPIC
 from tests.integration.conftest import Starter
@@ -16,7 +17,8 @@ EVENTS = 600
 
 
 async def test_rebalances_lose_and_duplicate_nothing(kafka: str, smtp: SmtpServer, start_service: Starter,
-                                                     postgres_url: str, report) -> None:  # type: ignore[no-untyped-def]
+                                                     postgres_url: str,
+                                                     report: Callable[[str], None]) -> None:
     first = start_service(database_url=postgres_url)
     await first.wait_ready()
     events = [professional_added() for _ in range(EVENTS)]

@@ -157,6 +157,10 @@ async def test_replaying_everything_sends_each_still_invalid_event_once_more_not
     for round_ in (1, 2, 3):  # still invalid: each replay dead-letters it again, once
         replayed = ops(kafka, "dlq", "replay", "invitations", "--all")
         assert "replayed 1 dead letter(s)" in replayed.stdout, replayed.stdout + replayed.stderr
-        await wait_until(lambda n=round_: service.metric("customersource_dead_letters_total") == n + 1, 30)
+
+        def dead_lettered_again(n: int = round_) -> bool:
+            return service.metric("customersource_dead_letters_total") == n + 1
+
+        await wait_until(dead_lettered_again, 30)
     listing = ops(kafka, "dlq", "list", "invitations")
     assert listing.stdout.count(orphan["id"]) == 4 and "4 dead letter(s)" in listing.stderr

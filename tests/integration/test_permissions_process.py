@@ -133,7 +133,7 @@ async def test_two_replicas_sharing_postgresql_send_every_mail_once(
         await smtp.wait_for(lambda: len(smtp.messages) >= 2 * REQUESTS, timeout=120)
         first.terminate()  # its partitions move to the second replica
         await publisher.many(TOPIC, [(r["request_id"], cloudevent(REMOVED, decision(r))) for r in requests])
-    expected = collections.Counter()
+    expected: collections.Counter[str] = collections.Counter()
     for r in requests:
         expected[r["customer_admins"][0]["email"]] += 3  # request, two confirmations
         expected[r["partner"]["email"]] += 2  # approved, removed

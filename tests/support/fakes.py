@@ -4,12 +4,44 @@ the real broker and SMTP server)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
+from aiokafka import ConsumerRecord, TopicPartition
+
+from shared.kafka import OutputRecord
 from shared.mail.message import OutgoingMail
 from shared.mail.smtp import Accepted, Refused, TransientSmtpError
+
+
+class FakeKafka:
+    """The consumer side of one input topic, as the batch processor sees it: the partitions it owns, the
+    offsets it committed and the seeks back it made (``shared.batches.Partitions``)."""
+
+    def __init__(self, topic: str, partitions: int = 3) -> None:
+        self.assigned = {TopicPartition(topic, p) for p in range(partitions)}
+        self.committed: dict[TopicPartition, int] = {}
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self._ends: dict[TopicPartition, int] = {}
+
+    def append(self, topic: str, partition: int, key: bytes, value: bytes,
+               headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
+        """A new record at the end of the partition."""
+        where = TopicPartition(topic, partition)
+        offset = self._ends.get(where, 0)
+        self._ends[where] = offset + 1
+        return ConsumerRecord(topic, partition, offset, 0, 0, key, value, None, len(key), len(value), headers)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
 
 
 class FakeOutputs:
@@ -24,6 +56,10 @@ class FakeOutputs:
                    headers: Any = ()) -> None:
         raw_key = key.encode() if isinstance(key, str) else key
         self.records.append((topic, raw_key, value, list(headers)))
+
+    async def send_all(self, records: Sequence[OutputRecord]) -> None:
+        for record in records:
+            await self.send(record.topic, key=record.key, value=record.value, headers=record.headers)
 
     def events(self, topic: str, event_type: str | None = None) -> list[dict[str, Any]]:
         found = [json.loads(v) for t, _, v, _ in self.records if t == topic and v]

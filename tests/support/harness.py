@@ -1,10 +1,12 @@
-"""One service wired for handler tests: FastStream's TestKafkaBroker, recording fakes for SMTP and the
+"""One service wired for handler tests: its batch processor fed fetched batches directly, as FastStream's
+subscriber feeds it (commits and rewinds recorded by a fake consumer), recording fakes for SMTP and the
 output producer, a fixed clock and a real SQLite store (the integration tests repeat the key flows on
 the real broker, SMTP server, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,12 +14,13 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from faststream.kafka import TestKafkaBroker
+from aiokafka import ConsumerRecord, TopicPartition
 
 from shared.app import Service
 from shared.clock import FixedClock
+from shared.lag import CaughtUp
 from shared.settings import ServiceSettings
-from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.fakes import FakeKafka, FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
 
 SETTINGS = {
@@ -30,21 +33,38 @@ SETTINGS = {
 
 @dataclass
 class Harness:
-    broker: Any
+    kafka: FakeKafka
     service: Service
     pool: FakePool
     outputs: FakeOutputs
     clock: FixedClock
+    caught_up: CaughtUp
     topic: str
     key_field: str
 
     async def publish(self, event_type: str, data: dict[str, Any], *, at: datetime | None = None,
                       **kw: Any) -> dict[str, Any]:
-        """Publish a structured CloudEvent (its ``time`` is the clock's, or ``at``); return it."""
+        """Publish a structured CloudEvent (its ``time`` is the clock's, or ``at``), processed as a batch of
+        its own; return it."""
         event = cloudevent(event_type, data, time=at or self.clock.now(), **kw)
-        await self.broker.publish(event, self.topic, key=str(data[self.key_field]).encode(),
-                                  headers={"content-type": "application/cloudevents+json"})
+        await self.fetch(self.record(event))
         return event
+
+    def record(self, event: dict[str, Any] | bytes, *, partition: int = 0) -> ConsumerRecord[bytes, bytes]:
+        """The next record of the input topic's ``partition`` carrying ``event`` (structured mode)."""
+        value = event if isinstance(event, bytes) else json.dumps(event).encode()
+        key = str(json.loads(value)["data"][self.key_field]).encode()
+        return self.kafka.append(self.topic, partition, key, value,
+                                 [("content-type", b"application/cloudevents+json")])
+
+    async def fetch(self, *records: ConsumerRecord[bytes, bytes]) -> None:
+        """Hand the records to the service as one fetched batch (they are committed, or rewound)."""
+        await self.service.batches.handle_fetch(self.kafka, records)
+
+    def committed(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Whether the record's offset was committed (it is finished: processed or dead-lettered)."""
+        offset: int = record.offset  # aiokafka ships no type information
+        return self.kafka.committed.get(TopicPartition(record.topic, record.partition), 0) > offset
 
     async def run_jobs_at(self, moment: datetime) -> int:
         """Move the clock to ``moment`` and run every job due by then; return how many ran."""
@@ -63,7 +83,7 @@ def text_of(message: EmailMessage) -> str:
     """The text part, with the no-break spaces of localized dates and times made plain."""
     body = message.get_body(("plain",))
     assert body is not None
-    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")  # type: ignore[attr-defined]
+    return str(body.get_content()).replace("\xa0", " ").replace("\u202f", " ")
 
 
 @contextlib.asynccontextmanager
@@ -72,11 +92,11 @@ async def service_harness(
     now: datetime, topic: str, key_field: str, **settings: Any,
 ) -> AsyncIterator[Harness]:
     values = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/service.db", **settings}
-    pool, outputs, clock = FakePool(), FakeOutputs(), FixedClock(now)
-    _, service = create_service(settings_class(**values), pool=pool, outputs=outputs, clock=clock, retry_window=0.3)
+    pool, outputs, clock, caught_up = FakePool(), FakeOutputs(), FixedClock(now), CaughtUp()
+    _, service = create_service(settings_class(**values), pool=pool, producer=outputs, clock=clock,
+                                caught_up=caught_up, retry_window=0.3)
     await service.store.migrate()
     try:
-        async with TestKafkaBroker(service.broker) as broker:
-            yield Harness(broker, service, pool, outputs, clock, topic, key_field)
+        yield Harness(FakeKafka(topic), service, pool, outputs, clock, caught_up, topic, key_field)
     finally:
         await service.store.close()

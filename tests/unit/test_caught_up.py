@@ -3,15 +3,12 @@ batch in progress, on the input topic only; nothing while stopping."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
 
 from aiokafka import TopicPartition
 
-from shared.app import Service, _measure_lag
+from shared.lag import CaughtUp, LagMeter
 from shared.metrics import Metrics
 
 TOPIC = "customersource.newsgroups"
@@ -43,16 +40,10 @@ class FakeConsumer:
         return int(time.time() * 1000 - self.polled_ms_ago.get(partition, 100))
 
 
-def service_with(consumer: FakeConsumer, *, batch_running: bool = False) -> Any:
-    idle = asyncio.Event()
-    if not batch_running:
-        idle.set()
-    return SimpleNamespace(
-        subscriber=SimpleNamespace(consumer=consumer), metrics=Metrics("support"), caught_up=set(), started=True,
-        scheduler=None,
-        spec=SimpleNamespace(name="support", router=SimpleNamespace(topic=TOPIC)),
-        settings=SimpleNamespace(KAFKA_FETCH_MAX_WAIT_MS=100), consumer=SimpleNamespace(idle=idle),
-    )
+def meter_for(*, batch_running: bool = False, woken: list[str] | None = None) -> LagMeter:
+    return LagMeter(service="support", topic=TOPIC, metrics=Metrics("support"), caught_up=CaughtUp(),
+                    fetch_max_wait_ms=100, batch_idle=lambda: not batch_running,
+                    on_caught_up=lambda: (woken if woken is not None else []).append("woken"))
 
 
 def partitions(*numbers: int, topic: str = TOPIC) -> list[TopicPartition]:
@@ -64,38 +55,39 @@ async def test_lag_zero_after_a_recent_fetch_is_caught_up_and_anything_else_is_n
     [other] = partitions(0, topic="customersource.newsgroups.dlq")
     consumer = FakeConsumer(highwaters={p0: 10, p1: 10, p2: 10, other: 5}, positions={p0: 10, p1: 10, p2: 10, other: 5},
                             commits={p0: 10, p1: 7, p2: 10, other: 5}, polled_ms_ago={p2: 60_000})
-    service = service_with(consumer)
-    await _measure_lag(service)
-    assert service.caught_up == {0}, "p1 lags; p2's last fetch is a minute old; other topics do not count"
-    assert Service.is_caught_up(service, 0) and not Service.is_caught_up(service, 1)
-    service.started = False
-    assert not Service.is_caught_up(service, 0), "nothing is caught up while stopping"
+    meter = meter_for()
+    await meter.measure(consumer)
+    assert 0 in meter.caught_up and 1 not in meter.caught_up and 2 not in meter.caught_up, \
+        "p1 lags; p2's last fetch is a minute old; other topics do not count"
+    meter.caught_up.close()
+    await meter.measure(consumer)
+    assert 0 not in meter.caught_up, "nothing is caught up while stopping"
 
 
 async def test_lag_counts_from_the_committed_offset_as_the_broker_does() -> None:
     """Fetched but not committed is still lag: /metrics agrees with end offset minus committed offset."""
     p0, p1 = partitions(0, 1)
     consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, positions={p0: 10, p1: 10}, commits={p0: 4, p1: 10})
-    service = service_with(consumer)
-    await _measure_lag(service)
-    assert service.metrics.lag.labels("support", TOPIC, "0")._value.get() == 6
-    assert service.metrics.lag.labels("support", TOPIC, "1")._value.get() == 0
-    assert service.caught_up == {1}
+    meter = meter_for()
+    await meter.measure(consumer)
+    assert meter.metrics.lag.labels("support", TOPIC, "0")._value.get() == 6
+    assert meter.metrics.lag.labels("support", TOPIC, "1")._value.get() == 0
+    assert 1 in meter.caught_up and 0 not in meter.caught_up
 
 
 async def test_a_partition_never_committed_lags_from_the_start_of_its_log() -> None:
     [p0] = partitions(0)
-    service = service_with(FakeConsumer(highwaters={p0: 30}, positions={p0: 30}))
-    await _measure_lag(service)
-    assert service.metrics.lag.labels("support", TOPIC, "0")._value.get() == 30
-    assert service.caught_up == set()
+    meter = meter_for()
+    await meter.measure(FakeConsumer(highwaters={p0: 30}, positions={p0: 30}))
+    assert meter.metrics.lag.labels("support", TOPIC, "0")._value.get() == 30
+    assert 0 not in meter.caught_up
 
 
 async def test_nothing_is_caught_up_while_a_batch_is_in_progress() -> None:
     [p0] = partitions(0)
-    service = service_with(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}, commits={p0: 3}), batch_running=True)
-    await _measure_lag(service)
-    assert service.caught_up == set()
+    meter = meter_for(batch_running=True)
+    await meter.measure(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}, commits={p0: 3}))
+    assert 0 not in meter.caught_up
 
 
 async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
@@ -107,9 +99,9 @@ async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
                 raise AssertionError("partition is not assigned")
             return await super().committed(partition)
 
-    service = service_with(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}, commits={p0: 1, p1: 1}))
-    await _measure_lag(service)
-    assert service.caught_up == {0}
+    meter = meter_for()
+    await meter.measure(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}, commits={p0: 1, p1: 1}))
+    assert 0 in meter.caught_up and 1 not in meter.caught_up
 
 
 async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
@@ -117,11 +109,10 @@ async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
     p0, p1 = partitions(0, 1)
     consumer = FakeConsumer(highwaters={p0: 5, p1: 5}, positions={p0: 5, p1: 5}, commits={p0: 5, p1: 2})
     woken: list[str] = []
-    service = service_with(consumer)
-    service.scheduler = SimpleNamespace(wake=lambda: woken.append("woken"))
-    await _measure_lag(service)
-    await _measure_lag(service)
-    assert service.caught_up == {0} and woken == ["woken"], "caught up once: one wake"
+    meter = meter_for(woken=woken)
+    await meter.measure(consumer)
+    await meter.measure(consumer)
+    assert 0 in meter.caught_up and 1 not in meter.caught_up and woken == ["woken"], "caught up once: one wake"
     consumer.commits[p1] = 5
-    await _measure_lag(service)
-    assert service.caught_up == {0, 1} and woken == ["woken", "woken"]
+    await meter.measure(consumer)
+    assert 1 in meter.caught_up and woken == ["woken", "woken"]

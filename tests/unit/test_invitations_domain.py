@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from services.invitations import domain
@@ -13,6 +15,9 @@ from services.invitations.contracts import (
 )
 from shared.envelope import DeadLetter
 from tests.support.samples import professional_added
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 def added(**overrides: object) -> ProfessionalAdded:
@@ -79,7 +84,7 @@ def test_email_change_for_a_profile_added_without_invitation_only_updates_the_ad
     assert again.issue is None and again.profile is not None and again.profile.email == "new@contoso.example"
 
 
-def data_time():  # type: ignore[no-untyped-def]
+def data_time() -> datetime:
     from datetime import UTC, datetime
 
     return datetime(2026, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ def test_ruff() -> None:
 
 
 def test_mypy_strict() -> None:
-    result = run("mypy", "shared", "services", "ops")
+    result = run("mypy", "shared", "services", "ops", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 
-from shared.consumer import settle, still_fetched_again
+from shared.batches import settle, still_fetched_again
 
 T = "customersource.professionals"
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -9,7 +10,8 @@ from shared.mail.render import negotiate_language
 from shared.settings import ServiceSettings, database_url
 from shared.shapes import Country, LanguageTag, LocalSite, Person, Product
 
-BASE = {
+# Any values: the settings classes' constructors also take pydantic-settings' own keyword arguments.
+BASE: dict[str, Any] = {
     "SMTP_FROM": "CustomerSource <noreply@example.com>",
     "PORTAL_BASE_URL": "https://portal.example.com",
     "BUSINESS_CENTER_URL": "https://bc.example.com",
@@ -75,7 +77,7 @@ def test_defaults_follow_the_contract() -> None:
         ({"DATABASE_URL": "sqlite+aiosqlite:///:memory:"}, "file"),
     ],
 )
-def test_unusable_configuration_is_refused(override: dict[str, object], message: str) -> None:
+def test_unusable_configuration_is_refused(override: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         InvitationSettings(**{**BASE, **override})
 

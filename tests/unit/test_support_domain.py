@@ -97,12 +97,13 @@ def test_a_non_https_link_is_dropped() -> None:
 
 
 def answered(post_id: str, at: datetime, kind: str = "participant") -> PostAnswered:
-    return PostAnswered(post_id=post_id, answered_at=at, answered_by_kind=kind)  # type: ignore[arg-type]
+    return PostAnswered(post_id=post_id, answered_at=at, answered_by_kind=kind)
 
 
 def test_an_answer_before_the_due_time_cancels() -> None:
     post = from_event(created(), None)
-    decision = on_answered(post, answered(post.post_id, post.due_at - timedelta(seconds=1)))  # type: ignore[operator]
+    assert post.due_at is not None
+    decision = on_answered(post, answered(post.post_id, post.due_at - timedelta(seconds=1)))
     assert decision.cancel and decision.post is not None and decision.post.state is State.ANSWERED
 
 
@@ -148,7 +149,7 @@ def test_routes_are_a_json_map_of_local_sites_to_usable_addresses() -> None:
 
     from services.support.settings import SupportSettings
 
-    base = {"SMTP_FROM": "a@example.com", "PORTAL_BASE_URL": "https://p.example.com",
+    base: dict[str, Any] = {"SMTP_FROM": "a@example.com", "PORTAL_BASE_URL": "https://p.example.com",
             "BUSINESS_CENTER_URL": "https://b.example.com", "HELP_EMAIL": "h@example.com",
             "SUPPORT_ESCALATION_EMAIL": "support@example.com"}
     settings = SupportSettings(**base, SUPPORT_ESCALATION_ROUTES='{"FR": "fr@example.com", "CH-fr": "ch@example.com"}')

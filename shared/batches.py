@@ -1,11 +1,15 @@
-"""Consuming one input topic: decode, deduplicate, dispatch, dead-letter, commit.
+"""The Kafka side of the runtime: one fetched batch of an input topic decoded, deduplicated,
+dispatched to its handlers, dead-lettered where it must be, and committed.
 
-FastStream's batch subscriber hands us the raw records of one fetch; records that share a
-partition and key (one aggregate) are processed in order, different aggregates concurrently. The
-batch's offsets are committed only after every record's side effects are done; any failure that is
-not the event's own fault rewinds the batch (FastStream's nack seeks back), and what was already
-done is skipped on the next pass thanks to the idempotency records. A bad event never blocks its
-partition: it is copied byte for byte to ``<topic>.dlq`` with the reason, and processing goes on.
+FastStream's batch subscriber hands us the raw records of one fetch. The batch is prepared first
+(decode and validate every record: pure work), then one read gets the idempotency records of all its
+events and one the delivery records of the new ones. Records that share a partition and key (one
+aggregate) are then processed in order, different aggregates concurrently: each record's handler
+returns a plan, applied by :class:`shared.runtime.PlanRunner`. The batch's offsets are committed only
+after every record's plan is applied; any failure that is not the event's own fault rewinds the batch
+(seek back to the first unfinished record), and what was already done is skipped on the next pass
+thanks to the idempotency records. A bad event never blocks its partition: it is copied byte for byte
+to ``<topic>.dlq`` with the reason, and processing goes on.
 """
 
 from __future__ import annotations
@@ -13,30 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import sqlalchemy.exc
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
-from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import scheduler as scheduling
 from shared.clock import Clock
-from shared.envelope import STRUCTURED_HEADERS, DeadLetter, Event, decode, events_json_schema, structured, validate
-from shared.ids import deterministic_id
-from shared.kafka import Outputs
-from shared.mail.mailer import EventRef, Mailer, NotificationOutcome, RetryLater
-from shared.mail.plan import Notification
+from shared.envelope import DeadLetter, Event, decode, validate
+from shared.handling import EventRouter, Route, write
+from shared.kafka import Producer
+from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
-from shared.scheduler import Scheduler
+from shared.runtime import PlanRunner
 from shared.store import EventKey, EventState, StaleState, Store
 
-log = logging.getLogger("customersource.consumer")
+log = logging.getLogger("customersource.batches")
 
 CRASHES_BEFORE_DEAD_LETTER = 3
 # Failures of the infrastructure (database, broker, SMTP, network): retried without limit.
@@ -68,8 +67,19 @@ class BatchInterrupted(Exception):
     """The batch stopped early (partitions revoked); its unprocessed records are fetched again."""
 
 
+class Partitions(Protocol):
+    """What the batch processor does with the Kafka consumer that fetched a batch (aiokafka's
+    AIOKafkaConsumer): which partitions it still owns, seek back, commit."""
+
+    def assignment(self) -> Set[TopicPartition]: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
 async def settle(
-    kafka: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]]
+    kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]]
 ) -> dict[TopicPartition, int]:
     """After a batch, for each partition this member still owns: commit the offsets after the
     finished records that precede the first unfinished one, and seek back to that one (if any).
@@ -106,7 +116,7 @@ async def settle(
 
 
 def still_fetched_again(
-    marks: set[tuple[str, int, int]], committed: Mapping[TopicPartition, int], assigned: set[TopicPartition]
+    marks: set[tuple[str, int, int]], committed: Mapping[TopicPartition, int], assigned: Set[TopicPartition]
 ) -> set[tuple[str, int, int]]:
     """The dead-lettered records (topic, partition, offset) that will be fetched again by this member: on a
     partition it still owns, at or after what was committed. Those are skipped when they come back (their
@@ -119,14 +129,13 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another member, let the batch in progress stop and commit, so two
     members never process the same records at once."""
 
-    def __init__(self, consumer: TopicConsumer, timeout: float) -> None:
+    def __init__(self, consumer: BatchProcessor, timeout: float) -> None:
         self.consumer = consumer
         self.timeout = timeout
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.consumer.revoking.set()  # cleared when the next batch starts, not before
-        if self.consumer.on_revoke is not None:
-            self.consumer.on_revoke()
+        self.consumer.on_revoke()
         try:
             await asyncio.wait_for(self.consumer.idle.wait(), self.timeout)
         except TimeoutError:
@@ -134,132 +143,6 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
-
-DataT = TypeVar("DataT", bound=BaseModel)
-T = TypeVar("T")
-
-
-async def all_of(*steps: Awaitable[T]) -> list[T]:
-    """Run the steps concurrently and wait for every one, even when one fails (then raise the first
-    failure): an e-mail still being sent must never outlive the attempt that started it, or the retry
-    would send it a second time before the first one is recorded."""
-    results = await asyncio.gather(*steps, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
-
-
-@dataclass
-class Effects:
-    """What a handler may do besides deciding: send mail, publish events, change state."""
-
-    event: EventRef
-    service: str
-    now: datetime
-    store: Store
-    mailer: Mailer
-    outputs: Outputs
-    metrics: Metrics
-    scheduler: Scheduler | None = None
-    partition: int | None = None  # the input record's partition (None for a scheduled job)
-    known_deliveries: Mapping[str, Any] | None = None  # read with the batch (None: looked up per e-mail)
-    outcome: str = "processed"
-    finished: bool = False
-    _after_commit: list[Callable[[], None]] = field(default_factory=list)
-
-    async def mail(self, note: Notification) -> NotificationOutcome:
-        return await self.mailer.deliver(note, self.event, self.known_deliveries)
-
-    async def mail_all(self, notes: Sequence[Notification]) -> list[NotificationOutcome]:
-        """Several e-mails at once (one per recipient), all finished before this returns or raises."""
-        return await all_of(*(self.mail(note) for note in notes))
-
-    async def publish(
-        self, *, topic: str, key: str, event_type: str, data: BaseModel, side_effect: str, recipient: str = ""
-    ) -> str:
-        """Publish one of our output events; its id is a UUIDv5 of the input, the side effect and
-        the recipient, so a re-publish after a crash carries the same id."""
-        event_id = deterministic_id(self.event.source, self.event.id, side_effect, recipient)
-        value = structured(
-            event_id=event_id,
-            source=f"/customersource/{self.service}",
-            event_type=event_type,
-            time=self.now,
-            subject=key,
-            data=data,
-        )
-        await self.outputs.send(topic, key=key, value=value, headers=STRUCTURED_HEADERS)
-        self.metrics.output(event_type)
-        return event_id
-
-    @contextlib.asynccontextmanager
-    async def finish(self) -> AsyncIterator[AsyncConnection]:
-        """The handler's final state change, in one transaction with the idempotency record."""
-        async with self.store.transaction() as connection:
-            yield connection
-            await self.store.mark_processed(
-                connection, source=self.event.source, event_id=self.event.id, event_type=self.event.type, at=self.now
-            )
-        self.finished = True
-        for callback in self._after_commit:
-            callback()
-
-    async def schedule(
-        self, connection: AsyncConnection, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
-        payload: Mapping[str, Any], caused_by_event: bool = True,
-    ) -> None:
-        """A durable due-time, in the :meth:`finish` transaction. The job's e-mails and events name
-        this event as their cause; with ``caused_by_event=False`` (a job that gathers the work of many
-        events, such as a digest) they name the job itself, so that re-scheduling it from another
-        event never changes the identity of what it sends."""
-        assert self.scheduler is not None, "this service declares no jobs"
-        if caused_by_event:
-            payload = {**payload, "cause": {"id": self.event.id, "source": self.event.source, "type": self.event.type}}
-        await scheduling.schedule(connection, job_id=job_id, kind=kind, aggregate_id=aggregate_id, due_at=due_at,
-                                  payload=payload, now=self.now)
-        self._after_commit.append(self.scheduler.wake)
-
-    async def cancel(self, connection: AsyncConnection, job_id: str) -> bool:
-        return await scheduling.cancel(connection, job_id, now=self.now)
-
-    def ignored(self, why: str) -> None:
-        """The event asks for nothing (a repeat, a profile already invited...): counted, not an error."""
-        self.outcome = "ignored"
-        log.info("event ignored", extra={"event_type": self.event.type, "event_id": self.event.id, "why": why})
-
-
-Handler = Callable[[Event[Any], Effects], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Route(Generic[DataT]):
-    event_type: str
-    model: type[DataT]
-    handler: Handler
-
-
-class EventRouter:
-    """The event types of one input topic and their handlers."""
-
-    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "") -> None:
-        self.service = service
-        self.topic = topic
-        self.key_field = key_field
-        self.description = description
-        self.routes: dict[str, Route[Any]] = {}
-
-    def handles(self, event_type: str, model: type[DataT]) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
-            self.routes[event_type] = Route(event_type, model, handler)
-            return handler
-
-        return register
-
-    def payload_json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of one record on the topic (structured mode), for AsyncAPI."""
-        return events_json_schema({event_type: route.model for event_type, route in self.routes.items()})
-
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -273,31 +156,31 @@ class Prepared:
     defect: Exception | None = None
 
 
-class TopicConsumer:
+class BatchProcessor:
     """Processes the batches FastStream's subscriber fetches for one router."""
 
     def __init__(
         self,
         router: EventRouter,
         *,
+        runner: PlanRunner,
         store: Store,
-        mailer: Mailer,
-        outputs: Outputs,
+        producer: Producer,
         metrics: Metrics,
         clock: Clock,
         max_message_bytes: int,
         concurrency: int = 32,
-        scheduler: Scheduler | None = None,
+        on_revoke: Callable[[], None] = lambda: None,
     ) -> None:
         self.router = router
+        self.runner = runner
         self.store = store
-        self.mailer = mailer
-        self.outputs = outputs
+        self.producer = producer
         self.metrics = metrics
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self.concurrency = concurrency
-        self.scheduler = scheduler
+        self.on_revoke = on_revoke  # called as partitions are taken away
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
         self._dead_lettered: set[tuple[str, int, int]] = set()
@@ -306,20 +189,10 @@ class TopicConsumer:
         self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
-        self.on_revoke: Callable[[], None] | None = None  # called as partitions are taken away
 
-    async def handle_fetch(
-        self, kafka: AIOKafkaConsumer | None, records: Sequence[ConsumerRecord[Any, Any]]
-    ) -> None:
+    async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Process one fetched batch, then settle it: for the partitions this member still owns,
-        commit up to the first record not finished and seek back to it. (``kafka`` is None under
-        FastStream's TestKafkaBroker, which has no consumer: failures then propagate.)"""
-        if kafka is None:
-            try:
-                await self.process_batch(records)
-            finally:
-                self._dead_lettered.clear()  # the test broker gives every record offset 0
-            return
+        commit up to the first record not finished and seek back to it."""
         self.revoking.clear()  # a new batch, fetched after any rebalance completed
         self.idle.clear()
         self._done = set()
@@ -389,13 +262,6 @@ class TopicConsumer:
         )
         await asyncio.sleep(pause)
 
-    def effects(self, cause: EventRef, now: datetime, partition: int | None = None,
-                known_deliveries: Mapping[str, Any] | None = None) -> Effects:
-        """What a handler (or a scheduled job) caused by ``cause`` may do."""
-        return Effects(event=cause, service=self.router.service, now=now, store=self.store, mailer=self.mailer,
-                       outputs=self.outputs, metrics=self.metrics, scheduler=self.scheduler, partition=partition,
-                       known_deliveries=known_deliveries)
-
     def prepare(self, record: ConsumerRecord[Any, Any]) -> Prepared:
         """Size, envelope, type and data checks of one record: no I/O."""
         event_type = "unknown"
@@ -442,15 +308,15 @@ class TopicConsumer:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
-            effects = self.effects(EventRef(id=event.id, source=event.source, type=event.type), state.first_seen_at,
-                                   record.partition, known.get(key))
-            await route.handler(event, effects)
-            if not effects.finished:
-                async with effects.finish():
-                    pass
+            cause = EventRef(id=event.id, source=event.source, type=event.type)
+            context = self.runner.context(cause, state.first_seen_at, record.partition)
+            plan = await route.handler(event, context)
+            done = write(Store.mark_processed, source=event.source, event_id=event.id, event_type=event.type,
+                         at=state.first_seen_at)
+            outcome = await self.runner.apply(plan, context, known=known.get(key), done=done)
             self._finished.add(key)
             self._crashes.pop(where, None)
-            self.metrics.event(event_type, effects.outcome)
+            self.metrics.event(event_type, outcome)
         except DeadLetter as exc:
             letter = exc
         except Exception as exc:
@@ -493,11 +359,11 @@ class TopicConsumer:
         ]
         headers = list(record.headers) + [(k, v.encode("utf-8")) for k, v in added]
         try:
-            await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers)
+            await self.producer.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers)
         except MessageSizeTooLargeError:
             # The copy does not fit the dead-letter topic: keep the key, headers and reason, and say so.
             headers.append(("dlq-truncated", f"value of {len(record.value or b'')} bytes dropped".encode()))
-            await self.outputs.send(f"{record.topic}.dlq", key=record.key, value=None, headers=headers)
+            await self.producer.send(f"{record.topic}.dlq", key=record.key, value=None, headers=headers)
         self._dead_lettered.add((record.topic, record.partition, record.offset))
         self.metrics.dead_letter(record.topic, letter.kind)
         log.warning(

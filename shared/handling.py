@@ -1,0 +1,186 @@
+"""What a handler sees, and what it returns: the contract between the services and the runtime.
+
+Every handler, of an event or of a scheduled job, is written the same way::
+
+    async def on_something(event, context) -> Plan:
+        current = await context.read(state.load_thing, event.data.thing_id)   # 1. load
+        decision = domain.on_something(current, event.data)                    # 2. decide (pure)
+        return Plan(mails=..., after=(write(state.save_thing, decision.thing),))  # 3. plan
+
+The runtime (:mod:`shared.runtime`) applies a plan in one order, always the same:
+
+1. ``before``: state changes committed in one transaction before anything is sent (what a timer or a
+   later decision must already see, such as a request's new state or a cancelled reminder);
+2. ``mails``: sent concurrently over the SMTP pool; each outcome is recorded as soon as the server
+   answers (group-committed with the outcomes of concurrent e-mails, within a few milliseconds);
+3. ``then``: given the e-mails' outcomes, the rest of the plan (for what depends on them: an
+   invitation's token is recorded only if its e-mail went out);
+4. ``events`` (and the ``customersource.notifications`` audit events of the e-mails): produced together,
+   every acknowledgement awaited before step 5;
+5. ``after``: state changes committed in one transaction with the event's idempotency record (for a
+   scheduled job, the job is marked done after it); the scheduler is woken if a job was scheduled.
+
+A failure in any step stops the plan: the event is processed again from the start (load, decide,
+plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
+output events carry deterministic ids, state changes are idempotent or compare-and-set).
+
+Some handlers must claim something before they decide what to send (the one escalation of a post, a
+reminder nobody else sends, a digest's entries): :meth:`Context.claim` commits such a claim at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared import scheduler as scheduling
+from shared.envelope import Event, events_json_schema
+from shared.mail.mailer import EventRef, NotificationOutcome
+from shared.mail.plan import Notification
+
+log = logging.getLogger("customersource.handling")
+
+T = TypeVar("T")
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One state change: ``function(connection, *args, **kwargs)`` inside the runtime's transaction.
+    ``schedules``: it schedules a job (the scheduler is woken once it is committed)."""
+
+    function: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    schedules: bool = False
+
+    async def __call__(self, connection: AsyncConnection) -> Any:
+        return await self.function(connection, *self.args, **self.kwargs)
+
+
+def write(function: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Write:
+    """A state change for a plan: ``write(state.save_profile, profile)``."""
+    return Write(function, args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One of our output events. Its id is a UUIDv5 of the cause, ``side_effect`` and ``recipient``, so a
+    re-publish after a crash carries the same id."""
+
+    topic: str
+    key: str
+    event_type: str
+    data: BaseModel
+    side_effect: str
+    recipient: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The part of a plan that depends on its e-mails' outcomes (steps 4 and 5)."""
+
+    events: Sequence[Output] = ()
+    after: Sequence[Write] = ()
+
+
+Then = Callable[[Sequence[NotificationOutcome]], Completion]
+"""Given the outcomes of a plan's ``mails`` (in their order), what remains to publish and save."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a handler asks the runtime to do, applied in the order of the fields (see the module)."""
+
+    before: Sequence[Write] = ()
+    mails: Sequence[Notification] = ()
+    then: Then | None = None
+    events: Sequence[Output] = ()
+    after: Sequence[Write] = ()
+    ignored: str | None = None  # why the event asks for nothing (counted as "ignored", not an error)
+
+
+class Reads(Protocol):
+    """The store, as a handler's load step uses it."""
+
+    def connect(self) -> Any: ...
+
+    def transaction(self, *, urgent: bool = False) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler knows besides its event: the cause of what it plans (the event, or for a scheduled
+    job the event that scheduled it), the processing time (the first attempt's, kept for re-runs), the
+    input partition (None for a job), and read access to the service's state."""
+
+    cause: EventRef
+    now: datetime
+    store: Reads
+    partition: int | None = None
+
+    async def read(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Load: ``function(connection, *args, **kwargs)`` on a read connection."""
+        async with self.store.connect() as connection:
+            return await function(connection, *args, **kwargs)
+
+    async def claim(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Load with a claim, committed in a transaction of its own before the plan is made (the one
+        escalation of a post, a reminder, a digest's entries): a concurrent attempt sees it taken."""
+        async with self.store.transaction() as connection:
+            return await function(connection, *args, **kwargs)
+
+    def schedule(self, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
+                 payload: Mapping[str, Any], caused_by_event: bool = True) -> Write:
+        """A durable due-time, as a state change of the plan. The job's e-mails and events name this
+        context's cause as theirs; with ``caused_by_event=False`` (a job that gathers the work of many
+        events, such as a digest) they name the job itself, so that re-scheduling it from another event
+        never changes the identity of what it sends."""
+        if caused_by_event:
+            payload = {**payload, "cause": {"id": self.cause.id, "source": self.cause.source,
+                                            "type": self.cause.type}}
+        return Write(scheduling.schedule, (), {"job_id": job_id, "kind": kind, "aggregate_id": aggregate_id,
+                                               "due_at": due_at, "payload": payload, "now": self.now},
+                     schedules=True)
+
+    def cancel(self, job_id: str) -> Write:
+        """Cancel a pending job, as a state change of the plan."""
+        return Write(scheduling.cancel, (job_id,), {"now": self.now})
+
+
+Handler = Callable[[Event[Any], Context], Awaitable[Plan]]
+
+
+@dataclass(frozen=True)
+class Route(Generic[DataT]):
+    event_type: str
+    model: type[DataT]
+    handler: Handler
+
+
+class EventRouter:
+    """The event types of one input topic and their handlers."""
+
+    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "") -> None:
+        self.service = service
+        self.topic = topic
+        self.key_field = key_field
+        self.description = description
+        self.routes: dict[str, Route[Any]] = {}
+
+    def handles(self, event_type: str, model: type[DataT]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes[event_type] = Route(event_type, model, handler)
+            return handler
+
+        return register
+
+    def payload_json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one record on the topic (structured mode), for AsyncAPI."""
+        return events_json_schema({event_type: route.model for event_type, route in self.routes.items()})

@@ -1,0 +1,97 @@
+"""Applying a handler's plan: the runtime's half of the contract in :mod:`shared.handling`.
+
+The order (the same for every event and every scheduled job):
+
+1. ``plan.before`` in one transaction;
+2. ``plan.mails`` concurrently (each outcome recorded as the SMTP server answers);
+3. ``plan.then(outcomes)``;
+4. the output events and the e-mails' audit events, produced together, all acknowledged;
+5. ``plan.after`` and the completion's state changes in one transaction with the idempotency record;
+   then the scheduler is woken if one of them scheduled a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from shared.envelope import STRUCTURED_HEADERS, structured
+from shared.handling import Completion, Context, Output, Plan, Write
+from shared.ids import deterministic_id
+from shared.kafka import OutputRecord, Producer
+from shared.mail.mailer import EventRef, Mailer
+from shared.metrics import Metrics
+from shared.store import Store
+
+log = logging.getLogger("customersource.runtime")
+
+T = TypeVar("T")
+
+
+async def all_of(*steps: Awaitable[T]) -> list[T]:
+    """Run the steps concurrently and wait for every one, even when one fails (then raise the first
+    failure): an e-mail still being sent must never outlive the attempt that started it, or the retry
+    would send it a second time before the first one is recorded."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+class PlanRunner:
+    """Applies plans for one service."""
+
+    def __init__(self, *, service: str, store: Store, mailer: Mailer, producer: Producer, metrics: Metrics,
+                 on_scheduled: Callable[[], None] = lambda: None) -> None:
+        self.service = service
+        self.store = store
+        self.mailer = mailer
+        self.producer = producer
+        self.metrics = metrics
+        self.on_scheduled = on_scheduled
+
+    def context(self, cause: EventRef, now: datetime, partition: int | None = None) -> Context:
+        return Context(cause=cause, now=now, store=self.store, partition=partition)
+
+    async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
+                    done: Write | None = None) -> str:
+        """Apply ``plan`` (see the module for the order); ``done`` is the idempotency record, written in
+        the last transaction. ``known``: the deliveries already recorded for the cause, read with its batch.
+        Returns the outcome to count: "processed" or "ignored"."""
+        if plan.ignored:
+            log.info("event ignored", extra={"event_type": context.cause.type, "event_id": context.cause.id,
+                                             "why": plan.ignored})
+        if plan.before:
+            async with self.store.transaction() as connection:
+                for change in plan.before:
+                    await change(connection)
+        outcomes = await all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails))
+        completion = plan.then(outcomes) if plan.then is not None else Completion()
+        records = [self.mailer.audit(outcome, note.aggregate_id)
+                   for note, outcome in zip(plan.mails, outcomes, strict=True)]
+        records += [self._output(event, context) for event in (*plan.events, *completion.events)]
+        if records:
+            await self.producer.send_all(records)
+            for record in records:
+                self.metrics.output(record.event_type)
+        changes = (*plan.after, *completion.after)
+        if changes or done is not None:
+            async with self.store.transaction() as connection:
+                for change in changes:
+                    await change(connection)
+                if done is not None:
+                    await done(connection)
+        if any(change.schedules for change in (*plan.before, *changes)):
+            self.on_scheduled()
+        return "ignored" if plan.ignored else "processed"
+
+    def _output(self, event: Output, context: Context) -> OutputRecord:
+        event_id = deterministic_id(context.cause.source, context.cause.id, event.side_effect, event.recipient)
+        value = structured(event_id=event_id, source=f"/customersource/{self.service}", event_type=event.event_type,
+                           time=context.now, subject=event.key, data=event.data)
+        return OutputRecord(event.topic, key=event.key, value=value, headers=STRUCTURED_HEADERS,
+                            event_type=event.event_type)
