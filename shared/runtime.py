@@ -8,15 +8,22 @@ The order (the same for every event and every scheduled job):
 4. the output events and the e-mails' audit events, produced together, all acknowledged;
 5. ``plan.after`` and the completion's state changes in one transaction with the idempotency record;
    then the scheduler is woken if one of them scheduled a job.
+
+Step 5 is group-committed: the final changes of plans finishing at the same time (different aggregates
+of one batch, a few milliseconds apart) share one transaction; if it fails, each plan's changes are
+tried again alone, so one plan's failure is its own. Each plan returns only once its changes are
+committed, so the next event of the same aggregate loads them, and offsets are committed after them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.handling import Completion, Context, Output, Plan, Write
@@ -24,11 +31,14 @@ from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer
 from shared.metrics import Metrics
-from shared.store import Store
+from shared.store import GroupCommit, Store
 
 log = logging.getLogger("customersource.runtime")
 
 T = TypeVar("T")
+
+FINAL_WRITES_WINDOW_S = 0.002
+"""A plan's final transaction waits at most this long for those of concurrent plans to share it."""
 
 
 async def all_of(*steps: Awaitable[T]) -> list[T]:
@@ -53,6 +63,8 @@ class PlanRunner:
         self.producer = producer
         self.metrics = metrics
         self.on_scheduled = on_scheduled
+        self._final: GroupCommit[Sequence[Write]] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
+                                                                name="final-changes")
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None) -> Context:
         return Context(cause=cause, now=now, store=self.store, partition=partition)
@@ -79,12 +91,9 @@ class PlanRunner:
             for record in records:
                 self.metrics.output(record.event_type)
         changes = (*plan.after, *completion.after)
-        if changes or done is not None:
-            async with self.store.transaction() as connection:
-                for change in changes:
-                    await change(connection)
-                if done is not None:
-                    await done(connection)
+        final = (*changes, done) if done is not None else changes
+        if final:
+            await self._final.write(final)
         if any(change.schedules for change in (*plan.before, *changes)):
             self.on_scheduled()
         return "ignored" if plan.ignored else "processed"
@@ -95,3 +104,9 @@ class PlanRunner:
                            time=context.now, subject=event.key, data=event.data)
         return OutputRecord(event.topic, key=event.key, value=value, headers=STRUCTURED_HEADERS,
                             event_type=event.event_type)
+
+
+async def _apply_all(connection: AsyncConnection, plans: list[Sequence[Write]]) -> None:
+    for changes in plans:
+        for change in changes:
+            await change(connection)

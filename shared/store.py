@@ -15,11 +15,12 @@ import fcntl
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -45,6 +46,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger("customersource.store")
+
+T = TypeVar("T")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -262,52 +265,78 @@ class WriteTurns:
         self._busy = False
 
 
-class GroupCommit:
-    """Upserts into one table, group-committed: rows queued while a write is in progress, or within
-    ``window`` seconds of the first, go into one transaction; each writer returns once its row is
-    committed (or gets the transaction's error). On SQLite the write takes an urgent turn."""
+class GroupCommit(Generic[T]):
+    """Writes group-committed: items queued while a transaction of them is in progress, or within
+    ``window`` seconds of the first, are applied together (``apply(connection, items)``, at most
+    ``max_items``) in one transaction; each writer returns once its item is committed. If the group's
+    transaction fails, each of its items is tried again alone, in a transaction of its own, so a bad item
+    fails only its own writer. ``urgent``: on SQLite, the transaction goes ahead of ordinary writers."""
 
-    def __init__(self, store: Store, table: Table, keys: Sequence[str], *, window: float = 0.002) -> None:
+    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]], *,
+                 window: float = 0.002, max_items: int = 64, urgent: bool = False, name: str = "writes") -> None:
         self.store = store
-        self.table = table
-        self.keys = keys
+        self.apply = apply
         self.window = window
-        self._queue: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
+        self.max_items = max_items
+        self.urgent = urgent
+        self.name = name
+        self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def write(self, values: Mapping[str, Any]) -> None:
+    async def write(self, item: T) -> None:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((values, committed))
+        self._queue.append((item, committed))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=f"group-commit-{self.table.name}")
+            self._flusher = asyncio.create_task(self._flush(), name=f"group-commit-{self.name}")
         await committed
 
     async def _flush(self) -> None:
         try:
-            await self._flush_queued()
+            while self._queue:
+                await asyncio.sleep(self.window)
+                group, self._queue = self._queue[:self.max_items], self._queue[self.max_items:]
+                try:
+                    await self._commit([item for item, _ in group])
+                except Exception:
+                    if len(group) == 1:
+                        _settle(group[0][1], sys.exc_info()[1])
+                        continue
+                    for item, committed in group:  # one of them is at fault: each alone
+                        try:
+                            await self._commit([item])
+                        except Exception as exc:
+                            _settle(committed, exc)
+                        else:
+                            _settle(committed, None)
+                else:
+                    for _, committed in group:
+                        _settle(committed, None)
         finally:  # cancelled (the loop is closing): nobody may wait for a flush that will not come
             for _, committed in self._queue:
-                if not committed.done():
-                    committed.set_exception(RuntimeError("the outcome writer stopped before this row was written"))
+                _settle(committed, RuntimeError(f"the {self.name} writer stopped before this was written"))
             self._queue = []
 
-    async def _flush_queued(self) -> None:
-        while self._queue:
-            await asyncio.sleep(self.window)
-            group, self._queue = self._queue, []
-            try:
-                async with self.store.transaction(urgent=True) as connection:
-                    await upsert_many(connection, self.table, [values for values, _ in group], self.keys)
-            except BaseException as exc:
-                for _, committed in group:
-                    if not committed.done():
-                        committed.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for _, committed in group:
-                    if not committed.done():
-                        committed.set_result(None)
+    async def _commit(self, items: list[T]) -> None:
+        async with self.store.transaction(urgent=self.urgent) as connection:
+            await self.apply(connection, items)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def upserts(table: Table, keys: Sequence[str]) -> Callable[[AsyncConnection, list[Mapping[str, Any]]], Awaitable[None]]:
+    """A group-commit ``apply`` that upserts rows into ``table`` (one statement per group)."""
+
+    async def apply(connection: AsyncConnection, rows: list[Mapping[str, Any]]) -> None:
+        await upsert_many(connection, table, rows, keys)
+
+    return apply
 
 
 class Store:
@@ -340,8 +369,15 @@ class Store:
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+            # A fixed pool, waited for when all are busy: an overflow connection would be opened and closed
+            # again for one query (and every new asyncpg connection costs a TLS probe and a handshake).
+            # No pre-ping: a connection lost meanwhile fails its query, which is transient (the batch is
+            # rewound) and makes SQLAlchemy drop the pool's other connections to the same server.
+            self.engine = create_async_engine(url, pool_size=20, max_overflow=0, pool_timeout=120,
                                               hide_parameters=True)
+        # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK around each. (On SQLite, switching a pooled
+        # connection's mode costs a PRAGMA each way, more than the implicit transaction it saves.)
+        self._reads = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -356,7 +392,8 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as connection:
+        """A read connection: each query sees the latest committed state."""
+        async with self._reads.connect() as connection:
             yield connection
 
     async def ping(self) -> bool:
@@ -459,7 +496,7 @@ class Store:
         found: list[Any] = []
         if not keys:
             return found
-        async with self.engine.connect() as connection:
+        async with self.connect() as connection:
             for start in range(0, len(keys), BATCH_QUERY_SIZE):
                 found.extend(await connection.execute(query.where(key.in_(keys[start:start + BATCH_QUERY_SIZE]))))
         return found

@@ -32,7 +32,7 @@ from shared.mail.plan import Notification
 from shared.mail.render import RenderedMail, Renderer, negotiate_language
 from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
 from shared.metrics import Metrics
-from shared.store import GroupCommit, Store, deliveries
+from shared.store import GroupCommit, Store, deliveries, upserts
 
 log = logging.getLogger("customersource.mail")
 
@@ -104,7 +104,8 @@ class Mailer:
         self.max_backoff = max_backoff
         domain = parseaddr(sender)[1].rpartition("@")[2] or "customersource.invalid"
         self._message_id_domain = domain
-        self._records = GroupCommit(store, deliveries, ["delivery_id"], window=RECORD_WINDOW_S)
+        self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
+            store, upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True, name="outcomes")
 
     async def deliver(self, note: Notification, cause: EventRef,
                       known: Mapping[str, Any] | None = None) -> NotificationOutcome:
