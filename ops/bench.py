@@ -151,6 +151,8 @@ class Result:
     latency_rate: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    unrecorded_mean_ms: float | None = None  # SMTP acceptance to committed outcome record (the crash window)
+    unrecorded_p99_ms: float | None = None
     backlog: int = 0
     backlog_emails_per_s: float | None = None
     backlog_peak_rss_mib: float | None = None
@@ -318,8 +320,37 @@ async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: 
     return time.perf_counter()
 
 
-async def drain(name: str, store_url: str, events: int, ctx: Context) -> tuple[float, float, float, float]:
-    """A backlog of ``events`` drained: (events/s, e-mails/s, CPU ms per e-mail, peak RSS MiB)."""
+@dataclass
+class Drained:
+    events_per_s: float
+    emails_per_s: float
+    cpu_ms_per_email: float
+    peak_rss_mib: float
+    unrecorded_mean_ms: float
+    unrecorded_p99_ms: float
+
+
+def unrecorded_window(metrics: str) -> tuple[float, float]:
+    """From a service's /metrics: the mean and the p99 (upper bucket bound) of the time from SMTP acceptance
+    to the committed outcome record, in ms."""
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("customersource_accepted_unrecorded_seconds_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("customersource_accepted_unrecorded_seconds_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("customersource_accepted_unrecorded_seconds_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return 0.0, 0.0
+    p99 = next(bound for bound, cumulative in sorted(buckets) if cumulative >= 0.99 * count)
+    return total / count * 1000, p99 * 1000
+
+
+async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained:
+    """A backlog of ``events`` drained."""
     workload = WORKLOADS[name]
     await fresh_topics(ctx.bootstrap, [workload.topic, workload.topic + ".dlq", *OUTPUTS])
     records = [encoded(*workload.event()) for _ in range(events)]
@@ -333,10 +364,13 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> tuple[f
         expected = events * workload.mails_per_event
         finished = await wait_for_mail(ctx.sink, expected, run)
         cpu_after, peak = proc_stat(run.pid)
+        await asyncio.sleep(0.5)  # the last outcome records
+        with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
+            window = unrecorded_window(response.read().decode())
     finally:
         await run.stop()
     elapsed = finished - started
-    return events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak
+    return Drained(events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak, *window)
 
 
 async def latency(name: str, store_url: str, events: int, rate: int, ctx: Context) -> tuple[float, float]:
@@ -420,22 +454,24 @@ async def main(args: argparse.Namespace) -> Report:
             for store in stores:
                 workload = WORKLOADS[name]
                 url = await store_url(store, ctx)
-                events_s, emails_s, cpu_ms, _ = await drain(name, url, args.events, ctx)
+                drained = await drain(name, url, args.events, ctx)
                 size = ctx.sink.bytes // max(ctx.sink.count, 1)
                 ctx.sink.reset()
                 smtp_s = await raw_smtp(smtp_port, sink, max(args.events * workload.mails_per_event, 3000),
                                         args.connections, size)
-                result = Result(name, store, args.events, args.events * workload.mails_per_event, events_s, emails_s,
-                                smtp_s, emails_s / smtp_s, cpu_ms, size)
+                result = Result(name, store, args.events, args.events * workload.mails_per_event,
+                                drained.events_per_s, drained.emails_per_s, smtp_s, drained.emails_per_s / smtp_s,
+                                drained.cpu_ms_per_email, size, unrecorded_mean_ms=drained.unrecorded_mean_ms,
+                                unrecorded_p99_ms=drained.unrecorded_p99_ms)
                 if args.latency_events:
                     result.latency_rate = args.rate
                     result.latency_p50_ms, result.latency_p99_ms = await latency(
                         name, await store_url(store, ctx), args.latency_events, args.rate, ctx)
                 if args.backlog:
                     result.backlog = args.backlog
-                    _, result.backlog_emails_per_s, _, result.backlog_peak_rss_mib = await drain(
-                        name, await store_url(store, ctx), args.backlog, ctx)
-                    result.flat_within_10pct = result.backlog_emails_per_s >= 0.9 * emails_s
+                    backlog = await drain(name, await store_url(store, ctx), args.backlog, ctx)
+                    result.backlog_emails_per_s, result.backlog_peak_rss_mib = backlog.emails_per_s, backlog.peak_rss_mib
+                    result.flat_within_10pct = backlog.emails_per_s >= 0.9 * drained.emails_per_s
                 report.results.append(result)
                 print(row(result), flush=True)
     finally:
@@ -446,8 +482,9 @@ async def main(args: argparse.Namespace) -> Report:
     return report
 
 
-HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | p50 / p99 ms at "
-          "offered rate | backlog: e-mails/s, peak RSS | flat |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | accepted, unrecorded: "
+          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, peak RSS | flat |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: Result) -> str:
@@ -456,8 +493,10 @@ def row(r: Result) -> str:
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_peak_rss_mib:.0f} MiB"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
     flat = "-" if r.flat_within_10pct is None else ("yes" if r.flat_within_10pct else "no")
+    window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
+              if r.unrecorded_mean_ms is not None and r.unrecorded_p99_ms is not None else "-")
     return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {r.raw_smtp_per_s:,.0f} | "
-            f"{r.ratio_to_raw_smtp:.2f} | {r.cpu_ms_per_email:.2f} | {lat} | {backlog} | {flat} |")
+            f"{r.ratio_to_raw_smtp:.2f} | {r.cpu_ms_per_email:.2f} | {window} | {lat} | {backlog} | {flat} |")
 
 
 def cli() -> None:

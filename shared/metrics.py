@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -50,6 +50,15 @@ class Metrics:
             "customersource_scheduled_jobs",
             "Due-times waiting in the scheduler",
             ["service"],
+            registry=self.registry,
+        )
+
+        self.unrecorded = Histogram(
+            "customersource_accepted_unrecorded_seconds",
+            "Time from the SMTP server's acceptance of an e-mail to its committed outcome record: the window "
+            "in which a crash would send it again",
+            ["service"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
 

@@ -154,8 +154,11 @@ class Mailer:
             else:
                 outcome.error = answer.response[:500]
         outcome.at = self.clock.now()
+        answered = time.monotonic()
         # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
         await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent"))
+        if outcome.outcome == "sent":
+            self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
         self.metrics.email(note.template, outcome.outcome)
         return outcome
 
