@@ -28,12 +28,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Me
 
 from shared.clock import Clock
 from shared.envelope import DeadLetter, Event, decode, validate
-from shared.handling import EventRouter, Route, write
+from shared.handling import EventRouter, Route
 from shared.kafka import Producer
 from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.store import EventKey, EventState, StaleState, Store
+from shared.store import EventKey, EventState, ProcessedMark, StaleState, Store
 
 log = logging.getLogger("customersource.batches")
 
@@ -311,8 +311,7 @@ class BatchProcessor:
             cause = EventRef(id=event.id, source=event.source, type=event.type)
             context = self.runner.context(cause, state.first_seen_at, record.partition)
             plan = await route.handler(event, context)
-            done = write(Store.mark_processed, source=event.source, event_id=event.id, event_type=event.type,
-                         at=state.first_seen_at)
+            done = ProcessedMark(event.source, event.id, event.type, state.first_seen_at, state.first_seen_at)
             outcome = await self.runner.apply(plan, context, known=known.get(key), done=done)
             self._finished.add(key)
             self._crashes.pop(where, None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer
 from shared.metrics import Metrics
-from shared.store import GroupCommit, Store
+from shared.store import GroupCommit, ProcessedMark, Store
 
 log = logging.getLogger("customersource.runtime")
 
@@ -63,16 +64,17 @@ class PlanRunner:
         self.producer = producer
         self.metrics = metrics
         self.on_scheduled = on_scheduled
-        self._final: GroupCommit[Sequence[Write]] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
+        self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
                                                                 name="final-changes")
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None) -> Context:
         return Context(cause=cause, now=now, store=self.store, partition=partition)
 
     async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
-                    done: Write | None = None) -> str:
-        """Apply ``plan`` (see the module for the order); ``done`` is the idempotency record, written in
-        the last transaction. ``known``: the deliveries already recorded for the cause, read with its batch.
+                    done: ProcessedMark | None = None) -> str:
+        """Apply ``plan`` (see the module for the order); ``done`` is the event's idempotency record, written
+        in the last transaction (None for a scheduled job: the scheduler marks it done). ``known``: the
+        deliveries already recorded for the cause, read with its batch.
         Returns the outcome to count: "processed" or "ignored"."""
         if plan.ignored:
             log.info("event ignored", extra={"event_type": context.cause.type, "event_id": context.cause.id,
@@ -91,9 +93,8 @@ class PlanRunner:
             for record in records:
                 self.metrics.output(record.event_type)
         changes = (*plan.after, *completion.after)
-        final = (*changes, done) if done is not None else changes
-        if final:
-            await self._final.write(final)
+        if changes or done is not None:
+            await self._final.write(Final(changes, done))
         if any(change.schedules for change in (*plan.before, *changes)):
             self.on_scheduled()
         return "ignored" if plan.ignored else "processed"
@@ -106,7 +107,18 @@ class PlanRunner:
                             event_type=event.event_type)
 
 
-async def _apply_all(connection: AsyncConnection, plans: list[Sequence[Write]]) -> None:
-    for changes in plans:
-        for change in changes:
+@dataclass(frozen=True, slots=True)
+class Final:
+    """A plan's last transaction: its final changes and its event's idempotency record."""
+
+    changes: Sequence[Write]
+    done: ProcessedMark | None
+
+
+async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
+    """The final transactions of several plans as one: each plan's changes in turn, then the idempotency
+    records of all in one statement."""
+    for plan in plans:
+        for change in plan.changes:
             await change(connection)
+    await Store.mark_processed(connection, [plan.done for plan in plans if plan.done is not None])

@@ -203,6 +203,17 @@ class EventState:
     new: bool = False  # noted by this read: no other attempt of it can be in progress
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessedMark:
+    """An event's idempotency record, as written once its effects are done."""
+
+    source: str
+    event_id: str
+    event_type: str
+    first_seen_at: datetime
+    processed_at: datetime
+
+
 class StaleState(Exception):
     """A compare-and-set found the row no longer in the state it was loaded in (a job claimed it meanwhile):
     transient, the event is processed again from the new state."""
@@ -554,21 +565,12 @@ class Store:
             return found is not None and found.processed_at is not None
 
     @staticmethod
-    async def mark_processed(
-        connection: AsyncConnection, *, source: str, event_id: str, event_type: str, at: datetime
-    ) -> None:
-        result = await connection.execute(
-            update(processed_events)
-            .where(processed_events.c.source == source, processed_events.c.event_id == event_id)
-            .values(processed_at=at)
-        )
-        if not result.rowcount:
-            await insert_ignore(
-                connection,
-                processed_events,
-                {"source": source, "event_id": event_id, "event_type": event_type, "first_seen_at": at,
-                 "processed_at": at},
-            )
+    async def mark_processed(connection: AsyncConnection, marks: Sequence[ProcessedMark]) -> None:
+        """Mark events processed, in one statement (an event never noted is noted processed)."""
+        if marks:
+            rows = [{"source": m.source, "event_id": m.event_id, "event_type": m.event_type,
+                     "first_seen_at": m.first_seen_at, "processed_at": m.processed_at} for m in marks]
+            await upsert_many(connection, processed_events, rows, ["source", "event_id"])
 
     async def close(self) -> None:
         await self.engine.dispose()

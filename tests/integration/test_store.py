@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import event, select
 
 from services.invitations.state import MIGRATIONS
-from shared.store import GroupCommit, Store, deliveries, processed_events, upserts
+from shared.store import GroupCommit, ProcessedMark, Store, deliveries, processed_events, upserts
 
 
 async def test_concurrent_migrations_apply_once(database_url: str) -> None:
@@ -42,7 +42,7 @@ async def test_processed_events_are_idempotent_and_times_stay_aware(store: Store
     at = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=2)))
     for _ in range(2):
         async with store.transaction() as connection:
-            await store.mark_processed(connection, source="/s", event_id="1", event_type="t", at=at)
+            await store.mark_processed(connection, [ProcessedMark("/s", "1", "t", at, at)])
     assert await store.is_processed("/s", "1") and not await store.is_processed("/s", "2")
     async with store.connect() as connection:
         [stored] = (await connection.execute(select(processed_events.c.processed_at))).scalars().all()
@@ -58,7 +58,7 @@ async def test_a_batch_of_events_is_read_and_noted_in_one_query_each(store: Stor
     assert set(states) == set(keys) and {s.first_seen_at for s in states.values()} == {first}
     assert all(s.new and not s.processed for s in states.values()), "noted by this read"
     async with store.transaction() as connection:
-        await store.mark_processed(connection, source="/s", event_id="7", event_type="t", at=first)
+        await store.mark_processed(connection, [ProcessedMark("/s", "7", "t", first, first)])
     again = await store.begin_events({**keys, ("/s", "new"): "t"}, first + timedelta(hours=1))
     assert again[("/s", "7")].processed and not again[("/s", "8")].processed
     assert again[("/s", "8")].first_seen_at == first, "a re-run keeps the first attempt's time"
