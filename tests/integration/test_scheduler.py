@@ -14,7 +14,7 @@ import pytest
 from shared.clock import FixedClock, SystemClock
 from shared.scheduler import Job, Scheduler, cancel, job_status, schedule
 from shared.store import Store
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 
 @contextlib.asynccontextmanager
@@ -40,6 +40,11 @@ async def add(store: Store, job_id: str, due_at: datetime, now: datetime) -> Non
     async with store.transaction() as connection:
         await schedule(connection, job_id=job_id, kind="remind", aggregate_id="A", due_at=due_at,
                        payload={"n": job_id}, now=now)
+
+
+async def all_done(store: Store, job_ids: list[str]) -> bool:
+    async with store.connect() as connection:
+        return all([await job_status(connection, job_id) == "done" for job_id in job_ids])
 
 
 async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: Store) -> None:
@@ -80,7 +85,7 @@ async def test_pending_jobs_survive_a_restart_and_cancelled_ones_never_run(store
     try:
         async with running(Scheduler(restarted, SystemClock(), {"remind": remind}, rescan=3600)):
             await wait_until(lambda: ran == ["keep"], 10)
-            await asyncio.sleep(0.3)
+            await wait_until_async(lambda: all_done(restarted, ["keep"]), 10)  # done: never run again
     finally:
         await restarted.close()
     assert ran == ["keep"]
@@ -102,7 +107,8 @@ async def test_two_replicas_run_each_job_exactly_once(store: Store, database_url
         second = Scheduler(other, SystemClock(), {"remind": remind}, rescan=0.2)
         async with running(first), running(second):
             await wait_until(lambda: len(runs) == 60, 10)
-            await asyncio.sleep(0.5)
+            # Every job marked done: none can be claimed again, by either replica.
+            await wait_until_async(lambda: all_done(store, [f"job-{i}" for i in range(60)]), 10)
     finally:
         await other.close()
     assert set(runs.values()) == {1}
