@@ -17,7 +17,7 @@ contacts per ``plan.nearing_expiry``), permissions (three administrators per ``p
 support (overdue posts: a team e-mail and an author notice each). No thresholds: the numbers are for
 reading and comparing; results go to a JSON file and a table.
 
-    python -m ops.bench [--events 3000] [--backlog 30000] [--rate 300] [--latency-events 1500]
+    python -m ops.bench [--events 10000] [--backlog 100000] [--rate 300] [--latency-events 1500]
                         [--services invitations,expiry,permissions,support] [--stores sqlite,postgresql]
                         [--broker tansu|apache-kafka] [--connections 16] [--json var/bench/latest.json]
 """
@@ -507,9 +507,10 @@ def cli() -> None:
         print(uvloop.run(raw_smtp_client(port, messages, connections, size)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=3000, help="backlog drained for throughput (default 3000)")
-    parser.add_argument("--backlog", type=int, default=30_000,
-                        help="larger backlog for peak RSS and flatness (0: skip; default 30000)")
+    parser.add_argument("--events", type=int, default=10_000,
+                        help="backlog drained for throughput (default 10000)")
+    parser.add_argument("--backlog", type=int, default=100_000,
+                        help="larger backlog for peak RSS and flatness (0: skip; default 100000)")
     parser.add_argument("--rate", type=int, default=300, help="offered events/s for the latency run (default 300)")
     parser.add_argument("--latency-events", type=int, default=1500,
                         help="events offered in the latency run (0: skip; default 1500)")

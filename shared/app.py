@@ -356,8 +356,12 @@ async def _after_start(service: Service) -> None:
     async def lag_loop() -> None:
         while True:
             await asyncio.sleep(1)
+            kafka = service.subscriber.consumer
+            if kafka is None:  # the subscriber is (re)starting: nothing assigned, nothing caught up
+                service.caught_up.forget()
+                continue
             try:
-                await service.lag.measure(service.subscriber.consumer)
+                await service.lag.measure(kafka)
             except Exception:
                 service.caught_up.forget()
                 log.warning("lag not measured", exc_info=True)

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import sqlalchemy.exc
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
@@ -33,34 +32,18 @@ from shared.kafka import Producer
 from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.store import EventKey, EventState, ProcessedMark, StaleState, Store
+from shared.store import EventKey, EventState, ProcessedMark, StaleState, Store, is_database_outage
 
 log = logging.getLogger("customersource.batches")
 
 CRASHES_BEFORE_DEAD_LETTER = 3
-# Failures of the infrastructure (database, broker, SMTP, network): retried without limit.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    RetryLater, StaleState, OSError, asyncio.TimeoutError, KafkaError, sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError,
-)
-
-
-# PostgreSQL SQLSTATE classes of failures that pass: connection (08), transaction rollback such as
-# serialization failures and deadlocks (40), insufficient resources (53), lock not available (55P03),
-# operator intervention such as "starting up" or "shutting down" (57), system errors (58).
-_TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
+# Failures of the infrastructure (database, broker, SMTP, network), and a state that moved meanwhile:
+# retried without limit.
+TRANSIENT: tuple[type[BaseException], ...] = (RetryLater, StaleState, OSError, asyncio.TimeoutError, KafkaError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT):
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        original = getattr(exc, "orig", None)
-        state = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
-        return state.startswith(_TRANSIENT_SQLSTATES)
-    return False
+    return isinstance(exc, TRANSIENT) or is_database_outage(exc)
 
 
 class BatchInterrupted(Exception):

@@ -11,12 +11,13 @@ The runtime (:mod:`shared.runtime`) applies a plan in one order, always the same
 
 1. ``before``: state changes committed in one transaction before anything is sent (what a timer or a
    later decision must already see, such as a request's new state or a cancelled reminder);
-2. ``mails``: sent concurrently over the SMTP pool; each outcome is recorded as soon as the server
-   answers (group-committed with the outcomes of concurrent e-mails, within a few milliseconds);
+2. ``mails``: sent concurrently over the SMTP pool, each outcome recorded as soon as the server
+   answers (group-committed with the outcomes of concurrent e-mails); meanwhile ``events``, the output
+   events that do not depend on the e-mails, are produced;
 3. ``then``: given the e-mails' outcomes, the rest of the plan (for what depends on them: an
    invitation's token is recorded only if its e-mail went out);
-4. ``events`` (and the ``customersource.notifications`` audit events of the e-mails): produced together,
-   every acknowledgement awaited before step 5;
+4. the events of ``then`` and the ``customersource.notifications`` audit events of the e-mails,
+   produced together; every acknowledgement (of steps 2 and 4) awaited before step 5;
 5. ``after``: state changes committed in one transaction with the event's idempotency record (for a
    scheduled job, the job is marked done after it); the scheduler is woken if a job was scheduled.
 
@@ -100,8 +101,8 @@ class Plan:
 
     before: Sequence[Write] = ()
     mails: Sequence[Notification] = ()
-    then: Then | None = None
     events: Sequence[Output] = ()
+    then: Then | None = None
     after: Sequence[Write] = ()
     ignored: str | None = None  # why the event asks for nothing (counted as "ignored", not an error)
 

@@ -109,11 +109,16 @@ class Outputs:
     async def send_all(self, records: Sequence[OutputRecord]) -> None:
         assert self._producer is not None, "Outputs.start() first"
         pending = []
-        for record in records:
-            raw_key = record.key.encode() if isinstance(record.key, str) else record.key
-            pending.append(await self._producer.send(record.topic, value=record.value, key=raw_key,
-                                                     headers=list(record.headers)))
-        await asyncio.gather(*pending)
+        try:
+            for record in records:
+                raw_key = record.key.encode() if isinstance(record.key, str) else record.key
+                pending.append(await self._producer.send(record.topic, value=record.value, key=raw_key,
+                                                         headers=list(record.headers)))
+        finally:  # every record handed over is waited for, even when a later one could not be
+            results = await asyncio.gather(*pending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
 
 async def create_missing_topics(

@@ -3,9 +3,10 @@
 The order (the same for every event and every scheduled job):
 
 1. ``plan.before`` in one transaction;
-2. ``plan.mails`` concurrently (each outcome recorded as the SMTP server answers);
+2. ``plan.mails`` sent concurrently (each outcome recorded as the SMTP server answers), and meanwhile
+   ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
 3. ``plan.then(outcomes)``;
-4. the output events and the e-mails' audit events, produced together, all acknowledged;
+4. the completion's events and the e-mails' audit events, produced together, all acknowledged;
 5. ``plan.after`` and the completion's state changes in one transaction with the idempotency record;
    then the scheduler is woken if one of them scheduled a job.
 
@@ -30,7 +31,7 @@ from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.handling import Completion, Context, Output, Plan, Write
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
-from shared.mail.mailer import EventRef, Mailer
+from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
 from shared.store import GroupCommit, ProcessedMark, Store
 
@@ -83,21 +84,32 @@ class PlanRunner:
             async with self.store.transaction() as connection:
                 for change in plan.before:
                     await change(connection)
-        outcomes = await all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails))
+        events = [self._output(event, context) for event in plan.events]
+        mailed, produced = await asyncio.gather(
+            all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails)),
+            self._produce(events), return_exceptions=True)  # both finished before either failure is raised
+        if isinstance(mailed, BaseException):
+            raise mailed
+        if isinstance(produced, BaseException):
+            raise produced
+        outcomes: list[NotificationOutcome] = mailed
         completion = plan.then(outcomes) if plan.then is not None else Completion()
         records = [self.mailer.audit(outcome, note.aggregate_id)
                    for note, outcome in zip(plan.mails, outcomes, strict=True)]
-        records += [self._output(event, context) for event in (*plan.events, *completion.events)]
-        if records:
-            await self.producer.send_all(records)
-            for record in records:
-                self.metrics.output(record.event_type)
+        records += [self._output(event, context) for event in completion.events]
+        await self._produce(records)
         changes = (*plan.after, *completion.after)
         if changes or done is not None:
             await self._final.write(Final(changes, done))
         if any(change.schedules for change in (*plan.before, *changes)):
             self.on_scheduled()
         return "ignored" if plan.ignored else "processed"
+
+    async def _produce(self, records: list[OutputRecord]) -> None:
+        if records:
+            await self.producer.send_all(records)
+            for record in records:
+                self.metrics.output(record.event_type)
 
     def _output(self, event: Output, context: Context) -> OutputRecord:
         event_id = deterministic_id(context.cause.source, context.cause.id, event.side_effect, event.recipient)

@@ -15,7 +15,6 @@ import fcntl
 import functools
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import (
     Column,
     Connection,
@@ -167,6 +167,15 @@ def _upsert(dialect_name: str, table: Table, columns: tuple[str, ...], keys: tup
     )
 
 
+@functools.cache
+def _mark_processed(dialect_name: str) -> Any:
+    """Insert the idempotency record, or set only its processed time: the first attempt's time stays."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(processed_events)
+    return statement.on_conflict_do_update(index_elements=["source", "event_id"],
+                                           set_={"processed_at": statement.excluded.processed_at})
+
+
 async def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
     """``INSERT ... ON CONFLICT DO NOTHING`` (the statement is built once per dialect and table)."""
     await connection.execute(_insert_ignore(connection.dialect.name, table), dict(values))
@@ -280,6 +289,27 @@ class WriteTurns:
         self._busy = False
 
 
+# PostgreSQL SQLSTATE classes of failures that pass: connection (08), transaction rollback such as
+# serialization failures and deadlocks (40), insufficient resources (53), lock not available (55P03),
+# operator intervention such as "starting up" or "shutting down" (57), system errors (58).
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
+_OUTAGES = (OSError, asyncio.TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """A failure of the database or the way to it (not of the statement's data): it passes by itself."""
+    if isinstance(exc, _OUTAGES):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        original = getattr(exc, "orig", None)
+        state = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
+        return state.startswith(_TRANSIENT_SQLSTATES)
+    return False
+
+
 PREEMPT_AFTER_S = 0.005
 """On SQLite, a group of ordinary changes that has held the write lock this long commits what it has done
 as soon as an urgent writer (an accepted e-mail's outcome) waits; the rest goes into the next transaction."""
@@ -311,6 +341,7 @@ class GroupCommit(Generic[T]):
         await committed
 
     async def _flush(self) -> None:
+        group: list[tuple[T, asyncio.Future[None]]] = []
         try:
             while self._queue:
                 await asyncio.sleep(self.window)
@@ -318,14 +349,19 @@ class GroupCommit(Generic[T]):
                 while group:
                     try:
                         committed = await self._commit_prefix([item for item, _ in group])
-                    except Exception:
-                        await self._one_by_one(group)
+                    except Exception as exc:
+                        if is_database_outage(exc) or len(group) == 1:
+                            for _, future in group:  # nobody's fault: every writer gets the error at once
+                                _settle(future, exc)
+                        else:
+                            await self._one_by_one(group)
+                        group = []
                         break
                     for _, future in group[:committed]:
                         _settle(future, None)
                     group = group[committed:]
         finally:  # cancelled (the loop is closing): nobody may wait for a flush that will not come
-            for _, future in self._queue:
+            for _, future in (*group, *self._queue):
                 _settle(future, RuntimeError(f"the {self.name} writer stopped before this was written"))
             self._queue = []
 
@@ -346,10 +382,7 @@ class GroupCommit(Generic[T]):
         return len(items)
 
     async def _one_by_one(self, group: list[tuple[T, asyncio.Future[None]]]) -> None:
-        """The group's transaction failed: one of its items is at fault. Each alone, in its own."""
-        if len(group) == 1:
-            _settle(group[0][1], sys.exc_info()[1])
-            return
+        """The group's transaction failed, not for an outage: one of its items is at fault. Each alone."""
         for item, future in group:
             try:
                 await self._commit_prefix([item])
@@ -568,9 +601,10 @@ class Store:
     async def mark_processed(connection: AsyncConnection, marks: Sequence[ProcessedMark]) -> None:
         """Mark events processed, in one statement (an event never noted is noted processed)."""
         if marks:
-            rows = [{"source": m.source, "event_id": m.event_id, "event_type": m.event_type,
-                     "first_seen_at": m.first_seen_at, "processed_at": m.processed_at} for m in marks]
-            await upsert_many(connection, processed_events, rows, ["source", "event_id"])
+            rows = {(m.source, m.event_id): {"source": m.source, "event_id": m.event_id, "event_type": m.event_type,
+                                             "first_seen_at": m.first_seen_at, "processed_at": m.processed_at}
+                    for m in marks}
+            await connection.execute(_mark_processed(connection.dialect.name), list(rows.values()))
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -204,3 +204,19 @@ async def test_the_reason_of_an_ineligible_post_is_logged(harness: Support, capl
     await harness.publish(POST_CREATED, post_created(POSTED, country="FR", local_site="FR", product="dynamics_gp"))
     [record] = [r for r in caplog.records if r.getMessage() == "event ignored"]
     assert "open only to Dynamics CRM customers" in record.why  # type: ignore[attr-defined]
+
+
+async def test_the_escalation_event_does_not_wait_for_the_e_mails(harness: Support) -> None:
+    """Support learns of the escalation from the event even while the SMTP server refuses for a while;
+    the e-mails follow when it accepts again, the event repeated only with the same id."""
+    data = post_created(POSTED)
+    harness.pool.transient_failures = 1_000
+    record = harness.record(cloudevent(POST_UNANSWERED, data, time=harness.clock.now()))
+    await harness.fetch(record)
+    assert not harness.committed(record) and harness.pool.sent == []
+    [raised] = harness.escalations()
+    harness.pool.transient_failures = 0
+    await harness.fetch(record)
+    assert harness.committed(record)
+    assert {e["id"] for e in harness.escalations()} == {raised["id"]}
+    assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
@@ -97,3 +98,27 @@ async def test_a_failed_group_commit_fails_only_the_writer_at_fault(store: Store
     assert len(commits) == 2, "the group failed as a whole, then the good ones committed alone"
     await writer.write(delivery(4, "e1"))  # the writer goes on after a failure
     assert sorted((await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]) == ["d2", "d3", "d4"]
+
+
+async def test_a_database_outage_fails_every_writer_of_the_group_at_once(store: Store) -> None:
+    attempts: list[int] = []
+
+    async def unreachable(connection: Any, items: list[int]) -> None:
+        attempts.append(len(items))
+        raise sqlalchemy.exc.OperationalError("INSERT ...", None, ConnectionRefusedError("gone"))
+
+    writer: GroupCommit[int] = GroupCommit(store, unreachable)
+    results = await asyncio.gather(*(writer.write(n) for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, sqlalchemy.exc.OperationalError) for r in results), results
+    assert len(attempts) == 1, "an outage is nobody's fault: no transaction per writer after the group's"
+
+
+async def test_marking_an_event_processed_keeps_its_first_attempt_time(store: Store) -> None:
+    first, later = datetime(2026, 3, 2, 9, 0, tzinfo=UTC), datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+    await store.begin_events({("/s", "1"): "t"}, first)
+    async with store.transaction() as connection:
+        await store.mark_processed(connection, [ProcessedMark("/s", "1", "t", later, later),
+                                                ProcessedMark("/s", "2", "t", later, later)])
+    states = await store.begin_events({("/s", "1"): "t", ("/s", "2"): "t"}, later)
+    assert states[("/s", "1")].processed and states[("/s", "1")].first_seen_at == first
+    assert states[("/s", "2")].processed and states[("/s", "2")].first_seen_at == later, "never noted: noted now"
