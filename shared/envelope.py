@@ -6,6 +6,8 @@ kinds and a reason written for the operator who reads the dead-letter topic.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -177,13 +179,40 @@ def decode(value: bytes | None, headers: Headers) -> Inbound:
             "not_cloudevent",
             "neither a structured CloudEvent (JSON object with specversion) nor binary mode (ce_* headers)",
         )
-    if "data" not in document:
-        raise DeadLetter("schema_invalid", "the CloudEvent has no data")
+    if "data" in document and "data_base64" in document:
+        raise DeadLetter("not_cloudevent", "the CloudEvent has both data and data_base64 (CloudEvents allows one)")
+    if "data" not in document and "data_base64" not in document:
+        raise DeadLetter("schema_invalid", "the CloudEvent has neither data nor data_base64")
     try:
         attributes = Attributes.model_validate(document)
     except ValidationError as exc:
         raise DeadLetter("not_cloudevent", "invalid CloudEvents attributes: " + _describe(exc)) from None
-    return Inbound(attributes, document["data"], "structured")
+    if "data" in document:
+        return Inbound(attributes, document["data"], "structured")
+    return Inbound(attributes, _base64_json(document["data_base64"], attributes.datacontenttype), "structured")
+
+
+def _json_media_type(datacontenttype: str | None) -> None:
+    """JSON is the only data the services read (no datacontenttype means JSON)."""
+    media_type = (datacontenttype or "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise DeadLetter("unparseable", f"unsupported datacontenttype {media_type!r}: JSON is expected")
+
+
+def _base64_json(encoded: Any, datacontenttype: str | None) -> Any:
+    """Structured mode's ``data_base64`` (what CloudEvents SDKs emit for bytes): the JSON it encodes."""
+    _json_media_type(datacontenttype)
+    if not isinstance(encoded, str):
+        raise DeadLetter("unparseable", "data_base64 is not a string")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise DeadLetter("unparseable", "data_base64 is not valid base64") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeadLetter("unparseable",
+                         f"data_base64 does not decode to JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
 
 
 def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
@@ -204,9 +233,7 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         raise DeadLetter("not_cloudevent", "invalid CloudEvents headers: " + _describe(exc, "ce_")) from None
     if not value:
         raise DeadLetter("unparseable", "binary-mode event without data")
-    media_type = (attributes.datacontenttype or "application/json").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise DeadLetter("unparseable", f"unsupported datacontenttype {media_type!r}: JSON is expected")
+    _json_media_type(attributes.datacontenttype)
     try:
         data = json.loads(value)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

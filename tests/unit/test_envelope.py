@@ -1,3 +1,4 @@
+import base64
 import json
 
 import pytest
@@ -16,6 +17,7 @@ EVENT = {
     "data": {"account_id": "ACC-1", "professional_id": "PRO-1"},
 }
 CT = [("content-type", b"application/cloudevents+json")]
+WITHOUT_DATA = {k: v for k, v in EVENT.items() if k != "data"}
 
 
 def kind_of(value: bytes | None, headers: list[tuple[str, bytes]]) -> str:
@@ -35,6 +37,25 @@ def test_structured_mode_decodes_attributes_and_data() -> None:
 
 def test_structured_mode_without_content_type_header_is_accepted() -> None:
     assert decode(json.dumps(EVENT).encode(), []).attributes.source == "/crm"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", None])
+def test_structured_mode_with_data_base64_decodes_the_json_it_carries(content_type: str | None) -> None:
+    """What the CNCF CloudEvents SDK emits whenever the data is bytes (CloudEvents 1.0 JSON format)."""
+    document = {**WITHOUT_DATA, "data_base64": base64.b64encode(json.dumps(EVENT["data"]).encode()).decode()}
+    if content_type is None:
+        del document["datacontenttype"]
+    else:
+        document["datacontenttype"] = content_type
+    event = validate(decode(json.dumps(document).encode(), CT), ProfessionalRemoved)
+    assert event.data.professional_id == "PRO-1"
+
+
+def test_a_non_json_data_base64_says_what_is_wrong() -> None:
+    document = {**WITHOUT_DATA, "datacontenttype": "text/plain", "data_base64": base64.b64encode(b"hi").decode()}
+    with pytest.raises(DeadLetter) as info:
+        decode(json.dumps(document).encode(), CT)
+    assert info.value.kind == "unparseable" and "'text/plain'" in info.value.reason and "JSON" in info.value.reason
 
 
 def test_binary_mode_reads_ce_headers() -> None:
@@ -59,6 +80,12 @@ def test_binary_mode_reads_ce_headers() -> None:
         (json.dumps({k: v for k, v in EVENT.items() if k != "time"}).encode(), CT, "not_cloudevent"),
         (json.dumps({**EVENT, "time": "2026-11-20T10:00:00"}).encode(), CT, "not_cloudevent"),
         (json.dumps({k: v for k, v in EVENT.items() if k != "data"}).encode(), CT, "schema_invalid"),
+        (json.dumps({**EVENT, "data_base64": "e30="}).encode(), CT, "not_cloudevent"),  # both data and data_base64
+        (json.dumps({**WITHOUT_DATA, "data_base64": "not base64!"}).encode(), CT, "unparseable"),
+        (json.dumps({**WITHOUT_DATA, "data_base64": base64.b64encode(b"<xml/>").decode()}).encode(), CT,
+         "unparseable"),
+        (json.dumps({**WITHOUT_DATA, "datacontenttype": "application/xml",
+                     "data_base64": base64.b64encode(b"{}").decode()}).encode(), CT, "unparseable"),
         (b'{"a": 1}', [("ce_specversion", b"1.0"), ("ce_id", b"x")], "not_cloudevent"),
         (b"not json", [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/s"), ("ce_type", b"t"),
                        ("ce_time", b"2026-11-20T09:00:00Z")], "unparseable"),
