@@ -1,7 +1,9 @@
 """customersource-ops: the operations command line of CustomerSource notifications.
 
-Kafka is KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092) or --bootstrap; KAFKA_SECURITY_PROTOCOL,
-KAFKA_SASL_* and KAFKA_SSL_CAFILE are read from the environment as the services read them. The tools
+Kafka is --bootstrap, else KAFKA_BOOTSTRAP_SERVERS, else the broker of the local system `make run`
+started from this folder (var/services.json), else 127.0.0.1:9092; the commands that use it say which.
+KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE are read from the environment as the
+services read them. The tools
 never join a service's consumer group.
 
 Examples:
@@ -309,13 +311,40 @@ async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tu
         await consumer.stop()
 
 
+LOCAL_SYSTEM = Path("var/services.json")
+"""Written by `make run`: where the running local system's services and broker are."""
+
+KAFKA_COMMANDS = ("publish", "dlq", "lag")
+
+
+def local_system() -> dict[str, Any]:
+    """The running local system (var/services.json in this folder), or nothing."""
+    if not LOCAL_SYSTEM.is_file():
+        return {}
+    written = json.loads(LOCAL_SYSTEM.read_text())
+    return written if isinstance(written, dict) else {}
+
+
+def resolve_bootstrap(given: str | None) -> tuple[str, str]:
+    """The broker to use, and why: --bootstrap, else KAFKA_BOOTSTRAP_SERVERS, else the running local
+    system's (var/services.json), else 127.0.0.1:9092."""
+    if given:
+        return given, "--bootstrap"
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS"
+    broker = local_system().get("broker")
+    if isinstance(broker, str) and broker:
+        return broker, f"the local system started by `make run` ({LOCAL_SYSTEM})"
+    return "127.0.0.1:9092", "the default"
+
+
 def service_urls(overrides: Sequence[str]) -> dict[str, str]:
     """Where the services listen: var/services.json (written by `make run`) if there is one in this folder,
     else the default ports, then --service NAME=URL."""
     urls = {name: f"http://127.0.0.1:{port}" for name, port in contract.PORTS.items()}
-    written = Path("var/services.json")
-    if written.is_file():
-        urls.update(json.loads(written.read_text()))
+    services = local_system().get("services", {})
+    if isinstance(services, dict):
+        urls.update({name: str(url) for name, url in services.items() if name in contract.PORTS})
     for item in overrides:
         name, _, url = item.partition("=")
         if name not in contract.PORTS or not url:
@@ -407,7 +436,8 @@ def escalation_time(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="customersource-ops", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    main.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or "
+    main.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else the "
+                                          "broker of the local system `make run` started from this folder, else "
                                           "127.0.0.1:9092)")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -486,15 +516,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.bootstrap, source = resolve_bootstrap(args.bootstrap)
+    if args.command in KAFKA_COMMANDS:
+        print(f"broker {args.bootstrap} (from {source})", file=sys.stderr)
     try:
         result = args.run(args)
         return int(asyncio.run(result) if asyncio.iscoroutine(result) else result)
     except KeyboardInterrupt:
         return 130
     except KafkaError as exc:
-        where = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-        return fail(f"Kafka at {where}: {exc}. Is the broker running (`make run` prints its address)? "
-                    "Use --bootstrap or KAFKA_BOOTSTRAP_SERVERS.")
+        return fail(f"Kafka at {args.bootstrap} ({source}) does not answer: {exc}. Is the broker running (`make run` "
+                    "prints its address)? Use --bootstrap or KAFKA_BOOTSTRAP_SERVERS.")
     except (ValueError, TimeoutError, OSError) as exc:
         return fail(str(exc))
 

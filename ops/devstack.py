@@ -275,10 +275,13 @@ async def run(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{name} exited ({process.returncode}); see var/{name}.log")
             await asyncio.sleep(0.2)
         # Where the services listen, for `customersource-ops lag` run from this folder.
-        (VAR / "services.json").write_text(json.dumps({n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}))
+        (VAR / "services.json").write_text(json.dumps({
+            "broker": bootstrap, "services": {n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}}))
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
         where = {"tansu": " (local Tansu, in memory)", "apache-kafka": " (local Apache Kafka, logs in var/apache-kafka)"}
         print(f"  broker        {bootstrap}" + (where[args.broker] if broker else ""))
+        print(f"                customersource-ops run from this folder uses it; elsewhere: "
+              f"export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
         print(f"  console       {console.url}   inbox, escalations, dead letters, services (SMTP on "
               f"127.0.0.1:{smtp_port}, every message kept in var/mail)")
         for name, port in http_ports.items():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.cli import check, complete, main
+from ops.broker import free_port
+from ops.cli import check, complete, main, resolve_bootstrap, service_urls
 from ops.examples import EXAMPLES, example
 from shared.envelope import DeadLetter
 
@@ -61,3 +62,28 @@ def test_escalation_time(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["escalation-time", "--posted", "2026-12-24T10:00", "--country", "GB"]) == 0
     out = capsys.readouterr().out
     assert "due      Wednesday 2026-12-30 10:00 GMT" in out and "Boxing Day (observed)" in out
+
+
+def test_the_cli_uses_the_running_local_systems_broker_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `make run` picked another port, the CLI run from that folder goes to that broker, not 9092."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    assert resolve_bootstrap(None) == ("127.0.0.1:9092", "the default")
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "services.json").write_text(
+        '{"broker": "127.0.0.1:39092", "services": {"invitations": "http://127.0.0.1:18001"}}')
+    assert resolve_bootstrap(None)[0] == "127.0.0.1:39092"
+    assert service_urls([])["invitations"] == "http://127.0.0.1:18001"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    assert resolve_bootstrap(None) == ("kafka.example:9092", "KAFKA_BOOTSTRAP_SERVERS")
+    assert resolve_bootstrap("other:9092") == ("other:9092", "--bootstrap")
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    # A broker that does not answer is refused with a clear message naming it and where it came from.
+    silent = f"127.0.0.1:{free_port()}"
+    (tmp_path / "var" / "services.json").write_text(f'{{"broker": "{silent}", "services": {{}}}}')
+    assert main(["dlq", "list"]) != 0
+    err = capsys.readouterr().err
+    assert f"broker {silent} (from the local system started by `make run`" in err
+    assert f"Kafka at {silent}" in err and "does not answer" in err
