@@ -227,6 +227,10 @@ async def dlq_show(args: argparse.Namespace) -> int:
     if not found:
         return fail(f"no dead letter at {args.position} in {contract.resolve_dlq(args.topic)}")
     letter = found[0]
+    if args.value:  # to fix and publish again: the value alone, byte for byte
+        sys.stdout.buffer.write(letter.record.value or b"")
+        sys.stdout.flush()
+        return 0
     print(f"dead letter {letter.record.where}\n  kind:     {letter.kind}\n  reason:   {letter.reason}\n"
           f"  service:  {letter.service}\n  original: {letter.original}\n  failed:   {letter.failed_at}\n"
           f"  key:      {(letter.record.key or b'').decode('utf-8', 'replace')}\n  headers:")
@@ -468,6 +472,8 @@ def parser() -> argparse.ArgumentParser:
     q = actions.add_parser("show", help="one dead letter in full: reason, headers, value")
     q.add_argument("topic", metavar="TOPIC")
     q.add_argument("position", metavar="PARTITION:OFFSET")
+    q.add_argument("--value", action="store_true",
+                   help="print only the record's value, byte for byte (to fix, then `publish FILE`)")
     q.set_defaults(run=dlq_show)
     q = actions.add_parser("replay", help="publish dead letters again to their original topic, after a fix",
                            description="Publish dead letters again to their original topic: same key, value and "

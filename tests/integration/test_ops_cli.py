@@ -78,6 +78,8 @@ async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicat
     shown = ops(kafka, "dlq", "show", "invitations", position)
     assert "re-send for a profile this service has never seen" in shown.stdout.replace("invitation re-send", "re-send")
     assert f'"professional_id": "{profile["professional_id"]}"' in shown.stdout
+    value = ops(kafka, "dlq", "show", "invitations", position, "--value")
+    assert json.loads(value.stdout) == resend, "the value alone, as published: ready to fix and publish again"
 
     # The fix: the profile is added (one invitation). Then the dead letter is replayed: the re-send is
     # processed (a second invitation, the first link revoked). A second replay sends nothing.
