@@ -200,12 +200,13 @@ class BatchProcessor:
             # seen before (a re-run, perhaps still in progress on a member that lost its partitions) looks
             # up each delivery just before sending.
             known = await self.store.deliveries_of([key for key, state in states.items() if state.new])
+            groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
+            for record in records:
+                groups.setdefault((record.topic, record.partition, record.key), []).append(record)
+            preloaded = await self._preload([prepared[id(group[0])] for group in groups.values()], states)
         except Exception as exc:
             await self._pause_after([exc])
             raise
-        groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
-        for record in records:
-            groups.setdefault((record.topic, record.partition, record.key), []).append(record)
         slots = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()  # a group failed: the others stop starting new records
         unfinished = False
@@ -218,7 +219,9 @@ class BatchProcessor:
                         unfinished = True
                         return
                     try:
-                        await self.process_record(record, prepared[id(record)], states, known)
+                        # Only the aggregate's first record of the batch may use what was read with it.
+                        await self.process_record(record, prepared[id(record)], states, known,
+                                                  preloaded if record is group[0] else {})
                     except BaseException:
                         stop.set()
                         raise
@@ -268,9 +271,23 @@ class BatchProcessor:
         except Exception as exc:
             return Prepared(event_type, defect=exc)
 
+    async def _preload(self, firsts: Sequence[Prepared],
+                       states: Mapping[EventKey, EventState]) -> dict[tuple[Any, tuple[Any, ...]], Any]:
+        """The router's preload (if any) for the first record of each aggregate, in one query."""
+        preload = self.router.preload
+        if preload is None:
+            return {}
+        wanted = list({preload.args(p.event.data): None for p in firsts if p.event is not None
+                       and not states[(p.event.source, p.event.id)].processed})
+        if not wanted:
+            return {}
+        async with self.store.connect() as connection:
+            found = await preload.read_many(connection, wanted)
+        return {(preload.read, args): found.get(args) for args in wanted}
+
     async def process_record(
         self, record: ConsumerRecord[Any, Any], prepared: Prepared, states: Mapping[EventKey, EventState],
-        known: Mapping[EventKey, Mapping[str, Any]],
+        known: Mapping[EventKey, Mapping[str, Any]], preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any],
     ) -> None:
         event_type = prepared.event_type
         where = (record.topic, record.partition, record.offset)
@@ -292,7 +309,7 @@ class BatchProcessor:
                 return
             self._check_key(record, event)
             cause = EventRef(id=event.id, source=event.source, type=event.type)
-            context = self.runner.context(cause, state.first_seen_at, record.partition)
+            context = self.runner.context(cause, state.first_seen_at, record.partition, preloaded)
             plan = await route.handler(event, context)
             done = ProcessedMark(event.source, event.id, event.type, state.first_seen_at, state.first_seen_at)
             outcome = await self.runner.apply(plan, context, known=known.get(key), done=done)

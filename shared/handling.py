@@ -107,6 +107,19 @@ class Plan:
     ignored: str | None = None  # why the event asks for nothing (counted as "ignored", not an error)
 
 
+@dataclass(frozen=True, slots=True)
+class Preload:
+    """A read the handlers of a topic make for each event (their load step), done for a whole fetched batch
+    in one query instead: ``read`` is the function handlers pass to :meth:`Context.read`, ``args`` its
+    arguments for an event's data, ``read_many`` the values of many argument tuples at once (a tuple it
+    leaves out reads as None). Only the first event of each aggregate in a batch gets the preloaded value;
+    the next ones read after the previous one's changes, as without a preload."""
+
+    read: Callable[..., Awaitable[Any]]
+    args: Callable[[Any], tuple[Any, ...]]
+    read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
+
+
 class Reads(Protocol):
     """The store, as a handler's load step uses it."""
 
@@ -125,9 +138,14 @@ class Context:
     now: datetime
     store: Reads
     partition: int | None = None
+    preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] = field(default_factory=dict)
 
     async def read(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Load: ``function(connection, *args, **kwargs)`` on a read connection."""
+        """Load: ``function(connection, *args, **kwargs)`` on a read connection (or its value read with
+        the batch, see :class:`Preload`)."""
+        if not kwargs and (function, args) in self.preloaded:
+            value: T = self.preloaded[(function, args)]
+            return value
         async with self.store.connect() as connection:
             return await function(connection, *args, **kwargs)
 
@@ -168,11 +186,13 @@ class Route(Generic[DataT]):
 class EventRouter:
     """The event types of one input topic and their handlers."""
 
-    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "") -> None:
+    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "",
+                 preload: Preload | None = None) -> None:
         self.service = service
         self.topic = topic
         self.key_field = key_field
         self.description = description
+        self.preload = preload
         self.routes: dict[str, Route[Any]] = {}
 
     def handles(self, event_type: str, model: type[DataT]) -> Callable[[Handler], Handler]:

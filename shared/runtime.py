@@ -68,8 +68,9 @@ class PlanRunner:
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
                                                                 name="final-changes")
 
-    def context(self, cause: EventRef, now: datetime, partition: int | None = None) -> Context:
-        return Context(cause=cause, now=now, store=self.store, partition=partition)
+    def context(self, cause: EventRef, now: datetime, partition: int | None = None,
+                preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
+        return Context(cause=cause, now=now, store=self.store, partition=partition, preloaded=preloaded or {})
 
     async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
                     done: ProcessedMark | None = None) -> str:

@@ -33,7 +33,7 @@ from services.invitations.domain import Decision, Profile
 from services.invitations.tokens import issue_token
 from shared.calendar import default_time_zone
 from shared.envelope import Event
-from shared.handling import Completion, Context, EventRouter, Output, Plan, Write, write
+from shared.handling import Completion, Context, EventRouter, Output, Plan, Preload, Write, write
 from shared.ids import deterministic_id
 from shared.mail.mailer import NotificationOutcome
 from shared.mail.plan import Notification
@@ -52,6 +52,9 @@ class InvitationHandlers:
             key_field="professional_id",
             description="Professionals added to CustomerSource accounts, invitation re-sends, e-mail "
             "changes and removals. Key: professional_id.",
+            # Every handler loads the event's profile: read for a whole batch at once.
+            preload=Preload(read=state.load_profile, args=lambda data: (data.account_id, data.professional_id),
+                            read_many=state.load_profiles),
         )
         self.router.handles(ADDED, ProfessionalAdded)(self.on_added)
         self.router.handles(RESEND_REQUESTED, InvitationResendRequested)(self.on_resend_requested)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, Column, Index, MetaData, String, Table, and_, delete, select, update
+from sqlalchemy import Boolean, Column, Index, MetaData, String, Table, and_, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.invitations.domain import Profile
@@ -58,8 +60,26 @@ async def load_profile(connection: AsyncConnection, account_id: str, professiona
             )
         )
     ).first()
-    if row is None:
-        return None
+    return None if row is None else _profile(row)
+
+
+LOAD_MANY = 400
+"""Profiles per query when a batch's are read at once (two bound parameters each)."""
+
+
+async def load_profiles(connection: AsyncConnection,
+                        keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Profile]:
+    """The profiles of many (account_id, professional_id) keys (those not found are left out)."""
+    found: dict[tuple[Any, ...], Profile] = {}
+    key = tuple_(profiles.c.account_id, profiles.c.professional_id)
+    for start in range(0, len(keys), LOAD_MANY):
+        rows = await connection.execute(select(profiles).where(key.in_(keys[start:start + LOAD_MANY])))
+        for row in rows:
+            found[(row.account_id, row.professional_id)] = _profile(row)
+    return found
+
+
+def _profile(row: Any) -> Profile:
     values = dict(row._mapping)
     values["local_site"] = LocalSite(values["local_site"])
     return Profile(**values)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from services.invitations import verify_invitation
@@ -302,3 +303,26 @@ async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness:
     await harness.fetch(harness.record(raw))
     [letter] = harness.outputs.dead_letters(TOPIC)
     assert letter["dlq-error-kind"] == "schema_invalid" and "data.name" in letter["dlq-reason"]
+
+
+async def test_a_batch_reads_its_profiles_in_one_query_and_each_aggregate_sees_its_own_changes(
+    harness: Invitations,
+) -> None:
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM invitation_profiles" in statement:
+            reads.append(statement)
+
+    sqlalchemy_event.listen(harness.service.store.engine.sync_engine, "before_cursor_execute", count)
+    profiles = [professional_added() for _ in range(5)]
+    first = profiles[0]
+    resend = {"account_id": first["account_id"], "professional_id": first["professional_id"]}
+    # One batch: five new profiles, then a re-send for the first (same key: after its addition).
+    await harness.fetch(*(harness.record(cloudevent(ADDED, p)) for p in profiles),
+                        harness.record(cloudevent(RESEND_REQUESTED, resend)))
+    assert harness.outputs.dead_letters(TOPIC) == []
+    assert len(harness.issued()) == 6 and len(harness.pool.to(first["email"])) == 2
+    [revoked] = harness.revoked()
+    assert revoked["data"]["reason"] == "superseded"
+    assert len(reads) == 2, "one read for the batch's first events, one for the re-send after the addition"
