@@ -176,6 +176,16 @@ def _mark_processed(dialect_name: str) -> Any:
                                            set_={"processed_at": statement.excluded.processed_at})
 
 
+async def select_in(connection: AsyncConnection, query: Select[Any], key: Any,
+                    values: Sequence[Any]) -> list[Any]:
+    """The rows of ``query`` whose ``key`` (a column, or a tuple of columns) is one of ``values``, a few
+    hundred per statement (a batch's preloads and idempotency reads)."""
+    found: list[Any] = []
+    for start in range(0, len(values), BATCH_QUERY_SIZE):
+        found.extend(await connection.execute(query.where(key.in_(values[start:start + BATCH_QUERY_SIZE]))))
+    return found
+
+
 async def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
     """``INSERT ... ON CONFLICT DO NOTHING`` (the statement is built once per dialect and table)."""
     await connection.execute(_insert_ignore(connection.dialect.name, table), dict(values))
@@ -572,9 +582,7 @@ class Store:
         if not keys:
             return found
         async with self.connect() as connection:
-            for start in range(0, len(keys), BATCH_QUERY_SIZE):
-                found.extend(await connection.execute(query.where(key.in_(keys[start:start + BATCH_QUERY_SIZE]))))
-        return found
+            return await select_in(connection, query, key, keys)
 
     async def forget_event(self, source: str, event_id: str) -> None:
         """Drop the record of an unfinished event (it was dead-lettered)."""

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.invitations.domain import Profile
 from shared.shapes import LocalSite
-from shared.store import UTCDateTime, create_tables, deliveries, upsert
+from shared.store import UTCDateTime, create_tables, deliveries, select_in, upsert
 
 metadata = MetaData()
 
@@ -63,20 +63,12 @@ async def load_profile(connection: AsyncConnection, account_id: str, professiona
     return None if row is None else _profile(row)
 
 
-LOAD_MANY = 400
-"""Profiles per query when a batch's are read at once (two bound parameters each)."""
-
-
 async def load_profiles(connection: AsyncConnection,
                         keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Profile]:
     """The profiles of many (account_id, professional_id) keys (those not found are left out)."""
-    found: dict[tuple[Any, ...], Profile] = {}
-    key = tuple_(profiles.c.account_id, profiles.c.professional_id)
-    for start in range(0, len(keys), LOAD_MANY):
-        rows = await connection.execute(select(profiles).where(key.in_(keys[start:start + LOAD_MANY])))
-        for row in rows:
-            found[(row.account_id, row.professional_id)] = _profile(row)
-    return found
+    rows = await select_in(connection, select(profiles), tuple_(profiles.c.account_id, profiles.c.professional_id),
+                           list(keys))
+    return {(row.account_id, row.professional_id): _profile(row) for row in rows}
 
 
 def _profile(row: Any) -> Profile:

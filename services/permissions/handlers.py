@@ -26,7 +26,7 @@ from services.permissions.contracts import (
 )
 from services.permissions.domain import Outcome, Request, State
 from shared.envelope import Event
-from shared.handling import Context, EventRouter, Plan, write
+from shared.handling import Context, EventRouter, Plan, Preload, write
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
 from shared.scheduler import Job
@@ -50,6 +50,9 @@ class PermissionHandlers:
             key_field="request_id",
             description="Partner requests to manage a customer's Software Assurance and services benefits, and "
             "the administrators' decisions (approved, denied, removed). Key: request_id.",
+            # Every handler loads the event's request: read for a whole batch at once.
+            preload=Preload(read=state.load_request, args=lambda data: (data.request_id,),
+                            read_many=state.load_requests),
         )
         self.router.handles(REQUESTED, PermissionRequested)(self.on_requested)
         self.router.handles(APPROVED, PermissionApproved)(self.on_approved)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Column, Index, MetaData, String, Table, Text, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
 from shared.shapes import Person
-from shared.store import UTCDateTime, create_tables, insert_or_advance
+from shared.store import UTCDateTime, create_tables, insert_or_advance, select_in
 
 metadata = MetaData()
 
@@ -43,8 +45,17 @@ def _person(text: str) -> Person:
 
 async def load_request(connection: AsyncConnection, request_id: str) -> Request | None:
     row = (await connection.execute(select(requests).where(requests.c.request_id == request_id))).first()
-    if row is None:
-        return None
+    return None if row is None else _request(row)
+
+
+async def load_requests(connection: AsyncConnection,
+                        keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Request]:
+    """The requests of many (request_id,) keys (those not found are left out)."""
+    rows = await select_in(connection, select(requests), requests.c.request_id, [key[0] for key in keys])
+    return {(row.request_id,): _request(row) for row in rows}
+
+
+def _request(row: Any) -> Request:
     return Request(
         request_id=row.request_id, account_id=row.account_id, account_name=row.account_name,
         partner_id=row.partner_id, partner=_person(row.partner),

@@ -27,7 +27,7 @@ from services.support.contracts import (
 )
 from services.support.domain import Decision, Post, State
 from shared.envelope import Event
-from shared.handling import Context, EventRouter, Output, Plan, Write, write
+from shared.handling import Context, EventRouter, Output, Plan, Preload, Write, write
 from shared.ids import deterministic_id
 from shared.lag import CaughtUp
 from shared.mail.plan import Notification
@@ -54,6 +54,8 @@ class SupportHandlers:
             key_field="post_id",
             description="Managed newsgroup posts: created, answered, and reported unanswered by an upstream "
             "tracker. Key: post_id.",
+            # Every handler loads the event's post: read for a whole batch at once.
+            preload=Preload(read=state.load_post, args=lambda data: (data.post_id,), read_many=state.load_posts),
         )
         self.router.handles(POST_CREATED, PostCreated)(self.on_post_created)
         self.router.handles(POST_ANSWERED, PostAnswered)(self.on_post_answered)

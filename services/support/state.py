@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_or_advance
+from shared.store import UTCDateTime, create_tables, insert_or_advance, select_in
 
 metadata = MetaData()
 
@@ -45,8 +46,16 @@ MIGRATIONS = (create_tables(metadata),)
 
 async def load_post(connection: AsyncConnection, post_id: str) -> Post | None:
     row = (await connection.execute(select(posts).where(posts.c.post_id == post_id))).first()
-    if row is None:
-        return None
+    return None if row is None else _post(row)
+
+
+async def load_posts(connection: AsyncConnection, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Post]:
+    """The posts of many (post_id,) keys (those not found are left out)."""
+    rows = await select_in(connection, select(posts), posts.c.post_id, [key[0] for key in keys])
+    return {(row.post_id,): _post(row) for row in rows}
+
+
+def _post(row: Any) -> Post:
     return Post(
         post_id=row.post_id, state=State(row.state), newsgroup=row.newsgroup, title=row.title, url=row.url,
         account_id=row.account_id, account_name=row.account_name,
