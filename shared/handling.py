@@ -27,6 +27,8 @@ output events carry deterministic ids, state changes are idempotent or compare-a
 
 Some handlers must claim something before they decide what to send (the one escalation of a post, a
 reminder nobody else sends, a digest's entries): :meth:`Context.claim` commits such a claim at load time.
+What a topic's handlers load for each event can be declared on the router (:class:`Preload`): it is then
+read for a whole fetched batch in one query, and :meth:`Context.read` answers from it.
 """
 
 from __future__ import annotations
