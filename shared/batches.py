@@ -277,8 +277,8 @@ class BatchProcessor:
         preload = self.router.preload
         if preload is None:
             return {}
-        wanted = list({preload.args(p.event.data): None for p in firsts if p.event is not None
-                       and not states[(p.event.source, p.event.id)].processed})
+        wanted = [args for args in {preload.args(p.event): None for p in firsts if p.event is not None
+                                    and not states[(p.event.source, p.event.id)].processed} if args is not None]
         if not wanted:
             return {}
         async with self.store.connect() as connection:

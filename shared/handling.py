@@ -113,12 +113,13 @@ class Plan:
 class Preload:
     """A read the handlers of a topic make for each event (their load step), done for a whole fetched batch
     in one query instead: ``read`` is the function handlers pass to :meth:`Context.read`, ``args`` its
-    arguments for an event's data, ``read_many`` the values of many argument tuples at once (a tuple it
-    leaves out reads as None). Only the first event of each aggregate in a batch gets the preloaded value;
-    the next ones read after the previous one's changes, as without a preload."""
+    arguments for an event (None: that event's handler reads something else), ``read_many`` the values
+    of many argument tuples at once (a tuple it leaves out reads as None). Only the first event of each
+    aggregate in a batch gets the preloaded value; the next ones read after the previous one's changes, as
+    without a preload."""
 
     read: Callable[..., Awaitable[Any]]
-    args: Callable[[Any], tuple[Any, ...]]
+    args: Callable[[Event[Any]], tuple[Any, ...] | None]
     read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from services.expiry.contracts import NEARING_EXPIRY, RENEWED, TOPIC, Partner, P
 from services.expiry.domain import Bucket, Entry, PlanState
 from shared import scheduler as scheduling
 from shared.envelope import Event
-from shared.handling import Context, EventRouter, Plan, Write, write
+from shared.handling import Context, EventRouter, Plan, Preload, Write, write
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
 from shared.scheduler import Job, job_status
@@ -37,6 +38,8 @@ class ExpiryHandlers:
             topic=TOPIC,
             key_field="plan_id",
             description="Service plans nearing expiry (or expired) and plan renewals. Key: plan_id.",
+            # A reminder loads its plan and who was reminded already: read for a whole batch at once.
+            preload=Preload(read=_load_plan, args=_reminder_load, read_many=_load_plans),
         )
         self.router.handles(NEARING_EXPIRY, PlanNearingExpiry)(self.on_nearing_expiry)
         self.router.handles(RENEWED, PlanRenewed)(self.on_renewed)
@@ -175,6 +178,27 @@ class ExpiryHandlers:
             return False  # another digest is in flight: its end schedules the next one
         today = domain.local_date(now, partner.time_zone)
         return partner.last_digest_on is None or partner.last_digest_on < today
+
+
+def _reminder_load(event: Event[Any]) -> tuple[Any, ...] | None:
+    """What :meth:`ExpiryHandlers.on_nearing_expiry` loads: the plan, and the contacts reminded already for
+    the bucket the plan is in on the day of the event (in the account's zone)."""
+    data = event.data
+    if not isinstance(data, PlanNearingExpiry):
+        return None  # a renewal loads only its plan
+    bucket = domain.bucket_for(data.expires_on, domain.local_date(event.time, domain.account_zone(data)))
+    return data.plan_id, data.expires_on, bucket
+
+
+LoadedPlan = tuple[PlanState | None, frozenset[str]]
+
+
+async def _load_plans(connection: AsyncConnection,
+                      keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], LoadedPlan]:
+    """:func:`_load_plan` for many (plan_id, expires_on, bucket) keys, in two queries."""
+    found = await state.load_plans(connection, [key[0] for key in keys])
+    reminded = await state.reminded_many(connection, [key for key in keys if key[2] is not None])
+    return {key: (found.get(key[0]), reminded.get(key, frozenset())) for key in keys}
 
 
 async def _load_plan(connection: AsyncConnection, plan_id: str, expires_on: date,

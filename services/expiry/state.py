@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Column, Date, Index, MetaData, String, Table, Text, delete, func, select, update
+from sqlalchemy import Column, Date, Index, MetaData, String, Table, Text, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry.domain import Bucket, Entry, PlanState
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_ignore, upsert
+from shared.store import UTCDateTime, create_tables, insert_ignore, select_in, upsert
 
 metadata = MetaData()
 
@@ -104,8 +105,16 @@ class Digest:
 
 async def load_plan(connection: AsyncConnection, plan_id: str) -> PlanState | None:
     row = (await connection.execute(select(plans).where(plans.c.plan_id == plan_id))).first()
-    if row is None:
-        return None
+    return None if row is None else _plan(row)
+
+
+async def load_plans(connection: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, PlanState]:
+    """The plans of many ids (those not found are left out)."""
+    return {row.plan_id: _plan(row) for row in await select_in(connection, select(plans), plans.c.plan_id,
+                                                                list(dict.fromkeys(plan_ids)))}
+
+
+def _plan(row: Any) -> PlanState:
     return PlanState(row.plan_id, row.account_id, row.expires_on, Bucket(row.narrowest) if row.narrowest else None)
 
 
@@ -121,6 +130,19 @@ async def reminded(connection: AsyncConnection, plan_id: str, expires_on: date, 
                                             reminders.c.bucket == bucket.value)
     )
     return frozenset(rows.scalars())
+
+
+async def reminded_many(connection: AsyncConnection, keys: Sequence[tuple[Any, ...]]
+                        ) -> dict[tuple[Any, ...], frozenset[str]]:
+    """:func:`reminded` for many (plan_id, expires_on, bucket) keys, in one query."""
+    wanted = [(plan_id, expires_on, bucket.value) for plan_id, expires_on, bucket in keys]
+    rows = await select_in(connection, select(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket,
+                                              reminders.c.recipient),
+                           tuple_(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket), wanted)
+    found: dict[tuple[Any, ...], set[str]] = {}
+    for row in rows:
+        found.setdefault((row.plan_id, row.expires_on, Bucket(row.bucket)), set()).add(row.recipient)
+    return {key: frozenset(recipients) for key, recipients in found.items()}
 
 
 async def record_reminder(

@@ -53,8 +53,8 @@ class InvitationHandlers:
             description="Professionals added to CustomerSource accounts, invitation re-sends, e-mail "
             "changes and removals. Key: professional_id.",
             # Every handler loads the event's profile: read for a whole batch at once.
-            preload=Preload(read=state.load_profile, args=lambda data: (data.account_id, data.professional_id),
-                            read_many=state.load_profiles),
+            preload=Preload(read=state.load_profile, read_many=state.load_profiles,
+                            args=lambda event: (event.data.account_id, event.data.professional_id)),
         )
         self.router.handles(ADDED, ProfessionalAdded)(self.on_added)
         self.router.handles(RESEND_REQUESTED, InvitationResendRequested)(self.on_resend_requested)

@@ -51,7 +51,7 @@ class PermissionHandlers:
             description="Partner requests to manage a customer's Software Assurance and services benefits, and "
             "the administrators' decisions (approved, denied, removed). Key: request_id.",
             # Every handler loads the event's request: read for a whole batch at once.
-            preload=Preload(read=state.load_request, args=lambda data: (data.request_id,),
+            preload=Preload(read=state.load_request, args=lambda event: (event.data.request_id,),
                             read_many=state.load_requests),
         )
         self.router.handles(REQUESTED, PermissionRequested)(self.on_requested)

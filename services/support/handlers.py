@@ -55,7 +55,7 @@ class SupportHandlers:
             description="Managed newsgroup posts: created, answered, and reported unanswered by an upstream "
             "tracker. Key: post_id.",
             # Every handler loads the event's post: read for a whole batch at once.
-            preload=Preload(read=state.load_post, args=lambda data: (data.post_id,), read_many=state.load_posts),
+            preload=Preload(read=state.load_post, args=lambda event: (event.data.post_id,), read_many=state.load_posts),
         )
         self.router.handles(POST_CREATED, PostCreated)(self.on_post_created)
         self.router.handles(POST_ANSWERED, PostAnswered)(self.on_post_answered)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from services.expiry import state
@@ -246,3 +247,23 @@ async def test_a_partner_without_zone_or_country_keeps_the_zone_of_its_first_cus
     assert await harness.run_jobs_at(datetime(2026, 12, 2, 15, 0, tzinfo=UTC)) == 1
     [digest] = harness.mails(partner["email"])
     assert text_of(digest).count("Contoso Ltd") == 2
+
+
+async def test_a_batch_reads_its_plans_at_once_and_a_repeat_in_it_reminds_no_one_twice(harness: Harness) -> None:
+    from tests.support.kafka import cloudevent
+
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM expiry_plans" in statement:
+            reads.append(statement)
+
+    sqlalchemy_event.listen(harness.service.store.engine.sync_engine, "before_cursor_execute", count)
+    plans = [plan_nearing_expiry(date(2026, 12, 20)) for _ in range(4)]
+    again = cloudevent(NEARING_EXPIRY, plans[0], time=harness.clock.now())  # the same plan and bucket, re-sent
+    await harness.fetch(*(harness.record(cloudevent(NEARING_EXPIRY, p, time=harness.clock.now())) for p in plans),
+                        harness.record(again))
+    assert harness.outputs.dead_letters(TOPIC) == []
+    for plan in plans:
+        assert len(harness.mails(plan["contacts"][0]["email"])) == 1, "one reminder per contact, bucket and date"
+    assert len(reads) == 2, "one read for the batch's first events, one for the repeat after the first"
