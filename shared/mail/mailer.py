@@ -45,6 +45,11 @@ RECORD_WINDOW_S = 0.002
 """Outcome records are group-committed: one waits at most this long for others to share its transaction."""
 
 
+def _delivery_id(event_source: str, event_id: str, template: str, recipient: str) -> str:
+    """One e-mail's identity: (triggering event, template, recipient), the key of its delivery record."""
+    return deterministic_id(event_source, event_id, "mail", template, recipient.lower())
+
+
 class RetryLater(Exception):
     """A transient failure outlasted the retry window: the event is processed again later."""
 
@@ -112,7 +117,7 @@ class Mailer:
         """Send one e-mail once. ``known``: the deliveries already recorded for the cause, read with its
         batch (delivery id -> row); without it the record is looked up here."""
         recipient = note.recipient.email.strip()
-        delivery_id = deterministic_id(cause.source, cause.id, "mail", note.template, recipient.lower())
+        delivery_id = _delivery_id(cause.source, cause.id, note.template, recipient)
         if known is not None:
             row = known.get(delivery_id)
         else:
@@ -236,8 +241,7 @@ class Mailer:
 
     def audit(self, outcome: NotificationOutcome, aggregate_id: str) -> OutputRecord:
         """The ``customersource.notifications`` event of a final outcome (its id derived from the delivery's)."""
-        delivery_id = deterministic_id(outcome.event_source, outcome.event_id, "mail", outcome.template,
-                                       outcome.recipient.lower())
+        delivery_id = _delivery_id(outcome.event_source, outcome.event_id, outcome.template, outcome.recipient)
         event_type = SENT_TYPE if outcome.outcome == "sent" else FAILED_TYPE
         value = structured(
             event_id=deterministic_id(delivery_id, "notification"),
