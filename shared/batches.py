@@ -112,15 +112,15 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another member, let the batch in progress stop and commit, so two
     members never process the same records at once."""
 
-    def __init__(self, consumer: BatchProcessor, timeout: float) -> None:
-        self.consumer = consumer
+    def __init__(self, batches: BatchProcessor, timeout: float) -> None:
+        self.batches = batches
         self.timeout = timeout
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.consumer.revoking.set()  # cleared when the next batch starts, not before
-        self.consumer.on_revoke()
+        self.batches.revoking.set()  # cleared when the next batch starts, not before
+        self.batches.on_revoke()
         try:
-            await asyncio.wait_for(self.consumer.idle.wait(), self.timeout)
+            await asyncio.wait_for(self.batches.idle.wait(), self.timeout)
         except TimeoutError:
             log.warning("batch still running when its partitions were revoked")
 

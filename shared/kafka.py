@@ -102,9 +102,7 @@ class Outputs:
             self._producer = None
 
     async def send(self, topic: str, *, key: str | bytes | None, value: bytes | None, headers: Headers = ()) -> None:
-        assert self._producer is not None, "Outputs.start() first"
-        raw_key = key.encode() if isinstance(key, str) else key
-        await self._producer.send_and_wait(topic, value=value, key=raw_key, headers=list(headers))
+        await self.send_all([OutputRecord(topic, key=key, value=value, headers=headers)])
 
     async def send_all(self, records: Sequence[OutputRecord]) -> None:
         assert self._producer is not None, "Outputs.start() first"
