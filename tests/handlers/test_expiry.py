@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from services.expiry import state
@@ -252,13 +251,7 @@ async def test_a_partner_without_zone_or_country_keeps_the_zone_of_its_first_cus
 async def test_a_batch_reads_its_plans_at_once_and_a_repeat_in_it_reminds_no_one_twice(harness: Harness) -> None:
     from tests.support.kafka import cloudevent
 
-    reads: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM expiry_plans" in statement:
-            reads.append(statement)
-
-    sqlalchemy_event.listen(harness.service.store.engine.sync_engine, "before_cursor_execute", count)
+    reads = harness.selects_from("expiry_plans")
     plans = [plan_nearing_expiry(date(2026, 12, 20)) for _ in range(4)]
     again = cloudevent(NEARING_EXPIRY, plans[0], time=harness.clock.now())  # the same plan and bucket, re-sent
     await harness.fetch(*(harness.record(cloudevent(NEARING_EXPIRY, p, time=harness.clock.now())) for p in plans),

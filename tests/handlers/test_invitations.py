@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from services.invitations import verify_invitation
@@ -308,13 +307,7 @@ async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness:
 async def test_a_batch_reads_its_profiles_in_one_query_and_each_aggregate_sees_its_own_changes(
     harness: Invitations,
 ) -> None:
-    reads: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM invitation_profiles" in statement:
-            reads.append(statement)
-
-    sqlalchemy_event.listen(harness.service.store.engine.sync_engine, "before_cursor_execute", count)
+    reads = harness.selects_from("invitation_profiles")
     profiles = [professional_added() for _ in range(5)]
     first = profiles[0]
     resend = {"account_id": first["account_id"], "professional_id": first["professional_id"]}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from sqlalchemy import event as sqlalchemy_event
 
 from shared.app import Service
 from shared.clock import FixedClock
@@ -60,6 +61,17 @@ class Harness:
     async def fetch(self, *records: ConsumerRecord[bytes, bytes]) -> None:
         """Hand the records to the service as one fetched batch (they are committed, or rewound)."""
         await self.service.batches.handle_fetch(self.kafka, records)
+
+    def selects_from(self, table: str) -> list[str]:
+        """From now on, the SELECT statements the service runs on ``table`` (a live list)."""
+        statements: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT") and f"FROM {table}" in statement:
+                statements.append(statement)
+
+        sqlalchemy_event.listen(self.service.store.engine.sync_engine, "before_cursor_execute", record)
+        return statements
 
     def committed(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the record's offset was committed (it is finished: processed or dead-lettered)."""
