@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -197,6 +197,15 @@ def fetch_apache_kafka(version: str = APACHE_KAFKA_VERSION) -> Path:
         return libs
 
 
+def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, never starting with "-" (the formatting tool
+    would read it as an option; Kafka's own Uuid.randomUuid() skips those too)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(draw().bytes).rstrip(b"=").decode()
+        if not candidate.startswith("-"):
+            return candidate
+
+
 class ApacheKafkaBroker:
     """One Apache Kafka node in KRaft combined mode on loopback ports, its logs in ``data_dir``.
 
@@ -262,11 +271,14 @@ class ApacheKafkaBroker:
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_path))
         properties = self._properties()
         if not (self.data_dir / "logs" / "meta.properties").is_file():
-            subprocess.run(
+            formatted = subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
-                           "-t", base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode(), "-c", str(properties)),
-                check=True, capture_output=True, timeout=120,
+                           "-t", cluster_id(), "-c", str(properties)),
+                capture_output=True, timeout=120, check=False,
             )
+            if formatted.returncode != 0:
+                output = (formatted.stdout + formatted.stderr).decode("utf-8", "replace").strip()[-2000:]
+                raise RuntimeError(f"formatting Apache Kafka's log directory failed ({formatted.returncode}): {output}")
         self.process = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(properties), heap=self.heap),
             stdout=open(self.data_dir / "stdout.log", "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
