@@ -32,7 +32,7 @@ from pydantic import BaseModel, WithJsonSchema
 from shared.batches import BatchProcessor, DrainOnRevoke
 from shared.clock import Clock, SystemClock
 from shared.envelope import events_json_schema
-from shared.handling import Context, EventRouter, Plan
+from shared.handling import Context, EventRouter, Plan, Preload
 from shared.kafka import Outputs, Producer, ensure_topics, security
 from shared.lag import CaughtUp, LagMeter
 from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, EventRef, Mailer, NotificationOutcome
@@ -40,7 +40,7 @@ from shared.mail.render import Renderer
 from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.scheduler import Job, JobHandler, Scheduler
+from shared.scheduler import Job, JobHandler, PassHandler, Scheduler
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
 
@@ -85,6 +85,8 @@ class ServiceSpec:
     jobs: Mapping[str, JobFunction] = field(default_factory=dict)
     background: Sequence[BackgroundTask] = ()
     job_gates: Mapping[str, JobGate] = field(default_factory=dict)
+    job_preloads: Mapping[str, Preload] = field(default_factory=dict)
+    """What a kind's job function reads first, read for all the jobs of a scheduler pass in one query."""
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
 
 
@@ -181,28 +183,30 @@ def build_service(
     mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
                     metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window)
     drain = drain_seconds(retry_window)
-    wake_scheduler = asyncio.Event()  # set when a job was scheduled or a partition caught up
+    concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
+    wake_scheduler = asyncio.Event()  # set when a job was scheduled
     runner = PlanRunner(service=spec.name, store=store, mailer=mailer, producer=producer, metrics=metrics,
                         on_scheduled=wake_scheduler.set)
     scheduler = None
     if spec.jobs:
         # A job's lease outlasts its longest run (SMTP retries, then recording under database trouble), so
         # another replica never takes over a job that is still sending.
-        jobs = {kind: _job_runner(spec.name, runner, clock, function) for kind, function in spec.jobs.items()}
+        jobs = {kind: _job_runner(spec.name, runner, store, clock, function, spec.job_preloads.get(kind))
+                for kind, function in spec.jobs.items()}
         scheduler = Scheduler(
             store, clock, jobs,
             gates={kind: functools.partial(gate, caught_up) for kind, gate in spec.job_gates.items()},
-            wake=wake_scheduler, lease=timedelta(seconds=drain + 15),
+            wake=wake_scheduler, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
             on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n),
         )
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
-        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=max(settings.SMTP_MAX_CONNECTIONS * 2, 8),
+        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency,
         on_revoke=caught_up.forget,
     )
     lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
                    fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, batch_idle=batches.idle.is_set,
-                   on_caught_up=wake_scheduler.set)
+                   on_caught_up=scheduler.gates_opened if scheduler is not None else lambda: None)
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
         # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
@@ -268,18 +272,41 @@ def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
     )
 
 
-def _job_runner(service: str, runner: PlanRunner, clock: Clock, function: JobFunction) -> JobHandler:
+def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, function: JobFunction,
+                preload: Preload | None) -> PassHandler:
     """A job's plan is applied like an event's; its cause is the event that scheduled it (or the job itself).
-    The scheduler marks the job done once its plan is applied."""
+    For a pass's jobs, the deliveries already recorded for their causes are read in one query, and what
+    their function reads first (``preload``) in another. The scheduler marks each job done once its plan
+    is applied."""
 
-    async def run(job: Job) -> None:
-        cause = job.payload.get("cause") or {
-            "id": job.job_id, "source": f"/customersource/{service}/scheduler", "type": job.kind,
-        }
-        context = runner.context(EventRef(id=cause["id"], source=cause["source"], type=cause["type"]), clock.now())
-        await runner.apply(await function(job, context), context)
+    def cause(job: Job) -> EventRef:
+        of = job.payload.get("cause") or {"id": job.job_id, "source": f"/customersource/{service}/scheduler",
+                                          "type": job.kind}
+        return EventRef(id=of["id"], source=of["source"], type=of["type"])
 
-    return run
+    async def prepare(claimed: Sequence[Job]) -> JobHandler:
+        # The jobs are claimed under a lease: no other attempt of them is sending meanwhile.
+        known = await store.deliveries_of([(cause(job).source, cause(job).id) for job in claimed])
+        preloaded: dict[tuple[Any, ...], Any] = {}
+        if preload is not None:
+            wanted = list({args: None for job in claimed if (args := preload.args(job)) is not None})
+            if wanted:
+                async with store.connect() as connection:
+                    found = await preload.read_many(connection, wanted)
+                preloaded = {args: found.get(args) for args in wanted}
+
+        async def run(job: Job) -> None:
+            ref = cause(job)
+            args = preload.args(job) if preload is not None else None
+            ahead = {}
+            if preload is not None and args in preloaded:  # only the first job of the pass with these reads
+                ahead = {(preload.read, args): preloaded.pop(args)}
+            context = runner.context(ref, clock.now(), preloaded=ahead)
+            await runner.apply(await function(job, context), context, known=known[(ref.source, ref.id)])
+
+        return run
+
+    return prepare
 
 
 def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Callable[[], Awaitable[None]]:

@@ -119,7 +119,7 @@ class Preload:
     without a preload."""
 
     read: Callable[..., Awaitable[Any]]
-    args: Callable[[Event[Any]], tuple[Any, ...] | None]
+    args: Callable[[Any], tuple[Any, ...] | None]  # of an event (or, for a job kind, of a job)
     read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
 
 

@@ -13,19 +13,22 @@ through deterministic ids), because a crash between the effects and "done" runs 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.store import Store, upsert
+from shared.store import GroupCommit, Store
 from shared.store import scheduled_jobs as jobs
 
 log = logging.getLogger("customersource.scheduler")
@@ -41,6 +44,20 @@ class Job:
 
 
 JobHandler = Callable[[Job], Awaitable[None]]
+"""Runs one claimed job."""
+
+PassHandler = Callable[[Sequence[Job]], Awaitable[JobHandler]]
+"""Prepares the jobs of one kind claimed in a pass (reads what they all need, in one go) and returns what
+runs each of them."""
+
+
+def one_by_one(handler: JobHandler) -> PassHandler:
+    """A kind whose jobs need nothing read in advance."""
+
+    async def prepare(claimed: Sequence[Job]) -> JobHandler:
+        return handler
+
+    return prepare
 
 
 Gate = Callable[[Mapping[str, Any]], bool]
@@ -64,10 +81,17 @@ async def schedule(
         "payload": json.dumps(payload, default=str), "status": "pending", "claimed_by": None,
         "lease_until": None, "attempts": 0, "last_error": None, "updated_at": now,
     }
-    existing = (await connection.execute(select(jobs.c.status).where(jobs.c.job_id == job_id))).first()
-    if existing is not None and existing.status == "done":
-        return
-    await upsert(connection, jobs, values, ["job_id"])
+    await connection.execute(_schedule(connection.dialect.name), values)
+
+
+@functools.cache
+def _schedule(dialect_name: str) -> Any:
+    """Insert the job, or update it unless it is done (one statement, built once per dialect)."""
+    insert = (postgresql if dialect_name == "postgresql" else sqlite).insert(jobs)
+    return insert.on_conflict_do_update(
+        index_elements=["job_id"], set_={c.name: insert.excluded[c.name] for c in jobs.c if c.name != "job_id"},
+        where=jobs.c.status != "done",
+    )
 
 
 async def cancel(connection: AsyncConnection, job_id: str, *, now: datetime) -> bool:
@@ -93,7 +117,7 @@ class Scheduler:
         self,
         store: Store,
         clock: Clock,
-        handlers: Mapping[str, JobHandler],
+        handlers: Mapping[str, PassHandler],
         *,
         lease: timedelta = timedelta(seconds=120),
         rescan: float = 5.0,
@@ -105,7 +129,7 @@ class Scheduler:
     ) -> None:
         self.store = store
         self.clock = clock
-        self.handlers: Mapping[str, JobHandler] = dict(handlers)
+        self.handlers: Mapping[str, PassHandler] = dict(handlers)
         self.lease = lease
         self.rescan = rescan
         self.owner = uuid.uuid4().hex[:16]
@@ -115,22 +139,33 @@ class Scheduler:
         self.gates: Mapping[str, Gate] = dict(gates or {})
         self.gate_poll = gate_poll
         self._held_back = 0  # due jobs the gates held back in the last pass
+        self._done: GroupCommit[str] = GroupCommit(store, self._mark_done, name="jobs-done")
+        self._gates_opened = False  # since the last pass
 
     def wake(self) -> None:
-        """Look at the table now: something was scheduled, or a gate may let more jobs through (a partition
-        caught up)."""
+        """Look at the table now: something was scheduled."""
+        self._wake.set()
+
+    def gates_opened(self) -> None:
+        """Look at the table now, even if the last pass held jobs back: a gate may let more through (a
+        partition caught up)."""
+        self._gates_opened = True
         self._wake.set()
 
     async def run(self) -> None:
         while True:
             self._wake.clear()  # cleared before the pass: a wake that comes during it is not lost
+            self._gates_opened = False
             try:
                 ran = await self.run_due()
                 if ran:
                     continue
                 delay = await self._sleep_for()
                 if self._held_back:
-                    delay = max(delay, self.gate_poll)  # due, but held back: look again shortly
+                    # Due, but held back: look again shortly, or once a gate opens. Not at every job scheduled
+                    # meanwhile (a backlog being read schedules many, while its partitions are held back).
+                    await self._pause(max(delay, self.gate_poll))
+                    continue
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 delay = self.rescan
@@ -138,6 +173,16 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until :meth:`gates_opened`."""
+        deadline = time.monotonic() + seconds
+        while not self._gates_opened and (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=left)
+            except TimeoutError:
+                return
 
     async def _sleep_for(self) -> float:
         now = self.clock.now()
@@ -173,8 +218,20 @@ class Scheduler:
                    if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))]
         self._held_back = len(candidates) - len(allowed)
         claimed = await self._claim(allowed[:CLAIMS_PER_PASS], now)
-        await asyncio.gather(*(self._execute(job) for job in claimed))
+        kinds: dict[str, list[Job]] = {}
+        for job in claimed:
+            kinds.setdefault(job.kind, []).append(job)
+        await asyncio.gather(*(self._run_kind(kind, of_kind) for kind, of_kind in kinds.items()))
         return len(claimed)
+
+    async def _run_kind(self, kind: str, claimed: list[Job]) -> None:
+        try:
+            handler = await self.handlers[kind](claimed)
+        except Exception as exc:
+            for job in claimed:
+                await self._failed(job, exc)
+            return
+        await asyncio.gather(*(self._execute(handler, job) for job in claimed))
 
     async def _claim(self, job_ids: list[str], now: datetime) -> list[Job]:
         """Claim the jobs for a lease, in one statement; those another replica claimed first are left out.
@@ -208,23 +265,30 @@ class Scheduler:
                        payload=json.loads(row.payload), attempts=row.attempts) for row in rows]
         return sorted(claimed, key=lambda job: (job.due_at, job.job_id))
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, handler: JobHandler, job: Job) -> None:
         async with self._slots:
             try:
-                await self.handlers[job.kind](job)
+                await handler(job)
             except Exception as exc:
-                pause = timedelta(seconds=min(2 ** min(job.attempts, 8), 300))
-                log.warning("scheduled job failed, will retry", exc_info=True,
-                            extra={"job_id": job.job_id, "kind": job.kind, "attempts": job.attempts})
-                error = f"{exc.__class__.__name__}: {exc}"[:1000]
-                async with self.store.transaction() as connection:
-                    await connection.execute(
-                        update(jobs).where(jobs.c.job_id == job.job_id, jobs.c.claimed_by == self.owner)
-                        .values(lease_until=self.clock.now() + pause, last_error=error)
-                    )
+                await self._failed(job, exc)
                 return
-            async with self.store.transaction() as connection:
-                await connection.execute(
-                    update(jobs).where(and_(jobs.c.job_id == job.job_id, jobs.c.status == "pending"))
-                    .values(status="done", claimed_by=None, lease_until=None, updated_at=self.clock.now())
-                )
+        await self._done.write(job.job_id)
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        """Kept, and claimable again after a pause that doubles with each attempt (up to 5 minutes)."""
+        pause = timedelta(seconds=min(2 ** min(job.attempts, 8), 300))
+        log.warning("scheduled job failed, will retry", exc_info=exc,
+                    extra={"job_id": job.job_id, "kind": job.kind, "attempts": job.attempts})
+        error = f"{exc.__class__.__name__}: {exc}"[:1000]
+        async with self.store.transaction() as connection:
+            await connection.execute(
+                update(jobs).where(jobs.c.job_id == job.job_id, jobs.c.claimed_by == self.owner)
+                .values(lease_until=self.clock.now() + pause, last_error=error)
+            )
+
+    async def _mark_done(self, connection: AsyncConnection, job_ids: list[str]) -> None:
+        """The jobs run (group-committed: one statement for those finished within a few milliseconds)."""
+        await connection.execute(
+            update(jobs).where(jobs.c.job_id.in_(job_ids), jobs.c.status == "pending")
+            .values(status="done", claimed_by=None, lease_until=None, updated_at=self.clock.now())
+        )

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     delete,
     event,
     select,
@@ -243,13 +244,19 @@ async def insert_or_advance(connection: AsyncConnection, table: Table, values: M
     """Insert a new row (``expected=None``), or update the row only if its state is still ``expected``
     (else :class:`StaleState`): a state machine's step, safe against a concurrent step."""
     if expected is None:
-        await connection.execute(table.insert().values(dict(values)))
+        await connection.execute(table.insert(), dict(values))
         return
-    result = await connection.execute(
-        update(table).where(table.c[key] == values[key], table.c[state_column] == expected).values(dict(values))
-    )
+    statement = _advance(table, tuple(values), key, state_column)
+    result = await connection.execute(statement, {**values, "_key": values[key], "_expected": expected})
     if not result.rowcount:
         raise StaleState(f"{table.name} {values[key]!r} is no longer {expected}")
+
+
+@functools.cache
+def _advance(table: Table, columns: tuple[str, ...], key: str, state_column: str) -> Any:
+    """``UPDATE table SET columns WHERE key = :_key AND state = :_expected``, built once per column set."""
+    return (update(table).where(table.c[key] == bindparam("_key"), table.c[state_column] == bindparam("_expected"))
+            .values({column: bindparam(column) for column in columns}))
 
 
 class WriteTurns:

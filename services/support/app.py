@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.support import state
 from services.support.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
 from services.support.handlers import ESCALATION_JOB, SupportHandlers, escalation_gate
 from services.support.settings import SupportSettings
 from services.support.state import MIGRATIONS
 from shared.app import OutputTopic, ServiceFactory, ServiceSpec
+from shared.handling import Preload
 
 NAME = "support"
 HERE = Path(__file__).parent
@@ -36,6 +38,8 @@ def spec(settings: SupportSettings) -> ServiceSpec:
         ],
         jobs={ESCALATION_JOB: handlers.run_escalation},
         job_gates={ESCALATION_JOB: escalation_gate},
+        job_preloads={ESCALATION_JOB: Preload(read=state.load_post, args=lambda job: (job.payload["post_id"],),
+                                              read_many=state.load_posts)},
     )
 
 

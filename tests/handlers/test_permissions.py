@@ -148,10 +148,8 @@ async def test_a_decision_saved_before_its_e_mails_stops_the_reminder_and_a_retr
     # The reminder falls due before the approval is retried: the saved decision cancelled it...
     assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 0
     # ... and a replica that had claimed it just before finds the request decided: nothing is sent.
-    scheduler = harness.service.scheduler
-    assert scheduler is not None
-    await scheduler.handlers[REMINDER_JOB](Job(reminder_job_id(data["request_id"]), REMINDER_JOB, data["request_id"],
-                                               NOW, {"request_id": data["request_id"]}, 1))
+    await harness.run_job(Job(reminder_job_id(data["request_id"]), REMINDER_JOB, data["request_id"], NOW,
+                              {"request_id": data["request_id"]}, 1))
     assert "permission_reminder" not in harness.templates(claire) + harness.templates(paul)
     harness.pool.unreachable = set()
     await harness.fetch(approval)  # re-delivered

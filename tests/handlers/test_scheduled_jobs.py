@@ -80,10 +80,10 @@ async def test_a_handler_schedules_and_the_job_mails_with_the_event_as_cause(tmp
         else:
             raise AssertionError("the job was never marked done")
         # The job runs again (say, after a crash before it was marked done): no second e-mail.
-        await service.scheduler.handlers["remind"](Job("remind:P1", "remind", "P1", datetime.now(UTC),
-                                                       {"email": "jane@contoso.example",
-                                                        "cause": {"id": event["id"], "source": "/tests",
-                                                                  "type": "tests.ping.v1"}}, 2))
+        job = Job("remind:P1", "remind", "P1", datetime.now(UTC),
+                  {"email": "jane@contoso.example", "cause": {"id": event["id"], "source": "/tests",
+                                                             "type": "tests.ping.v1"}}, 2)
+        await (await service.scheduler.handlers["remind"]([job]))(job)
         assert len(pool.sent) == 1
     finally:
         runner.cancel()

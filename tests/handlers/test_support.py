@@ -220,3 +220,16 @@ async def test_the_escalation_event_does_not_wait_for_the_e_mails(harness: Suppo
     assert harness.committed(record)
     assert {e["id"] for e in harness.escalations()} == {raised["id"]}
     assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1
+
+
+async def test_a_scheduler_pass_reads_its_posts_and_deliveries_in_one_query_each(harness: Support) -> None:
+    posts = [post_created(POSTED) for _ in range(5)]
+    await harness.fetch(*(harness.record(cloudevent(POST_CREATED, data)) for data in posts))
+    post_reads, delivery_reads = harness.selects_from("support_posts"), harness.selects_from("deliveries")
+    assert await harness.run_jobs_at(DUE) == 5
+    assert sorted(e["data"]["post"]["post_id"] for e in harness.escalations()) == sorted(p["post_id"] for p in posts)
+    assert len(harness.pool.to(TEAM)) == 5
+    # The pass's loads are one query; each claim then reads its own post back, in its transaction.
+    loads = [s for s in post_reads if " IN " in s]
+    assert len(loads) == 1 and len(post_reads) - len(loads) == 5
+    assert len(delivery_reads) == 1

@@ -20,6 +20,7 @@ from sqlalchemy import event as sqlalchemy_event
 from shared.app import Service
 from shared.clock import FixedClock
 from shared.lag import CaughtUp
+from shared.scheduler import Job
 from shared.settings import ServiceSettings
 from tests.support.fakes import FakeKafka, FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
@@ -83,6 +84,13 @@ class Harness:
         self.clock.advance(moment - self.clock.now())
         assert self.service.scheduler is not None
         return await self.service.scheduler.run_due()
+
+    async def run_job(self, job: Job) -> None:
+        """Run one job as a scheduler pass runs it (prepared alone), without claiming it or marking it done:
+        what a replica does that claimed it just before another one ran it."""
+        assert self.service.scheduler is not None
+        handler = await self.service.scheduler.handlers[job.kind]([job])
+        await handler(job)
 
     def mails(self, address: str) -> list[EmailMessage]:
         return self.pool.to(address)
