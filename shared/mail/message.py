@@ -9,6 +9,7 @@ so no input string can add a header.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def _body(content: str, content_type: str) -> bytes:
     ).encode("ascii") + encoded.replace(b"\n", b"\r\n")
 
 
+@functools.lru_cache(maxsize=16)
+def _sender(sender: str) -> tuple[bytes, str]:
+    """The From header and the envelope address of a sender (a setting: the same for every message)."""
+    name, address = parseaddr(sender)
+    return _fold("From", formataddr((header_safe(name), address), charset="utf-8")), address
+
+
 def build_message(
     *,
     sender: str,
@@ -84,10 +92,10 @@ def build_message(
     extra_headers: dict[str, str],
 ) -> OutgoingMail:
     """A multipart/alternative (text + HTML) message to exactly one recipient."""
-    sender_name, sender_address = parseaddr(sender)
+    from_header, sender_address = _sender(sender)
     boundary = "=_cs_" + secrets.token_hex(12)
     headers = [
-        _fold("From", formataddr((header_safe(sender_name), sender_address), charset="utf-8")),
+        from_header,
         _fold("To", formataddr((header_safe(recipient_name), recipient_address), charset="utf-8")),
         _fold("Subject", header_safe(subject, limit=250)),
         _fold("Date", format_datetime(date)),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from babel import Locale
 from babel.dates import format_date, format_time, format_timedelta
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -133,11 +134,13 @@ def _local(value: datetime, zone: str | None) -> datetime:
 
 
 def _date_filter(language: str) -> Any:
+    locale = Locale.parse(language)  # once: Babel parses a locale given by name at every call
+
     def render_date(value: date | datetime, zone: str | None = None, style: str = "long") -> str:
         """A date, or the local date of an instant in ``zone``."""
         if isinstance(value, datetime):
             value = _local(value, zone).date()
-        text = format_date(value, format=style, locale=language)
+        text = format_date(value, format=style, locale=locale)
         if value.day == 1 and style == "long" and language in FIRST_OF_MONTH:
             # French and Italian write the first of the month as an ordinal: 1er juillet, 1° luglio.
             text = FIRST_OF_MONTH[language] + text[1:]
@@ -147,16 +150,20 @@ def _date_filter(language: str) -> Any:
 
 
 def _duration_filter(language: str) -> Any:
+    locale = Locale.parse(language)
+
     def render_duration(value: timedelta) -> str:
         """A duration in words, to the hour: "3 days", "5 hours", "3 jours"."""
-        return format_timedelta(value, granularity="hour", threshold=1.5, format="long", locale=language)
+        return format_timedelta(value, granularity="hour", threshold=1.5, format="long", locale=locale)
 
     return render_duration
 
 
 def _time_filter(language: str) -> Any:
+    locale = Locale.parse(language)
+
     def render_time(value: datetime, zone: str | None = None, style: str = "short") -> str:
-        return format_time(_local(value, zone), format=style, locale=language)
+        return format_time(_local(value, zone), format=style, locale=locale)
 
     return render_time
 
