@@ -130,6 +130,9 @@ class Inbound:
     attributes: Attributes
     data: Any
     mode: Literal["structured", "binary"]
+    # The JSON had a \u escape: only through one can a string carry a NUL or an unpaired surrogate (raw
+    # control characters are not JSON, and UTF-8 cannot encode a surrogate).
+    escaped: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,7 @@ def decode(value: bytes | None, headers: Headers) -> Inbound:
     except ValidationError as exc:
         raise DeadLetter("not_cloudevent", "invalid CloudEvents attributes: " + _describe(exc)) from None
     if "data" in document:
-        return Inbound(attributes, document["data"], "structured")
+        return Inbound(attributes, document["data"], "structured", escaped=b"\\u" in value)
     return Inbound(attributes, _base64_json(document["data_base64"], attributes.datacontenttype), "structured")
 
 
@@ -238,7 +241,7 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         data = json.loads(value)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DeadLetter("unparseable", f"the data is not JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
-    return Inbound(attributes, data, "binary")
+    return Inbound(attributes, data, "binary", escaped=b"\\u" in value)
 
 
 def _unencodable(node: Any, path: str = "data") -> str | None:
@@ -261,7 +264,7 @@ def _unencodable(node: Any, path: str = "data") -> str | None:
 
 def validate(inbound: Inbound, model: type[DataT]) -> Event[DataT]:
     """Validate the data of a decoded event against its type's model."""
-    bad = _unencodable(inbound.data)
+    bad = _unencodable(inbound.data) if inbound.escaped else None
     if bad:
         raise DeadLetter("schema_invalid", f"{bad}: contains a NUL or an unpaired surrogate")
     try:

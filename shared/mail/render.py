@@ -7,6 +7,7 @@ service's and the shared ``locale/`` folders, compiled in memory at start-up.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -133,9 +134,15 @@ def _local(value: datetime, zone: str | None) -> datetime:
     return value.astimezone(ZoneInfo(zone)) if zone else value
 
 
+# Formatting is pure, and the e-mails of a batch mostly show the same instants (its events share their
+# processing time, hence their links' expiry): each language's filters remember what they formatted.
+FORMATTED = 1024
+
+
 def _date_filter(language: str) -> Any:
     locale = Locale.parse(language)  # once: Babel parses a locale given by name at every call
 
+    @functools.lru_cache(maxsize=FORMATTED)
     def render_date(value: date | datetime, zone: str | None = None, style: str = "long") -> str:
         """A date, or the local date of an instant in ``zone``."""
         if isinstance(value, datetime):
@@ -152,6 +159,7 @@ def _date_filter(language: str) -> Any:
 def _duration_filter(language: str) -> Any:
     locale = Locale.parse(language)
 
+    @functools.lru_cache(maxsize=FORMATTED)
     def render_duration(value: timedelta) -> str:
         """A duration in words, to the hour: "3 days", "5 hours", "3 jours"."""
         return format_timedelta(value, granularity="hour", threshold=1.5, format="long", locale=locale)
@@ -162,6 +170,7 @@ def _duration_filter(language: str) -> Any:
 def _time_filter(language: str) -> Any:
     locale = Locale.parse(language)
 
+    @functools.lru_cache(maxsize=FORMATTED)
     def render_time(value: datetime, zone: str | None = None, style: str = "short") -> str:
         return format_time(_local(value, zone), format=style, locale=locale)
 

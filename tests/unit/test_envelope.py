@@ -95,6 +95,33 @@ def test_bad_records_get_a_specific_kind(value: bytes | None, headers: list[tupl
     assert kind_of(value, headers) == kind
 
 
+BINARY = [("ce_specversion", b"1.0"), ("ce_id", b"e-2"), ("ce_source", b"/crm"),
+          ("ce_type", b"customersource.professional.removed.v1"), ("ce_time", b"2026-11-20T09:00:00Z"),
+          ("content-type", b"application/json")]
+
+
+@pytest.mark.parametrize("escape", ["\\u0000", "\\ud800", "\\uDFFF"])
+@pytest.mark.parametrize("mode", ["structured", "binary", "data_base64"])
+def test_a_nul_or_an_unpaired_surrogate_in_the_data_is_schema_invalid_in_every_mode(escape: str, mode: str) -> None:
+    data = json.dumps(EVENT["data"]).replace("ACC-1", f"ACC{escape}1")
+    if mode == "binary":
+        value, headers = data.encode(), BINARY
+    elif mode == "data_base64":
+        document = {**WITHOUT_DATA, "data_base64": base64.b64encode(data.encode()).decode()}
+        value, headers = json.dumps(document).encode(), CT
+    else:
+        value, headers = json.dumps(WITHOUT_DATA)[:-1].encode() + b', "data": ' + data.encode() + b"}", CT
+    with pytest.raises(DeadLetter) as info:
+        validate(decode(value, headers), ProfessionalRemoved)
+    assert info.value.kind == "schema_invalid" and "data.account_id" in info.value.reason
+
+
+def test_escaped_characters_that_mail_can_carry_are_accepted() -> None:
+    data = json.dumps(EVENT["data"]).replace("ACC-1", "ACC\\u00e9\\ud83d\\ude001")  # é and a paired surrogate
+    value = json.dumps(WITHOUT_DATA)[:-1].encode() + b', "data": ' + data.encode() + b"}"
+    assert validate(decode(value, CT), ProfessionalRemoved).data.account_id == "ACC\u00e9\U0001f6001"
+
+
 def test_schema_invalid_data_names_the_field_without_echoing_values() -> None:
     inbound = decode(json.dumps({**EVENT, "data": {"account_id": "ACC-1", "professional_id": ""}}).encode(), CT)
     with pytest.raises(DeadLetter) as info:
