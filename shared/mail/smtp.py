@@ -117,12 +117,8 @@ class SmtpPool:
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
         try:
             async with self._connection() as client:
-                _refused, response = await client.sendmail(mail.sender, [mail.recipient], mail.data)
-                code = int(response.split(" ", 1)[0]) if response[:3].isdigit() else 250
-                return Accepted(code=code, response=response)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            return self._classify(refusal.code, refusal.message)
+                response = await self._transaction(client, mail)
+                return Accepted(code=response.code, response=response.message)
         except aiosmtplib.SMTPSenderRefused as exc:
             if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
                 return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
@@ -132,6 +128,21 @@ class SmtpPool:
             return self._classify(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientSmtpError(f"{exc.__class__.__name__}: {exc}") from None
+
+    @staticmethod
+    async def _transaction(client: aiosmtplib.SMTP, mail: OutgoingMail) -> aiosmtplib.SMTPResponse:
+        """MAIL, RCPT, DATA for one recipient. Our messages are built with CRLF line endings, so their size
+        (RFC 1870) is their length: not worked out again, as ``sendmail`` would, on every message. A refusal
+        resets the envelope (RSET) before the connection is used again."""
+        options = [f"SIZE={len(mail.data)}"] if client.supports_extension("size") else []
+        try:
+            await client.mail(mail.sender, options=options)
+            await client.rcpt(mail.recipient)
+            return await client.data(mail.data)
+        except aiosmtplib.SMTPResponseException:
+            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
+                await client.rset()
+            raise
 
     @staticmethod
     def _classify(code: int, message: str) -> Refused:

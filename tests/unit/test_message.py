@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from shared.mail.message import build_message, header_safe
 
@@ -68,3 +69,11 @@ def test_encoded_words_in_input_cannot_smuggle_characters() -> None:
     assert "\u202e" not in message["Subject"]
     assert "\r" not in message["To"].addresses[0].display_name
     assert message["Bcc"] is None
+
+
+@pytest.mark.parametrize("text", ["one\ntwo", "one\r\ntwo\r\n", "lone\rcarriage", ".leading dot\n.\n..", "é" * 300])
+def test_the_message_is_sent_as_built_so_its_size_is_its_length(text: str) -> None:
+    """The SMTP pool declares SIZE as the message's length (RFC 1870): true only if the built message
+    already has CRLF line endings everywhere and ends with one (what the SMTP client would otherwise fix)."""
+    mail, _ = build(text=text, html=f"<p>{text}</p>", subject=text[:200], recipient_name=text[:60])
+    assert normalize_message_line_endings(mail.data) == mail.data
