@@ -118,8 +118,9 @@ def check(event: dict[str, Any]) -> tuple[contract.InputTopic, str]:
 
 async def publish(args: argparse.Namespace) -> int:
     if args.list_examples:
+        width = max(map(len, EXAMPLES))
         for name, (event_type, _, what) in EXAMPLES.items():
-            print(f"{name:<22} {event_type:<45} {what}")
+            print(f"{name:<{width}}  {event_type}\n{'':<{width}}  {what}")
         return 0
     try:
         events = [example(name) for name in args.example for _ in range(args.count)]
@@ -140,6 +141,9 @@ async def publish(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return fail(f"{len(problems)} of {len(events)} events are invalid; nothing was published")
+    if args.print:
+        print(json.dumps(events[0] if len(events) == 1 else events, indent=2, ensure_ascii=False))
+        return 0
     if args.dry_run:
         for event, target, key in checked:
             print(f"valid: {event['type']} -> {target.topic} (key {key})")
@@ -456,6 +460,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list-examples", action="store_true", help="list the built-in examples")
     p.add_argument("--binary", action="store_true", help="binary mode (ce_* headers) instead of structured")
     p.add_argument("--dry-run", action="store_true", help="validate only")
+    p.add_argument("--print", action="store_true",
+                   help="validate, then print the events as JSON (to edit and publish from a file); publish nothing")
     p.set_defaults(run=publish)
 
     dlq = commands.add_parser("dlq", help="find, understand and replay dead letters",
@@ -523,7 +529,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.bootstrap, source = resolve_bootstrap(args.bootstrap)
-    if args.command in KAFKA_COMMANDS:
+    offline = args.command == "publish" and (args.print or args.dry_run or args.list_examples)
+    if args.command in KAFKA_COMMANDS and not offline:
         print(f"broker {args.bootstrap} (from {source})", file=sys.stderr)
     try:
         result = args.run(args)

@@ -59,18 +59,70 @@ def post_created(days_ago: int = 0) -> dict[str, Any]:
             "posted_at": (datetime.now(UTC) - timedelta(days=days_ago)).isoformat()}
 
 
+# The follow-ups refer to one professional, one request and one post by fixed ids, which a service has not
+# seen (published as they are, they are dead-lettered ``unknown_aggregate``): print one (``publish --example
+# NAME --print``), put in the ids of yours, and publish the file.
+PROFESSIONAL = {"account_id": "ACC-3003", "professional_id": "PRO-1001"}
+REQUEST = {"request_id": "REQ-1001", "account_id": "ACC-1001", "partner_id": "PARTNER-77"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def invitation_resend_requested() -> dict[str, Any]:
+    return {**PROFESSIONAL}
+
+
+def email_changed() -> dict[str, Any]:
+    return {**PROFESSIONAL, "old_email": JANE["email"], "new_email": "jane.doe@contoso-pharma.example"}
+
+
+def professional_removed() -> dict[str, Any]:
+    return {**PROFESSIONAL}
+
+
+def permission_decided() -> dict[str, Any]:
+    return {**REQUEST, "decided_by": CLAIRE, "decided_at": _now()}
+
+
+def post_answered() -> dict[str, Any]:
+    return {"post_id": "POST-1001", "answered_at": _now(), "answered_by_kind": "participant"}
+
+
+def post_unanswered() -> dict[str, Any]:
+    return {**post_created(days_ago=3), "post_id": "POST-1001"}
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     "professional-added": ("customersource.professional.added.v1", professional_added,
                            "a professional added to Contoso Pharmaceuticals: an invitation e-mail"),
+    "invitation-resend-requested": ("customersource.professional.invitation_resend_requested.v1",
+                                    invitation_resend_requested,
+                                    "PRO-1001's invitation sent again, the earlier link revoked (--print it, put in your ids)"),
+    "email-changed": ("customersource.professional.email_changed.v1", email_changed,
+                      "PRO-1001's address changed: a new link to the new one (--print it, put in your ids)"),
+    "professional-removed": ("customersource.professional.removed.v1", professional_removed,
+                             "PRO-1001 removed: link revoked, personal data purged (--print it, put in your ids)"),
     "plan-nearing-expiry": ("customersource.plan.nearing_expiry.v1", plan_nearing_expiry,
                             "a Software Assurance plan 12 days from expiry: a reminder, and the partner's digest"),
     "plan-renewed": ("customersource.plan.renewed.v1", plan_renewed, "a renewal (of a new plan: nothing is sent)"),
     "permission-requested": ("customersource.permission.requested.v1", permission_requested,
                              "a partner asks Fabrikam France to manage its benefits: an e-mail to the admin"),
+    "permission-approved": ("customersource.permission.approved.v1", permission_decided,
+                            "REQ-1001 approved: the partner is told (--print it, put in your request's ids)"),
+    "permission-denied": ("customersource.permission.denied.v1", permission_decided,
+                          "REQ-1001 refused: the partner is told (--print it, put in your request's ids)"),
+    "permission-removed": ("customersource.permission.removed.v1", permission_decided,
+                           "REQ-1001's permission withdrawn: the partner is told (--print it, put in your ids)"),
     "post-created": ("customersource.newsgroup.post_created.v1", post_created,
                      "a managed newsgroup question posted now: escalated in two business days"),
     "post-overdue": ("customersource.newsgroup.post_created.v1", lambda: post_created(days_ago=5),
                      "a question posted five days ago: escalated at once"),
+    "post-answered": ("customersource.newsgroup.post_answered.v1", post_answered,
+                      "POST-1001 answered: no escalation if not yet due (--print it, put in your post's id)"),
+    "post-unanswered": ("customersource.newsgroup.post_unanswered.v1", post_unanswered,
+                        "a question the forum reports unanswered: escalated at once (a new post, POST-1001)"),
 }
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,7 +25,7 @@ from pydantic import (
     create_model,
 )
 
-from shared.shapes import Identifier
+from shared.shapes import END, Identifier, Instant
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 STRUCTURED_HEADERS = (("content-type", STRUCTURED_CONTENT_TYPE.encode()),)
@@ -54,7 +53,8 @@ EventId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=256, pattern=r"^[\x20-\x7e]+$"),
     AfterValidator(_no_encoded_word),
-    Field(description="Printable ASCII (it is copied into the X-CustomerSource-Event-Id header)"),
+    Field(description="Printable ASCII without '=?' (it is copied into the X-CustomerSource-Event-Id header)",
+          json_schema_extra={"pattern": r"^[\x20-\x7e]+" + END, "not": {"pattern": "=\\?"}}),
 ]
 Headers = Sequence[tuple[str, bytes]]
 
@@ -78,7 +78,7 @@ class Attributes(BaseModel):
     id: EventId = Field(description="Event id; (source, id) is the idempotency key")
     source: EventId = Field(description="URI-reference of the publishing system")
     type: Identifier = Field(description="Event type, e.g. customersource.professional.added.v1")
-    time: AwareDatetime = Field(description="When the fact happened (RFC 3339, with offset)")
+    time: Instant = Field(description="When the fact happened (RFC 3339, with offset)")
     subject: str | None = Field(default=None, max_length=256, description="The aggregate id")
     datacontenttype: str | None = Field(default="application/json", max_length=128)
     dataschema: str | None = Field(default=None, max_length=512)
@@ -104,7 +104,43 @@ def events_json_schema(types: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
     """JSON Schema of "one of these CloudEvents" (discriminated by ``type``), refs inlined (AsyncAPI)."""
     models = [typed_envelope(event_type, model) for event_type, model in types.items()]
     union: Any = models[0] if len(models) == 1 else Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
-    return inline_refs(TypeAdapter(union).json_schema())
+    schema = inline_refs(TypeAdapter(union).json_schema())
+    if "oneOf" in schema:
+        return {**schema, "oneOf": [with_string_rules(member) for member in schema["oneOf"]]}
+    return with_string_rules(schema)
+
+
+STRING_LIMIT = 4000
+"""The longest string the contract models accept (``ContractModel``'s ``str_max_length``)."""
+
+
+def with_string_rules(schema: dict[str, Any]) -> dict[str, Any]:
+    """The rules the decoder and the models apply to every string of an event's ``data``, written into its
+    JSON Schema: no NUL (the decoder's check; unpaired surrogates, also refused, are not valid Unicode text
+    and no schema keyword names them), and at most :data:`STRING_LIMIT` characters."""
+    nul = {"pattern": "\\u0000"}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: walk(v) for k, v in node.items()}
+        if node.get("type") == "string" and not {"enum", "const", "format"} & node.keys():
+            node["maxLength"] = min(node.get("maxLength", STRING_LIMIT), STRING_LIMIT)
+            if "not" in node:
+                node["allOf"] = [*node.get("allOf", []), {"not": node.pop("not")}, {"not": nul}]
+            else:
+                node["not"] = nul
+        return node
+
+    result = dict(schema)
+    for section in ("$defs",):
+        if section in result:
+            result[section] = walk(result[section])
+    if "data" in result.get("properties", {}):
+        result["properties"] = {**result["properties"], "data": walk(result["properties"]["data"])}
+    return result
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

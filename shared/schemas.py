@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.envelope import typed_envelope
+from shared.envelope import typed_envelope, with_string_rules
 from shared.mail.mailer import FAILED_TYPE, SENT_TYPE, NotificationOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def contract_types() -> dict[str, type[BaseModel]]:
 
 
 def event_schema(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
-    schema = typed_envelope(event_type, model).model_json_schema()
+    schema = with_string_rules(typed_envelope(event_type, model).model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://customersource.example/schemas/{event_type}.json"
     schema["title"] = event_type

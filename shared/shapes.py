@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel import Locale as BabelLocale
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
 LANGUAGES: tuple[str, ...] = ("da", "nl", "en", "fr", "de", "it", "es")
 """The seven languages CustomerSource mail is written in."""
 
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+END = r"(?![\s\S])"
+"""The end of the text in a pattern, read alike by ECMA-262 (JSON Schema's regexes) and Python (where ``$``
+also matches before a final line break)."""
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*" + END)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -100,24 +113,28 @@ def _check_single_line(value: str) -> str:
     return value
 
 
+# The checks below are also written into the JSON Schemas (``json_schema_extra``), so that a publisher's
+# standard validator rejects what the services dead-letter.
 Country = Annotated[
     str,
     StringConstraints(min_length=2, max_length=2),
     AfterValidator(_check_country),
-    Field(description="ISO 3166-1 alpha-2 country code (GB, never UK)", examples=["US", "GB", "FR"]),
+    Field(description="ISO 3166-1 alpha-2 country code (GB, never UK)", examples=["US", "GB", "FR"],
+          json_schema_extra=lambda schema: schema.update(enum=sorted(_territories()))),
 ]
 LanguageTag = Annotated[
     str,
     StringConstraints(min_length=2, max_length=35),
     AfterValidator(_check_language_tag),
     Field(description="BCP 47 language tag; falls back region -> language -> local site -> English",
-          examples=["en", "fr-BE", "pt-BR"]),
+          examples=["en", "fr-BE", "pt-BR"], json_schema_extra={"pattern": _LANGUAGE_TAG.pattern}),
 ]
 TimeZoneName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64),
     AfterValidator(_check_time_zone),
-    Field(description="IANA time zone name", examples=["Europe/Paris", "America/New_York"]),
+    Field(description="IANA time zone name", examples=["Europe/Paris", "America/New_York"],
+          json_schema_extra=lambda schema: schema.update(enum=sorted(available_timezones()))),
 ]
 Product = Annotated[
     str,
@@ -128,6 +145,8 @@ Identifier = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, strip_whitespace=True),
     AfterValidator(_check_single_line),
+    # One line once the surrounding white space is stripped, and not only white space.
+    Field(json_schema_extra={"pattern": r"^\s*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*\s*" + END}),
 ]
 DisplayText = Annotated[
     str,
@@ -140,6 +159,23 @@ EmailText = Annotated[
     Field(description="E-mail address. An unusable address fails that recipient only "
                       "(notification.failed), not the whole event.", examples=["jane.doe@contoso.com"]),
 ]
+
+
+def _rfc3339_text(value: object) -> object:
+    if not isinstance(value, str | datetime):  # pydantic would read a number as a Unix time
+        raise ValueError("an RFC 3339 date-time string with an offset is expected, such as 2026-11-20T10:00:00Z")
+    return value
+
+
+Instant = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    Field(description="RFC 3339 date-time with an offset"),
+]
+"""A point in time, as the contract writes it (never a number)."""
+
+Flag = Annotated[bool, Strict()]
+"""true or false (never "yes", 1 or "on")."""
 
 
 class ContractModel(BaseModel):

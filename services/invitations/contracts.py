@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.shapes import ContractModel, Country, DisplayText, EmailText, Identifier, LanguageTag, LocalSite
+from shared.shapes import ContractModel, Country, DisplayText, EmailText, Flag, Identifier, LanguageTag, LocalSite
 
 TOPIC = "customersource.professionals"
 OUTPUT_TOPIC = "customersource.invitations"
@@ -49,11 +49,11 @@ class ProfessionalAdded(ContractModel):
     local_site: LocalSite
     country: Country
     roles: list[Role] = Field(max_length=4, description="CustomerSource roles of the professional")
-    is_first_professional: bool = Field(
+    is_first_professional: Flag = Field(
         description="The first professional added to the account becomes its administrator"
     )
     added_by: AddedBy
-    send_invitation: bool = Field(
+    send_invitation: Flag = Field(
         default=True, description="The portal's 'send invitation e-mail' box; false issues and sends nothing"
     )
 

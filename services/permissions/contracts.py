@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import Field, field_validator
 
-from shared.shapes import ContractModel, DisplayText, Identifier, Person
+from shared.shapes import ContractModel, DisplayText, Identifier, Instant, Person
 
 TOPIC = "customersource.partner-permissions"
 
@@ -51,7 +51,7 @@ class PermissionRequested(ContractModel):
         default_factory=lambda: list(ALL_CAPABILITIES), min_length=1, max_length=6,
         description="What the partner will be able to do once approved (default: all six)",
     )
-    requested_at: AwareDatetime
+    requested_at: Instant
 
     @field_validator("capabilities")
     @classmethod
@@ -66,7 +66,7 @@ class Decision(ContractModel):
     account_id: Identifier
     partner_id: Identifier
     decided_by: Person
-    decided_at: AwareDatetime
+    decided_at: Instant
 
 
 class PermissionApproved(Decision):

@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from shared.shapes import (
     ContractModel,
     Country,
     DisplayText,
     Identifier,
+    Instant,
     LocalSite,
     Person,
     PlanType,
@@ -46,14 +47,14 @@ class PostCreated(ContractModel):
     time_zone: TimeZoneName | None = Field(
         default=None, description="The account's zone (else its country's default): business time is counted there"
     )
-    posted_at: AwareDatetime
+    posted_at: Instant
 
 
 class PostAnswered(ContractModel):
     """Someone answered the post: before its due time, this cancels the escalation."""
 
     post_id: Identifier
-    answered_at: AwareDatetime
+    answered_at: Instant
     answered_by_kind: Literal["participant", "support"]
 
 

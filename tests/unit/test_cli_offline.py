@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from ops import contract
 from ops.broker import free_port
 from ops.cli import check, complete, main, resolve_bootstrap, service_urls
 from ops.examples import EXAMPLES, example
@@ -27,6 +29,25 @@ def test_every_example_is_valid_for_its_service() -> None:
     for name in EXAMPLES:
         target, key = check(example(name))
         assert target.topic.startswith("customersource.") and key
+
+
+def test_there_is_an_example_of_every_input_type_of_the_contract() -> None:
+    inputs = {event_type for topic in contract.inputs().values() for event_type in topic.types}
+    assert {event_type for event_type, _, _ in EXAMPLES.values()} == inputs and len(inputs) == 13
+
+
+def test_print_gives_the_json_to_start_from_and_needs_no_broker(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # nothing listens there
+    assert main(["publish", "--example", "post-answered", "--print"]) == 0
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert printed["type"] == "customersource.newsgroup.post_answered.v1" and printed["data"]["post_id"] == "POST-1001"
+    assert check(printed)[1] == "POST-1001" and "broker" not in err
+    assert main(["publish", "--example", "plan-renewed", "--example", "email-changed", "--print"]) == 0
+    assert [e["type"] for e in json.loads(capsys.readouterr().out)] == [
+        "customersource.plan.renewed.v1", "customersource.professional.email_changed.v1"]
 
 
 def test_hand_written_events_get_their_envelope_and_bad_ones_a_reason() -> None:
