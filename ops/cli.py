@@ -236,6 +236,7 @@ async def dlq_show(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return 0
     print(f"dead letter {letter.record.where}\n  kind:     {letter.kind}\n  reason:   {letter.reason}\n"
+          f"  advice:   {letter.advice.what}\n"
           f"  service:  {letter.service}\n  original: {letter.original}\n  failed:   {letter.failed_at}\n"
           f"  key:      {(letter.record.key or b'').decode('utf-8', 'replace')}\n  headers:")
     for key, value in letter.record.headers:
@@ -263,6 +264,9 @@ async def dlq_replay(args: argparse.Namespace) -> int:
         elif letter.record.header("dlq-truncated") is not None or letter.record.value is None:
             skipped.append((letter, "its value was too large to keep (dlq-truncated): publish it again from the "
                                     "source system"))
+        elif not letter.advice.replayable and not args.force:
+            skipped.append((letter, f"a {letter.kind} letter fails again unchanged (--force replays it anyway). "
+                                    + letter.advice.what))
         else:
             replayable.append(letter)
     for letter, why in skipped:
@@ -492,6 +496,9 @@ def parser() -> argparse.ArgumentParser:
                    help="only this dead letter (repeatable)")
     q.add_argument("--all", action="store_true", help="every dead letter of the topic (the latest letter of each "
                    "event: copies left by earlier replays are not replayed again)")
+    q.add_argument("--force", action="store_true",
+                   help="replay even the kinds that cannot succeed unchanged (unparseable, not_cloudevent, "
+                   "schema_invalid): say, after the service was changed to accept them")
     q.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     q.set_defaults(run=dlq_replay)
 

@@ -58,6 +58,37 @@ class Record:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """What an operator does about a dead letter of one error kind."""
+
+    replayable: bool  # False: the same bytes fail the same way, so replaying it unchanged cannot succeed
+    what: str
+
+
+ADVICE: dict[str, Advice] = {
+    "unparseable": Advice(False, "The value is not JSON (or its data is not). Fix it at the source and publish "
+                                 "it again: `dlq show --value` gives the bytes to correct, `publish FILE` checks "
+                                 "and sends them."),
+    "not_cloudevent": Advice(False, "The envelope is not a CloudEvent 1.0 (the reason names the attribute). Add or "
+                                    "correct it (`dlq show --value`, edit, `publish FILE`)."),
+    "schema_invalid": Advice(False, "The data breaks a rule of its schema (the reason names the field). Correct the "
+                                    "field (`dlq show --value`, edit, `publish FILE`), and the publisher's code: "
+                                    "schemas/ has what every field must be."),
+    "oversized": Advice(False, "The record is larger than KAFKA_MAX_MESSAGE_BYTES and only its headers were kept. "
+                               "Publish a smaller event from the source system."),
+    "unknown_type": Advice(True, "No service on this topic handles the type. Publish it to the right topic, or "
+                                 "replay it once a service version that handles it is deployed."),
+    "invalid_transition": Advice(True, "The event came in an order its aggregate's state does not allow (say, a "
+                                       "decision on a request already decided). Often nothing is to be done; "
+                                       "replay it if the events before it were fixed."),
+    "unknown_aggregate": Advice(True, "The aggregate it refers to was unknown (a follow-up before its first "
+                                      "event). Publish the first event, then replay this one."),
+    "unusable_content": Advice(True, "Processing failed repeatedly: a defect, the service's log says why (the "
+                                     "reason has the error). Replay it once the fix is deployed."),
+}
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A record of a ``.dlq`` topic with what the service said about it."""
@@ -80,6 +111,10 @@ class DeadLetter:
     def original(self) -> str:
         return "/".join(self.record.header(h) or "?" for h in
                         ("dlq-original-topic", "dlq-original-partition", "dlq-original-offset"))
+
+    @property
+    def advice(self) -> Advice:
+        return ADVICE.get(self.kind, Advice(True, "An error kind this version does not know: see the reason."))
 
     @property
     def failed_at(self) -> str:

@@ -68,16 +68,25 @@ async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicat
     profile = professional_added()
     resend = cloudevent(RESEND_REQUESTED, {"account_id": profile["account_id"],
                                            "professional_id": profile["professional_id"]})
+    invalid = cloudevent(ADDED, professional_added(country="UK"))
     async with Publisher(kafka) as publisher:
         await publisher.structured(TOPIC, profile["professional_id"], resend)  # before its profile: dead-lettered
-    await handled(service, 1)
+        await publisher.structured(TOPIC, invalid["data"]["professional_id"], invalid)  # fails the same way replayed
+    await handled(service, 2)
     listing = ops(kafka, "dlq", "list", "invitations")
     assert listing.returncode == 0, listing.stderr
     assert "unknown_aggregate" in listing.stdout and resend["id"] in listing.stdout
-    position = listing.stdout.split("customersource.professionals.dlq ", 1)[1].split()[0]
+    line = next(line for line in listing.stdout.splitlines() if f"id={resend['id']}" in line)
+    position = line.split("customersource.professionals.dlq ", 1)[1].split()[0]
     shown = ops(kafka, "dlq", "show", "invitations", position)
     assert "re-send for a profile this service has never seen" in shown.stdout.replace("invitation re-send", "re-send")
     assert f'"professional_id": "{profile["professional_id"]}"' in shown.stdout
+    assert "advice:   The aggregate it refers to was unknown" in shown.stdout
+    dry_all = ops(kafka, "dlq", "replay", "invitations", "--all", "--dry-run")
+    assert "1 dead letter(s) would be replayed" in dry_all.stdout, dry_all.stdout
+    assert "a schema_invalid letter fails again unchanged (--force replays it anyway)" in dry_all.stderr
+    assert "2 dead letter(s) would be replayed" in ops(kafka, "dlq", "replay", "invitations", "--all", "--force",
+                                                         "--dry-run").stdout
     value = ops(kafka, "dlq", "show", "invitations", position, "--value")
     assert json.loads(value.stdout) == resend, "the value alone, as published: ready to fix and publish again"
 
@@ -99,7 +108,7 @@ async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicat
     await wait_until(lambda: service.metric("customersource_events_total", type=RESEND_REQUESTED,
                                             outcome="duplicate") == 1, 30)
     assert len(smtp.to(profile["email"])) == 2, "a replay never sends an e-mail twice"
-    assert service.metric("customersource_dead_letters_total") == 1
+    assert service.metric("customersource_dead_letters_total") == 2
 
 
 async def test_lag_per_service_and_partition_from_metrics(kafka: str, smtp: SmtpServer,

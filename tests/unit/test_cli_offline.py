@@ -11,7 +11,8 @@ from ops import contract
 from ops.broker import free_port
 from ops.cli import check, complete, main, resolve_bootstrap, service_urls
 from ops.examples import EXAMPLES, example
-from shared.envelope import DeadLetter
+from ops.topicreader import ADVICE
+from shared.envelope import ERROR_KINDS, DeadLetter
 
 
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,3 +109,9 @@ def test_the_cli_uses_the_running_local_systems_broker_and_says_so(
     err = capsys.readouterr().err
     assert f"broker {silent} (from the local system started by `make run`" in err
     assert f"Kafka at {silent}" in err and "does not answer" in err
+
+
+def test_every_error_kind_has_advice_and_only_broken_content_is_not_replayable() -> None:
+    assert set(ADVICE) == set(ERROR_KINDS)
+    assert {kind for kind, advice in ADVICE.items() if not advice.replayable} == {
+        "unparseable", "not_cloudevent", "schema_invalid", "oversized"}
