@@ -40,6 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
+from ops.replays import Resolution, committed_offsets, replayed, resolve
 from ops.topicreader import DeadLetter, follow, high_watermarks, partitions_of, read_to_end
 from shared.calendar import calendar_for, default_time_zone
 from shared.envelope import STRUCTURED_HEADERS, decode, validate
@@ -171,11 +172,22 @@ async def publish(args: argparse.Namespace) -> int:
 
 # --- dead letters -----------------------------------------------------------------------------------------
 
-def describe(letter: DeadLetter) -> str:
+def describe(letter: DeadLetter, resolution: Resolution | None = None) -> str:
     event = letter.event
     return (f"{letter.record.partition}:{letter.record.offset}  {letter.failed_at[:19]}  {letter.kind:<19} "
             f"{event.get('type', '(no CloudEvent type)')}  id={event.get('id', '?')}\n"
-            f"    from {letter.original}: {letter.reason}")
+            f"    from {letter.original}: {letter.reason}"
+            + (f"\n    {resolution}" if resolution is not None else ""))
+
+
+async def resolutions(args: argparse.Namespace, letters: list[DeadLetter]) -> dict[str, Resolution]:
+    """What became of each letter: the replays on its input topic, and its service's committed offsets."""
+    named = consumer_groups(args)
+    groups = {item.topic: named[item.service] for item in contract.inputs().values()
+              if item.dlq in {letter.record.topic for letter in letters}}
+    options = contract.kafka_options(args.bootstrap)
+    replays = replayed(await read_to_end(options, list(groups)))
+    return resolve(letters, replays, await committed_offsets(options, groups))
 
 
 async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[DeadLetter]:
@@ -194,9 +206,13 @@ async def dlq_list(args: argparse.Namespace) -> int:
                 print(f"{record.topic} " + describe(letter), flush=True)
         return 0
     letters = await dead_letters(args, args.topics)
+    resolved = await resolutions(args, letters)
     for letter in letters[-args.limit:] if args.limit else letters:
-        print(f"{letter.record.topic} " + describe(letter))
-    print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        print(f"{letter.record.topic} " + describe(letter, resolved[letter.record.where]))
+    states = [resolved[letter.record.where].state for letter in letters]
+    print(f"{len(letters)} dead letter(s): " + ", ".join(f"{states.count(state)} {state}" for state in
+                                                          ("open", "replayed", "resolved", "failed again")),
+          file=sys.stderr)
     return 0
 
 
@@ -365,10 +381,20 @@ def service_urls(overrides: Sequence[str]) -> dict[str, str]:
     return urls
 
 
+def consumer_groups(args: argparse.Namespace) -> dict[str, str]:
+    """Each service's consumer group: its default, unless ``--group NAME=GROUP`` says another."""
+    groups = {name: item.group for name, item in contract.inputs().items()}
+    for item in args.group or []:
+        name, _, group = item.partition("=")
+        if name not in groups or not group:
+            raise ValueError(f"--group {item!r}: NAME=GROUP, with NAME one of {', '.join(groups)}")
+        groups[name] = group
+    return groups
+
+
 async def lag(args: argparse.Namespace) -> int:
     urls = service_urls(args.service or [])
-    groups = {name: f"customersource.{name}" for name in contract.PORTS}
-    groups.update(dict(item.partition("=")[::2] for item in args.group or []))
+    groups = consumer_groups(args)
     print(f"{'service':<13} {'state':<11} {'topic':<40} {'partition':>9} {'lag':>8}  source")
     for name, url in urls.items():
         state = await asyncio.to_thread(health.read, name, url)
@@ -478,6 +504,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", action="append", help="only this error kind (repeatable)")
     q.add_argument("--limit", type=int, default=0, help="only the last N (without --follow)")
     q.add_argument("--follow", "-f", action="store_true", help="keep printing new dead letters (Ctrl-C stops)")
+    q.add_argument("--group", action="append", metavar="NAME=GROUP",
+                   help="a service's consumer group, to tell whether a replay was processed (default "
+                   "customersource.NAME; set it when the service runs with KAFKA_GROUP_ID)")
     q.set_defaults(run=dlq_list)
     q = actions.add_parser("show", help="one dead letter in full: reason, headers, value")
     q.add_argument("topic", metavar="TOPIC")

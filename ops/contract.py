@@ -28,6 +28,11 @@ class InputTopic:
     def dlq(self) -> str:
         return f"{self.topic}.dlq"
 
+    @property
+    def group(self) -> str:
+        """The service's consumer group (its default: KAFKA_GROUP_ID can name another)."""
+        return f"customersource.{self.service}"
+
 
 PORTS = {service: int(importlib.import_module(f"services.{service}.settings").HTTP_PORT) for service in KEYS}
 """Each service's default HTTP_PORT (health, metrics, AsyncAPI), as its settings define it."""

@@ -17,6 +17,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+REPLAYED_FROM = "customersource-replayed-from"
+"""The header a replayed record carries: where its dead letter is (topic/partition/offset)."""
+
 
 @dataclass(frozen=True)
 class Record:
@@ -127,7 +130,7 @@ class DeadLetter:
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers, byte for byte (the dlq-* ones are dropped), and where it was replayed from."""
         kept = [(k, v) for k, v in self.record.headers if not k.startswith("dlq-")]
-        return [*kept, ("customersource-replayed-from", self.record.where.encode())]
+        return [*kept, (REPLAYED_FROM, self.record.where.encode())]
 
 
 def _record(message: Any) -> Record:

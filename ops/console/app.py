@@ -19,7 +19,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ops import contract, health
 from ops.mailcatcher import Mailbox
-from ops.topicreader import DeadLetter, Record, follow
+from ops.replays import Resolution, committed_offsets, resolve
+from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, follow
 
 log = logging.getLogger("customersource.console")
 
@@ -38,6 +39,7 @@ class Feed:
         self.events: OrderedDict[str, Record] = OrderedDict()  # CloudEvent id -> its input record
         self.dead_letters: deque[DeadLetter] = deque(maxlen=KEEP)
         self.escalations: deque[dict[str, Any]] = deque(maxlen=KEEP)
+        self.replays: deque[Record] = deque(maxlen=KEEP)  # input records that are replays of dead letters
         self.error = ""
         self.positions: dict[TopicPartition, int] = {}  # where the feed is, to go on after an interruption
 
@@ -54,6 +56,8 @@ class Feed:
             if isinstance(body, dict):
                 self.escalations.append(body)
         else:
+            if record.header(REPLAYED_FROM):
+                self.replays.append(record)
             event_id = record.event.get("id")  # structured or binary mode
             if event_id:
                 self.events[str(event_id)] = record
@@ -167,7 +171,8 @@ class Console:
             body = self.render("escalations.html", escalations=list(reversed(self.feed.escalations)),
                                page="escalations")
         elif path == "/dead-letters":
-            body = self.render("dead_letters.html", letters=list(reversed(self.feed.dead_letters)), page="dlq")
+            body = self.render("dead_letters.html", letters=list(reversed(self.feed.dead_letters)), page="dlq",
+                               resolutions=await self._resolutions())
         elif path.startswith("/dead-letters/"):
             letter = self._dead_letter(path.removeprefix("/dead-letters/"))
             if letter is None:
@@ -175,6 +180,7 @@ class Console:
             else:
                 value = letter.record.json()
                 body = self.render("dead_letter.html", letter=letter, page="dlq",
+                                   resolution=(await self._resolutions())[letter.record.where],
                                    key=(letter.record.key or b"").decode("utf-8", "replace"),
                                    service=contract.dlq_services().get(letter.record.topic, letter.record.topic),
                                    value=json.dumps(value, indent=2, ensure_ascii=False) if value is not None
@@ -201,6 +207,17 @@ class Console:
                    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _resolutions(self) -> dict[str, Resolution]:
+        """What became of each dead letter, from the replays the feed has seen and the groups' committed offsets
+        (if the broker does not answer in time, replays show as not processed yet)."""
+        groups = {item.topic: item.group for item in contract.inputs().values()}
+        try:
+            committed = await asyncio.wait_for(committed_offsets(self.kafka_options, groups), 10)
+        except Exception:
+            log.warning("committed offsets not read", exc_info=True)
+            committed = {}
+        return resolve(self.feed.dead_letters, self.feed.replays, committed)
 
     def _dead_letter(self, where: str) -> DeadLetter | None:
         topic, _, rest = where.partition("/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -98,11 +99,21 @@ async def test_the_console_shows_an_e_mail_with_its_cause_and_a_dead_letter(
             await page.get_by_role("link", name="Dead letters (1)").click()
             table = await page.inner_text("#dead-letters")
             assert "not_cloudevent" in table and "customersource.professionals/" in table
+            assert "open" in table
             await page.get_by_role("link", name="inspect").click()
             body = await page.inner_text("main")
-            assert "customersource-ops dlq replay invitations --position" in body
+            assert "Replayed unchanged it would fail the same way" in body and "--value > event.json" in body
             assert "not a CloudEvent" in body
             await page.screenshot(path=str(shots / "console-dead-letter.png"))
+
+            # Replayed anyway (--force), it is dead-lettered again: the console says so.
+            forced = subprocess.run([sys.executable, "-m", "ops.cli", "--bootstrap", kafka, "dlq", "replay",
+                                     "invitations", "--all", "--force"], capture_output=True, text=True, timeout=60)
+            assert forced.returncode == 0, forced.stderr
+            await wait_until(lambda: len(console.feed.dead_letters) == 2, 30)
+            await page.goto(console.url + "dead-letters")
+            table = await page.inner_text("#dead-letters")
+            assert "failed again" in table and "open" in table
 
             await page.get_by_role("link", name="Services").click()
             service = await page.inner_text("#service-invitations")

@@ -103,6 +103,16 @@ async def test_a_dead_letter_is_found_understood_and_replayed_without_a_duplicat
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter(s)" in replayed.stdout
     await smtp.wait_for(lambda: len(smtp.to(profile["email"])) == 2)
+
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def listed_as(state: str) -> bool:
+        last[:] = [ops(kafka, "dlq", "list", "invitations", "--group", f"invitations={service.env['KAFKA_GROUP_ID']}")]
+        line = last[0].stdout.split(f"id={resend['id']}", 1)[1].split("customersource.professionals.dlq", 1)[0]
+        return state in line and "1 resolved" in last[0].stderr
+
+    await wait_until(lambda: listed_as("resolved: replayed as customersource.professionals/"), 30,
+                     state=lambda: f"{last[0].stdout}\n{last[0].stderr}" if last else "")
     again = ops(kafka, "dlq", "replay", "invitations", "--position", position)
     assert again.returncode == 0, again.stderr
     await wait_until(lambda: service.metric("customersource_events_total", type=RESEND_REQUESTED,
