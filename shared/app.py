@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
-from faststream.asgi.factories import AsyncAPIRoute
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.middlewares import AckPolicy
@@ -29,6 +28,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
+from shared import asyncapi
 from shared.batches import BatchProcessor, DrainOnRevoke
 from shared.clock import Clock, SystemClock
 from shared.envelope import events_json_schema
@@ -66,6 +66,7 @@ class OutputTopic:
     topic: str
     description: str
     types: Mapping[str, type[BaseModel]]
+    key: str  # what the record key is
 
 
 def _documented(title: str, types: Mapping[str, type[BaseModel]]) -> Any:
@@ -226,17 +227,17 @@ def build_service(
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
         subscriber=subscriber, scheduler=scheduler, drain=drain,
     )
+    specification = AsyncAPI(broker, title=spec.title, version="1.0.0", description=spec.description,
+                             schema_version="3.0.0")
     app = AsgiFastStream(
         broker,
         asgi_routes=[
             ("/healthz", _healthz()),
             ("/readyz", _readyz(service)),
             ("/metrics", _metrics(service)),
+            *_asyncapi(specification, _channels(spec)),
         ],
-        asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json", try_it_out_path=None),
-        specification=AsyncAPI(
-            title=spec.title, version="1.0.0", description=spec.description, schema_version="3.0.0"
-        ),
+        specification=specification,
         logger=logging.getLogger(f"customersource.{spec.name}.app"),
         on_startup=[_hook(_start, service)],
         on_shutdown=[_hook(_wind_down, service)],
@@ -431,6 +432,39 @@ async def _stop(service: Service) -> None:
 
 def _json(status: int, body: Mapping[str, Any]) -> AsgiResponse:
     return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
+
+
+def _channels(spec: ServiceSpec) -> dict[str, asyncapi.Channel]:
+    """What the contract says of each topic's records beyond their payload: headers and key."""
+    channels = {
+        spec.router.topic: asyncapi.Channel(asyncapi.CLOUDEVENTS_HEADERS, spec.router.key_field),
+        f"{spec.router.topic}.dlq": asyncapi.Channel(asyncapi.DLQ_HEADERS, "the original record's key"),
+        NOTIFICATIONS_TOPIC: asyncapi.Channel(asyncapi.OUR_HEADERS, "the aggregate id of the triggering event"),
+    }
+    channels.update({output.topic: asyncapi.Channel(asyncapi.OUR_HEADERS, output.key) for output in spec.outputs})
+    return channels
+
+
+def _asyncapi(specification: AsyncAPI, channels: Mapping[str, asyncapi.Channel]) -> list[tuple[str, Any]]:
+    """``/asyncapi.json`` (FastStream's document, completed: see :mod:`shared.asyncapi`) and its page."""
+    document: dict[str, Any] = {}
+
+    def built() -> dict[str, Any]:  # once, on the first request: the broker has all its publishers then
+        if not document:
+            document.update(asyncapi.complete(json.loads(specification.to_specification().to_json()), channels))
+        return document
+
+    @get(include_in_schema=False)
+    async def as_json(scope: Any) -> AsgiResponse:
+        return _json(200, built())
+
+    @get(include_in_schema=False)
+    async def as_page(scope: Any) -> AsgiResponse:
+        return AsgiResponse(asyncapi.page(built()), 200, headers={
+            "content-type": "text/html; charset=utf-8",
+            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
+    return [("/asyncapi.json", as_json), ("/asyncapi", as_page)]
 
 
 def _healthz() -> Any:

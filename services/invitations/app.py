@@ -35,6 +35,7 @@ def spec(settings: InvitationSettings) -> ServiceSpec:
                 description="invitation.issued / invitation.revoked, key professional_id. Never the token or the "
                 "link; the portal refuses tokens whose token_id was revoked.",
                 types=OUTPUT_TYPES,
+                key="professional_id",
             ),
         ],
     )

@@ -34,6 +34,7 @@ def spec(settings: SupportSettings) -> ServiceSpec:
                 OUTPUT_TOPIC,
                 description="support.escalation_raised, key post_id: one per post, ever.",
                 types=OUTPUT_TYPES,
+                key="post_id",
             ),
         ],
         jobs={ESCALATION_JOB: handlers.run_escalation},
