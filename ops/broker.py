@@ -169,32 +169,44 @@ def apache_kafka_available() -> str | None:
     return None
 
 
-def fetch_apache_kafka(version: str = APACHE_KAFKA_VERSION) -> Path:
-    """The folder of Apache Kafka's jars (kafka_2.13 and its runtime dependencies), fetched from Maven
-    Central with ``mvn`` on first use and cached; later calls download nothing. Safe to call from
-    several processes at once (a file lock)."""
+def cached(name: str, version: str, fill: Callable[[Path], None]) -> Path:
+    """A folder of the cache (``cache_root()/NAME-VERSION``), filled once by ``fill(folder)``; later calls
+    return it at once. Safe to call from several processes at once (a file lock); a fill that fails leaves
+    nothing behind."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    libs = root / f"apache-kafka-{version}"
-    with open(root / f".apache-kafka-{version}.lock", "w") as lock:
+    folder = root / f"{name}-{version}"
+    with open(root / f".{name}-{version}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (libs / ".complete").is_file():
-            return libs
+        if (folder / ".complete").is_file():
+            return folder
+        staging = root / f".{name}-{version}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        fill(staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        (folder / ".complete").write_text(version)
+        return folder
+
+
+def fetch_apache_kafka(version: str = APACHE_KAFKA_VERSION) -> Path:
+    """The folder of Apache Kafka's jars (kafka_2.13 and its runtime dependencies), fetched from Maven
+    Central with ``mvn`` on first use and cached; later calls download nothing."""
+
+    def fill(staging: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="kafka-pom-") as work:
             (Path(work) / "pom.xml").write_text(_POM.format(kafka=version, log4j=_LOG4J_VERSION))
-            staging = root / f".apache-kafka-{version}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
             result = subprocess.run(
-                [shutil.which("mvn") or "mvn", "-B", "-q", f"-Dmaven.repo.local={root / 'm2'}", "dependency:copy-dependencies",
-                 "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+                [shutil.which("mvn") or "mvn", "-B", "-q", f"-Dmaven.repo.local={cache_root() / 'm2'}",
+                 "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
                 cwd=work, capture_output=True, text=True, timeout=900,
             )
             if result.returncode != 0:
-                raise RuntimeError(f"mvn could not fetch Apache Kafka {version}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-        shutil.rmtree(libs, ignore_errors=True)
-        staging.rename(libs)
-        (libs / ".complete").write_text(version)
-        return libs
+                raise RuntimeError(f"mvn could not fetch Apache Kafka {version}:\n{result.stdout[-3000:]}"
+                                   f"{result.stderr[-2000:]}")
+
+    return cached("apache-kafka", version, fill)
 
 
 def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:

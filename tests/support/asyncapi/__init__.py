@@ -3,42 +3,33 @@ the cache beside the Apache Kafka jars, and run with node."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from ops.broker import cache_root
+from ops.broker import cached
 
 PARSER_VERSION = "3.6.6"
 SCRIPT = Path(__file__).parent / "validate.mjs"
 
 
 def fetch_parser(version: str = PARSER_VERSION) -> Path:
-    """The folder holding node_modules/@asyncapi/parser (installed once; safe from several processes)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"asyncapi-parser-{version}"
-    with open(root / f".asyncapi-parser-{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (folder / ".complete").is_file():
-            return folder
+    """The folder holding node_modules/@asyncapi/parser (installed once)."""
+
+    def fill(folder: Path) -> None:
         npm = shutil.which("npm")
         if npm is None:
             raise RuntimeError("no npm on PATH to fetch @asyncapi/parser (the AsyncAPI documents are checked with it)")
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
         (folder / "package.json").write_text(json.dumps({"private": True, "type": "module"}))
         result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent", f"@asyncapi/parser@{version}"],
                                 cwd=folder, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
             raise RuntimeError(f"npm could not install @asyncapi/parser {version}:\n{result.stdout[-2000:]}"
                                f"{result.stderr[-2000:]}")
-        shutil.copy(SCRIPT, folder / SCRIPT.name)
-        (folder / ".complete").write_text(version)
-        return folder
+
+    return cached("asyncapi-parser", version, fill)
 
 
 def diagnostics(files: list[Path]) -> list[dict[str, Any]]:
