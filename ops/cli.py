@@ -190,10 +190,11 @@ async def resolutions(args: argparse.Namespace, letters: list[DeadLetter]) -> di
     return resolve(letters, replays, await committed_offsets(options, groups))
 
 
-async def dead_letters(args: argparse.Namespace, names: Iterable[str]) -> list[DeadLetter]:
+async def dead_letters(args: argparse.Namespace, names: Iterable[str], *, of_kind: bool = True) -> list[DeadLetter]:
+    """The dead letters of those topics (only those of ``args.kind``, if given and ``of_kind``)."""
     records = await read_to_end(contract.kafka_options(args.bootstrap), contract.dlq_topics(names))
     letters = [DeadLetter(r) for r in records]
-    if getattr(args, "kind", None):
+    if of_kind and getattr(args, "kind", None):
         letters = [d for d in letters if d.kind in args.kind]
     return letters
 
@@ -205,8 +206,9 @@ async def dlq_list(args: argparse.Namespace) -> int:
             if not args.kind or letter.kind in args.kind:
                 print(f"{record.topic} " + describe(letter), flush=True)
         return 0
-    letters = await dead_letters(args, args.topics)
-    resolved = await resolutions(args, letters)
+    every = await dead_letters(args, args.topics, of_kind=False)  # a replay may fail again with another kind
+    resolved = await resolutions(args, every)
+    letters = [letter for letter in every if not args.kind or letter.kind in args.kind]
     for letter in letters[-args.limit:] if args.limit else letters:
         print(f"{letter.record.topic} " + describe(letter, resolved[letter.record.where]))
     states = [resolved[letter.record.where].state for letter in letters]

@@ -129,7 +129,8 @@ class DeadLetter:
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers, byte for byte (the dlq-* ones are dropped), and where it was replayed from."""
-        kept = [(k, v) for k, v in self.record.headers if not k.startswith("dlq-")]
+        # A letter of a replay carries the earlier replay's header: only this replay's is kept.
+        kept = [(k, v) for k, v in self.record.headers if not k.startswith("dlq-") and k != REPLAYED_FROM]
         return [*kept, (REPLAYED_FROM, self.record.where.encode())]
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -273,11 +274,18 @@ def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
     )
 
 
+JOB_READS_FRESH_S = 5.0
+"""How long what a scheduler pass read for its jobs may be used: a job that starts later (queued behind the
+others of a large pass) reads for itself, just before it runs."""
+
+
 def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, function: JobFunction,
                 preload: Preload | None) -> PassHandler:
     """A job's plan is applied like an event's; its cause is the event that scheduled it (or the job itself).
     For a pass's jobs, the deliveries already recorded for their causes are read in one query, and what
-    their function reads first (``preload``) in another. The scheduler marks each job done once its plan
+    their function reads first (``preload``) in another; a job that starts more than
+    :data:`JOB_READS_FRESH_S` after them reads its own. A job whose reads cannot be prepared (say, a payload
+    without the preload's key) fails alone, when it runs. The scheduler marks each job done once its plan
     is applied."""
 
     def cause(job: Job) -> EventRef:
@@ -285,25 +293,40 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
                                           "type": job.kind}
         return EventRef(id=of["id"], source=of["source"], type=of["type"])
 
+    def preload_args(job: Job) -> tuple[Any, ...] | None:
+        try:
+            return preload.args(job) if preload is not None else None
+        except Exception:  # the job's own function meets the same problem, and fails alone
+            return None
+
     async def prepare(claimed: Sequence[Job]) -> JobHandler:
-        # The jobs are claimed under a lease: no other attempt of them is sending meanwhile.
-        known = await store.deliveries_of([(cause(job).source, cause(job).id) for job in claimed])
+        keys = []
+        for job in claimed:
+            with contextlib.suppress(Exception):  # a malformed cause fails its job alone, when it runs
+                keys.append((cause(job).source, cause(job).id))
+        # Claimed under a lease: no other attempt of these jobs is sending meanwhile (see JOB_READS_FRESH_S).
+        known = await store.deliveries_of(keys)
         preloaded: dict[tuple[Any, ...], Any] = {}
-        if preload is not None:
-            wanted = list({args: None for job in claimed if (args := preload.args(job)) is not None})
-            if wanted:
+        wanted = list({args: None for job in claimed if (args := preload_args(job)) is not None})
+        if preload is not None and wanted:
+            try:
                 async with store.connect() as connection:
                     found = await preload.read_many(connection, wanted)
                 preloaded = {args: found.get(args) for args in wanted}
+            except Exception:  # a row it cannot read: each job reads for itself (and the bad one fails alone)
+                log.warning("a scheduler pass's preload failed; its jobs read for themselves", exc_info=True)
+        prepared = time.monotonic()
 
         async def run(job: Job) -> None:
             ref = cause(job)
-            args = preload.args(job) if preload is not None else None
+            fresh = time.monotonic() - prepared <= JOB_READS_FRESH_S
+            args = preload_args(job)
             ahead = {}
-            if preload is not None and args in preloaded:  # only the first job of the pass with these reads
+            if fresh and preload is not None and args in preloaded:  # only the first job with these reads
                 ahead = {(preload.read, args): preloaded.pop(args)}
             context = runner.context(ref, clock.now(), preloaded=ahead)
-            await runner.apply(await function(job, context), context, known=known[(ref.source, ref.id)])
+            plan = await function(job, context)
+            await runner.apply(plan, context, known=known.get((ref.source, ref.id)) if fresh else None)
 
         return run
 

@@ -167,7 +167,7 @@ class Inbound:
     data: Any
     mode: Literal["structured", "binary"]
     # The JSON had a \u escape: only through one can a string carry a NUL or an unpaired surrogate (raw
-    # control characters are not JSON, and UTF-8 cannot encode a surrogate).
+    # control characters are not JSON, and the value is decoded as strict UTF-8, which refuses surrogates).
     escaped: bool = True
 
 
@@ -210,7 +210,8 @@ def decode(value: bytes | None, headers: Headers) -> Inbound:
     if not value:
         raise DeadLetter("unparseable", "the record has no value")
     try:
-        document = json.loads(value)
+        text = value.decode("utf-8")  # strictly: JSON between systems is UTF-8 (RFC 8259), never UTF-16/32
+        document = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DeadLetter("unparseable", f"the value is not JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     if not isinstance(document, dict) or "specversion" not in document:
@@ -227,7 +228,7 @@ def decode(value: bytes | None, headers: Headers) -> Inbound:
     except ValidationError as exc:
         raise DeadLetter("not_cloudevent", "invalid CloudEvents attributes: " + _describe(exc)) from None
     if "data" in document:
-        return Inbound(attributes, document["data"], "structured", escaped=b"\\u" in value)
+        return Inbound(attributes, document["data"], "structured", escaped="\\u" in text)
     return Inbound(attributes, _base64_json(document["data_base64"], attributes.datacontenttype), "structured")
 
 
@@ -248,7 +249,7 @@ def _base64_json(encoded: Any, datacontenttype: str | None) -> Any:
     except (binascii.Error, ValueError):
         raise DeadLetter("unparseable", "data_base64 is not valid base64") from None
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DeadLetter("unparseable",
                          f"data_base64 does not decode to JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
@@ -274,10 +275,11 @@ def _decode_binary(value: bytes | None, headers: Headers) -> Inbound:
         raise DeadLetter("unparseable", "binary-mode event without data")
     _json_media_type(attributes.datacontenttype)
     try:
-        data = json.loads(value)
+        text = value.decode("utf-8")
+        data = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DeadLetter("unparseable", f"the data is not JSON ({exc.__class__.__name__}: {str(exc)[:200]})") from None
-    return Inbound(attributes, data, "binary", escaped=b"\\u" in value)
+    return Inbound(attributes, data, "binary", escaped="\\u" in text)
 
 
 def _unencodable(node: Any, path: str = "data") -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -186,11 +186,13 @@ class Scheduler:
 
     async def _sleep_for(self) -> float:
         now = self.clock.now()
+        # A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a
+        # failure, or running on another replica), and only by a replica that handles its kind.
+        claimable_at = case((jobs.c.lease_until > jobs.c.due_at, jobs.c.lease_until), else_=jobs.c.due_at)
+        ours = case((jobs.c.kind.in_(list(self.handlers)), claimable_at), else_=None)
         async with self.store.connect() as connection:
             row = (
-                await connection.execute(
-                    select(func.min(jobs.c.due_at), func.count()).where(jobs.c.status == "pending")
-                )
+                await connection.execute(select(func.min(ours), func.count()).where(jobs.c.status == "pending"))
             ).first()
         pending = int(row[1]) if row else 0
         if self._on_pending:

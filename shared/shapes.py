@@ -161,10 +161,14 @@ EmailText = Annotated[
 ]
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
 def _rfc3339_text(value: object) -> object:
-    if not isinstance(value, str | datetime):  # pydantic would read a number as a Unix time
-        raise ValueError("an RFC 3339 date-time string with an offset is expected, such as 2026-11-20T10:00:00Z")
-    return value
+    # pydantic would also read a number (or a string of digits) as a Unix time, and other layouts.
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("an RFC 3339 date-time string with an offset is expected, such as 2026-11-20T10:00:00Z")
 
 
 Instant = Annotated[

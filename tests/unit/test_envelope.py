@@ -146,3 +146,17 @@ def test_deeply_nested_json_is_unparseable_not_a_crash() -> None:
 @pytest.mark.parametrize("bad_id", ["=?utf-8?q?x?=", "é", "a\u202eb", "tab\there"])
 def test_event_ids_are_printable_ascii(bad_id: str) -> None:
     assert kind_of(json.dumps({**EVENT, "id": bad_id}).encode(), CT) == "not_cloudevent"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_json_in_another_encoding_than_utf_8_is_unparseable(encoding: str) -> None:
+    """Python reads UTF-16 and UTF-32 JSON too; the contract's is UTF-8 (RFC 8259), and only in UTF-8 does
+    the NUL check know where to look."""
+    value = json.dumps(EVENT).replace("ACC-1", "ACC\\u00001").encode(encoding)
+    assert kind_of(value, CT) == "unparseable"
+    assert kind_of(json.dumps(EVENT["data"]).encode(encoding), BINARY) == "unparseable"
+
+
+def test_a_surrogate_encoded_as_bytes_is_unparseable() -> None:
+    value = json.dumps(EVENT).encode().replace(b"ACC-1", b"ACC\xed\xa0\x801")
+    assert kind_of(value, CT) == "unparseable"

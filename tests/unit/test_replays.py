@@ -32,3 +32,14 @@ def test_open_replayed_resolved_and_failed_again() -> None:
     assert str(found[done.record.where]) == f"resolved: replayed as {TOPIC}/1/7 and processed"
     assert str(found[failing.record.where]).endswith(f"dead-lettered again at {DLQ}/0/4")
     assert found[waiting.record.where].replay == replays[0], "committed up to 30: the replay at 30 is not processed"
+
+
+def test_a_replayed_replay_names_only_its_own_letter() -> None:
+    first = letter(0, (0, 3))
+    again = DeadLetter(Record(DLQ, 0, 1, b"k", b"{}", (*replay(0, 9, first).headers, *letter(1, (0, 9)).record.headers),
+                              AT))  # the replay at 9 failed again: its letter keeps the replay's header
+    headers = again.replay_headers()
+    assert [v for k, v in headers if k == REPLAYED_FROM] == [again.record.where.encode()]
+    replays = [replay(0, 9, first), Record(TOPIC, 0, 12, b"k", b"{}", tuple(headers), AT)]
+    found = resolve([first, again], replays, {TopicPartition(TOPIC, 0): 13})
+    assert found[first.record.where].state == "failed again" and found[again.record.where].state == "resolved"
