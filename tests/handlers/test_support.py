@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from services.support.app import create_service
 from services.support.contracts import (
@@ -24,6 +25,7 @@ from services.support.contracts import (
 )
 from services.support.handlers import SupportHandlers
 from services.support.settings import SupportSettings
+from services.support.state import posts as posts_table
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import post_created
@@ -233,3 +235,13 @@ async def test_a_scheduler_pass_reads_its_posts_and_deliveries_in_one_query_each
     loads = [s for s in post_reads if " IN " in s]
     assert len(loads) == 1 and len(post_reads) - len(loads) == 5
     assert len(delivery_reads) == 1
+
+
+async def test_a_job_whose_post_cannot_be_read_fails_alone(harness: Support) -> None:
+    good, bad = post_created(POSTED), post_created(POSTED)
+    await harness.fetch(*(harness.record(cloudevent(POST_CREATED, data)) for data in (good, bad)))
+    async with harness.service.store.transaction() as connection:  # a row the service cannot read back
+        await connection.execute(update(posts_table).where(posts_table.c.post_id == bad["post_id"])
+                                 .values(plans="not json"))
+    assert await harness.run_jobs_at(DUE) == 2  # both claimed; the pass's preload fails, each reads for itself
+    assert [e["data"]["post"]["post_id"] for e in harness.escalations()] == [good["post_id"]]
