@@ -117,15 +117,17 @@ class SmtpPool:
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
         try:
             async with self._connection() as client:
-                response = await self._transaction(client, mail)
+                try:
+                    response = await self._transaction(client, mail)
+                except aiosmtplib.SMTPSenderRefused as exc:
+                    if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
+                        return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
+                    # Otherwise SMTP_FROM or the relay's configuration, not this message: retried.
+                    raise TransientSmtpError(f"sender refused: {exc.code} {exc.message}", code=exc.code) from None
+                except aiosmtplib.SMTPResponseException as exc:
+                    # A final refusal keeps the connection (its envelope was reset); a transient one drops it.
+                    return self._classify(exc.code, exc.message)
                 return Accepted(code=response.code, response=response.message)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
-                return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
-            # Otherwise SMTP_FROM or the relay's configuration, not this message: retried.
-            raise TransientSmtpError(f"sender refused: {exc.code} {exc.message}", code=exc.code) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            return self._classify(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientSmtpError(f"{exc.__class__.__name__}: {exc}") from None
 

@@ -47,6 +47,7 @@ async def test_recipient_refusals_are_final_or_transient_by_code(smtp: SmtpServe
     try:
         smtp.handler.refuse_code = 550
         assert isinstance(await pool.send(MAIL), Refused)
+        assert len(pool._idle) == 1, "a final refusal keeps the connection for the next message"
         smtp.handler.refuse_code = 451
         with pytest.raises(TransientSmtpError):
             await pool.send(MAIL)
