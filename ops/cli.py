@@ -40,8 +40,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
-from ops.replays import Resolution, committed_offsets, replayed, resolve
-from ops.topicreader import DeadLetter, follow, high_watermarks, partitions_of, read_to_end
+from ops.replays import Resolution, consumed_up_to, replayed, resolve
+from ops.topicreader import DeadLetter, committed_offsets, follow, high_watermarks, partitions_of, read_to_end
 from shared.calendar import calendar_for, default_time_zone
 from shared.envelope import STRUCTURED_HEADERS, decode, validate
 from shared.envelope import DeadLetter as Refusal
@@ -187,7 +187,7 @@ async def resolutions(args: argparse.Namespace, letters: list[DeadLetter]) -> di
               if item.dlq in {letter.record.topic for letter in letters}}
     options = contract.kafka_options(args.bootstrap)
     replays = replayed(await read_to_end(options, list(groups)))
-    return resolve(letters, replays, await committed_offsets(options, groups))
+    return resolve(letters, replays, await consumed_up_to(options, groups))
 
 
 async def dead_letters(args: argparse.Namespace, names: Iterable[str], *, of_kind: bool = True) -> list[DeadLetter]:
@@ -325,15 +325,14 @@ async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tu
     topic = contract.inputs()[service].topic
     options = contract.kafka_options(bootstrap)
     partitions = await partitions_of(options, [topic])
-    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, fetch_max_wait_ms=100)
+    committed = await committed_offsets(options, group, partitions)
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100)
     try:
         await consumer.start()
-        consumer.assign(partitions)  # assigned, not subscribed: the group is read, never joined
+        consumer.assign(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        committed = {}
         for partition in partitions:
-            offset = await consumer.committed(partition)
-            committed[partition] = starts[partition] if offset is None else offset
+            committed.setdefault(partition, starts[partition])
             consumer.seek(partition, committed[partition])
         ends = await high_watermarks(consumer, partitions)
         return [(topic, p.partition, float(max(ends[p] - committed[p], 0))) for p in partitions]

@@ -9,13 +9,13 @@ at the replayed record).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, partitions_of
+from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, committed_offsets, partitions_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +66,9 @@ def replayed(records: Iterable[Record]) -> list[Record]:
     return [record for record in records if record.header(REPLAYED_FROM)]
 
 
-async def committed_offsets(options: dict[str, Any], groups: Mapping[str, str]) -> dict[TopicPartition, int]:
-    """The committed offset of each partition of each topic, for the group consuming it (topic -> group);
-    a partition the group never committed is left out. The group is read, never joined."""
+async def consumed_up_to(options: dict[str, Any], groups: Mapping[str, str]) -> dict[TopicPartition, int]:
+    """The committed offsets of each topic's partitions, for the group consuming it (topic -> group)."""
     found: dict[TopicPartition, int] = {}
     for topic, group in groups.items():
-        partitions: Sequence[TopicPartition] = await partitions_of(options, [topic])
-        if not partitions:
-            continue
-        consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
-        try:
-            await consumer.start()
-            consumer.assign(list(partitions))
-            for partition in partitions:
-                offset = await consumer.committed(partition)
-                if offset is not None:
-                    found[partition] = offset
-        finally:
-            await consumer.stop()
+        found.update(await committed_offsets(options, group, await partitions_of(options, [topic])))
     return found

@@ -155,6 +155,26 @@ async def partitions_of(options: dict[str, Any], topics: Sequence[str]) -> list[
             for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))]
 
 
+async def committed_offsets(options: dict[str, Any], group: str,
+                            partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    """The group's committed offset of each of those partitions (one it never committed is left out). The
+    group is read, never joined."""
+    found: dict[TopicPartition, int] = {}
+    if not partitions:
+        return found
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        consumer.assign(list(partitions))
+        for partition in partitions:
+            offset = await consumer.committed(partition)
+            if offset is not None:
+                found[partition] = offset
+    finally:
+        await consumer.stop()
+    return found
+
+
 async def high_watermarks(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], *,
                           within: float = 20.0) -> dict[TopicPartition, int]:
     """Each assigned partition's end, from the high watermark of a fetch at its current position."""

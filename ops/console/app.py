@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ops import contract, health
 from ops.mailcatcher import Mailbox
-from ops.replays import Resolution, committed_offsets, resolve
+from ops.replays import Resolution, consumed_up_to, resolve
 from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, follow
 
 log = logging.getLogger("customersource.console")
@@ -213,7 +213,7 @@ class Console:
         (if the broker does not answer in time, replays show as not processed yet)."""
         groups = {item.topic: item.group for item in contract.inputs().values()}
         try:
-            committed = await asyncio.wait_for(committed_offsets(self.kafka_options, groups), 10)
+            committed = await asyncio.wait_for(consumed_up_to(self.kafka_options, groups), 10)
         except Exception:
             log.warning("committed offsets not read", exc_info=True)
             committed = {}
