@@ -303,7 +303,8 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
         keys = []
         for job in claimed:
             with contextlib.suppress(Exception):  # a malformed cause fails its job alone, when it runs
-                keys.append((cause(job).source, cause(job).id))
+                ref = cause(job)
+                keys.append((ref.source, ref.id))
         # Claimed under a lease: no other attempt of these jobs is sending meanwhile (see JOB_READS_FRESH_S).
         known = await store.deliveries_of(keys)
         preloaded: dict[tuple[Any, ...], Any] = {}

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.envelope import ERROR_KINDS
+
 KEY = re.compile(r"^[a-zA-Z0-9.\-_]+$")
 """What the AsyncAPI specification allows as a key of ``components``."""
 KAFKA_BINDINGS = "0.5.0"
@@ -49,9 +51,7 @@ DLQ_HEADERS: dict[str, Any] = {
     "description": "The original record's headers, byte for byte, and these.",
     "properties": {
         "dlq-service": {"type": "string", "description": "the service that set the record aside"},
-        "dlq-error-kind": {"type": "string", "enum": [
-            "unparseable", "not_cloudevent", "unknown_type", "schema_invalid", "oversized", "invalid_transition",
-            "unknown_aggregate", "unusable_content"]},
+        "dlq-error-kind": {"type": "string", "enum": list(ERROR_KINDS)},
         "dlq-reason": {"type": "string", "description": "what is wrong, naming the field (never a secret)"},
         "dlq-original-topic": {"type": "string"},
         "dlq-original-partition": {"type": "string", "description": "a decimal number"},

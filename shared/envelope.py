@@ -135,9 +135,8 @@ def with_string_rules(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     result = dict(schema)
-    for section in ("$defs",):
-        if section in result:
-            result[section] = walk(result[section])
+    if "$defs" in result:
+        result["$defs"] = walk(result["$defs"])
     if "data" in result.get("properties", {}):
         result["properties"] = {**result["properties"], "data": walk(result["properties"]["data"])}
     return result
