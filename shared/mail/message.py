@@ -46,6 +46,9 @@ def usable_address(address: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMail:
+    """One message to one recipient, ready for SMTP's DATA as it is: CRLF line endings, ending in CRLF,
+    no line starting with a dot (dot-stuffed, RFC 5321 4.5.2), plain ASCII envelope addresses."""
+
     sender: str
     recipient: str
     data: bytes
@@ -118,4 +121,6 @@ def build_message(
             f"--{boundary}--\r\n".encode("ascii"),
         ]
     )
+    # Headers, base64 lines and boundaries never start with a dot; should one ever, it is stuffed here.
+    data = data.replace(b"\n.", b"\n..")
     return OutgoingMail(sender=sender_address, recipient=recipient_address, data=data, message_id=message_id)

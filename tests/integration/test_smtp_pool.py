@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
 from ops.broker import free_port
-from shared.mail.message import OutgoingMail
+from shared.mail.message import OutgoingMail, build_message
 from shared.mail.smtp import Accepted, Refused, SmtpConfig, SmtpPool, TransientSmtpError
 from tests.support.smtp import SmtpServer
 
@@ -38,6 +39,43 @@ async def test_accepted_and_connections_are_reused(smtp: SmtpServer) -> None:
         assert all(isinstance(r, Accepted) for r in results)
         assert len(smtp.messages) == 10
         assert len(pool._idle) <= 2
+    finally:
+        await pool.close()
+
+
+async def test_the_message_arrives_byte_for_byte_with_its_size(smtp: SmtpServer) -> None:
+    """Messages are written as built (no second pass over them); lines starting with a dot were stuffed."""
+    built = build_message(sender="CustomerSource <noreply@customersource.example>", recipient_name="Jane",
+                          recipient_address="jane@contoso.example", subject="Hello", text="Hi\n.\n..hidden\n",
+                          html="<p>Hi</p>", language="en", message_id="m1@customersource.example",
+                          date=datetime(2026, 12, 1, tzinfo=UTC), extra_headers={})
+    stuffed = OutgoingMail(sender=MAIL.sender, recipient=MAIL.recipient, message_id="m2@x",
+                           data=b"Subject: dots\r\n\r\n..\r\n..x\r\n")
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port))
+    try:
+        assert isinstance(await pool.send(built), Accepted)
+        assert isinstance(await pool.send(stuffed), Accepted)
+    finally:
+        await pool.close()
+    assert smtp.messages[0].data == built.data
+    assert smtp.messages[0].message.get_body(("plain",)).get_content() == "Hi\r\n.\r\n..hidden\r\n"
+    assert smtp.messages[1].data == b"Subject: dots\r\n\r\n.\r\n.x\r\n"
+    assert smtp.handler.mail_options[0] == [f"SIZE={len(built.data)}"]
+    assert (smtp.messages[0].envelope_from, smtp.messages[0].rcpt_tos) == ("noreply@customersource.example",
+                                                                           ["jane@contoso.example"])
+
+
+async def test_a_message_refused_after_its_content_is_final_or_transient_by_code(smtp: SmtpServer) -> None:
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port))
+    try:
+        smtp.handler.refuse_data = 554
+        refused = await pool.send(MAIL)
+        assert isinstance(refused, Refused) and refused.code == 554
+        smtp.handler.refuse_data = 452
+        with pytest.raises(TransientSmtpError):
+            await pool.send(MAIL)
+        smtp.handler.refuse_data = None
+        assert isinstance(await pool.send(MAIL), Accepted)
     finally:
         await pool.close()
 

@@ -37,6 +37,8 @@ class RecordingHandler:
         # then refused with 451. Lets a test kill a client while its message is in flight.
         self.hold_for: Callable[[str], bool] | None = None
         self.holding: list[str] = []
+        self.refuse_data: int | None = None  # refuse the message at the end of DATA with this code
+        self.mail_options: list[list[str]] = []
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
@@ -45,6 +47,9 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mail_options.append(list(envelope.mail_options))
+        if self.refuse_data is not None:
+            return f"{self.refuse_data} {'Try again later' if self.refuse_data < 500 else 'Message refused'}"
         held = [a for a in envelope.rcpt_tos if self.hold_for is not None and self.hold_for(a)]
         if held:
             self.holding += held
