@@ -58,7 +58,8 @@ async def test_the_message_arrives_byte_for_byte_with_its_size(smtp: SmtpServer)
     finally:
         await pool.close()
     assert smtp.messages[0].data == built.data
-    assert smtp.messages[0].message.get_body(("plain",)).get_content() == "Hi\r\n.\r\n..hidden\r\n"
+    plain = smtp.messages[0].message.get_body(("plain",))
+    assert plain is not None and plain.get_content() == "Hi\r\n.\r\n..hidden\r\n"
     assert smtp.messages[1].data == b"Subject: dots\r\n\r\n.\r\n.x\r\n"
     assert smtp.handler.mail_options[0] == [f"SIZE={len(built.data)}"]
     assert (smtp.messages[0].envelope_from, smtp.messages[0].rcpt_tos) == ("noreply@customersource.example",
