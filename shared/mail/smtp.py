@@ -161,8 +161,7 @@ class SmtpPool:
             protocol = client.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-            protocol.write(mail.data)
-            protocol.write(b".\r\n")
+            protocol.write(mail.data + b".\r\n")  # one write (a system call): the copy costs far less
             answer = await protocol.read_response(timeout=client.timeout)
             if answer.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPDataError(answer.code, answer.message)
