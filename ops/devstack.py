@@ -320,11 +320,19 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-demo", action="store_true", help="do not publish the demo events")
+    parser.add_argument("--publish-demo", metavar="BOOTSTRAP",
+                        help="only publish the demo events to the services already running on this broker, "
+                             "then exit (the compose file's demo profile)")
     parser.add_argument("--broker", choices=["tansu", "apache-kafka"], default="tansu",
                         help="the local broker (default tansu: it starts at once; apache-kafka needs a JDK 17+ and "
                              "Maven the first time); ignored when KAFKA_BOOTSTRAP_SERVERS is set")
+    args = parser.parse_args()
+    if args.publish_demo:
+        count = asyncio.run(publish_demo(args.publish_demo))
+        print(f"published {count} demo events to {args.publish_demo}")
+        return
     try:
-        asyncio.run(run(parser.parse_args()))
+        asyncio.run(run(args))
     except KeyboardInterrupt:  # Ctrl-C before the system was up: everything was stopped on the way out
         pass
 

@@ -72,3 +72,23 @@ def read(name: str, url: str, timeout: float = 3.0) -> ServiceHealth:
     health.events, health.emails = dict(sorted(events.items())), dict(sorted(emails.items()))
     health.dead_letters, health.retries = dict(sorted(dead_letters.items())), dict(sorted(retries.items()))
     return health
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ops.health --ready URL``: exit 0 when the service at URL answers /readyz with ready, else
+    1 (a container health check for images without curl)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--ready", metavar="URL", required=True, help="the service's base URL")
+    args = parser.parse_args(argv)
+    health = read("service", args.ready.rstrip("/"))
+    if not health.ready:
+        failing = [name for name, ok in health.checks.items() if not ok]
+        print(f"not ready: {health.error or ', '.join(failing) or 'no answer'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

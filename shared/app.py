@@ -199,7 +199,7 @@ def build_service(
             store, clock, jobs,
             gates={kind: functools.partial(gate, caught_up) for kind, gate in spec.job_gates.items()},
             wake=wake_scheduler, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
-            on_pending=lambda n: metrics.scheduled.labels(spec.name).set(n),
+            on_measured=metrics.jobs_waiting,
         )
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
@@ -499,14 +499,19 @@ def _healthz() -> Any:
     return healthz
 
 
+async def readiness(service: Service) -> dict[str, bool]:
+    """What /readyz answers, and the ``customersource_ready`` gauge says at each scrape."""
+    broker_ok = bool(await service.broker.ping(timeout=2.0))
+    store_ok = await service.store.ping()
+    return {"ready": service.started and broker_ok and store_ok, "started": service.started,
+            "broker": broker_ok, "store": store_ok}
+
+
 def _readyz(service: Service) -> Any:
     @get(include_in_schema=False)
     async def readyz(scope: Any) -> AsgiResponse:
-        broker_ok = bool(await service.broker.ping(timeout=2.0))
-        store_ok = await service.store.ping()
-        ready = service.started and broker_ok and store_ok
-        return _json(200 if ready else 503, {"ready": ready, "started": service.started,
-                                             "broker": broker_ok, "store": store_ok})
+        status = await readiness(service)
+        return _json(200 if status["ready"] else 503, status)
 
     return readyz
 
@@ -514,6 +519,8 @@ def _readyz(service: Service) -> Any:
 def _metrics(service: Service) -> Any:
     @get(include_in_schema=False)
     async def metrics(scope: Any) -> AsgiResponse:
+        status = await readiness(service)
+        service.metrics.ready.labels(service.spec.name).set(1 if status["ready"] else 0)
         return AsgiResponse(generate_latest(service.metrics.registry), 200,
                             headers={"content-type": CONTENT_TYPE_LATEST})
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from shared.scheduler import Waiting
 
 
 class Metrics:
@@ -52,6 +54,21 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.overdue = Gauge(
+            "customersource_scheduled_overdue_seconds",
+            "How long the earliest waiting job of each kind is past its due time (0: none is late); an "
+            "escalation, reminder or digest that does not run shows here",
+            ["service", "kind"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "customersource_ready",
+            "1 when the service is ready (as /readyz says: started, broker and database reachable), else 0; "
+            "measured at each scrape",
+            ["service"],
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total
 
         self.unrecorded = Histogram(
             "customersource_accepted_unrecorded_seconds",
@@ -76,3 +93,8 @@ class Metrics:
 
     def output(self, event_type: str) -> None:
         self.output_events.labels(self.service, event_type).inc()
+
+    def jobs_waiting(self, waiting: Waiting) -> None:
+        self.scheduled.labels(self.service).set(waiting.jobs)
+        for kind, seconds in waiting.overdue.items():
+            self.overdue.labels(self.service, kind).set(seconds)

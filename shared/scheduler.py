@@ -108,6 +108,15 @@ async def job_status(connection: AsyncConnection, job_id: str) -> str | None:
     return None if row is None else str(row.status)
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What a scheduler pass found waiting: the pending jobs (all kinds), and for each kind this replica
+    handles, how long its earliest pending job is past its due time (0 when none is due)."""
+
+    jobs: int
+    overdue: Mapping[str, float]
+
+
 CLAIMS_PER_PASS = 200
 """Due jobs claimed (one statement) and run per pass."""
 
@@ -122,7 +131,7 @@ class Scheduler:
         lease: timedelta = timedelta(seconds=120),
         rescan: float = 5.0,
         concurrency: int = 16,
-        on_pending: Callable[[int], None] | None = None,
+        on_measured: Callable[[Waiting], None] | None = None,
         gates: Mapping[str, Gate] | None = None,
         gate_poll: float = 1.0,
         wake: asyncio.Event | None = None,
@@ -135,7 +144,7 @@ class Scheduler:
         self.owner = uuid.uuid4().hex[:16]
         self._wake = wake or asyncio.Event()  # set by whoever knows there is something to run
         self._slots = asyncio.Semaphore(concurrency)
-        self._on_pending = on_pending
+        self._on_measured = on_measured
         self.gates: Mapping[str, Gate] = dict(gates or {})
         self.gate_poll = gate_poll
         self._held_back = 0  # due jobs the gates held back in the last pass
@@ -157,10 +166,10 @@ class Scheduler:
             self._wake.clear()  # cleared before the pass: a wake that comes during it is not lost
             self._gates_opened = False
             try:
+                delay = await self._measure()
                 ran = await self.run_due()
                 if ran:
                     continue
-                delay = await self._sleep_for()
                 if self._held_back:
                     # Due, but held back: look again shortly, or once a gate opens. Not at every job scheduled
                     # meanwhile (a backlog being read schedules many, while its partitions are held back).
@@ -184,22 +193,30 @@ class Scheduler:
             except TimeoutError:
                 return
 
-    async def _sleep_for(self) -> float:
+    async def _measure(self) -> float:
+        """Count the waiting jobs and how late each handled kind's earliest one is (``on_measured``); return
+        how long to sleep before the next of ours can be claimed (at most ``rescan``)."""
         now = self.clock.now()
         # A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a
         # failure, or running on another replica), and only by a replica that handles its kind.
         claimable_at = case((jobs.c.lease_until > jobs.c.due_at, jobs.c.lease_until), else_=jobs.c.due_at)
-        ours = case((jobs.c.kind.in_(list(self.handlers)), claimable_at), else_=None)
         async with self.store.connect() as connection:
-            row = (
-                await connection.execute(select(func.min(ours), func.count()).where(jobs.c.status == "pending"))
-            ).first()
-        pending = int(row[1]) if row else 0
-        if self._on_pending:
-            self._on_pending(pending)
-        if row is None or row[0] is None:
+            rows = (
+                await connection.execute(
+                    select(jobs.c.kind, func.min(claimable_at), func.min(jobs.c.due_at), func.count())
+                    .where(jobs.c.status == "pending").group_by(jobs.c.kind)
+                )
+            ).all()
+        ours = {row[0]: row for row in rows if row[0] in self.handlers}
+        if self._on_measured:
+            self._on_measured(Waiting(
+                jobs=sum(int(row[3]) for row in rows),
+                overdue={kind: max(0.0, (now - ours[kind][2]).total_seconds()) if kind in ours else 0.0
+                         for kind in self.handlers},
+            ))
+        earliest: datetime | None = min((row[1] for row in ours.values()), default=None)
+        if earliest is None:
             return self.rescan
-        earliest: datetime = row[0]
         return max(0.0, min((earliest - now).total_seconds(), self.rescan))
 
     async def run_due(self) -> int:

@@ -39,6 +39,11 @@ async def test_reminders_renewals_and_dead_letters_end_to_end(kafka: str, smtp: 
     for path in ("/healthz", "/readyz", "/metrics", "/asyncapi", "/asyncapi.json"):
         assert service.get(path)[0] == 200, path
     assert {TOPIC, TOPIC + ".dlq", NOTIFICATIONS} <= set(service.json("/asyncapi.json")["channels"])
+    # What the alerts and the dashboard read (deploy/): readiness, the scheduler's lateness, the process.
+    assert service.metric("customersource_ready") == 1
+    await wait_until(lambda: 'customersource_scheduled_overdue_seconds{kind="partner_digest",service="expiry"} 0.0'
+                     in service.get("/metrics")[1].decode(), 30)
+    assert service.metric("process_resident_memory_bytes") > 0
 
     today = datetime.now(UTC).date()
     thirty = plan_nearing_expiry(today + timedelta(days=25), partner=None)

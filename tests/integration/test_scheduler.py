@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.clock import FixedClock, SystemClock
-from shared.scheduler import Job, Scheduler, cancel, job_status, one_by_one, schedule
+from shared.scheduler import Job, Scheduler, Waiting, cancel, job_status, one_by_one, schedule
 from shared.store import Store
 from shared.store import scheduled_jobs as jobs
 from tests.support.waiting import wait_until, wait_until_async
@@ -237,3 +237,20 @@ async def test_two_replicas_claiming_the_same_jobs_at_once_share_them_out(store:
         assert [j.due_at for j in a] == sorted(j.due_at for j in a)
     finally:
         await other.close()
+
+
+async def test_each_pass_says_how_many_jobs_wait_and_how_late_each_kind_is(store: Store) -> None:
+    """What customersource_scheduled_jobs and customersource_scheduled_overdue_seconds show: a job held
+    back past its due time is late by as much, a future one is not, and a kind with nothing due is 0."""
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    await add(store, "late", now - timedelta(minutes=10), now)
+    await add(store, "future", now + timedelta(hours=1), now)
+    measured: list[Waiting] = []
+    scheduler = Scheduler(store, FixedClock(now), {"remind": one_by_one(lambda job: asyncio.sleep(0)),
+                                                   "digest": one_by_one(lambda job: asyncio.sleep(0))},
+                          rescan=3600, gates={"remind": lambda payload: False}, gate_poll=3600,
+                          on_measured=measured.append)
+    async with running(scheduler):
+        await wait_until(lambda: len(measured) >= 1, 10)
+    assert measured[0].jobs == 2
+    assert measured[0].overdue == {"remind": 600.0, "digest": 0.0}
