@@ -20,6 +20,8 @@ The runtime (:mod:`shared.runtime`) applies a plan in one order, always the same
    produced together; every acknowledgement (of steps 2 and 4) awaited before step 5;
 5. ``after``: state changes committed in one transaction with the event's idempotency record (for a
    scheduled job, the job is marked done after it); the scheduler is woken if a job was scheduled.
+   The plans that reach this step together share that transaction (group commit): each one's changes
+   run in its own order, and their rows of one shape (:func:`upsert_row`) are one statement.
 
 A failure in any step stops the plan: the event is processed again from the start (load, decide,
 plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
@@ -40,12 +42,14 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import scheduler as scheduling
 from shared.envelope import Event, events_json_schema
 from shared.mail.mailer import EventRef, NotificationOutcome
 from shared.mail.plan import Notification
+from shared.store import Row, write_rows
 
 log = logging.getLogger("customersource.handling")
 
@@ -55,21 +59,49 @@ DataT = TypeVar("DataT", bound=BaseModel)
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One state change: ``function(connection, *args, **kwargs)`` inside the runtime's transaction.
-    ``schedules``: it schedules a job (the scheduler is woken once it is committed)."""
+    """One state change inside the runtime's transaction: ``function(connection, *args, **kwargs)``, or one
+    ``row`` to upsert (:func:`upsert_row`), which the runtime writes in one statement with the same rows of the
+    plans it applies together. ``schedules``: it schedules a job (the scheduler is woken once it is
+    committed)."""
 
-    function: Callable[..., Awaitable[Any]]
+    function: Callable[..., Awaitable[Any]] | None = None
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     schedules: bool = False
+    row: Row | None = None
 
     async def __call__(self, connection: AsyncConnection) -> Any:
+        if self.row is not None:
+            return await write_rows(connection, [self.row])
+        assert self.function is not None
         return await self.function(connection, *self.args, **self.kwargs)
 
 
 def write(function: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Write:
-    """A state change for a plan: ``write(state.save_profile, profile)``."""
+    """A state change for a plan: ``write(state.revoke_token, token_id, reason, now)``."""
     return Write(function, args, kwargs)
+
+
+def upsert_row(table: Table, values: Mapping[str, Any], keys: Sequence[str], *, ignore: bool = False) -> Write:
+    """A state change that upserts one row (``ignore``: inserts it only if absent); ``state.save_profile(p)``
+    returns one."""
+    return Write(row=Row(table, values, tuple(keys), ignore))
+
+
+async def apply_together(connection: AsyncConnection, changes: Sequence[Write]) -> None:
+    """Changes of different plans (no order among them): the rows of one shape in one statement each, in
+    the order their shapes first appear, then the other changes in turn."""
+    shapes: dict[tuple[Any, ...], list[Row]] = {}
+    others = []
+    for change in changes:
+        if change.row is not None:
+            shapes.setdefault(change.row.shape, []).append(change.row)
+        else:
+            others.append(change)
+    for rows in shapes.values():
+        await write_rows(connection, rows)
+    for change in others:
+        await change(connection)
 
 
 @dataclass(frozen=True, slots=True)

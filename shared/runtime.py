@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
-from shared.handling import Completion, Context, Output, Plan, Write
+from shared.handling import Completion, Context, Output, Plan, Write, apply_together
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
@@ -129,9 +129,10 @@ class Final:
 
 
 async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
-    """The final transactions of several plans as one: each plan's changes in turn, then the idempotency
-    records of all in one statement."""
-    for plan in plans:
-        for change in plan.changes:
-            await change(connection)
+    """The final transactions of several plans as one: every plan's changes in its own order, step by step
+    (the first change of each plan, then the second of each, ...: plans applied together were decided
+    concurrently, with no order among them), each step's rows of one shape in one statement; then the
+    idempotency records of all in one statement."""
+    for step in range(max((len(plan.changes) for plan in plans), default=0)):
+        await apply_together(connection, [plan.changes[step] for plan in plans if step < len(plan.changes)])
     await Store.mark_processed(connection, [plan.done for plan in plans if plan.done is not None])

@@ -58,10 +58,10 @@ class ExpiryHandlers:
         if decision.drop_before is not None:
             changes.append(write(state.forget_before, data.plan_id, decision.drop_before))
         if decision.plan is not None:
-            changes.append(write(state.save_plan, decision.plan, context.now))
+            changes.append(state.save_plan(decision.plan, context.now))
         if decision.bucket is not None:
             mails = self._reminders(data, decision.bucket, decision.remind)
-            changes += [write(state.record_reminder, data.plan_id, data.expires_on, decision.bucket,
+            changes += [state.record_reminder(data.plan_id, data.expires_on, decision.bucket,
                               domain.normalized(contact.email), context.now) for contact in decision.remind]
             if decision.digest_entry and data.partner is not None:
                 changes.append(Write(self._add_to_digest, (data, data.partner, decision.bucket, zone, context.now),
@@ -121,7 +121,7 @@ class ExpiryHandlers:
         if decision.drop_before is not None:
             changes.append(write(state.forget_before, data.plan_id, decision.drop_before))
         if decision.plan is not None:
-            changes.append(write(state.save_plan, decision.plan, context.now))
+            changes.append(state.save_plan(decision.plan, context.now))
         return Plan(after=changes, ignored=decision.ignored)
 
     async def run_digest(self, job: Job, context: Context) -> Plan:

@@ -11,8 +11,9 @@ from sqlalchemy import Column, Date, Index, MetaData, String, Table, Text, delet
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry.domain import Bucket, Entry, PlanState
+from shared.handling import Write, upsert_row
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_ignore, select_in, upsert
+from shared.store import UTCDateTime, create_tables, insert_ignore, select_in
 
 metadata = MetaData()
 
@@ -118,10 +119,10 @@ def _plan(row: Any) -> PlanState:
     return PlanState(row.plan_id, row.account_id, row.expires_on, Bucket(row.narrowest) if row.narrowest else None)
 
 
-async def save_plan(connection: AsyncConnection, plan: PlanState, now: datetime) -> None:
+def save_plan(plan: PlanState, now: datetime) -> Write:
     values = {"plan_id": plan.plan_id, "account_id": plan.account_id, "expires_on": plan.expires_on,
               "narrowest": plan.narrowest.value if plan.narrowest else None, "updated_at": now}
-    await upsert(connection, plans, values, ["plan_id"])
+    return upsert_row(plans, values, ["plan_id"])
 
 
 async def reminded(connection: AsyncConnection, plan_id: str, expires_on: date, bucket: Bucket) -> frozenset[str]:
@@ -145,11 +146,10 @@ async def reminded_many(connection: AsyncConnection, keys: Sequence[tuple[Any, .
     return {key: frozenset(recipients) for key, recipients in found.items()}
 
 
-async def record_reminder(
-    connection: AsyncConnection, plan_id: str, expires_on: date, bucket: Bucket, recipient: str, now: datetime
-) -> None:
-    await insert_ignore(connection, reminders, {"plan_id": plan_id, "expires_on": expires_on,
-                                                "bucket": bucket.value, "recipient": recipient, "sent_at": now})
+def record_reminder(plan_id: str, expires_on: date, bucket: Bucket, recipient: str, now: datetime) -> Write:
+    return upsert_row(reminders, {"plan_id": plan_id, "expires_on": expires_on, "bucket": bucket.value,
+                           "recipient": recipient, "sent_at": now}, ["plan_id", "expires_on", "bucket", "recipient"],
+               ignore=True)
 
 
 async def forget_before(connection: AsyncConnection, plan_id: str, expires_on: date) -> None:

@@ -152,9 +152,9 @@ class InvitationHandlers:
             if decision.issue is not None:
                 # A permanently refused e-mail leaves no live link: the profile stays uninvited.
                 saved = domain.with_token(saved, issued.token_id if issued else None, now)
-            changes.append(write(state.save_profile, saved))
+            changes.append(state.save_profile(saved))
             if issued is not None and decision.issue is not None:
-                changes.append(write(state.record_token, token_id=issued.token_id, profile=saved,
+                changes.append(state.record_token(token_id=issued.token_id, profile=saved,
                                      reason=decision.issue.reason, issued_at=issued.issued_at,
                                      expires_at=issued.expires_at))
         return changes

@@ -10,8 +10,9 @@ from sqlalchemy import Boolean, Column, Index, MetaData, String, Table, and_, de
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.invitations.domain import Profile
+from shared.handling import Write, upsert_row
 from shared.shapes import LocalSite
-from shared.store import UTCDateTime, create_tables, deliveries, select_in, upsert
+from shared.store import UTCDateTime, create_tables, deliveries, select_in
 
 metadata = MetaData()
 
@@ -77,21 +78,13 @@ def _profile(row: Any) -> Profile:
     return Profile(**values)
 
 
-async def save_profile(connection: AsyncConnection, profile: Profile) -> None:
+def save_profile(profile: Profile) -> Write:
     values = {name: getattr(profile, name) for name in Profile.__slots__}
     values["local_site"] = profile.local_site.value
-    await upsert(connection, profiles, values, ["account_id", "professional_id"])
+    return upsert_row(profiles, values, ["account_id", "professional_id"])
 
 
-async def record_token(
-    connection: AsyncConnection,
-    *,
-    token_id: str,
-    profile: Profile,
-    reason: str,
-    issued_at: datetime,
-    expires_at: datetime,
-) -> None:
+def record_token(*, token_id: str, profile: Profile, reason: str, issued_at: datetime, expires_at: datetime) -> Write:
     values = {
         "token_id": token_id,
         "account_id": profile.account_id,
@@ -100,7 +93,7 @@ async def record_token(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
-    await upsert(connection, tokens, values, ["token_id"])
+    return upsert_row(tokens, values, ["token_id"])
 
 
 async def revoke_token(connection: AsyncConnection, token_id: str, reason: str, at: datetime) -> None:
