@@ -23,9 +23,11 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.middlewares import AckPolicy
 from faststream.specification import AsyncAPI
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
@@ -44,6 +46,7 @@ from shared.runtime import PlanRunner
 from shared.scheduler import Job, JobHandler, PassHandler, Scheduler
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
+from shared.tracing import Tracing, provider_from_environment
 
 log = logging.getLogger("customersource.app")
 
@@ -112,6 +115,7 @@ class Service:
     subscriber: Any
     scheduler: Scheduler | None
     drain: float
+    tracing: Tracing
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -137,10 +141,11 @@ class ServiceFactory(Generic[SettingsT]):
         clock: Clock | None = None,
         caught_up: CaughtUp | None = None,
         retry_window: float = 60.0,
+        tracer_provider: TracerProvider | None = None,
     ) -> tuple[AsgiFastStream, Service]:
         settings = settings or load_settings(self.settings_class, self.name)
         return build_service(self.spec(settings), settings, pool=pool, producer=producer, clock=clock,
-                             caught_up=caught_up, retry_window=retry_window)
+                             caught_up=caught_up, retry_window=retry_window, tracer_provider=tracer_provider)
 
     def create_app(self, settings: SettingsT | None = None) -> AsgiFastStream:
         return self.create_service(settings)[0]
@@ -167,10 +172,12 @@ def build_service(
     clock: Clock | None = None,
     caught_up: CaughtUp | None = None,
     retry_window: float = 60.0,
+    tracer_provider: TracerProvider | None = None,
 ) -> tuple[AsgiFastStream, Service]:
-    """Wire a service, each part built once and complete. Tests pass their own SMTP pool, producer, clock
-    or caught-up gate; production passes none."""
+    """Wire a service, each part built once and complete. Tests pass their own SMTP pool, producer, clock,
+    caught-up gate or tracer provider; production passes none (traces follow the OTEL_* variables)."""
     metrics = Metrics(spec.name)
+    tracing = Tracing(spec.name, tracer_provider or provider_from_environment(spec.name))
     clock = clock or SystemClock(settings.TEST_CLOCK_OFFSET_SECONDS)
     store = Store(database_url(settings), component=spec.name, migrations=spec.migrations)
     producer = producer or Outputs(settings)
@@ -183,12 +190,13 @@ def build_service(
     }
     renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
     mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
-                    metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window)
+                    metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window,
+                    tracing=tracing)
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
     wake_scheduler = asyncio.Event()  # set when a job was scheduled
     runner = PlanRunner(service=spec.name, store=store, mailer=mailer, producer=producer, metrics=metrics,
-                        on_scheduled=wake_scheduler.set)
+                        tracing=tracing, on_scheduled=wake_scheduler.set)
     scheduler = None
     if spec.jobs:
         # A job's lease outlasts its longest run (SMTP retries, then recording under database trouble), so
@@ -203,7 +211,7 @@ def build_service(
         )
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
-        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency,
+        max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,
         on_revoke=caught_up.forget,
     )
     lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
@@ -215,7 +223,8 @@ def build_service(
         request_timeout_ms=int((drain + 15 + 5) * 1000),
         security=security(settings),
         client_id=f"customersource-{spec.name}",
-        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=spec.name)],
+        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=spec.name),
+                     *([KafkaTelemetryMiddleware(tracer_provider=tracing.provider)] if tracing.provider else [])],
         logger=logging.getLogger(f"customersource.{spec.name}.faststream"),
         graceful_timeout=drain + 5,
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
@@ -226,7 +235,7 @@ def build_service(
     service = Service(
         spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer, runner=runner,
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
-        subscriber=subscriber, scheduler=scheduler, drain=drain,
+        subscriber=subscriber, scheduler=scheduler, drain=drain, tracing=tracing,
     )
     specification = AsyncAPI(broker, title=spec.title, version="1.0.0", description=spec.description,
                              schema_version="3.0.0")
@@ -458,6 +467,7 @@ async def _stop(service: Service) -> None:
     await service.pool.close()
     await service.producer.stop()
     await service.store.close()
+    service.tracing.shutdown()  # the spans still buffered are exported
     log.info("service stopped")
 
 

@@ -33,6 +33,7 @@ from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
 from shared.store import EventKey, EventState, ProcessedMark, StaleState, Store, is_database_outage
+from shared.tracing import Tracing
 
 log = logging.getLogger("customersource.batches")
 
@@ -153,6 +154,7 @@ class BatchProcessor:
         clock: Clock,
         max_message_bytes: int,
         concurrency: int = 32,
+        tracing: Tracing | None = None,
         on_revoke: Callable[[], None] = lambda: None,
     ) -> None:
         self.router = router
@@ -163,6 +165,7 @@ class BatchProcessor:
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self.concurrency = concurrency
+        self.tracing = tracing or Tracing(router.service, None)
         self.on_revoke = on_revoke  # called as partitions are taken away
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
@@ -219,9 +222,11 @@ class BatchProcessor:
                         unfinished = True
                         return
                     try:
-                        # Only the aggregate's first record of the batch may use what was read with it.
-                        await self.process_record(record, prepared[id(record)], states, known,
-                                                  preloaded if record is group[0] else {})
+                        with self.tracing.event(prepared[id(record)].event_type, record.topic, record.partition,
+                                                record.offset, record.headers):
+                            # Only the aggregate's first record of the batch may use what was read with it.
+                            await self.process_record(record, prepared[id(record)], states, known,
+                                                      preloaded if record is group[0] else {})
                     except BaseException:
                         stop.set()
                         raise

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.tracing import TraceIds
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _TOKEN_PATTERNS = [
     re.compile(r"(token=)[^&\s\"'<>]+", re.IGNORECASE),
@@ -73,6 +75,7 @@ def configure_logging(service: str, *, secrets: Iterable[str] = (), level: int =
     handler = logging.StreamHandler(sys.stderr)
     redactor = Redactor(secrets)
     handler.addFilter(redactor)
+    handler.addFilter(TraceIds())  # trace_id and span_id on lines written while an event is processed
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

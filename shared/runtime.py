@@ -34,6 +34,7 @@ from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
 from shared.store import GroupCommit, ProcessedMark, Store
+from shared.tracing import Tracing
 
 log = logging.getLogger("customersource.runtime")
 
@@ -58,8 +59,9 @@ class PlanRunner:
     """Applies plans for one service."""
 
     def __init__(self, *, service: str, store: Store, mailer: Mailer, producer: Producer, metrics: Metrics,
-                 on_scheduled: Callable[[], None] = lambda: None) -> None:
+                 tracing: Tracing | None = None, on_scheduled: Callable[[], None] = lambda: None) -> None:
         self.service = service
+        self.tracing = tracing or Tracing(service, None)
         self.store = store
         self.mailer = mailer
         self.producer = producer
@@ -116,8 +118,8 @@ class PlanRunner:
         event_id = deterministic_id(context.cause.source, context.cause.id, event.side_effect, event.recipient)
         value = structured(event_id=event_id, source=f"/customersource/{self.service}", event_type=event.event_type,
                            time=context.now, subject=event.key, data=event.data)
-        return OutputRecord(event.topic, key=event.key, value=value, headers=STRUCTURED_HEADERS,
-                            event_type=event.event_type)
+        return OutputRecord(event.topic, key=event.key, value=value,
+                            headers=STRUCTURED_HEADERS + self.tracing.headers(), event_type=event.event_type)
 
 
 @dataclass(frozen=True, slots=True)

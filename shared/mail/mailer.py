@@ -33,6 +33,7 @@ from shared.mail.render import RenderedMail, Renderer, negotiate_language
 from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
 from shared.metrics import Metrics
 from shared.store import GroupCommit, Store, deliveries, upserts
+from shared.tracing import Tracing
 
 log = logging.getLogger("customersource.mail")
 
@@ -96,8 +97,10 @@ class Mailer:
         base_context: Mapping[str, Any],
         retry_window: float = 60.0,
         max_backoff: float = 10.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
+        self.tracing = tracing or Tracing(service, None)
         self.sender = sender
         self.renderer = renderer
         self.pool = pool
@@ -146,7 +149,9 @@ class Mailer:
             outcome.error = "unusable recipient address"
         else:
             try:
-                answer = await self._send(mail, outcome)
+                with self.tracing.email(note.template) as span:
+                    answer = await self._send(mail, outcome)
+                    self.tracing.outcome(span, "sent" if isinstance(answer, Accepted) else "failed", answer.code)
             except TransientSmtpError as exc:
                 outcome.smtp_code, outcome.error = exc.code, str(exc)
                 await self._record(delivery_id, note.aggregate_id, outcome, state="pending")
@@ -251,5 +256,6 @@ class Mailer:
             subject=aggregate_id,
             data=outcome,
         )
-        return OutputRecord(NOTIFICATIONS_TOPIC, key=aggregate_id, value=value, headers=STRUCTURED_HEADERS,
+        return OutputRecord(NOTIFICATIONS_TOPIC, key=aggregate_id, value=value,
+                            headers=STRUCTURED_HEADERS + self.tracing.headers(),
                             event_type=event_type)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import event as sqlalchemy_event
 
 from shared.app import Service
@@ -52,12 +53,13 @@ class Harness:
         await self.fetch(self.record(event))
         return event
 
-    def record(self, event: dict[str, Any] | bytes, *, partition: int = 0) -> ConsumerRecord[bytes, bytes]:
+    def record(self, event: dict[str, Any] | bytes, *, partition: int = 0,
+               headers: Sequence[tuple[str, bytes]] = ()) -> ConsumerRecord[bytes, bytes]:
         """The next record of the input topic's ``partition`` carrying ``event`` (structured mode)."""
         value = event if isinstance(event, bytes) else json.dumps(event).encode()
         key = str(json.loads(value)["data"][self.key_field]).encode()
         return self.kafka.append(self.topic, partition, key, value,
-                                 [("content-type", b"application/cloudevents+json")])
+                                 [("content-type", b"application/cloudevents+json"), *headers])
 
     async def fetch(self, *records: ConsumerRecord[bytes, bytes]) -> None:
         """Hand the records to the service as one fetched batch (they are committed, or rewound)."""
@@ -109,12 +111,12 @@ def text_of(message: EmailMessage) -> str:
 @contextlib.asynccontextmanager
 async def service_harness(
     create_service: Callable[..., tuple[Any, Service]], settings_class: type[ServiceSettings], tmp_path: Path, *,
-    now: datetime, topic: str, key_field: str, **settings: Any,
+    now: datetime, topic: str, key_field: str, tracer_provider: TracerProvider | None = None, **settings: Any,
 ) -> AsyncIterator[Harness]:
     values = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/service.db", **settings}
     pool, outputs, clock, caught_up = FakePool(), FakeOutputs(), FixedClock(now), CaughtUp()
     _, service = create_service(settings_class(**values), pool=pool, producer=outputs, clock=clock,
-                                caught_up=caught_up, retry_window=0.3)
+                                caught_up=caught_up, retry_window=0.3, tracer_provider=tracer_provider)
     await service.store.migrate()
     try:
         yield Harness(FakeKafka(topic), service, pool, outputs, clock, caught_up, topic, key_field)
