@@ -155,6 +155,31 @@ class Preload:
     read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
 
 
+@dataclass(slots=True)
+class Claim:
+    """A claim (:meth:`Context.claim`) waiting for its group's transaction, then what it returned."""
+
+    function: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    value: Any = None
+
+
+async def run_claims(connection: AsyncConnection, claims: list[Claim]) -> None:
+    """A group of claims in one transaction: each in turn, its value kept for its writer."""
+    for claim in claims:
+        claim.value = await claim.function(connection, *claim.args, **claim.kwargs)
+
+
+W = TypeVar("W", contravariant=True)
+
+
+class Writes(Protocol[W]):
+    """Group-committed writes (a :class:`shared.store.GroupCommit`): ``write`` returns once committed."""
+
+    async def write(self, item: W) -> None: ...
+
+
 class Reads(Protocol):
     """The store, as a handler's load step uses it."""
 
@@ -172,6 +197,7 @@ class Context:
     cause: EventRef
     now: datetime
     store: Reads
+    claims: Writes[Claim]
     partition: int | None = None
     preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] = field(default_factory=dict)
 
@@ -185,10 +211,13 @@ class Context:
             return await function(connection, *args, **kwargs)
 
     async def claim(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Load with a claim, committed in a transaction of its own before the plan is made (the one
-        escalation of a post, a reminder, a digest's entries): a concurrent attempt sees it taken."""
-        async with self.store.transaction() as connection:
-            return await function(connection, *args, **kwargs)
+        """Load with a claim, committed before the plan is made (the one escalation of a post, a reminder, a
+        digest's entries): a concurrent attempt sees it taken. Claims made at the same time share a
+        transaction (group commit), each run in turn as if alone; one that fails is tried again alone."""
+        claim = Claim(function, args, kwargs)
+        await self.claims.write(claim)
+        value: T = claim.value
+        return value
 
     def schedule(self, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
                  payload: Mapping[str, Any], caused_by_event: bool = True) -> Write:

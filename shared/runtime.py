@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
-from shared.handling import Completion, Context, Output, Plan, Write, apply_together
+from shared.handling import Claim, Completion, Context, Output, Plan, Write, apply_together, run_claims
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
@@ -69,10 +69,13 @@ class PlanRunner:
         self.on_scheduled = on_scheduled
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
                                                                 name="final-changes")
+        self._claims: GroupCommit[Claim] = GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S,
+                                                       name="claims")
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
-        return Context(cause=cause, now=now, store=self.store, partition=partition, preloaded=preloaded or {})
+        return Context(cause=cause, now=now, store=self.store, claims=self._claims, partition=partition,
+                       preloaded=preloaded or {})
 
     async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
                     done: ProcessedMark | None = None) -> str:
