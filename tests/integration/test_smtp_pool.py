@@ -66,31 +66,20 @@ async def test_the_message_arrives_byte_for_byte_with_its_size(smtp: SmtpServer)
                                                                            ["jane@contoso.example"])
 
 
-async def test_a_message_refused_after_its_content_is_final_or_transient_by_code(smtp: SmtpServer) -> None:
+@pytest.mark.parametrize(("stage", "final", "transient"), [("refuse_code", 550, 451), ("refuse_data", 554, 452)],
+                         ids=["at RCPT", "after the content"])
+async def test_refusals_are_final_or_transient_by_code(smtp: SmtpServer, stage: str, final: int,
+                                                       transient: int) -> None:
     pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port))
     try:
-        smtp.handler.refuse_data = 554
+        setattr(smtp.handler, stage, final)
         refused = await pool.send(MAIL)
-        assert isinstance(refused, Refused) and refused.code == 554
-        smtp.handler.refuse_data = 452
-        with pytest.raises(TransientSmtpError):
-            await pool.send(MAIL)
-        smtp.handler.refuse_data = None
-        assert isinstance(await pool.send(MAIL), Accepted)
-    finally:
-        await pool.close()
-
-
-async def test_recipient_refusals_are_final_or_transient_by_code(smtp: SmtpServer) -> None:
-    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=smtp.port))
-    try:
-        smtp.handler.refuse_code = 550
-        assert isinstance(await pool.send(MAIL), Refused)
+        assert isinstance(refused, Refused) and refused.code == final
         assert len(pool._idle) == 1, "a final refusal keeps the connection for the next message"
-        smtp.handler.refuse_code = 451
+        setattr(smtp.handler, stage, transient)
         with pytest.raises(TransientSmtpError):
             await pool.send(MAIL)
-        smtp.handler.refuse_code = None
+        setattr(smtp.handler, stage, None)
         assert isinstance(await pool.send(MAIL), Accepted)
     finally:
         await pool.close()
