@@ -338,8 +338,9 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
             if fresh and preload is not None and args in preloaded:  # only the first job with these reads
                 ahead = {(preload.read, args): preloaded.pop(args)}
             context = runner.context(ref, clock.now(), preloaded=ahead)
-            plan = await function(job, context)
-            await runner.apply(plan, context, known=known.get((ref.source, ref.id)) if fresh else None)
+            with runner.tracing.job(job.kind, job.job_id):
+                plan = await function(job, context)
+                await runner.apply(plan, context, known=known.get((ref.source, ref.id)) if fresh else None)
 
         return run
 

@@ -4,8 +4,9 @@ events and its log lines.
 An input record's ``traceparent`` (and ``tracestate``) Kafka headers are the parent of a span per event
 (``process <type>``, kind CONSUMER); each e-mail is a child span (``smtp <template>``, kind CLIENT), and
 each output event and audit event carries the context on as its own ``traceparent`` header. Dead letters
-keep the original headers, ``traceparent`` included. Log lines written while an event is processed carry
-``trace_id`` and ``span_id``. FastStream's Kafka telemetry middleware adds a span per fetched batch.
+keep the original headers, ``traceparent`` included. A scheduled job's run is a span of its own (``job
+<kind>``), its e-mails and events under it. Log lines written meanwhile carry ``trace_id`` and
+``span_id``. FastStream's Kafka telemetry middleware adds a span per fetched batch.
 
 Off by default, and then free but for a check per event. On when the standard variables ask for it:
 ``OTEL_TRACES_EXPORTER=otlp`` or an ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
@@ -99,6 +100,18 @@ class Tracing:
         with self._tracer.start_as_current_span(f"process {event_type}", context=parent, kind=SpanKind.CONSUMER,
                                                 attributes=attributes, record_exception=False,
                                                 set_status_on_exception=False):
+            yield
+
+    @contextlib.contextmanager
+    def job(self, kind: str, job_id: str) -> Iterator[None]:
+        """The span of one scheduled job's run (a trace of its own: the event that scheduled it may be days old)."""
+        if self._tracer is None:
+            yield
+            return
+        with self._tracer.start_as_current_span(f"job {kind}", kind=SpanKind.INTERNAL,
+                                                attributes={"customersource.job.kind": kind,
+                                                            "customersource.job.id": job_id},
+                                                record_exception=False, set_status_on_exception=False):
             yield
 
     @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,14 @@ from opentelemetry.trace import SpanKind
 from services.invitations.app import create_service
 from services.invitations.contracts import ADDED, TOPIC
 from services.invitations.settings import InvitationSettings
+from services.support.app import create_service as create_support
+from services.support.contracts import POST_CREATED
+from services.support.contracts import TOPIC as SUPPORT_TOPIC
+from services.support.settings import SupportSettings
 from shared.tracing import TraceIds, Tracing, provider_from_environment
 from tests.support.harness import Harness, service_harness
 from tests.support.kafka import cloudevent
-from tests.support.samples import professional_added
+from tests.support.samples import post_created, professional_added
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -126,3 +130,18 @@ def test_the_exporter_is_off_unless_the_standard_variables_ask(environ: dict[str
 def test_an_unknown_exporter_is_refused() -> None:
     with pytest.raises(ValueError, match="zipkin"):
         provider_from_environment("invitations", {"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+async def test_a_scheduled_jobs_emails_are_under_its_span(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with service_harness(create_support, SupportSettings, tmp_path, now=NOW, topic=SUPPORT_TOPIC,
+                               key_field="post_id", SUPPORT_ESCALATION_EMAIL="support@example.com",
+                               tracer_provider=provider) as harness:
+        harness.caught_up.update({0})  # the job's gate: its partition is caught up
+        await harness.fetch(harness.record(cloudevent(POST_CREATED, post_created(NOW))))
+        assert await harness.run_jobs_at(NOW + timedelta(days=10)) == 1
+    spans = exporter.get_finished_spans()
+    job = by_name(spans, "job ")
+    mails = [s for s in spans if s.name.startswith("smtp ")]
+    assert len(mails) == 2 and all(m.parent is not None and m.parent.span_id == job.context.span_id for m in mails)
