@@ -82,10 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--ready", metavar="URL", required=True, help="the service's base URL")
     args = parser.parse_args(argv)
-    health = read("service", args.ready.rstrip("/"))
-    if not health.ready:
-        failing = [name for name, ok in health.checks.items() if not ok]
-        print(f"not ready: {health.error or ', '.join(failing) or 'no answer'}")
+    url = args.ready.rstrip("/") + "/readyz"
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=4) as response:
+                status = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            status = json.loads(exc.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        print(f"not ready: {url}: {exc}")
+        return 1
+    if not status.get("ready"):
+        print("not ready: " + (", ".join(k for k, v in status.items() if k != "ready" and not v) or "no answer"))
         return 1
     return 0
 

@@ -212,8 +212,9 @@ class Context:
 
     async def claim(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Load with a claim, committed before the plan is made (the one escalation of a post, a reminder, a
-        digest's entries): a concurrent attempt sees it taken. Claims made at the same time share a
-        transaction (group commit), each run in turn as if alone; one that fails is tried again alone."""
+        digest's entries): a concurrent attempt sees it taken. On SQLite, claims made at the same time share
+        a transaction (group commit), each run in turn as if alone, one that fails tried again alone; on
+        PostgreSQL each commits in a transaction of its own."""
         claim = Claim(function, args, kwargs)
         await self.claims.write(claim)
         value: T = claim.value

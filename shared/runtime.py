@@ -23,12 +23,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
-from shared.handling import Claim, Completion, Context, Output, Plan, Write, apply_together, run_claims
+from shared.handling import Claim, Completion, Context, Output, Plan, Write, Writes, apply_together, run_claims
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
@@ -68,9 +68,12 @@ class PlanRunner:
         self.metrics = metrics
         self.on_scheduled = on_scheduled
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
-                                                                name="final-changes")
-        self._claims: GroupCommit[Claim] = GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S,
-                                                       name="claims")
+                                                      name="final-changes", light=rows_only)
+        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one; on PostgreSQL
+        # each has its own, short, transaction: a group would hold every claim's row locks until the last
+        # one is done (deadlocks with the final changes, and one slow lock stalling the others).
+        self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
+                                       if store.is_sqlite else OwnTransactions(store, run_claims))
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
@@ -133,11 +136,43 @@ class Final:
     done: ProcessedMark | None
 
 
+class OwnTransactions(Generic[T]):
+    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own."""
+
+    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]]) -> None:
+        self.store = store
+        self.apply = apply
+
+    async def write(self, item: T) -> None:
+        async with self.store.transaction() as connection:
+            await self.apply(connection, [item])
+
+
+def rows_only(plan: Final) -> bool:
+    """A plan whose final changes are all row writes (:func:`shared.handling.upsert_row`)."""
+    return all(change.row is not None for change in plan.changes)
+
+
+def _disjoint(plans: list[Final]) -> bool:
+    """Plans of row writes only, no row written by two of them: any interleaving gives what one after the
+    other gives."""
+    rows = [change.row for plan in plans for change in plan.changes]
+    if any(row is None for row in rows):
+        return False
+    keys = [(row.table.name, tuple(row.values[k] for k in row.keys)) for row in rows if row is not None]
+    return len(set(keys)) == len(keys) or len(plans) == 1
+
+
 async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
-    """The final transactions of several plans as one: every plan's changes in its own order, step by step
-    (the first change of each plan, then the second of each, ...: plans applied together were decided
-    concurrently, with no order among them), each step's rows of one shape in one statement; then the
-    idempotency records of all in one statement."""
-    for step in range(max((len(plan.changes) for plan in plans), default=0)):
-        await apply_together(connection, [plan.changes[step] for plan in plans if step < len(plan.changes)])
+    """The final transactions of several plans as one, then the idempotency records of all in one statement.
+    Plans of row writes only, none writing another's rows, are applied step by step (the first change of
+    each plan, then the second of each, ...), each step's rows of one shape in one statement; any other
+    group, plan after plan in the order they came."""
+    if _disjoint(plans):
+        for step in range(max((len(plan.changes) for plan in plans), default=0)):
+            await apply_together(connection, [plan.changes[step] for plan in plans if step < len(plan.changes)])
+    else:
+        for plan in plans:
+            for change in plan.changes:
+                await change(connection)
     await Store.mark_processed(connection, [plan.done for plan in plans if plan.done is not None])

@@ -117,6 +117,9 @@ class Waiting:
     overdue: Mapping[str, float]
 
 
+MEASURE_EVERY_S = 1.0
+"""While passes run jobs back to back, how often the waiting jobs are counted (a scan of the pending ones)."""
+
 CLAIMS_PER_PASS = 200
 """Due jobs claimed (one statement) and run per pass."""
 
@@ -150,6 +153,7 @@ class Scheduler:
         self._held_back = 0  # due jobs the gates held back in the last pass
         self._done: GroupCommit[str] = GroupCommit(store, self._mark_done, name="jobs-done")
         self._gates_opened = False  # since the last pass
+        self._measured_at = 0.0  # monotonic time of the last _measure
 
     def wake(self) -> None:
         """Look at the table now: something was scheduled."""
@@ -166,10 +170,12 @@ class Scheduler:
             self._wake.clear()  # cleared before the pass: a wake that comes during it is not lost
             self._gates_opened = False
             try:
-                delay = await self._measure()
                 ran = await self.run_due()
                 if ran:
+                    if time.monotonic() - self._measured_at >= MEASURE_EVERY_S:  # busy: at most once a second
+                        await self._measure()
                     continue
+                delay = await self._measure()
                 if self._held_back:
                     # Due, but held back: look again shortly, or once a gate opens. Not at every job scheduled
                     # meanwhile (a backlog being read schedules many, while its partitions are held back).
@@ -207,6 +213,7 @@ class Scheduler:
                     .where(jobs.c.status == "pending").group_by(jobs.c.kind)
                 )
             ).all()
+        self._measured_at = time.monotonic()
         ours = {row[0]: row for row in rows if row[0] in self.handlers}
         if self._on_measured:
             self._on_measured(Waiting(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import fcntl
 import functools
 import hashlib
@@ -359,8 +360,8 @@ as soon as an urgent writer (an accepted e-mail's outcome) waits; the rest goes 
 
 
 SQLITE_CHUNK = 8
-"""On SQLite, a non-urgent group is applied this many items at a time, checking between chunks for an urgent
-writer (see PREEMPT_AFTER_S)."""
+"""On SQLite, a non-urgent group's light items (see GroupCommit) are applied this many at a time, checking
+between chunks for an urgent writer (see PREEMPT_AFTER_S)."""
 
 
 class GroupCommit(Generic[T]):
@@ -371,9 +372,11 @@ class GroupCommit(Generic[T]):
     fails only its own writer. ``urgent``: on SQLite, the transaction goes ahead of ordinary writers."""
 
     def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]], *,
-                 window: float = 0.002, max_items: int = 64, urgent: bool = False, name: str = "writes") -> None:
+                 window: float = 0.002, max_items: int = 64, urgent: bool = False, name: str = "writes",
+                 light: Callable[[T], bool] = lambda item: False) -> None:
         self.store = store
         self.apply = apply
+        self.light = light  # on SQLite, such items are applied up to SQLITE_CHUNK at a time (few statements)
         self.window = window
         self.max_items = max_items
         self.urgent = urgent
@@ -385,7 +388,9 @@ class GroupCommit(Generic[T]):
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, committed))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=f"group-commit-{self.name}")
+            # In a context of its own: not the first writer's (its trace span, say), since it writes for all.
+            self._flusher = asyncio.create_task(self._flush(), name=f"group-commit-{self.name}",
+                                                context=contextvars.Context())
         await committed
 
     async def _flush(self) -> None:
@@ -422,12 +427,15 @@ class GroupCommit(Generic[T]):
                 await self.apply(connection, items)
                 return len(items)
             started = time.monotonic()
-            # A few items at a time: an urgent writer waits for at most one chunk past PREEMPT_AFTER_S. A chunk
-            # is a few statements (``apply`` writes its items' rows of one shape together), about what one
-            # plan's changes took when each was its own statement.
+            # Item by item, or a few ``light`` items at a time (``apply`` writes their rows of one shape as one
+            # statement: a chunk is about as many statements as one item alone): an urgent writer waits for at
+            # most one item's or chunk's statements past PREEMPT_AFTER_S.
             done = 0
             while done < len(items):
-                chunk = items[done:done + SQLITE_CHUNK]
+                chunk = items[done:done + 1]
+                while (len(chunk) < SQLITE_CHUNK and done + len(chunk) < len(items)
+                       and self.light(chunk[0]) and self.light(items[done + len(chunk)])):
+                    chunk = items[done:done + len(chunk) + 1]
                 await self.apply(connection, chunk)
                 done += len(chunk)
                 if (done < len(items) and self.store.urgent_waiting()

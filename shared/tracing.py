@@ -35,6 +35,9 @@ Headers = Sequence[tuple[str, bytes]]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CONTEXT_HEADERS = ("traceparent", "tracestate")
+# W3C Trace Context: a version-00 traceparent is 55 characters; tracestate is at most 32 members of 256 at
+# most, and propagators may drop it past 512. Anything longer is ignored before the SDK parses (and logs) it.
+_LONGEST = {"traceparent": 55, "tracestate": 512}
 
 
 class _KafkaHeaders(Getter[Headers]):
@@ -43,7 +46,7 @@ class _KafkaHeaders(Getter[Headers]):
     def get(self, carrier: Headers, key: str) -> list[str] | None:
         values = []
         for name, value in carrier:
-            if name == key and value:
+            if name == key and value and len(value) <= _LONGEST[key]:  # longer: not W3C, and never logged
                 try:
                     values.append(value.decode("ascii"))
                 except UnicodeDecodeError:

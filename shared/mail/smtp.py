@@ -85,7 +85,7 @@ class SmtpPool:
         )
         try:
             await client.connect()
-            if client.is_ehlo_or_helo_needed:  # (STARTTLS has said EHLO already) before the first MAIL
+            if client.is_ehlo_or_helo_needed:  # before the first MAIL (connect's STARTTLS may have said it)
                 try:
                     await client.ehlo()
                 except aiosmtplib.SMTPHeloError:
@@ -166,7 +166,10 @@ class SmtpPool:
             if answer.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPDataError(answer.code, answer.message)
             return answer
-        except aiosmtplib.SMTPResponseException:
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == SMTPStatus.domain_unavailable:  # 421: the server is closing the session
+                client.close()
+                raise
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
                 await client.rset()
             raise

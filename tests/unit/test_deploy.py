@@ -81,7 +81,8 @@ def containers(pod: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # --- the manifests are valid -------------------------------------------------------------------------
 
 CRDS = {"ScaledObject": "keda.sh_scaledobjects.yaml", "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",
-        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+        "PodMonitor": "monitoring.coreos.com_podmonitors.yaml"}
 
 
 @pytest.mark.parametrize("folder", [BASE, PRODUCTION], ids=["base", "production"])
@@ -232,6 +233,26 @@ def test_autoscaling_follows_the_consumer_groups_and_partitions(production: list
         assert trigger["metadata"]["topic"] == topic
         assert trigger["metadata"]["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"]
         assert trigger["authenticationRef"]["name"] in of_kind(production, "TriggerAuthentication")
+
+
+def test_every_service_is_scraped_on_the_port_its_probes_use(production: list[dict[str, Any]]) -> None:
+    [monitor] = of_kind(production, "PodMonitor").values()
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    [names] = [e["values"] for e in monitor["spec"]["selector"]["matchExpressions"]
+               if e["key"] == "app.kubernetes.io/name"]
+    assert set(names) == set(SERVICES)
+    for deployment in of_kind(production, "Deployment").values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+
+
+@pytest.mark.parametrize("module", ["ops.topics", "ops.health", "ops.demo", *(f"services.{n}" for n in SERVICES)])
+def test_what_the_image_runs_needs_no_local_extra(module: str) -> None:
+    """The image installs the package without the `local` extra (no aiosmtpd, no Tansu binary)."""
+    code = f"import sys; sys.modules['aiosmtpd'] = sys.modules['calfkit'] = None; import {module}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_topics_are_created_by_one_command_from_the_contract_list(production: list[dict[str, Any]]) -> None:
