@@ -20,8 +20,9 @@ The runtime (:mod:`shared.runtime`) applies a plan in one order, always the same
    produced together; every acknowledgement (of steps 2 and 4) awaited before step 5;
 5. ``after``: state changes committed in one transaction with the event's idempotency record (for a
    scheduled job, the job is marked done after it); the scheduler is woken if a job was scheduled.
-   The plans that reach this step together share that transaction (group commit): each one's changes
-   run in its own order, and their rows of one shape (:func:`upsert_row`) are one statement.
+   The plans that reach this step together share that transaction (group commit), each one's changes
+   in its own order; when all their changes are rows (:func:`upsert_row`) and none writes another's, the
+   rows of one shape are one statement.
 
 A failure in any step stops the plan: the event is processed again from the start (load, decide,
 plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
@@ -86,22 +87,6 @@ def upsert_row(table: Table, values: Mapping[str, Any], keys: Sequence[str], *, 
     """A state change that upserts one row (``ignore``: inserts it only if absent); ``state.save_profile(p)``
     returns one."""
     return Write(row=Row(table, values, tuple(keys), ignore))
-
-
-async def apply_together(connection: AsyncConnection, changes: Sequence[Write]) -> None:
-    """Changes of different plans (no order among them): the rows of one shape in one statement each, in
-    the order their shapes first appear, then the other changes in turn."""
-    shapes: dict[tuple[Any, ...], list[Row]] = {}
-    others = []
-    for change in changes:
-        if change.row is not None:
-            shapes.setdefault(change.row.shape, []).append(change.row)
-        else:
-            others.append(change)
-    for rows in shapes.values():
-        await write_rows(connection, rows)
-    for change in others:
-        await change(connection)
 
 
 @dataclass(frozen=True, slots=True)

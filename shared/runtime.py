@@ -28,12 +28,12 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
-from shared.handling import Claim, Completion, Context, Output, Plan, Write, Writes, apply_together, run_claims
+from shared.handling import Claim, Completion, Context, Output, Plan, Write, Writes, run_claims
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
-from shared.store import GroupCommit, ProcessedMark, Store
+from shared.store import GroupCommit, ProcessedMark, Row, Store, write_rows
 from shared.tracing import Tracing
 
 log = logging.getLogger("customersource.runtime")
@@ -156,11 +156,11 @@ def rows_only(plan: Final) -> bool:
 def _disjoint(plans: list[Final]) -> bool:
     """Plans of row writes only, no row written by two of them: any interleaving gives what one after the
     other gives."""
-    rows = [change.row for plan in plans for change in plan.changes]
-    if any(row is None for row in rows):
+    if not all(rows_only(plan) for plan in plans):
         return False
-    keys = [(row.table.name, tuple(row.values[k] for k in row.keys)) for row in rows if row is not None]
-    return len(set(keys)) == len(keys) or len(plans) == 1
+    keys = [(change.row.table.name, tuple(change.row.values[k] for k in change.row.keys))
+            for plan in plans for change in plan.changes if change.row is not None]
+    return len(set(keys)) == len(keys)
 
 
 async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
@@ -168,9 +168,14 @@ async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
     Plans of row writes only, none writing another's rows, are applied step by step (the first change of
     each plan, then the second of each, ...), each step's rows of one shape in one statement; any other
     group, plan after plan in the order they came."""
-    if _disjoint(plans):
-        for step in range(max((len(plan.changes) for plan in plans), default=0)):
-            await apply_together(connection, [plan.changes[step] for plan in plans if step < len(plan.changes)])
+    if len(plans) > 1 and _disjoint(plans):
+        for step in range(max(len(plan.changes) for plan in plans)):
+            shapes: dict[tuple[Any, ...], list[Row]] = {}
+            for plan in plans:
+                if step < len(plan.changes) and (row := plan.changes[step].row) is not None:
+                    shapes.setdefault(row.shape, []).append(row)
+            for rows in shapes.values():
+                await write_rows(connection, rows)
     else:
         for plan in plans:
             for change in plan.changes:
