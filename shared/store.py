@@ -432,12 +432,12 @@ class GroupCommit(Generic[T]):
             # most one item's or chunk's statements past PREEMPT_AFTER_S.
             done = 0
             while done < len(items):
-                chunk = items[done:done + 1]
-                while (len(chunk) < SQLITE_CHUNK and done + len(chunk) < len(items)
-                       and self.light(chunk[0]) and self.light(items[done + len(chunk)])):
-                    chunk = items[done:done + len(chunk) + 1]
-                await self.apply(connection, chunk)
-                done += len(chunk)
+                size = 1
+                while (size < SQLITE_CHUNK and done + size < len(items)
+                       and self.light(items[done]) and self.light(items[done + size])):
+                    size += 1
+                await self.apply(connection, items[done:done + size])
+                done += size
                 if (done < len(items) and self.store.urgent_waiting()
                         and time.monotonic() - started >= PREEMPT_AFTER_S):
                     return done

@@ -91,42 +91,40 @@ class Tracing:
         return self._tracer is not None
 
     @contextlib.contextmanager
+    def _span(self, name: str, kind: SpanKind, attributes: dict[str, str | int],
+              parent: otel_context.Context | None = None) -> Iterator[trace.Span | None]:
+        """A span made current for the block (None, and nothing done, when tracing is off). Exceptions are
+        the runtime's to handle (retries, dead letters): not recorded as the span's errors."""
+        if self._tracer is None:
+            yield None
+            return
+        with self._tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes,
+                                                record_exception=False, set_status_on_exception=False) as span:
+            yield span
+
+    @contextlib.contextmanager
     def event(self, event_type: str, topic: str, partition: int, offset: int, headers: Headers) -> Iterator[None]:
         """The span of one input event, child of the record's trace context (a new trace without one)."""
-        if self._tracer is None:
+        if self._tracer is None:  # every record passes here: nothing built when tracing is off
             yield
             return
         parent = _PROPAGATOR.extract(headers, getter=_GETTER)
         attributes: dict[str, str | int] = {"messaging.system": "kafka", "messaging.destination.name": topic,
                       "messaging.kafka.destination.partition": partition, "messaging.kafka.message.offset": offset,
                       "messaging.operation.type": "process", "cloudevents.event_type": event_type}
-        with self._tracer.start_as_current_span(f"process {event_type}", context=parent, kind=SpanKind.CONSUMER,
-                                                attributes=attributes, record_exception=False,
-                                                set_status_on_exception=False):
+        with self._span(f"process {event_type}", SpanKind.CONSUMER, attributes, parent):
             yield
 
     @contextlib.contextmanager
     def job(self, kind: str, job_id: str) -> Iterator[None]:
         """The span of one scheduled job's run (a trace of its own: the event that scheduled it may be days old)."""
-        if self._tracer is None:
-            yield
-            return
-        with self._tracer.start_as_current_span(f"job {kind}", kind=SpanKind.INTERNAL,
-                                                attributes={"customersource.job.kind": kind,
-                                                            "customersource.job.id": job_id},
-                                                record_exception=False, set_status_on_exception=False):
+        with self._span(f"job {kind}", SpanKind.INTERNAL,
+                        {"customersource.job.kind": kind, "customersource.job.id": job_id}):
             yield
 
-    @contextlib.contextmanager
-    def email(self, template: str) -> Iterator[trace.Span | None]:
+    def email(self, template: str) -> contextlib.AbstractContextManager[trace.Span | None]:
         """The span of one e-mail's SMTP send, under the current event's."""
-        if self._tracer is None:
-            yield None
-            return
-        with self._tracer.start_as_current_span(f"smtp {template}", kind=SpanKind.CLIENT,
-                                                attributes={"customersource.template": template},
-                                                record_exception=False, set_status_on_exception=False) as span:
-            yield span
+        return self._span(f"smtp {template}", SpanKind.CLIENT, {"customersource.template": template})
 
     @staticmethod
     def outcome(span: trace.Span | None, outcome: str, smtp_code: int | None) -> None:
