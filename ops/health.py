@@ -3,11 +3,13 @@ from its own consumer: the local broker's end offsets are wrong)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,15 +34,21 @@ class ServiceHealth:
         return sum(lag for _, _, lag in self.lag)
 
 
+def readyz(url: str, timeout: float = 3.0) -> dict[str, Any]:
+    """The service's /readyz answer (503 included); OSError or ValueError when there is none to read."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    status: dict[str, Any] = json.loads(body or b"{}")
+    return status
+
+
 def read(name: str, url: str, timeout: float = 3.0) -> ServiceHealth:
     health = ServiceHealth(name, url)
     try:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-        status = json.loads(body or b"{}")
+        status = readyz(url, timeout)
         health.ready = bool(status.get("ready"))
         health.checks = {k: bool(v) for k, v in status.items() if k != "ready"}
         with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as response:
@@ -77,20 +85,13 @@ def read(name: str, url: str, timeout: float = 3.0) -> ServiceHealth:
 def main(argv: list[str] | None = None) -> int:
     """``python -m ops.health --ready URL``: exit 0 when the service at URL answers /readyz with ready, else
     1 (a container health check for images without curl)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--ready", metavar="URL", required=True, help="the service's base URL")
-    args = parser.parse_args(argv)
-    url = args.ready.rstrip("/") + "/readyz"
+    url = parser.parse_args(argv).ready.rstrip("/")
     try:
-        try:
-            with urllib.request.urlopen(url, timeout=4) as response:
-                status = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            status = json.loads(exc.read() or b"{}")
+        status = readyz(url, timeout=4)
     except (OSError, ValueError) as exc:
-        print(f"not ready: {url}: {exc}")
+        print(f"not ready: {url}/readyz: {exc}")
         return 1
     if not status.get("ready"):
         print("not ready: " + (", ".join(k for k, v in status.items() if k != "ready" and not v) or "no answer"))
