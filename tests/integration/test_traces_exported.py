@@ -62,7 +62,9 @@ async def test_spans_reach_the_otlp_endpoint(kafka: str, smtp: SmtpServer, start
         await publisher.raw(TOPIC, data["professional_id"], json.dumps(cloudevent(ADDED, data)).encode(),
                             [("content-type", b"application/cloudevents+json"), ("traceparent", TRACEPARENT.encode())])
     await smtp.wait_for(lambda: len(smtp.to(data["email"])) == 1, timeout=60)
-    await wait_until(lambda: any(name.startswith("smtp ") for name, _, _ in Receiver.spans), 30,
+    # The e-mail's span ends (and may be exported) before the event's, which encloses it: wait for both.
+    wanted = {f"process {ADDED}", "smtp invitation_professional"}
+    await wait_until(lambda: wanted <= {name for name, _, _ in Receiver.spans}, 30,
                      state=lambda: f"{Receiver.spans}; {service.log_tail(10)}")
     ours = [(name, parent) for name, trace, parent in Receiver.spans if trace == TRACE_ID]
     names = [name for name, _ in ours]
