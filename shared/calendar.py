@@ -32,7 +32,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
+# The registry imports every country's module on the first lookup (over a hundred milliseconds, longer under
+# load): at start-up, not in the middle of the first batch.
 import holidays
+import holidays.countries
 from babel.core import get_global
 
 __all__ = [
