@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -429,6 +430,17 @@ async def store_url(store: str, ctx: Context) -> str:
     return ctx.postgres.url.rsplit("/", 1)[0] + f"/{name}"
 
 
+STORES = ("sqlite", "postgresql")
+
+
+def names(kind: str, known: tuple[str, ...], value: str) -> str:
+    """A comma-separated list of known names (argparse shows the error, with the names it knows)."""
+    unknown = [name for name in (n.strip() for n in value.split(",")) if name and name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {kind} {', '.join(unknown)} (known: {', '.join(known)})")
+    return value
+
+
 async def main(args: argparse.Namespace) -> Report:
     services = [s.strip() for s in args.services.split(",") if s.strip()]
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -514,8 +526,9 @@ def cli() -> None:
     parser.add_argument("--rate", type=int, default=300, help="offered events/s for the latency run (default 300)")
     parser.add_argument("--latency-events", type=int, default=1500,
                         help="events offered in the latency run (0: skip; default 1500)")
-    parser.add_argument("--services", default=",".join(WORKLOADS))
-    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--services", type=functools.partial(names, "service", tuple(WORKLOADS)),
+                        default=",".join(WORKLOADS))
+    parser.add_argument("--stores", type=functools.partial(names, "store", STORES), default=",".join(STORES))
     parser.add_argument("--broker", choices=["tansu", "apache-kafka"], default="tansu")
     parser.add_argument("--connections", type=int, default=16, help="SMTP_MAX_CONNECTIONS and raw SMTP connections")
     parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "latest.json")
