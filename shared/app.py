@@ -43,7 +43,7 @@ from shared.mail.render import Renderer
 from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.scheduler import Job, JobHandler, PassHandler, Scheduler
+from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
 from shared.tracing import Tracing, provider_from_environment
@@ -300,8 +300,8 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
     For a pass's jobs, the deliveries already recorded for their causes are read in one query, and what
     their function reads first (``preload``) in another; a job that starts more than
     :data:`JOB_READS_FRESH_S` after them reads its own. A job whose reads cannot be prepared (say, a payload
-    without the preload's key) fails alone, when it runs. The scheduler marks each job done once its plan
-    is applied."""
+    without the preload's key) fails alone, when it runs. Each job is marked done in its plan's last
+    transaction."""
 
     def cause(job: Job) -> EventRef:
         of = job.payload.get("cause") or {"id": job.job_id, "source": f"/customersource/{service}/scheduler",
@@ -343,7 +343,8 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
             context = runner.context(ref, clock.now(), preloaded=ahead)
             with runner.tracing.job(job.kind, job.job_id):
                 plan = await function(job, context)
-                await runner.apply(plan, context, known=known.get((ref.source, ref.id)) if fresh else None)
+                await runner.apply(plan, context, known=known.get((ref.source, ref.id)) if fresh else None,
+                                   done=JobDone(job.job_id, context.now))
 
         return run
 

@@ -18,11 +18,12 @@ The runtime (:mod:`shared.runtime`) applies a plan in one order, always the same
    invitation's token is recorded only if its e-mail went out);
 4. the events of ``then`` and the ``customersource.notifications`` audit events of the e-mails,
    produced together; every acknowledgement (of steps 2 and 4) awaited before step 5;
-5. ``after``: state changes committed in one transaction with the event's idempotency record (for a
-   scheduled job, the job is marked done after it); the scheduler is woken if a job was scheduled.
+5. ``after``: state changes committed in one transaction with the cause's done mark (the event's
+   idempotency record, or the scheduled job marked done); the scheduler is woken if a job was scheduled.
    The plans that reach this step together share that transaction (group commit), each one's changes
-   in its own order; when all their changes are rows (:func:`upsert_row`) and none writes another's, the
-   rows of one shape are one statement.
+   in its own order; when all their changes are rows (:func:`upsert_row`, :func:`row_statement`, and
+   the jobs of :meth:`Context.schedule` and :meth:`Context.cancel`) and none changes another's, the rows
+   of one shape are one statement.
 
 A failure in any step stops the plan: the event is processed again from the start (load, decide,
 plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
@@ -50,7 +51,7 @@ from shared import scheduler as scheduling
 from shared.envelope import Event, events_json_schema
 from shared.mail.mailer import EventRef, NotificationOutcome
 from shared.mail.plan import Notification
-from shared.store import Row, write_rows
+from shared.store import Row, Statement, write_rows
 
 log = logging.getLogger("customersource.handling")
 
@@ -60,10 +61,10 @@ DataT = TypeVar("DataT", bound=BaseModel)
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One state change inside the runtime's transaction: ``function(connection, *args, **kwargs)``, or one
-    ``row`` to upsert (:func:`upsert_row`), which the runtime writes in one statement with the same rows of the
-    plans it applies together. ``schedules``: it schedules a job (the scheduler is woken once it is
-    committed)."""
+    """One state change inside the runtime's transaction: ``function(connection, *args, **kwargs)``, or the
+    change of one ``row`` (:func:`upsert_row`, :func:`row_statement`), which the runtime writes in one
+    statement with the rows of the same shape of the plans it applies together. ``schedules``: it schedules
+    a job (the scheduler is woken once it is committed)."""
 
     function: Callable[..., Awaitable[Any]] | None = None
     args: tuple[Any, ...] = ()
@@ -87,6 +88,13 @@ def upsert_row(table: Table, values: Mapping[str, Any], keys: Sequence[str], *, 
     """A state change that upserts one row (``ignore``: inserts it only if absent); ``state.save_profile(p)``
     returns one."""
     return Write(row=Row(table, values, tuple(keys), ignore))
+
+
+def row_statement(table: Table, values: Mapping[str, Any], keys: Sequence[str], statement: Statement) -> Write:
+    """A state change that runs a prebuilt ``statement`` (:data:`shared.store.Statement`) with ``values`` as
+    its parameters, changing only the row of ``table`` whose ``keys`` columns have those values: an insert
+    (:func:`shared.store.inserting`), or an update of that row by its key."""
+    return Write(row=Row(table, values, tuple(keys), statement=statement))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +222,12 @@ class Context:
         if caused_by_event:
             payload = {**payload, "cause": {"id": self.cause.id, "source": self.cause.source,
                                             "type": self.cause.type}}
-        return Write(scheduling.schedule, (), {"job_id": job_id, "kind": kind, "aggregate_id": aggregate_id,
-                                               "due_at": due_at, "payload": payload, "now": self.now},
-                     schedules=True)
+        return Write(row=scheduling.schedule_row(job_id=job_id, kind=kind, aggregate_id=aggregate_id, due_at=due_at,
+                                                 payload=payload, now=self.now), schedules=True)
 
     def cancel(self, job_id: str) -> Write:
         """Cancel a pending job, as a state change of the plan."""
-        return Write(scheduling.cancel, (job_id,), {"now": self.now})
+        return Write(row=scheduling.cancel_row(job_id, now=self.now))
 
 
 Handler = Callable[[Event[Any], Context], Awaitable[Plan]]

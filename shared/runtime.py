@@ -7,8 +7,9 @@ The order (the same for every event and every scheduled job):
    ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
 3. ``plan.then(outcomes)``;
 4. the completion's events and the e-mails' audit events, produced together, all acknowledged;
-5. ``plan.after`` and the completion's state changes in one transaction with the idempotency record;
-   then the scheduler is woken if one of them scheduled a job.
+5. ``plan.after`` and the completion's state changes in one transaction with the cause's done mark (the
+   event's idempotency record, or the scheduled job marked done); then the scheduler is woken if one of
+   them scheduled a job.
 
 Step 5 is group-committed: the final changes of plans finishing at the same time (different aggregates
 of one batch, a few milliseconds apart) share one transaction; if it fails, each plan's changes are
@@ -33,6 +34,7 @@ from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
+from shared.scheduler import JobDone, mark_jobs_done
 from shared.store import GroupCommit, ProcessedMark, Row, Store, write_rows
 from shared.tracing import Tracing
 
@@ -81,10 +83,10 @@ class PlanRunner:
                        preloaded=preloaded or {})
 
     async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
-                    done: ProcessedMark | None = None) -> str:
-        """Apply ``plan`` (see the module for the order); ``done`` is the event's idempotency record, written
-        in the last transaction (None for a scheduled job: the scheduler marks it done). ``known``: the
-        deliveries already recorded for the cause, read with its batch.
+                    done: ProcessedMark | JobDone | None = None) -> str:
+        """Apply ``plan`` (see the module for the order); ``done`` is the cause's done mark (the event's
+        idempotency record, or the job's), written in the last transaction. ``known``: the deliveries already
+        recorded for the cause, read with its batch.
         Returns the outcome to count: "processed" or "ignored"."""
         if plan.ignored:
             log.info("event ignored", extra={"event_type": context.cause.type, "event_id": context.cause.id,
@@ -130,10 +132,10 @@ class PlanRunner:
 
 @dataclass(frozen=True, slots=True)
 class Final:
-    """A plan's last transaction: its final changes and its event's idempotency record."""
+    """A plan's last transaction: its final changes and its cause's done mark."""
 
     changes: Sequence[Write]
-    done: ProcessedMark | None
+    done: ProcessedMark | JobDone | None
 
 
 class OwnTransactions(Generic[T]):
@@ -149,25 +151,29 @@ class OwnTransactions(Generic[T]):
 
 
 def rows_only(plan: Final) -> bool:
-    """A plan whose final changes are all row writes (:func:`shared.handling.upsert_row`)."""
+    """A plan whose final changes are all row changes (:class:`shared.store.Row`)."""
     return all(change.row is not None for change in plan.changes)
 
 
 def _disjoint(plans: list[Final]) -> bool:
-    """Plans of row writes only, no row written by two of them: any interleaving gives what one after the
-    other gives."""
+    """Plans of row changes only, no row changed by two of them (each change reads and writes its own row
+    only, and each plan's changes keep their order): any interleaving gives what one after the other gives."""
     if not all(rows_only(plan) for plan in plans):
         return False
-    keys = [(change.row.table.name, tuple(change.row.values[k] for k in change.row.keys))
-            for plan in plans for change in plan.changes if change.row is not None]
-    return len(set(keys)) == len(keys)
+    owners: dict[tuple[str, tuple[Any, ...]], int] = {}
+    for index, plan in enumerate(plans):
+        for change in plan.changes:
+            assert change.row is not None
+            if owners.setdefault(change.row.key, index) != index:
+                return False
+    return True
 
 
 async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
-    """The final transactions of several plans as one, then the idempotency records of all in one statement.
-    Plans of row writes only, none writing another's rows, are applied step by step (the first change of
-    each plan, then the second of each, ...), each step's rows of one shape in one statement; any other
-    group, plan after plan in the order they came."""
+    """The final transactions of several plans as one, then the done marks of all (one statement for the
+    events', one for the jobs'). Plans of row changes only, none changing another's rows, are applied step by
+    step (the first change of each plan, then the second of each, ...), each step's rows of one shape in one
+    statement; any other group, plan after plan in the order they came."""
     if len(plans) > 1 and _disjoint(plans):
         for step in range(max(len(plan.changes) for plan in plans)):
             shapes: dict[tuple[Any, ...], list[Row]] = {}
@@ -180,4 +186,7 @@ async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
         for plan in plans:
             for change in plan.changes:
                 await change(connection)
-    await Store.mark_processed(connection, [plan.done for plan in plans if plan.done is not None])
+    await Store.mark_processed(connection, [plan.done for plan in plans if isinstance(plan.done, ProcessedMark)])
+    jobs = [plan.done for plan in plans if isinstance(plan.done, JobDone)]
+    if jobs:
+        await mark_jobs_done(connection, [job.job_id for job in jobs], max(job.at for job in jobs))

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.store import GroupCommit, Store
+from shared.store import Row, Store, write_rows
 from shared.store import scheduled_jobs as jobs
 
 log = logging.getLogger("customersource.scheduler")
@@ -43,19 +43,34 @@ class Job:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """A job's done mark, as written with its last changes (see :func:`mark_jobs_done`)."""
+
+    job_id: str
+    at: datetime
+
+
 JobHandler = Callable[[Job], Awaitable[None]]
-"""Runs one claimed job."""
+"""Runs one claimed job, and marks it done (:func:`mark_jobs_done`) in the transaction of its last changes: a job
+is done exactly when its effects are committed."""
 
 PassHandler = Callable[[Sequence[Job]], Awaitable[JobHandler]]
 """Prepares the jobs of one kind claimed in a pass (reads what they all need, in one go) and returns what
 runs each of them."""
 
 
-def one_by_one(handler: JobHandler) -> PassHandler:
-    """A kind whose jobs need nothing read in advance."""
+def one_by_one(store: Store, clock: Clock, function: Callable[[Job], Awaitable[None]]) -> PassHandler:
+    """A kind whose jobs need nothing read in advance and change nothing in the store: each is marked done in a
+    transaction of its own once ``function`` returns."""
+
+    async def run(job: Job) -> None:
+        await function(job)
+        async with store.transaction() as connection:
+            await mark_jobs_done(connection, [job.job_id], clock.now())
 
     async def prepare(claimed: Sequence[Job]) -> JobHandler:
-        return handler
+        return run
 
     return prepare
 
@@ -63,6 +78,18 @@ def one_by_one(handler: JobHandler) -> PassHandler:
 Gate = Callable[[Mapping[str, Any]], bool]
 """Whether a due job of some kind may run on this replica now (given its payload): a job held back by its
 gate is not claimed, so the replica that may run it does."""
+
+
+def schedule_row(*, job_id: str, kind: str, aggregate_id: str, due_at: datetime, payload: Mapping[str, Any],
+                 now: datetime) -> Row:
+    """Create or move a pending job, as a row change (:class:`shared.store.Row`). A job already done stays
+    done."""
+    values = {
+        "job_id": job_id, "kind": kind, "aggregate_id": aggregate_id, "due_at": due_at,
+        "payload": json.dumps(payload, default=str), "status": "pending", "claimed_by": None,
+        "lease_until": None, "attempts": 0, "last_error": None, "updated_at": now,
+    }
+    return Row(jobs, values, ("job_id",), statement=_schedule)
 
 
 async def schedule(
@@ -75,13 +102,9 @@ async def schedule(
     payload: Mapping[str, Any],
     now: datetime,
 ) -> None:
-    """Create or move a pending job (inside the caller's transaction). A job already done stays done."""
-    values = {
-        "job_id": job_id, "kind": kind, "aggregate_id": aggregate_id, "due_at": due_at,
-        "payload": json.dumps(payload, default=str), "status": "pending", "claimed_by": None,
-        "lease_until": None, "attempts": 0, "last_error": None, "updated_at": now,
-    }
-    await connection.execute(_schedule(connection.dialect.name), values)
+    """:func:`schedule_row`, inside the caller's transaction."""
+    await write_rows(connection, [schedule_row(job_id=job_id, kind=kind, aggregate_id=aggregate_id, due_at=due_at,
+                                               payload=payload, now=now)])
 
 
 @functools.cache
@@ -94,12 +117,21 @@ def _schedule(dialect_name: str) -> Any:
     )
 
 
+def cancel_row(job_id: str, *, now: datetime) -> Row:
+    """Cancel the job if it is pending, as a row change."""
+    return Row(jobs, {"job": job_id, "at": now}, ("job",), statement=_cancel)
+
+
+@functools.cache
+def _cancel(dialect_name: str) -> Any:
+    return (update(jobs).where(jobs.c.job_id == bindparam("job"), jobs.c.status == "pending")
+            .values(status="cancelled", updated_at=bindparam("at")))
+
+
 async def cancel(connection: AsyncConnection, job_id: str, *, now: datetime) -> bool:
     """Cancel a pending job; True if there was one."""
-    result = await connection.execute(
-        update(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "pending")
-        .values(status="cancelled", updated_at=now)
-    )
+    row = cancel_row(job_id, now=now)
+    result = await connection.execute(_cancel(connection.dialect.name), dict(row.values))
     return bool(result.rowcount)
 
 
@@ -151,7 +183,6 @@ class Scheduler:
         self.gates: Mapping[str, Gate] = dict(gates or {})
         self.gate_poll = gate_poll
         self._held_back = 0  # due jobs the gates held back in the last pass
-        self._done: GroupCommit[str] = GroupCommit(store, self._mark_done, name="jobs-done")
         self._gates_opened = False  # since the last pass
         self._measured_at = 0.0  # monotonic time of the last _measure
 
@@ -294,11 +325,9 @@ class Scheduler:
     async def _execute(self, handler: JobHandler, job: Job) -> None:
         async with self._slots:
             try:
-                await handler(job)
+                await handler(job)  # marks the job done with its last changes
             except Exception as exc:
                 await self._failed(job, exc)
-                return
-        await self._done.write(job.job_id)
 
     async def _failed(self, job: Job, exc: Exception) -> None:
         """Kept, and claimable again after a pause that doubles with each attempt (up to 5 minutes)."""
@@ -312,9 +341,11 @@ class Scheduler:
                 .values(lease_until=self.clock.now() + pause, last_error=error)
             )
 
-    async def _mark_done(self, connection: AsyncConnection, job_ids: list[str]) -> None:
-        """The jobs run (group-committed: one statement for those finished within a few milliseconds)."""
+
+async def mark_jobs_done(connection: AsyncConnection, job_ids: Sequence[str], now: datetime) -> None:
+    """The jobs run (inside the caller's transaction, one statement); a job cancelled meanwhile stays cancelled."""
+    if job_ids:
         await connection.execute(
-            update(jobs).where(jobs.c.job_id.in_(job_ids), jobs.c.status == "pending")
-            .values(status="done", claimed_by=None, lease_until=None, updated_at=self.clock.now())
+            update(jobs).where(jobs.c.job_id.in_(list(job_ids)), jobs.c.status == "pending")
+            .values(status="done", claimed_by=None, lease_until=None, updated_at=now)
         )

@@ -210,30 +210,57 @@ async def upsert_many(connection: AsyncConnection, table: Table, rows: Sequence[
     await connection.execute(statement, list(latest.values()))
 
 
+Statement = Callable[[str], Any]
+"""A prebuilt statement, given the dialect's name (a function cached by its arguments, so that every row
+written with it has the same one)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One row to upsert into ``table`` (``keys``: the conflict target), or with ``ignore`` to insert only
-    if absent. Rows of one shape (table, columns, keys) are written in one statement: see :func:`write_rows`."""
+    """A change of one row of ``table``, the row whose key is the ``keys`` entries of ``values``. An upsert of
+    ``values`` (``keys``: the conflict target's columns), with ``ignore`` an insert if absent; or, with
+    ``statement``, one execution of that statement with ``values`` as its parameters (``keys``: the names of
+    the key's parameters), a statement that reads and writes that row only (an insert, or an update of the
+    row by its key). Rows of one shape (table, columns, keys, kind) are written in one statement: see
+    :func:`write_rows`."""
 
     table: Table
     values: Mapping[str, Any]
     keys: tuple[str, ...]
     ignore: bool = False
+    statement: Statement | None = None
 
     @property
-    def shape(self) -> tuple[str, tuple[str, ...], tuple[str, ...], bool]:
-        return self.table.name, tuple(self.values), self.keys, self.ignore
+    def shape(self) -> tuple[Any, ...]:
+        return self.table.name, tuple(self.values), self.keys, self.ignore, self.statement
+
+    @property
+    def key(self) -> tuple[str, tuple[Any, ...]]:
+        """Which row it changes."""
+        return self.table.name, tuple(self.values[k] for k in self.keys)
 
 
 async def write_rows(connection: AsyncConnection, rows: Sequence[Row]) -> None:
     """Rows of one shape in one statement (an upsert's last row of a key wins)."""
     first = rows[0]
     if any(row.shape != first.shape for row in rows):
-        raise ValueError("write_rows: the rows must have one shape (table, columns, keys)")
-    if first.ignore:
+        raise ValueError("write_rows: the rows must have one shape (table, columns, keys, kind)")
+    if first.statement is not None:
+        await connection.execute(first.statement(connection.dialect.name), [dict(r.values) for r in rows])
+    elif first.ignore:
         await connection.execute(_insert_ignore(connection.dialect.name, first.table), [dict(r.values) for r in rows])
     else:
         await upsert_many(connection, first.table, [row.values for row in rows], first.keys)
+
+
+@functools.cache
+def inserting(table: Table) -> Statement:
+    """The :class:`Row` statement of a plain insert into ``table`` (a key already there fails the insert)."""
+
+    def statement(dialect_name: str) -> Any:
+        return table.insert()
+
+    return statement
 
 
 EventKey = tuple[str, str]

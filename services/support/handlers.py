@@ -27,7 +27,7 @@ from services.support.contracts import (
 )
 from services.support.domain import Decision, Post, State
 from shared.envelope import Event
-from shared.handling import Context, EventRouter, Output, Plan, Preload, Write, write
+from shared.handling import Context, EventRouter, Output, Plan, Preload, Write
 from shared.ids import deterministic_id
 from shared.lag import CaughtUp
 from shared.mail.plan import Notification
@@ -94,7 +94,7 @@ class SupportHandlers:
                             ignored="another escalation of this post came first")
             return self._escalation(post, "post_unanswered", escalated_at, context,
                                     then_also=self._timer(post, decision, context))
-        return Plan(after=[write(state.save_post, post, expected=expected, now=context.now),
+        return Plan(after=[state.save_post(post, expected=expected, now=context.now),
                            *self._timer(post, decision, context)], ignored=decision.ignored)
 
     @staticmethod
@@ -144,7 +144,7 @@ class SupportHandlers:
                                 aggregate_id=post.post_id, context=mail_context)],
             events=[Output(topic=OUTPUT_TOPIC, key=post.post_id, event_type=ESCALATION_RAISED, data=raised,
                            side_effect="escalation", recipient=post.post_id)],
-            after=[write(state.mark_escalated, post.post_id, context.now), *then_also],
+            after=[state.mark_escalated(post.post_id, context.now), *then_also],
         )
 
     @staticmethod
@@ -169,7 +169,7 @@ async def _save_and_claim(connection: AsyncConnection, post: Post, expected: Sta
                           claim: dict[str, str], now: datetime) -> datetime | None:
     """Store the post if first seen in this event, then claim its escalation."""
     if first_seen:
-        await state.save_post(connection, post, expected=expected, now=now)
+        await state.save_post(post, expected=expected, now=now)(connection)
     return await state.claim_escalation(connection, post.post_id, claim, now)
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, Text, select, update
+from sqlalchemy import Column, MetaData, String, Table, Text, and_, bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
+from shared.handling import Write, row_statement, write
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_or_advance, select_in
+from shared.store import UTCDateTime, create_tables, insert_or_advance, inserting, select_in
 
 metadata = MetaData()
 
@@ -66,8 +68,9 @@ def _post(row: Any) -> Post:
     )
 
 
-async def save_post(connection: AsyncConnection, post: Post, *, expected: State | None, now: datetime) -> None:
-    """Insert the post (``expected=None``) or update it if its state is still ``expected``."""
+def save_post(post: Post, *, expected: State | None, now: datetime) -> Write:
+    """Insert the post (``expected=None``) or update it if its state is still ``expected`` (else
+    :class:`shared.store.StaleState`)."""
     values: dict[str, Any] = {
         "post_id": post.post_id, "state": post.state.value, "newsgroup": post.newsgroup, "title": post.title,
         "url": post.url, "account_id": post.account_id, "account_name": post.account_name,
@@ -76,27 +79,47 @@ async def save_post(connection: AsyncConnection, post: Post, *, expected: State 
         "country": post.country, "time_zone": post.time_zone, "posted_at": post.posted_at, "due_at": post.due_at,
         "reason": post.reason, "answered_at": post.answered_at, "updated_at": now,
     }
-    await insert_or_advance(connection, posts, values, key="post_id", expected=expected.value if expected else None)
+    if expected is None:
+        return row_statement(posts, values, ["post_id"], inserting(posts))
+    return write(insert_or_advance, posts, values, key="post_id", expected=expected.value)
 
 
 async def claim_escalation(connection: AsyncConnection, post_id: str, claim: dict[str, str],
                            now: datetime) -> datetime | None:
     """Claim the post's one escalation for ``claim`` (its cause and trigger): the time of the escalation if
     this claim holds it (new, or the same claim again after a crash), None if the post is not waiting or
-    another claim holds it."""
-    text = json.dumps(claim, sort_keys=True)
-    result = await connection.execute(
-        update(posts).where(posts.c.post_id == post_id, posts.c.state == State.WAITING.value)
-        .values(state=State.ESCALATING.value, escalation=text, escalated_at=now, updated_at=now)
-    )
-    row = (await connection.execute(select(posts.c.state, posts.c.escalation, posts.c.escalated_at)
-                                    .where(posts.c.post_id == post_id))).first()
-    if row is None or (not result.rowcount and (row.state != State.ESCALATING.value or row.escalation != text)):
+    another claim holds it. One statement."""
+    row = (await connection.execute(_claim_escalation(connection.dialect.name),
+                                    {"post": post_id, "claim": json.dumps(claim, sort_keys=True), "now": now})).first()
+    if row is None:
         return None
     escalated_at: datetime = row.escalated_at
     return escalated_at
 
 
-async def mark_escalated(connection: AsyncConnection, post_id: str, now: datetime) -> None:
-    await connection.execute(update(posts).where(posts.c.post_id == post_id, posts.c.state == State.ESCALATING.value)
-                             .values(state=State.ESCALATED.value, updated_at=now))
+@functools.cache
+def _claim_escalation(dialect_name: str) -> Any:
+    """A waiting post becomes escalating under the claim, at ``now``; a post escalating under the same claim
+    keeps its time; any other post is left alone (no row returned)."""
+    waiting = posts.c.state == State.WAITING.value
+    now = bindparam("now", type_=posts.c.escalated_at.type)
+    return (
+        update(posts)
+        .where(posts.c.post_id == bindparam("post"),
+               or_(waiting, and_(posts.c.state == State.ESCALATING.value, posts.c.escalation == bindparam("claim"))))
+        .values(state=State.ESCALATING.value, escalation=bindparam("claim"),
+                escalated_at=case((waiting, now), else_=posts.c.escalated_at),
+                updated_at=case((waiting, now), else_=posts.c.updated_at))
+        .returning(posts.c.escalated_at)
+    )
+
+
+def mark_escalated(post_id: str, now: datetime) -> Write:
+    """The claimed escalation done: its e-mails and event went out."""
+    return row_statement(posts, {"post": post_id, "at": now}, ["post"], _mark_escalated)
+
+
+@functools.cache
+def _mark_escalated(dialect_name: str) -> Any:
+    return (update(posts).where(posts.c.post_id == bindparam("post"), posts.c.state == State.ESCALATING.value)
+            .values(state=State.ESCALATED.value, updated_at=bindparam("at")))

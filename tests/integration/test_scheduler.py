@@ -56,7 +56,7 @@ async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: St
         ran.append(job)
 
     clock = SystemClock()
-    scheduler = Scheduler(store, clock, {"remind": one_by_one(remind)}, rescan=3600)
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, rescan=3600)
     async with running(scheduler):
         await asyncio.sleep(0.05)  # the loop is now asleep for an hour unless woken
         await add(store, "j1", clock.now() + timedelta(milliseconds=300), clock.now())
@@ -85,7 +85,8 @@ async def test_pending_jobs_survive_a_restart_and_cancelled_ones_never_run(store
 
     restarted = Store(database_url, component="scheduler-test")  # a new process, same database
     try:
-        async with running(Scheduler(restarted, SystemClock(), {"remind": one_by_one(remind)}, rescan=3600)):
+        clock = SystemClock()
+        async with running(Scheduler(restarted, clock, {"remind": one_by_one(restarted, clock, remind)}, rescan=3600)):
             await wait_until(lambda: ran == ["keep"], 10)
             await wait_until_async(lambda: all_done(restarted, ["keep"]), 10)  # done: never run again
     finally:
@@ -101,7 +102,8 @@ async def test_scheduling_a_done_job_again_leaves_it_done_and_a_pending_one_move
 
     now = datetime.now(UTC)
     await add(store, "once", now, now)
-    async with running(Scheduler(store, SystemClock(), {"remind": one_by_one(remind)}, rescan=3600)):
+    clock = SystemClock()
+    async with running(Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, rescan=3600)):
         await wait_until_async(lambda: all_done(store, ["once"]), 10)
     later = now + timedelta(days=1)
     await add(store, "once", now, later)  # a re-run of the event that scheduled it
@@ -129,8 +131,9 @@ async def test_jobs_held_back_by_their_gate_wait_for_it_to_open_not_for_every_wa
 
     now = datetime.now(UTC)
     await add(store, "held", now, now)
-    scheduler = Scheduler(store, SystemClock(), {"remind": one_by_one(remind)}, rescan=3600, gates={"remind": gate},
-                          gate_poll=3600)
+    clock = SystemClock()
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, rescan=3600,
+                          gates={"remind": gate}, gate_poll=3600)
     async with running(scheduler):
         await wait_until(lambda: len(asked) == 1, 10)
         for _ in range(20):  # a backlog being read schedules job after job: no new pass for each
@@ -154,8 +157,8 @@ async def test_two_replicas_run_each_job_exactly_once(store: Store, database_url
 
     other = Store(database_url, component="scheduler-test")
     try:
-        first = Scheduler(store, SystemClock(), {"remind": one_by_one(remind)}, rescan=0.2)
-        second = Scheduler(other, SystemClock(), {"remind": one_by_one(remind)}, rescan=0.2)
+        first = Scheduler(store, SystemClock(), {"remind": one_by_one(store, SystemClock(), remind)}, rescan=0.2)
+        second = Scheduler(other, SystemClock(), {"remind": one_by_one(other, SystemClock(), remind)}, rescan=0.2)
         async with running(first), running(second):
             await wait_until(lambda: len(runs) == 60, 10)
             # Every job marked done: none can be claimed again, by either replica.
@@ -173,9 +176,9 @@ async def test_a_claim_left_by_a_dead_replica_is_taken_over_after_its_lease(stor
     async def remind(job: Job) -> None:
         ran.append(job.job_id)
 
-    dead = Scheduler(store, clock, {"remind": one_by_one(remind)}, lease=timedelta(seconds=60))
+    dead = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, lease=timedelta(seconds=60))
     assert [job.job_id for job in await dead._claim(["orphan"], clock.now())] == ["orphan"]  # then it dies
-    survivor = Scheduler(store, clock, {"remind": one_by_one(remind)}, lease=timedelta(seconds=60))
+    survivor = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, lease=timedelta(seconds=60))
     assert await survivor.run_due() == 0
     clock.advance(timedelta(seconds=61))
     assert await survivor.run_due() == 1
@@ -192,7 +195,7 @@ async def test_a_failing_job_is_kept_and_retried_later(store: Store) -> None:
         if len(attempts) == 1:
             raise ConnectionError("SMTP away")
 
-    scheduler = Scheduler(store, clock, {"remind": one_by_one(remind)})
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)})
     assert await scheduler.run_due() == 1
     assert await scheduler.run_due() == 0  # backing off
     clock.advance(timedelta(minutes=5))
@@ -210,7 +213,7 @@ async def test_future_jobs_wait_for_the_injected_clock(store: Store) -> None:
     async def remind(job: Job) -> None:
         ran.append(job.job_id)
 
-    scheduler = Scheduler(store, clock, {"remind": one_by_one(remind)})
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)})
     assert await scheduler.run_due() == 0
     clock.advance(timedelta(days=4))
     assert await scheduler.run_due() == 1 and ran == ["tuesday"]
@@ -228,8 +231,8 @@ async def test_two_replicas_claiming_the_same_jobs_at_once_share_them_out(store:
         await add(store, job_id, clock.now(), clock.now())
     other = Store(database_url, component="scheduler-test")
     try:
-        first = Scheduler(store, clock, {"remind": one_by_one(lambda job: asyncio.sleep(0))})
-        second = Scheduler(other, clock, {"remind": one_by_one(lambda job: asyncio.sleep(0))})
+        first = Scheduler(store, clock, {"remind": one_by_one(store, clock, lambda job: asyncio.sleep(0))})
+        second = Scheduler(other, clock, {"remind": one_by_one(other, clock, lambda job: asyncio.sleep(0))})
         a, b = await asyncio.gather(first._claim(ids, clock.now()), second._claim(ids, clock.now()))
         assert not {j.job_id for j in a} & {j.job_id for j in b}
         claimed_later = await first._claim(ids, clock.now())
@@ -246,8 +249,9 @@ async def test_each_pass_says_how_many_jobs_wait_and_how_late_each_kind_is(store
     await add(store, "late", now - timedelta(minutes=10), now)
     await add(store, "future", now + timedelta(hours=1), now)
     measured: list[Waiting] = []
-    scheduler = Scheduler(store, FixedClock(now), {"remind": one_by_one(lambda job: asyncio.sleep(0)),
-                                                   "digest": one_by_one(lambda job: asyncio.sleep(0))},
+    clock = FixedClock(now)
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, lambda job: asyncio.sleep(0)),
+                                         "digest": one_by_one(store, clock, lambda job: asyncio.sleep(0))},
                           rescan=3600, gates={"remind": lambda payload: False}, gate_poll=3600,
                           on_measured=measured.append)
     async with running(scheduler):

@@ -88,8 +88,8 @@ class Harness:
         return await self.service.scheduler.run_due()
 
     async def run_job(self, job: Job) -> None:
-        """Run one job as a scheduler pass runs it (prepared alone), without claiming it or marking it done:
-        what a replica does that claimed it just before another one ran it."""
+        """Run one job as a scheduler pass runs it (prepared alone, marked done with its changes), without
+        claiming it: what a replica does that claimed it just before another one ran it."""
         assert self.service.scheduler is not None
         handler = await self.service.scheduler.handlers[job.kind]([job])
         await handler(job)
