@@ -2,7 +2,7 @@
 
 The order (the same for every event and every scheduled job):
 
-1. ``plan.before`` in one transaction;
+1. ``plan.before`` in one transaction (on SQLite, group-committed with those of concurrent plans);
 2. ``plan.mails`` sent concurrently (each outcome recorded as the SMTP server answers), and meanwhile
    ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
 3. ``plan.then(outcomes)``;
@@ -71,11 +71,15 @@ class PlanRunner:
         self.on_scheduled = on_scheduled
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
                                                       name="final-changes", light=rows_only)
-        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one; on PostgreSQL
-        # each has its own, short, transaction: a group would hold every claim's row locks until the last
-        # one is done (deadlocks with the final changes, and one slow lock stalling the others).
+        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one, and so do the
+        # changes committed before sending (step 1); on PostgreSQL each has its own, short, transaction: a group
+        # would hold every one's row locks until the last one is done (deadlocks with the final changes, and
+        # one slow lock stalling the others).
         self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
                                        if store.is_sqlite else OwnTransactions(store, run_claims))
+        self._before: Writes[Final] = (GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
+                                                   name="changes-before", light=rows_only)
+                                       if store.is_sqlite else OwnTransactions(store, _apply_all))
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
@@ -92,9 +96,7 @@ class PlanRunner:
             log.info("event ignored", extra={"event_type": context.cause.type, "event_id": context.cause.id,
                                              "why": plan.ignored})
         if plan.before:
-            async with self.store.transaction() as connection:
-                for change in plan.before:
-                    await change(connection)
+            await self._before.write(Final(plan.before, None))
         events = [self._output(event, context) for event in plan.events]
         mailed, produced = await asyncio.gather(
             all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails)),
