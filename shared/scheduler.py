@@ -6,8 +6,9 @@ replica runs :meth:`Scheduler.run`: it sleeps until the earliest due time it kno
 once when its own handlers schedule something earlier, and re-reads the table every ``rescan``
 seconds to see jobs other replicas added. A due job is claimed with a conditional UPDATE (one
 winner even with several replicas on PostgreSQL) under a lease; if the replica dies the lease
-expires and another one runs it. Job handlers must be idempotent (mail and output events are,
-through deterministic ids), because a crash between the effects and "done" runs the job again.
+expires and another one runs it. A job is marked done in the transaction of its last changes; job
+handlers must be idempotent (mail and output events are, through deterministic ids), because a crash
+before that transaction runs the job again.
 """
 
 from __future__ import annotations
