@@ -3,11 +3,10 @@
 The order (the same for every event and every scheduled job):
 
 1. ``plan.before`` in one transaction (on SQLite, group-committed with those of concurrent plans);
-2. ``plan.mails`` sent concurrently (each outcome recorded as the SMTP server answers, while the plan goes
-   on), and meanwhile ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
+2. ``plan.mails`` sent concurrently (each outcome recorded as the SMTP server answers), and meanwhile
+   ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
 3. ``plan.then(outcomes)``;
-4. the completion's events and the e-mails' audit events, produced together, all acknowledged, and every
-   outcome's record committed;
+4. the completion's events and the e-mails' audit events, produced together, all acknowledged;
 5. ``plan.after`` and the completion's state changes in one transaction with the cause's done mark (the
    event's idempotency record, or the scheduled job marked done); then the scheduler is woken if one of
    them scheduled a job.
@@ -99,24 +98,19 @@ class PlanRunner:
         if plan.before:
             await self._before.write(Final(plan.before, None))
         events = [self._output(event, context) for event in plan.events]
-        recording: list[asyncio.Task[None]] = []  # the e-mails' outcome records, written as the server answers
-        try:
-            mailed, produced = await asyncio.gather(
-                all_of(*(self.mailer.deliver(note, context.cause, recording, known) for note in plan.mails)),
-                self._produce(events), return_exceptions=True)  # both finished before either failure is raised
-            if isinstance(mailed, BaseException):
-                raise mailed
-            if isinstance(produced, BaseException):
-                raise produced
-            outcomes: list[NotificationOutcome] = mailed
-            completion = plan.then(outcomes) if plan.then is not None else Completion()
-            records = [self.mailer.audit(outcome, note.aggregate_id)
-                       for note, outcome in zip(plan.mails, outcomes, strict=True)]
-            records += [self._output(event, context) for event in completion.events]
-            await self._produce(records)  # meanwhile the outcomes are recorded
-            await all_of(*recording)
-        finally:  # the attempt never ends with a record still being written (a retry would send again)
-            await asyncio.gather(*recording, return_exceptions=True)
+        mailed, produced = await asyncio.gather(
+            all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails)),
+            self._produce(events), return_exceptions=True)  # both finished before either failure is raised
+        if isinstance(mailed, BaseException):
+            raise mailed
+        if isinstance(produced, BaseException):
+            raise produced
+        outcomes: list[NotificationOutcome] = mailed
+        completion = plan.then(outcomes) if plan.then is not None else Completion()
+        records = [self.mailer.audit(outcome, note.aggregate_id)
+                   for note, outcome in zip(plan.mails, outcomes, strict=True)]
+        records += [self._output(event, context) for event in completion.events]
+        await self._produce(records)
         changes = (*plan.after, *completion.after)
         if changes or done is not None:
             await self._final.write(Final(changes, done))

@@ -115,13 +115,10 @@ class Mailer:
         self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
             store, upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True, name="outcomes")
 
-    async def deliver(self, note: Notification, cause: EventRef, recording: list[asyncio.Task[None]],
+    async def deliver(self, note: Notification, cause: EventRef,
                       known: Mapping[str, Any] | None = None) -> NotificationOutcome:
-        """Send one e-mail once; return its final outcome as soon as the SMTP server has answered. Its record
-        is written from that moment, in a task added to ``recording``: the caller awaits it before anything
-        that must follow the record (the plan's last transaction), and before it gives up on the attempt.
-        ``known``: the deliveries already recorded for the cause, read with its batch (delivery id -> row);
-        without it the record is looked up here."""
+        """Send one e-mail once. ``known``: the deliveries already recorded for the cause, read with its
+        batch (delivery id -> row); without it the record is looked up here."""
         recipient = note.recipient.email.strip()
         delivery_id = _delivery_id(cause.source, cause.id, note.template, recipient)
         if known is not None:
@@ -167,16 +164,13 @@ class Mailer:
             else:
                 outcome.error = answer.response[:500]
         outcome.at = self.clock.now()
-        # A task of its own: a cancellation (shutdown) must not fall between the acceptance and its record.
-        recording.append(asyncio.create_task(self._final_record(delivery_id, note, outcome)))
-        return outcome
-
-    async def _final_record(self, delivery_id: str, note: Notification, outcome: NotificationOutcome) -> None:
         answered = time.monotonic()
-        await self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent")
+        # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
+        await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent"))
         if outcome.outcome == "sent":
             self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
         self.metrics.email(note.template, outcome.outcome)
+        return outcome
 
     def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome) -> OutgoingMail | None:
         try:
