@@ -1,5 +1,6 @@
-"""``{% trans %}`` blocks translated at compile time render exactly as Jinja2's stock i18n extension
-renders them at run time: same text, same escaping, same errors."""
+"""``{% trans %}`` blocks translated at compile time, in an environment whose templates' globals are settled
+(plain dicts), render exactly as Jinja2's stock i18n extension renders them at run time in a stock
+environment: same text, same escaping, same errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from jinja2 import DictLoader, Environment, StrictUndefined, UndefinedError, select_autoescape
 
-from shared.mail.render import TranslatedOnCompile
+from shared.mail.render import SettledEnvironment, TranslatedOnCompile
 
 CATALOG = {
     "Hello %(name)s,": "Bonjour %(name)s,",
@@ -39,10 +40,10 @@ class French(gettext.NullTranslations):
         return singular if n == 1 else plural
 
 
-def environment(extension: Any, suffix: str) -> Environment:
+def environment(extension: Any, suffix: str, kind: type[Environment] = Environment) -> Environment:
     loader = DictLoader({f"{name}.{suffix}": source for name, source in TEMPLATES.items()})
-    env = Environment(loader=loader, autoescape=select_autoescape(enabled_extensions=("html",)),
-                      undefined=StrictUndefined, extensions=[extension])
+    env = kind(loader=loader, autoescape=select_autoescape(enabled_extensions=("html",)),
+               undefined=StrictUndefined, extensions=[extension])
     env.policies["ext.i18n.trimmed"] = True
     env.install_gettext_translations(French(), newstyle=True)  # type: ignore[attr-defined]
     return env
@@ -56,8 +57,15 @@ HOSTILE = {"user": "<script>x</script> %(name)s %%", "when": "1er <i>juin</i>", 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_renders_as_the_stock_extension(name: str, suffix: str) -> None:
     stock = environment("jinja2.ext.i18n", suffix).get_template(f"{name}.{suffix}")
-    compiled = environment(TranslatedOnCompile, suffix).get_template(f"{name}.{suffix}")
+    compiled = environment(TranslatedOnCompile, suffix, SettledEnvironment).get_template(f"{name}.{suffix}")
     assert compiled.render(HOSTILE) == stock.render(HOSTILE)
+
+
+def test_a_templates_own_globals_overlay_the_environments_in_a_settled_environment() -> None:
+    env = SettledEnvironment(loader=DictLoader({"t": "{{ site }} {{ who }}"}), undefined=StrictUndefined)
+    env.globals.update(site="CustomerSource", who="everyone")
+    assert env.get_template("t", globals={"who": "partners"}).render() == "CustomerSource partners"
+    assert env.get_template("t").render(who="you") == "CustomerSource you"
 
 
 def test_the_translation_is_in_the_compiled_code() -> None:
