@@ -92,8 +92,9 @@ def upsert_row(table: Table, values: Mapping[str, Any], keys: Sequence[str], *, 
 
 def row_statement(table: Table, values: Mapping[str, Any], keys: Sequence[str], statement: Statement) -> Write:
     """A state change that runs a prebuilt ``statement`` (:data:`shared.store.Statement`) with ``values`` as
-    its parameters, changing only the row of ``table`` whose ``keys`` columns have those values: an insert
-    (:func:`shared.store.inserting`), or an update of that row by its key."""
+    its parameters, changing only the row of ``table`` whose key is the ``keys`` entries of ``values`` (the
+    names of the key's parameters): an insert (:func:`shared.store.inserting`), or an update of that row by
+    its key."""
     return Write(row=Row(table, values, tuple(keys), statement=statement))
 
 
