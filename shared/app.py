@@ -209,14 +209,16 @@ def build_service(
             wake=wake_scheduler, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
             on_measured=metrics.jobs_waiting,
         )
+    idle = asyncio.Event()  # no batch in progress: set and cleared by the batch processor, read by the lag measure
+    idle.set()
+    lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
+                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, batch_idle=idle.is_set,
+                   on_caught_up=scheduler.gates_opened if scheduler is not None else lambda: None)
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,
-        on_revoke=caught_up.forget,
+        idle=idle, on_revoke=caught_up.forget, after_settle=lag.measure,
     )
-    lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
-                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, batch_idle=batches.idle.is_set,
-                   on_caught_up=scheduler.gates_opened if scheduler is not None else lambda: None)
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
         # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
@@ -230,7 +232,7 @@ def build_service(
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
         description=spec.description,
     )
-    subscriber = _subscribe(broker, settings, spec.router, batches, lag, drain)
+    subscriber = _subscribe(broker, settings, spec.router, batches, drain)
     _document_outputs(broker, spec)
     service = Service(
         spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer, runner=runner,
@@ -359,7 +361,7 @@ def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Calla
 
 
 def _subscribe(broker: KafkaBroker, settings: ServiceSettings, router: EventRouter, batches: BatchProcessor,
-               lag: LagMeter, drain: float) -> Any:
+               drain: float) -> Any:
 
     async def raw_records(message: Any) -> Any:
         return message.raw_message
@@ -381,8 +383,7 @@ def _subscribe(broker: KafkaBroker, settings: ServiceSettings, router: EventRout
     async def consume(records: Any) -> None:
         kafka = subscriber.consumer
         assert kafka is not None, "FastStream hands over batches only from a running consumer"
-        await batches.handle_fetch(kafka, records)
-        await lag.measure(kafka)
+        await batches.handle_fetch(kafka, records)  # returns once the batch before is settled (and measured)
 
     consume.__annotations__["records"] = records_type  # resolved here, not from a string
     consume.__doc__ = router.description

@@ -10,6 +10,10 @@ after every record's plan is applied; any failure that is not the event's own fa
 (seek back to the first unfinished record), and what was already done is skipped on the next pass
 thanks to the idempotency records. A bad event never blocks its partition: it is copied byte for byte
 to ``<topic>.dlq`` with the reason, and processing goes on.
+
+The next fetch overlaps the end of the current batch: two batches may be in progress, the later one's
+records of an aggregate waiting for the earlier one's, and batches are settled in the order they were
+fetched (see :class:`BatchProcessor`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence, Set
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -63,11 +67,16 @@ class Partitions(Protocol):
 
 
 async def settle(
-    kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]]
+    kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]], done: set[tuple[str, int, int]],
+    rewound: dict[TopicPartition, int] | None = None,
 ) -> dict[TopicPartition, int]:
     """After a batch, for each partition this member still owns: commit the offsets after the
     finished records that precede the first unfinished one, and seek back to that one (if any).
+    ``rewound``: the partitions sought back by the batches settled before, and where to; a partition
+    sought back before this batch's records of it were fetched again is left alone (they come back after
+    the record it was sought back to), and the seeks back of this batch are added.
     Returns the offsets committed (none if the commit failed)."""
+    rewound = {} if rewound is None else rewound
     by_partition: dict[TopicPartition, list[int]] = {}
     for record in records:
         by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record.offset)
@@ -75,8 +84,13 @@ async def settle(
     offsets: dict[TopicPartition, int] = {}
     for partition, partition_offsets in by_partition.items():
         if partition not in assigned:
+            rewound.pop(partition, None)
             continue  # revoked meanwhile: its next owner starts from the last commit
         partition_offsets.sort()
+        if partition in rewound:
+            if partition_offsets[0] > rewound[partition]:
+                continue  # fetched before an earlier batch sought the partition back: fetched again
+            del rewound[partition]  # these are the records fetched again
         key = (partition.topic, partition.partition)
         unfinished = next((o for o in partition_offsets if (*key, o) not in done), None)
         if unfinished is None:
@@ -86,6 +100,7 @@ async def settle(
             offsets[partition] = unfinished
         try:
             kafka.seek(partition, unfinished)
+            rewound[partition] = unfinished
         except IllegalStateError:
             offsets.pop(partition, None)
     if not offsets:
@@ -140,8 +155,31 @@ class Prepared:
     defect: Exception | None = None
 
 
+Aggregate = tuple[str, int, bytes | None]
+"""Records that share a topic, partition and key: one aggregate, processed in offset order."""
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """One fetched batch in progress."""
+
+    records: Sequence[ConsumerRecord[Any, Any]]
+    earlier: Set[EventKey]  # the events finished by the batch before it (repeats skip)
+    done: set[tuple[str, int, int]] = field(default_factory=set)  # its records finished (committed at settle)
+    finished: set[EventKey] = field(default_factory=set)  # its events marked processed (repeats skip)
+    # Per aggregate, once its records are done: the offset of the first one not finished (None: all finished).
+    tails: dict[Aggregate, asyncio.Future[int | None]] = field(default_factory=dict)
+
+
 class BatchProcessor:
-    """Processes the batches FastStream's subscriber fetches for one router."""
+    """Processes the batches FastStream's subscriber fetches for one router.
+
+    Two batches may be in progress at once: :meth:`handle_fetch` starts a batch and returns once the batch
+    before it is settled, so the next fetch overlaps the end of the current batch (its last e-mails, its
+    outcome records and final transactions, its commit). Ordering holds per aggregate: an aggregate's
+    records in a batch start only after its records in the batch before are finished, and not at all if one
+    of them did not finish (the partition is sought back to it, and they come again). Batches are settled
+    in the order they were fetched."""
 
     def __init__(
         self,
@@ -155,7 +193,9 @@ class BatchProcessor:
         max_message_bytes: int,
         concurrency: int = 32,
         tracing: Tracing | None = None,
+        idle: asyncio.Event | None = None,
         on_revoke: Callable[[], None] = lambda: None,
+        after_settle: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self.router = router
         self.runner = runner
@@ -164,38 +204,94 @@ class BatchProcessor:
         self.metrics = metrics
         self.clock = clock
         self.max_message_bytes = max_message_bytes
-        self.concurrency = concurrency
         self.tracing = tracing or Tracing(router.service, None)
         self.on_revoke = on_revoke  # called as partitions are taken away
+        self.after_settle = after_settle  # called with the consumer after each batch is settled (the lag measure)
+        self._slots = asyncio.Semaphore(concurrency)  # records in progress, over both batches
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
         self._dead_lettered: set[tuple[str, int, int]] = set()
-        self._done: set[tuple[str, int, int]] = set()  # records of the current batch that are finished
-        self._finished: set[EventKey] = set()  # events of the current batch marked processed (repeats skip)
-        self.idle = asyncio.Event()  # no batch in progress
+        self._rewound: dict[TopicPartition, int] = {}  # partitions sought back, until fetched again
+        self._tails: dict[Aggregate, asyncio.Future[int | None]] = {}  # each aggregate's latest records started
+        self._latest: tuple[Batch, asyncio.Task[None]] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # batches not settled yet
+        self._tasks: set[asyncio.Task[None]] = set()  # batches not settled or not measured after it yet
+        self.idle = idle if idle is not None else asyncio.Event()  # no batch in progress
         self.idle.set()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
 
     async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        """Process one fetched batch, then settle it: for the partitions this member still owns,
-        commit up to the first record not finished and seek back to it."""
+        """Start processing one fetched batch, and return once the batch before it is settled. Each batch is
+        settled after it is processed and after the one before it: for the partitions this member still
+        owns, commit up to the first record not finished and seek back to it. :attr:`idle` is set when no
+        batch is in progress."""
         self.revoking.clear()  # a new batch, fetched after any rebalance completed
         self.idle.clear()
-        self._done = set()
+        before = self._latest
+        batch = Batch(records, before[0].finished if before is not None else frozenset())
+        task = asyncio.create_task(self._process_and_settle(kafka, batch, before[1] if before is not None else None))
+        self._latest = (batch, task)
+        self._running.add(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if before is not None:
+            await asyncio.shield(before[1])
+
+    async def settled(self) -> None:
+        """Wait until every batch started is settled, and the lag measured after it."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _process_and_settle(self, kafka: Partitions, batch: Batch, before: asyncio.Task[None] | None) -> None:
         try:
             with contextlib.suppress(Exception):  # logged by process_batch; the rest is fetched again
-                await self.process_batch(records)
-            committed = await settle(kafka, records, self._done)
-            self._dead_lettered = still_fetched_again(self._dead_lettered, committed, kafka.assignment())
+                await self.process_batch(batch)
+            if before is not None:
+                await asyncio.shield(before)
+            try:
+                committed = await settle(kafka, batch.records, batch.done, self._rewound)
+                self._dead_lettered = still_fetched_again(self._dead_lettered, committed, kafka.assignment())
+            except Exception:  # the broker: the records' effects are kept, the next batch's commit covers them
+                log.exception("batch not committed")
+            for aggregate, tail in batch.tails.items():
+                if self._tails.get(aggregate) is tail:
+                    del self._tails[aggregate]
         finally:
-            self.idle.set()
+            self._running.discard(asyncio.current_task())
+            if self._latest is not None and self._latest[0] is batch:
+                self._latest = None
+            if not self._running:
+                self.idle.set()
+        if self.after_settle is not None:
+            try:
+                await self.after_settle(kafka)
+            except Exception:
+                log.warning("after the batch: lag not measured", exc_info=True)
 
-    async def process_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    async def process_batch(self, batch: Batch) -> None:
         """Decode and validate every record, read the idempotency and delivery records of the batch's
         events in one query each (and note the new ones in one write), then process the records: one
-        aggregate's in order, different aggregates concurrently."""
-        self._finished = set()
-        prepared = {id(record): self.prepare(record) for record in records}
+        aggregate's in order (after its records in the batch before), different aggregates concurrently."""
+        records = batch.records
+        groups: dict[Aggregate, list[ConsumerRecord[Any, Any]]] = {}
+        for record in records:
+            groups.setdefault((record.topic, record.partition, record.key), []).append(record)
+        # Chained behind the aggregates' records of the batch before, before anything is awaited.
+        after: dict[Aggregate, asyncio.Future[int | None]] = {}
+        for aggregate in groups:
+            if (earlier := self._tails.get(aggregate)) is not None:
+                after[aggregate] = earlier
+            self._tails[aggregate] = batch.tails[aggregate] = asyncio.get_running_loop().create_future()
+        try:
+            await self._process_groups(batch, groups, after)
+        finally:
+            for aggregate, tail in batch.tails.items():  # groups that never started: nothing of them finished
+                if not tail.done():
+                    tail.set_result(groups[aggregate][0].offset)
+
+    async def _process_groups(self, batch: Batch, groups: Mapping[Aggregate, list[ConsumerRecord[Any, Any]]],
+                              after: Mapping[Aggregate, asyncio.Future[int | None]]) -> None:
+        prepared = {id(record): self.prepare(record) for record in batch.records}
         events = {(p.event.source, p.event.id): p.event.type for p in prepared.values() if p.event is not None}
         try:
             states = await self.store.begin_events(events, self.clock.now())
@@ -203,36 +299,45 @@ class BatchProcessor:
             # seen before (a re-run, perhaps still in progress on a member that lost its partitions) looks
             # up each delivery just before sending.
             known = await self.store.deliveries_of([key for key, state in states.items() if state.new])
-            groups: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = {}
-            for record in records:
-                groups.setdefault((record.topic, record.partition, record.key), []).append(record)
-            preloaded = await self._preload([prepared[id(group[0])] for group in groups.values()], states)
+            # Not for an aggregate still in progress in the batch before: its state is not settled yet.
+            fresh = {aggregate for aggregate in groups if aggregate not in after or after[aggregate].done()}
+            preloaded = await self._preload([prepared[id(groups[aggregate][0])] for aggregate in fresh], states)
         except Exception as exc:
             await self._pause_after([exc])
             raise
-        slots = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()  # a group failed: the others stop starting new records
         unfinished = False
 
-        async def run(group: list[ConsumerRecord[Any, Any]]) -> None:
+        async def run(aggregate: Aggregate, group: list[ConsumerRecord[Any, Any]]) -> None:
             nonlocal unfinished
-            async with slots:
-                for record in group:
-                    if stop.is_set() or self.revoking.is_set():
+            first_unfinished: int | None = group[0].offset
+            try:
+                if aggregate in after:
+                    gap = await after[aggregate]
+                    if gap is not None and gap < group[0].offset:  # an earlier record is fetched again first
                         unfinished = True
                         return
-                    try:
-                        with self.tracing.event(prepared[id(record)].event_type, record.topic, record.partition,
-                                                record.offset, record.headers):
+                async with self._slots:
+                    for record in group:
+                        first_unfinished = record.offset
+                        if stop.is_set() or self.revoking.is_set():
+                            unfinished = True
+                            return
+                        try:
                             # Only the aggregate's first record of the batch may use what was read with it.
-                            await self.process_record(record, prepared[id(record)], states, known,
-                                                      preloaded if record is group[0] else {})
-                    except BaseException:
-                        stop.set()
-                        raise
-                    self._done.add((record.topic, record.partition, record.offset))
+                            ahead = preloaded if record is group[0] and aggregate in fresh else {}
+                            with self.tracing.event(prepared[id(record)].event_type, record.topic, record.partition,
+                                                    record.offset, record.headers):
+                                await self.process_record(batch, record, prepared[id(record)], states, known, ahead)
+                        except BaseException:
+                            stop.set()
+                            raise
+                        batch.done.add((record.topic, record.partition, record.offset))
+                    first_unfinished = None
+            finally:
+                batch.tails[aggregate].set_result(first_unfinished)
 
-        results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
+        results = await asyncio.gather(*(run(a, g) for a, g in groups.items()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if not errors and unfinished:
             raise BatchInterrupted("partitions are being revoked: the batch stops early")
@@ -291,7 +396,7 @@ class BatchProcessor:
         return {(preload.read, args): found.get(args) for args in wanted}
 
     async def process_record(
-        self, record: ConsumerRecord[Any, Any], prepared: Prepared, states: Mapping[EventKey, EventState],
+        self, batch: Batch, record: ConsumerRecord[Any, Any], prepared: Prepared, states: Mapping[EventKey, EventState],
         known: Mapping[EventKey, Mapping[str, Any]], preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any],
     ) -> None:
         event_type = prepared.event_type
@@ -309,7 +414,7 @@ class BatchProcessor:
             key = (event.source, event.id)
             state = states[key]
             started = key
-            if state.processed or key in self._finished:
+            if state.processed or key in batch.finished or key in batch.earlier:
                 self.metrics.event(event_type, "duplicate")
                 return
             self._check_key(record, event)
@@ -318,7 +423,7 @@ class BatchProcessor:
             plan = await route.handler(event, context)
             done = ProcessedMark(event.source, event.id, event.type, state.first_seen_at, state.first_seen_at)
             outcome = await self.runner.apply(plan, context, known=known.get(key), done=done)
-            self._finished.add(key)
+            batch.finished.add(key)
             self._crashes.pop(where, None)
             self.metrics.event(event_type, outcome)
         except DeadLetter as exc:

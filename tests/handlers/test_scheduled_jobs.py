@@ -20,7 +20,7 @@ from shared.handling import Context, EventRouter, Plan
 from shared.mail.plan import Notification
 from shared.scheduler import Job, job_status
 from shared.shapes import Person
-from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.fakes import FakeKafka, FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
 
 HERE = Path(__file__).resolve().parents[2] / "services" / "invitations"
@@ -65,7 +65,8 @@ async def test_a_handler_schedules_and_the_job_mails_with_the_event_as_cause(tmp
     try:
         event = cloudevent("tests.ping.v1", {"ping_id": "P1", "email": "jane@contoso.example"})
         record = ConsumerRecord("tests.pings", 0, 0, 0, 0, b"P1", json.dumps(event).encode(), None, 0, 0, [])
-        await service.batches.process_batch([record])
+        await service.batches.handle_fetch(FakeKafka("tests.pings"), [record])
+        await service.batches.settled()
         for _ in range(200):
             if pool.sent:
                 break

@@ -52,10 +52,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Support]:
     async with service_harness(create_service, SupportSettings, tmp_path, now=POSTED + timedelta(minutes=5),
                                topic=TOPIC, key_field="post_id", SUPPORT_ESCALATION_EMAIL=TEAM,
                                SUPPORT_ESCALATION_ROUTES=f'{{"FR": "{TEAM_FR}"}}') as ready:
-        support = Support(**{f.name: getattr(ready, f.name) for f in fields(Harness)})
-        # No lag is measured here: the test says which partitions are caught up.
-        support.caught_up.update({0})
-        yield support
+        yield Support(**{f.name: getattr(ready, f.name) for f in fields(Harness)})
 
 
 def test_the_router_handles_exactly_the_contract_types() -> None:
@@ -130,25 +127,29 @@ async def test_post_unanswered_escalates_at_once_in_the_local_sites_language_and
 
 
 async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: Support) -> None:
-    harness.caught_up.forget()  # a backlog: the consumer is behind on partition 0
+    harness.kafka.behind.add(0)  # a backlog: the consumer is behind on partition 0
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     await harness.publish(POST_CREATED, post_created(POSTED))
+    assert 0 not in harness.caught_up, "measured after the batch: behind"
     assert await harness.run_jobs_at(harness.clock.now()) == 0  # due, but held back
     assert harness.escalations() == []
-    harness.caught_up.update({0})
+    harness.kafka.behind.clear()
+    await harness.service.lag.measure(harness.kafka)
+    assert 0 in harness.caught_up
     assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=1)) == 1
     assert len(harness.escalations()) == 1
 
 
 async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: Support) -> None:
-    harness.caught_up.forget()
+    harness.kafka.behind.add(0)
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
     data = post_created(POSTED)
     await harness.publish(POST_CREATED, data)
     assert await harness.run_jobs_at(harness.clock.now()) == 0  # held back: not caught up
+    harness.kafka.behind.clear()  # the answer is the backlog's last record
     await harness.publish(POST_ANSWERED, {"post_id": data["post_id"], "answered_at": (POSTED + timedelta(hours=3))
                                           .isoformat(), "answered_by_kind": "support"})
-    harness.caught_up.update({0})
+    assert 0 in harness.caught_up
     assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=5)) == 0
     assert harness.escalations() == [] and harness.pool.sent == []
 

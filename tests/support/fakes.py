@@ -4,6 +4,7 @@ the real broker and SMTP server)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -17,13 +18,16 @@ from shared.mail.smtp import Accepted, Refused, TransientSmtpError
 
 
 class FakeKafka:
-    """The consumer side of one input topic, as the batch processor sees it: the partitions it owns, the
-    offsets it committed and the seeks back it made (``shared.batches.Partitions``)."""
+    """The consumer side of one input topic, as the batch processor and the lag measure see it: the
+    partitions it owns, the offsets it committed and the seeks back it made (``shared.batches.Partitions``),
+    and the offsets the lag is measured from (``shared.lag.OffsetsView``: every fetch is recent; a partition
+    in :attr:`behind` has records on the broker not fetched yet)."""
 
     def __init__(self, topic: str, partitions: int = 3) -> None:
         self.assigned = {TopicPartition(topic, p) for p in range(partitions)}
-        self.committed: dict[TopicPartition, int] = {}
+        self.commits: dict[TopicPartition, int] = {}
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.behind: set[int] = set()
         self._ends: dict[TopicPartition, int] = {}
 
     def append(self, topic: str, partition: int, key: bytes, value: bytes,
@@ -41,7 +45,19 @@ class FakeKafka:
         self.seeks.append((partition, offset))
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.committed.update(offsets)
+        self.commits.update(offsets)
+
+    def highwater(self, partition: TopicPartition) -> int:
+        return self._ends.get(partition, 0) + (1 if partition.partition in self.behind else 0)
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        return self.commits.get(partition)
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {partition: 0 for partition in partitions}
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int:
+        return int(time.time() * 1000)
 
 
 class FakeOutputs:

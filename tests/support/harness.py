@@ -62,8 +62,10 @@ class Harness:
                                  [("content-type", b"application/cloudevents+json"), *headers])
 
     async def fetch(self, *records: ConsumerRecord[bytes, bytes]) -> None:
-        """Hand the records to the service as one fetched batch (they are committed, or rewound)."""
+        """Hand the records to the service as one fetched batch, and wait until it is settled (committed,
+        or rewound)."""
         await self.service.batches.handle_fetch(self.kafka, records)
+        await self.service.batches.settled()
 
     def selects_from(self, table: str) -> list[str]:
         """From now on, the SELECT statements the service runs on ``table`` (a live list)."""
@@ -79,7 +81,7 @@ class Harness:
     def committed(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the record's offset was committed (it is finished: processed or dead-lettered)."""
         offset: int = record.offset  # aiokafka ships no type information
-        return self.kafka.committed.get(TopicPartition(record.topic, record.partition), 0) > offset
+        return self.kafka.commits.get(TopicPartition(record.topic, record.partition), 0) > offset
 
     async def run_jobs_at(self, moment: datetime) -> int:
         """Move the clock to ``moment`` and run every job due by then; return how many ran."""

@@ -75,3 +75,29 @@ def test_a_dead_letter_not_yet_committed_stays_marked_so_it_is_not_written_twice
     marks = {(T, 0, 7), (T, 1, 3), (T, 2, 4)}
     assert still_fetched_again(marks, {P0: 6, P1: 4}, {P0, P1}) == {(T, 0, 7)}
     assert still_fetched_again(marks, {}, {P0, P1, P2}) == marks, "nothing committed: all come back"
+
+
+async def test_records_fetched_before_an_earlier_batch_sought_back_are_left_alone() -> None:
+    """The batch before sought P0 back to 6 while this one (fetched before that) held 0:8 and 0:9: they come
+    again after 6, so neither a commit past 6 nor a seek past it."""
+    kafka = FakeKafka({P0, P1})
+    rewound = {P0: 6}
+    records = [rec(0, 8), rec(0, 9), rec(1, 4)]
+    await settle(kafka, records, {(T, r.partition, r.offset) for r in records}, rewound)  # type: ignore[arg-type]
+    assert kafka.commits == [{P1: 5}] and kafka.seeks == {} and rewound == {P0: 6}
+
+
+async def test_the_records_fetched_again_settle_as_usual_and_a_seek_back_is_noted() -> None:
+    kafka = FakeKafka({P0, P1})
+    rewound = {P0: 6}
+    records = [rec(0, 6), rec(0, 7), rec(1, 4), rec(1, 5)]
+    await settle(kafka, records, {(T, 0, 6), (T, 0, 7), (T, 1, 4)}, rewound)  # type: ignore[arg-type]
+    assert kafka.commits == [{P0: 8, P1: 5}] and kafka.seeks == {P1: 5}
+    assert rewound == {P1: 5}, "P0 came again; P1 is sought back now"
+
+
+async def test_a_partition_gone_is_forgotten() -> None:
+    kafka = FakeKafka({P1})
+    rewound = {P0: 6}
+    await settle(kafka, [rec(0, 8)], {(T, 0, 8)}, rewound)  # type: ignore[arg-type]
+    assert rewound == {} and kafka.commits == []
