@@ -169,14 +169,23 @@ class Batch:
     finished: set[EventKey] = field(default_factory=set)  # its events marked processed (repeats skip)
     # Per aggregate, once its records are done: the offset of the first one not finished (None: all finished).
     tails: dict[Aggregate, asyncio.Future[int | None]] = field(default_factory=dict)
+    waiting: int = 0  # aggregates not started yet (waiting for a slot, or for the batch before)
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # every aggregate has started (or never will)
+
+    def start(self) -> None:
+        """One aggregate has started (or will not)."""
+        self.waiting -= 1
+        if self.waiting <= 0:
+            self.started.set()
 
 
 class BatchProcessor:
     """Processes the batches FastStream's subscriber fetches for one router.
 
-    Two batches may be in progress at once: :meth:`handle_fetch` starts a batch and returns once the batch
-    before it is settled, so the next fetch overlaps the end of the current batch (its last e-mails, its
-    outcome records and final transactions, its commit). Ordering holds per aggregate: an aggregate's
+    Two batches may be in progress at once: :meth:`handle_fetch` starts a batch and returns once each of its
+    aggregates has started (its records are in progress, or done) and the batch before it is settled, so the
+    next fetch overlaps the end of the current batch (its last e-mails, their outcome records and final
+    transactions, its commit) and not more: the next batch's records wait for the slots its last ones free. Ordering holds per aggregate: an aggregate's
     records in a batch start only after its records in the batch before are finished, and not at all if one
     of them did not finish (the partition is sought back to it, and they come again). Batches are settled
     in the order they were fetched."""
@@ -221,8 +230,8 @@ class BatchProcessor:
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
 
     async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        """Start processing one fetched batch, and return once the batch before it is settled. Each batch is
-        settled after it is processed and after the one before it: for the partitions this member still
+        """Start processing one fetched batch, and return once each of its aggregates has started and the
+        batch before it is settled. Each batch is settled after it is processed and after the one before it: for the partitions this member still
         owns, commit up to the first record not finished and seek back to it. :attr:`idle` is set when no
         batch is in progress."""
         self.revoking.clear()  # a new batch, fetched after any rebalance completed
@@ -236,6 +245,7 @@ class BatchProcessor:
         task.add_done_callback(self._tasks.discard)
         if before is not None:
             await asyncio.shield(before[1])
+        await batch.started.wait()
 
     async def settled(self) -> None:
         """Wait until every batch started is settled, and the lag measured after it."""
@@ -282,9 +292,11 @@ class BatchProcessor:
             if (earlier := self._tails.get(aggregate)) is not None:
                 after[aggregate] = earlier
             self._tails[aggregate] = batch.tails[aggregate] = asyncio.get_running_loop().create_future()
+        batch.waiting = len(groups)
         try:
             await self._process_groups(batch, groups, after)
         finally:
+            batch.started.set()
             for aggregate, tail in batch.tails.items():  # groups that never started: nothing of them finished
                 if not tail.done():
                     tail.set_result(groups[aggregate][0].offset)
@@ -311,6 +323,7 @@ class BatchProcessor:
         async def run(aggregate: Aggregate, group: list[ConsumerRecord[Any, Any]]) -> None:
             nonlocal unfinished
             first_unfinished: int | None = group[0].offset
+            waiting = True
             try:
                 if aggregate in after:
                     gap = await after[aggregate]
@@ -318,6 +331,8 @@ class BatchProcessor:
                         unfinished = True
                         return
                 async with self._slots:
+                    waiting = False
+                    batch.start()
                     for record in group:
                         first_unfinished = record.offset
                         if stop.is_set() or self.revoking.is_set():
@@ -335,6 +350,8 @@ class BatchProcessor:
                         batch.done.add((record.topic, record.partition, record.offset))
                     first_unfinished = None
             finally:
+                if waiting:
+                    batch.start()
                 batch.tails[aggregate].set_result(first_unfinished)
 
         results = await asyncio.gather(*(run(a, g) for a, g in groups.items()), return_exceptions=True)
