@@ -185,10 +185,10 @@ class BatchProcessor:
     Two batches may be in progress at once: :meth:`handle_fetch` starts a batch and returns once each of its
     aggregates has started (its records are in progress, or done) and the batch before it is settled, so the
     next fetch overlaps the end of the current batch (its last e-mails, their outcome records and final
-    transactions, its commit) and not more: the next batch's records wait for the slots its last ones free. Ordering holds per aggregate: an aggregate's
-    records in a batch start only after its records in the batch before are finished, and not at all if one
-    of them did not finish (the partition is sought back to it, and they come again). Batches are settled
-    in the order they were fetched."""
+    transactions, its commit) and not more: the next batch's records wait for the slots its last ones free.
+    Ordering holds per aggregate: an aggregate's records in a batch start only after its records in the
+    batch before are finished, and not at all if one of them did not finish (the partition is sought back to
+    it, and they come again). Batches are settled in the order they were fetched."""
 
     def __init__(
         self,
@@ -231,9 +231,9 @@ class BatchProcessor:
 
     async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Start processing one fetched batch, and return once each of its aggregates has started and the
-        batch before it is settled. Each batch is settled after it is processed and after the one before it: for the partitions this member still
-        owns, commit up to the first record not finished and seek back to it. :attr:`idle` is set when no
-        batch is in progress."""
+        batch before it is settled. Each batch is settled after it is processed and after the one before it:
+        for the partitions this member still owns, commit up to the first record not finished and seek back
+        to it. :attr:`idle` is set when no batch is in progress."""
         self.revoking.clear()  # a new batch, fetched after any rebalance completed
         self.idle.clear()
         before = self._latest
