@@ -133,3 +133,18 @@ async def test_a_record_not_finished_holds_back_its_aggregates_records_in_the_ne
     assert [s for s in pinger.seen if s[0] in "BC"] == [("B", 1, "start"), ("B", 1, "done"), ("C", 1, "start"),
                                                        ("C", 1, "done")], "the others are not processed twice"
     assert kafka.commits == {P0: 4}
+
+
+async def test_the_next_fetch_waits_until_every_aggregate_of_the_batch_has_started(pinger: Pinger) -> None:
+    """The overlap is the end of a batch only: while some of its records still wait for a slot, the next
+    batch is not fetched."""
+    batches, slots = pinger.service.batches, pinger.service.settings.SMTP_MAX_CONNECTIONS * 2
+    names = [f"P{n}" for n in range(slots + 3)]
+    gates = [pinger.hold(name, 1) for name in names]
+    fetching = asyncio.create_task(batches.handle_fetch(pinger.kafka, [pinger.record(name, 1) for name in names]))
+    await wait_until(lambda: sum(what == "start" for *_, what in pinger.seen) == slots)
+    assert not fetching.done(), f"{len(names) - slots} records still wait for a slot"
+    for gate in gates[:3]:
+        gate.set()
+    await fetching  # the last three have started
+    assert sum(what == "start" for *_, what in pinger.seen) == len(names)
