@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -209,15 +210,16 @@ def build_service(
             wake=wake_scheduler, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
             on_measured=metrics.jobs_waiting,
         )
-    idle = asyncio.Event()  # no batch in progress: set and cleared by the batch processor, read by the lag measure
-    idle.set()
+    # The input partitions with records in a batch not settled yet (how many batches): kept by the batch
+    # processor, read by the lag measure (such a partition is not caught up).
+    unsettled: Counter[int] = Counter()
     lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
-                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, batch_idle=idle.is_set,
+                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, unsettled=unsettled,
                    on_caught_up=scheduler.gates_opened if scheduler is not None else lambda: None)
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,
-        idle=idle, on_revoke=caught_up.forget, after_settle=lag.measure,
+        unsettled=unsettled, on_revoke=caught_up.forget, after_settle=lag.measure,
     )
     broker = KafkaBroker(
         settings.KAFKA_BOOTSTRAP_SERVERS,
@@ -456,9 +458,9 @@ async def _wind_down(service: Service) -> None:
     service.caught_up.close()  # nothing counts as caught up from now on
     for task in service.tasks:  # the scheduler and the lag loop stop before the consumer does
         task.cancel()
-    service.batches.revoking.set()
+    service.batches.stop()
     try:
-        await asyncio.wait_for(service.batches.idle.wait(), service.drain)
+        await asyncio.wait_for(service.batches.settled(), service.drain)
     except TimeoutError:
         log.warning("batch still running at shutdown")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -74,17 +75,19 @@ async def settle(
     finished records that precede the first unfinished one, and seek back to that one (if any).
     ``rewound``: the partitions sought back by the batches settled before, and where to; a partition
     sought back before this batch's records of it were fetched again is left alone (they come back after
-    the record it was sought back to), and the seeks back of this batch are added.
+    the record it was sought back to), and the seeks back of this batch are added (the partitions no
+    longer owned are dropped).
     Returns the offsets committed (none if the commit failed)."""
     rewound = {} if rewound is None else rewound
+    assigned = kafka.assignment()
+    for gone in [partition for partition in rewound if partition not in assigned]:
+        del rewound[gone]
     by_partition: dict[TopicPartition, list[int]] = {}
     for record in records:
         by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record.offset)
-    assigned = kafka.assignment()
     offsets: dict[TopicPartition, int] = {}
     for partition, partition_offsets in by_partition.items():
         if partition not in assigned:
-            rewound.pop(partition, None)
             continue  # revoked meanwhile: its next owner starts from the last commit
         partition_offsets.sort()
         if partition in rewound:
@@ -133,7 +136,7 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.timeout = timeout
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.batches.revoking.set()  # cleared when the next batch starts, not before
+        self.batches.revoking.set()  # cleared once partitions are assigned again, not before
         self.batches.on_revoke()
         try:
             await asyncio.wait_for(self.batches.idle.wait(), self.timeout)
@@ -141,7 +144,7 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("batch still running when its partitions were revoked")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        self.batches.assigned()
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -165,6 +168,7 @@ class Batch:
 
     records: Sequence[ConsumerRecord[Any, Any]]
     earlier: Set[EventKey]  # the events finished by the batch before it (repeats skip)
+    partitions: frozenset[TopicPartition] = frozenset()
     done: set[tuple[str, int, int]] = field(default_factory=set)  # its records finished (committed at settle)
     finished: set[EventKey] = field(default_factory=set)  # its events marked processed (repeats skip)
     # Per aggregate, once its records are done: the offset of the first one not finished (None: all finished).
@@ -202,7 +206,7 @@ class BatchProcessor:
         max_message_bytes: int,
         concurrency: int = 32,
         tracing: Tracing | None = None,
-        idle: asyncio.Event | None = None,
+        unsettled: Counter[int] | None = None,
         on_revoke: Callable[[], None] = lambda: None,
         after_settle: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
@@ -220,35 +224,54 @@ class BatchProcessor:
         self._failures = 0
         self._crashes: dict[tuple[str, int, int], int] = {}
         self._dead_lettered: set[tuple[str, int, int]] = set()
+        self._stopping = False  # the service is stopping: no batch starts any more
         self._rewound: dict[TopicPartition, int] = {}  # partitions sought back, until fetched again
         self._tails: dict[Aggregate, asyncio.Future[int | None]] = {}  # each aggregate's latest records started
         self._latest: tuple[Batch, asyncio.Task[None]] | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches not settled yet
         self._tasks: set[asyncio.Task[None]] = set()  # batches not settled or not measured after it yet
-        self.idle = idle if idle is not None else asyncio.Event()  # no batch in progress
+        self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
+        # Input partitions with records in a batch not settled yet, and how many batches (read by the lag measure).
+        self.unsettled: Counter[int] = unsettled if unsettled is not None else Counter()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
 
     async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Start processing one fetched batch, and return once each of its aggregates has started and the
         batch before it is settled. Each batch is settled after it is processed and after the one before it:
         for the partitions this member still owns, commit up to the first record not finished and seek back
-        to it. :attr:`idle` is set when no batch is in progress."""
-        self.revoking.clear()  # a new batch, fetched after any rebalance completed
+        to it. :attr:`idle` is set when no batch is in progress. Once the service is stopping (:meth:`stop`), a
+        batch handed over is left as it is: not processed, not committed."""
+        if self._stopping:
+            return
         self.idle.clear()
         before = self._latest
-        batch = Batch(records, before[0].finished if before is not None else frozenset())
+        batch = Batch(records, before[0].finished if before is not None else frozenset(),
+                      frozenset(TopicPartition(r.topic, r.partition) for r in records))
+        self.unsettled.update(p.partition for p in batch.partitions if p.topic == self.router.topic)
         task = asyncio.create_task(self._process_and_settle(kafka, batch, before[1] if before is not None else None))
         self._latest = (batch, task)
         self._running.add(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if before is not None:
-            await asyncio.shield(before[1])
+            await asyncio.wait({before[1]})  # whatever became of it
         await batch.started.wait()
 
+    def assigned(self) -> None:
+        """Partitions were assigned (a rebalance completed): the consumer fetches each from its committed
+        offset, and the batches may go on."""
+        self._rewound.clear()
+        self.revoking.clear()
+
+    def stop(self) -> None:
+        """The service is stopping: the batches in progress finish the records they have started (and are
+        settled), and no other record or batch starts."""
+        self._stopping = True
+        self.revoking.set()
+
     async def settled(self) -> None:
-        """Wait until every batch started is settled, and the lag measured after it."""
+        """Wait until every batch started is settled, and the lag measured after each."""
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
@@ -257,7 +280,7 @@ class BatchProcessor:
             with contextlib.suppress(Exception):  # logged by process_batch; the rest is fetched again
                 await self.process_batch(batch)
             if before is not None:
-                await asyncio.shield(before)
+                await asyncio.wait({before})  # settled in the order fetched, whatever became of it
             try:
                 committed = await settle(kafka, batch.records, batch.done, self._rewound)
                 self._dead_lettered = still_fetched_again(self._dead_lettered, committed, kafka.assignment())
@@ -268,6 +291,8 @@ class BatchProcessor:
                     del self._tails[aggregate]
         finally:
             self._running.discard(asyncio.current_task())
+            self.unsettled.subtract(p.partition for p in batch.partitions if p.topic == self.router.topic)
+            self.unsettled += Counter()  # drops the partitions no batch holds any more
             if self._latest is not None and self._latest[0] is batch:
                 self._latest = None
             if not self._running:
@@ -335,7 +360,7 @@ class BatchProcessor:
                     batch.start()
                     for record in group:
                         first_unfinished = record.offset
-                        if stop.is_set() or self.revoking.is_set():
+                        if stop.is_set() or self.revoking.is_set() or self._stopping:
                             unfinished = True
                             return
                         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -72,13 +72,13 @@ class LagMeter:
     """Measures the lag of the input topic's assigned partitions after each batch and every second."""
 
     def __init__(self, *, service: str, topic: str, metrics: Metrics, caught_up: CaughtUp, fetch_max_wait_ms: int,
-                 batch_idle: Callable[[], bool], on_caught_up: Callable[[], None] = lambda: None) -> None:
+                 unsettled: Mapping[int, int], on_caught_up: Callable[[], None] = lambda: None) -> None:
         self.service = service
         self.topic = topic
         self.metrics = metrics
         self.caught_up = caught_up
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.batch_idle = batch_idle
+        self.unsettled = unsettled  # input partitions with records in a batch not settled yet (how many batches)
         self.on_caught_up = on_caught_up
 
     async def measure(self, consumer: OffsetsView | Any) -> None:
@@ -101,7 +101,7 @@ class LagMeter:
                 fetched = consumer.last_poll_timestamp(partition) or 0
                 if lag == 0 and fetched >= fresh_after and partition.topic == self.topic:
                     caught_up.add(partition.partition)
-        # While a batch is in progress the position is past records not yet processed: nothing counts as
-        # caught up then (the batch's end measures again).
-        if self.caught_up.update(caught_up if self.batch_idle() else set()):
+        # A partition with records in a batch not settled yet is behind, whatever its lag says (the batch's
+        # settling measures again).
+        if self.caught_up.update({partition for partition in caught_up if not self.unsettled.get(partition)}):
             self.on_caught_up()

@@ -148,3 +148,32 @@ async def test_the_next_fetch_waits_until_every_aggregate_of_the_batch_has_start
         gate.set()
     await fetching  # the last three have started
     assert sum(what == "start" for *_, what in pinger.seen) == len(names)
+
+
+async def test_once_stopping_started_records_finish_and_nothing_else_starts(pinger: Pinger) -> None:
+    batches, kafka = pinger.service.batches, pinger.kafka
+    a1 = pinger.hold("A", 1)
+    await batches.handle_fetch(kafka, [pinger.record("A", 1), pinger.record("A", 2)])
+    await wait_until(lambda: pinger.did("A", 1, "start"))
+    batches.stop()  # the service is shutting down
+    await batches.handle_fetch(kafka, [pinger.record("B", 1)])  # handed over meanwhile: left as it is
+    a1.set()
+    await batches.settled()
+    assert pinger.did("A", 1, "done") and not pinger.did("A", 2, "start") and not pinger.did("B", 1, "start")
+    assert kafka.commits == {P0: 1} and kafka.seeks == [(P0, 1)], "A's first is committed, the rest comes again"
+
+
+async def test_after_a_rebalance_a_partition_sought_back_before_is_committed_again(pinger: Pinger) -> None:
+    """P0 was sought back to offset 0; then it moved to another member, which went on to offset 2, and came
+    back: its records from 2 are this member's to commit, not leftovers of the old seek."""
+    batches, kafka = pinger.service.batches, pinger.kafka
+    pinger.failing.add(("A", 1))
+    await batches.handle_fetch(kafka, [pinger.record("A", 1)])
+    await batches.settled()
+    assert kafka.seeks == [(P0, 0)] and kafka.commits == {}
+    kafka.commits[P0] = 2  # the other member's commit
+    pinger.record("A", 2)
+    batches.assigned()
+    await batches.handle_fetch(kafka, [pinger.record("C", 1)])  # offset 2
+    await batches.settled()
+    assert kafka.commits == {P0: 3}

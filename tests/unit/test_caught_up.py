@@ -42,7 +42,7 @@ class FakeConsumer:
 
 def meter_for(*, batch_running: bool = False, woken: list[str] | None = None) -> LagMeter:
     return LagMeter(service="support", topic=TOPIC, metrics=Metrics("support"), caught_up=CaughtUp(),
-                    fetch_max_wait_ms=100, batch_idle=lambda: not batch_running,
+                    fetch_max_wait_ms=100, unsettled={0: 1} if batch_running else {},
                     on_caught_up=lambda: (woken if woken is not None else []).append("woken"))
 
 
@@ -83,11 +83,11 @@ async def test_a_partition_never_committed_lags_from_the_start_of_its_log() -> N
     assert 0 not in meter.caught_up
 
 
-async def test_nothing_is_caught_up_while_a_batch_is_in_progress() -> None:
-    [p0] = partitions(0)
-    meter = meter_for(batch_running=True)
-    await meter.measure(FakeConsumer(highwaters={p0: 3}, positions={p0: 3}, commits={p0: 3}))
-    assert 0 not in meter.caught_up
+async def test_a_partition_with_records_in_a_batch_not_settled_is_not_caught_up() -> None:
+    p0, p1 = partitions(0, 1)
+    meter = meter_for(batch_running=True)  # records of partition 0 are in progress
+    await meter.measure(FakeConsumer(highwaters={p0: 3, p1: 3}, positions={p0: 3, p1: 3}, commits={p0: 3, p1: 3}))
+    assert 0 not in meter.caught_up and 1 in meter.caught_up
 
 
 async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
