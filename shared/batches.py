@@ -53,7 +53,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class BatchInterrupted(Exception):
-    """The batch stopped early (partitions revoked); its unprocessed records are fetched again."""
+    """The batch stopped early (partitions revoked, the service stopping, or an aggregate's earlier record not
+    finished); its unprocessed records are fetched again."""
 
 
 class Partitions(Protocol):
@@ -348,7 +349,7 @@ class BatchProcessor:
         async def run(aggregate: Aggregate, group: list[ConsumerRecord[Any, Any]]) -> None:
             nonlocal unfinished
             first_unfinished: int | None = group[0].offset
-            waiting = True
+            queued = True  # not started yet (counted in batch.waiting)
             try:
                 if aggregate in after:
                     gap = await after[aggregate]
@@ -356,7 +357,7 @@ class BatchProcessor:
                         unfinished = True
                         return
                 async with self._slots:
-                    waiting = False
+                    queued = False
                     batch.start()
                     for record in group:
                         first_unfinished = record.offset
@@ -375,14 +376,15 @@ class BatchProcessor:
                         batch.done.add((record.topic, record.partition, record.offset))
                     first_unfinished = None
             finally:
-                if waiting:
+                if queued:
                     batch.start()
                 batch.tails[aggregate].set_result(first_unfinished)
 
         results = await asyncio.gather(*(run(a, g) for a, g in groups.items()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if not errors and unfinished:
-            raise BatchInterrupted("partitions are being revoked: the batch stops early")
+            raise BatchInterrupted("the batch stopped early (partitions revoked, the service stopping, or an "
+                                   "aggregate's earlier record not finished): the rest is fetched again")
         if errors:
             await self._pause_after(errors)
             raise errors[0]
