@@ -169,7 +169,7 @@ class Batch:
 
     records: Sequence[ConsumerRecord[Any, Any]]
     earlier: Set[EventKey]  # the events finished by the batch before it (repeats skip)
-    partitions: frozenset[TopicPartition] = frozenset()
+    partitions: frozenset[int] = frozenset()  # the input topic's partitions it holds records of
     done: set[tuple[str, int, int]] = field(default_factory=set)  # its records finished (committed at settle)
     finished: set[EventKey] = field(default_factory=set)  # its events marked processed (repeats skip)
     # Per aggregate, once its records are done: the offset of the first one not finished (None: all finished).
@@ -248,8 +248,8 @@ class BatchProcessor:
         self.idle.clear()
         before = self._latest
         batch = Batch(records, before[0].finished if before is not None else frozenset(),
-                      frozenset(TopicPartition(r.topic, r.partition) for r in records))
-        self.unsettled.update(p.partition for p in batch.partitions if p.topic == self.router.topic)
+                      frozenset(r.partition for r in records if r.topic == self.router.topic))
+        self.unsettled.update(batch.partitions)
         task = asyncio.create_task(self._process_and_settle(kafka, batch, before[1] if before is not None else None))
         self._latest = (batch, task)
         self._running.add(task)
@@ -292,8 +292,8 @@ class BatchProcessor:
                     del self._tails[aggregate]
         finally:
             self._running.discard(asyncio.current_task())
-            self.unsettled.subtract(p.partition for p in batch.partitions if p.topic == self.router.topic)
-            self.unsettled += Counter()  # drops the partitions no batch holds any more
+            self.unsettled.subtract(batch.partitions)
+            self.unsettled += Counter()  # in place: drops the partitions no batch holds any more
             if self._latest is not None and self._latest[0] is batch:
                 self._latest = None
             if not self._running:
