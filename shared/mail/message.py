@@ -8,7 +8,7 @@ so no input string can add a header.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import re
 import secrets
@@ -66,12 +66,35 @@ def _fold(name: str, value: str) -> bytes:
     return folded.encode("ascii")
 
 
+# What a 7bit body may not carry (RFC 2045 2.7): anything but printable ASCII, tab and line ends. Its lines
+# must also be at most 998 octets long (RFC 5322 2.1.1), checked apart.
+_NOT_7BIT = re.compile(r"[^\t\n\x20-\x7e]")
+_BASE64_LINE = 76  # characters of base64 per line (RFC 2045 6.8)
+
+
 def _body(content: str, content_type: str) -> bytes:
-    encoded = base64.encodebytes(content.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8"))
+    """A text part: as it is (7bit) when it is plain ASCII in lines short enough, else in base64 (any other
+    text, a lone carriage return included, arrives byte for byte). Either way it ends in CRLF, and the CRLF
+    before the next boundary belongs to the boundary (RFC 2046 5.1.1)."""
+    content = content.replace("\r\n", "\n")
+    lines = content.split("\n")
+    if not _NOT_7BIT.search(content) and max(map(len, lines)) <= 998:
+        encoding, payload = "7bit", "\r\n".join(lines).encode("ascii")
+    else:
+        # One pass of base64 cut into lines: the standard library's encodebytes encodes line by line.
+        encoded = binascii.b2a_base64(content.replace("\n", "\r\n").encode("utf-8"), newline=False)
+        encoding = "base64"
+        payload = b"\r\n".join([encoded[i:i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE)])
     return (
         f"Content-Type: {content_type}; charset=\"utf-8\"\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\n"
-    ).encode("ascii") + encoded.replace(b"\n", b"\r\n")
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
+    ).encode("ascii") + payload + b"\r\n"
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: datetime) -> bytes:
+    """The Date header of an instant, to the second (RFC 5322 3.3): the same for every e-mail of that second."""
+    return _fold("Date", format_datetime(second))
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,7 +124,7 @@ def build_message(
         from_header,
         _fold("To", formataddr((header_safe(recipient_name), recipient_address), charset="utf-8")),
         _fold("Subject", header_safe(subject, limit=250)),
-        _fold("Date", format_datetime(date)),
+        _date(date.replace(microsecond=0)),
         _fold("Message-ID", f"<{message_id}>"),
         _fold("Content-Language", language),
         b"MIME-Version: 1.0\r\n",
@@ -121,6 +144,6 @@ def build_message(
             f"--{boundary}--\r\n".encode("ascii"),
         ]
     )
-    # Headers, base64 lines and boundaries never start with a dot; should one ever, it is stuffed here.
+    # A line of a 7bit part may start with a dot (headers, base64 lines and boundaries never do): stuffed here.
     data = data.replace(b"\n.", b"\n..")
     return OutgoingMail(sender=sender_address, recipient=recipient_address, data=data, message_id=message_id)
