@@ -20,6 +20,9 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 USAGE = "usage: python -m services.{name} [migrate]"
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The garbage collector's thresholds in a running service (see :func:`main`)."""
+
 
 def secret_values(settings: ServiceSettings) -> list[str]:
     values = []
@@ -75,6 +78,11 @@ def main(
     # tens of milliseconds in the middle of a batch.
     gc.collect()
     gc.freeze()
+    # Nearly everything an event allocates is freed by reference counting as soon as it is done with: the
+    # collector's default pace (a young-generation pass every 700 net allocations) cost ~40 µs of CPU per
+    # event for almost no garbage. At 50,000 it runs about once per 10,000 events (measured: 1.7 µs per
+    # event), and what cyclic garbage there is (a few tens of MB at most) waits a little longer.
+    gc.set_threshold(*GC_THRESHOLDS)
     server.run()
     if not getattr(server, "started", False):
         logging.getLogger("customersource.app").error("service did not start")
