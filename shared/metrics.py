@@ -11,6 +11,7 @@ class Metrics:
     def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
         self.service = service
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.events = Counter(
             "customersource_events_total",
             "Input events by type and outcome (processed, duplicate, ignored, dead_lettered)",
@@ -80,10 +81,10 @@ class Metrics:
         )
 
     def event(self, event_type: str, outcome: str) -> None:
-        self.events.labels(self.service, event_type, outcome).inc()
+        self._child(self.events, event_type, outcome).inc()
 
     def email(self, template: str, outcome: str) -> None:
-        self.emails.labels(self.service, template, outcome).inc()
+        self._child(self.emails, template, outcome).inc()
 
     def dead_letter(self, topic: str, kind: str) -> None:
         self.dead_letters.labels(self.service, topic, kind).inc()
@@ -92,7 +93,17 @@ class Metrics:
         self.retries.labels(self.service, what).inc()
 
     def output(self, event_type: str) -> None:
-        self.output_events.labels(self.service, event_type).inc()
+        self._child(self.output_events, event_type).inc()
+
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """The metric's child for the service and these labels, kept: ``labels()`` takes a lock and checks
+        its arguments every time, several times per event. The set of label values is small (types,
+        templates and outcomes the code names; an unknown input type is counted as "unknown")."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.service, *labels)
+        return child
 
     def jobs_waiting(self, waiting: Waiting) -> None:
         self.scheduled.labels(self.service).set(waiting.jobs)

@@ -50,6 +50,8 @@ async def all_of(*steps: Awaitable[T]) -> list[T]:
     """Run the steps concurrently and wait for every one, even when one fails (then raise the first
     failure): an e-mail still being sent must never outlive the attempt that started it, or the retry
     would send it a second time before the first one is recorded."""
+    if len(steps) == 1:  # awaited as it is: no task to wrap it in
+        return [await steps[0]]
     results = await asyncio.gather(*steps, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
@@ -98,14 +100,19 @@ class PlanRunner:
         if plan.before:
             await self._before.write(Final(plan.before, None))
         events = [self._output(event, context) for event in plan.events]
-        mailed, produced = await asyncio.gather(
-            all_of(*(self.mailer.deliver(note, context.cause, known) for note in plan.mails)),
-            self._produce(events), return_exceptions=True)  # both finished before either failure is raised
-        if isinstance(mailed, BaseException):
-            raise mailed
-        if isinstance(produced, BaseException):
-            raise produced
-        outcomes: list[NotificationOutcome] = mailed
+        mailing = [self.mailer.deliver(note, context.cause, known) for note in plan.mails]
+        outcomes: list[NotificationOutcome]
+        if events and mailing:
+            # Both finished before either failure is raised.
+            mailed, produced = await asyncio.gather(all_of(*mailing), self._produce(events), return_exceptions=True)
+            if isinstance(mailed, BaseException):
+                raise mailed
+            if isinstance(produced, BaseException):
+                raise produced
+            outcomes = mailed
+        else:
+            outcomes = await all_of(*mailing) if mailing else []
+            await self._produce(events)
         completion = plan.then(outcomes) if plan.then is not None else Completion()
         records = [self.mailer.audit(outcome, note.aggregate_id)
                    for note, outcome in zip(plan.mails, outcomes, strict=True)]
