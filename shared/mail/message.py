@@ -66,9 +66,9 @@ def _fold(name: str, value: str) -> bytes:
     return folded.encode("ascii")
 
 
-# What a 7bit body may not carry (RFC 2045 2.7): anything but printable ASCII, tab and line ends. Its lines
-# must also be at most 998 octets long (RFC 5322 2.1.1), checked apart.
-_NOT_7BIT = re.compile(r"[^\t\n\x20-\x7e]")
+# The octets a 7bit body may carry (RFC 2045 2.7): printable ASCII, tab and line ends. Its lines must also be
+# at most 998 octets long (RFC 5322 2.1.1).
+_7BIT_OCTETS = bytes(range(0x20, 0x7F)) + b"\t\n"
 _BASE64_LINE = 76  # characters of base64 per line (RFC 2045 6.8)
 
 
@@ -77,18 +77,26 @@ def _body(content: str, content_type: str) -> bytes:
     text, a lone carriage return included, arrives byte for byte). Either way it ends in CRLF, and the CRLF
     before the next boundary belongs to the boundary (RFC 2046 5.1.1)."""
     content = content.replace("\r\n", "\n")
-    lines = content.split("\n")
-    if not _NOT_7BIT.search(content) and max(map(len, lines)) <= 998:
-        encoding, payload = "7bit", "\r\n".join(lines).encode("ascii")
+    if content.isascii():  # known to the string, not computed
+        ascii = content.encode("ascii")
+        lines = ascii.split(b"\n")
+        if not ascii.translate(None, _7BIT_OCTETS) and max(map(len, lines)) <= 998:
+            payload, encoding = b"\r\n".join(lines), "7bit"
+        else:
+            payload, encoding = _base64(ascii.replace(b"\n", b"\r\n")), "base64"
     else:
-        # One pass of base64 cut into lines: the standard library's encodebytes encodes line by line.
-        encoded = binascii.b2a_base64(content.replace("\n", "\r\n").encode("utf-8"), newline=False)
-        encoding = "base64"
-        payload = b"\r\n".join([encoded[i:i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE)])
+        payload, encoding = _base64(content.replace("\n", "\r\n").encode("utf-8")), "base64"
     return (
         f"Content-Type: {content_type}; charset=\"utf-8\"\r\n"
         f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
     ).encode("ascii") + payload + b"\r\n"
+
+
+def _base64(octets: bytes) -> bytes:
+    """Base64 in lines of 76 characters, without the last line's end: encoded in one pass, then cut (the
+    standard library's ``encodebytes`` encodes line by line)."""
+    encoded = binascii.b2a_base64(octets, newline=False)
+    return b"\r\n".join([encoded[i:i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE)])
 
 
 @functools.lru_cache(maxsize=4)

@@ -77,3 +77,26 @@ def test_the_message_is_sent_as_built_so_its_size_is_its_length(text: str) -> No
     already has CRLF line endings everywhere and ends with one (what the SMTP client would otherwise fix)."""
     mail, _ = build(text=text, html=f"<p>{text}</p>", subject=text[:200], recipient_name=text[:60])
     assert normalize_message_line_endings(mail.data) == mail.data
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Plain ASCII\nin two lines\n", "7bit"),
+        (".a dot first\n", "7bit"),
+        ("Fran\u00e7ais\n", "base64"),
+        ("a lone\rcarriage return", "base64"),
+        ("a NUL \x00 and an escape \x1b", "base64"),
+        ("x" * 999, "base64"),  # longer than a line may be (998 octets)
+        ("x" * 998, "7bit"),
+    ],
+)
+def test_a_part_goes_as_it_is_when_7bit_allows_else_in_base64_and_arrives_intact(text: str, encoding: str) -> None:
+    mail, _ = build(text=text, html=text)
+    # What the SMTP server hands on: the data with its dot-stuffing undone (RFC 5321 4.5.2).
+    message = message_from_bytes(mail.data.replace(b"\r\n..", b"\r\n."), policy=policy.default)
+    for part in message.iter_parts():
+        assert part["Content-Transfer-Encoding"] == encoding
+        assert part.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+    assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
+    assert b"\r\n.a dot" not in mail.data  # stuffed (the SMTP server removes the extra dot)
