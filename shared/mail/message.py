@@ -54,6 +54,12 @@ class OutgoingMail:
     data: bytes
     message_id: str
 
+    @property
+    def size(self) -> int:
+        """The message's size as RFC 1870 counts it (SMTP's SIZE): without the dots stuffing added, one at the
+        start of each line that begins with one."""
+        return len(self.data) - self.data.count(b"\n..")
+
 
 def _fold(name: str, value: str) -> bytes:
     if value.isascii() and len(name) + len(value) < 996 and not _UNSAFE.search(value):

@@ -124,7 +124,8 @@ class SmtpPool:
         try:
             async with self._connection() as client:
                 try:
-                    response = await self._transaction(client, mail)
+                    async with asyncio.timeout(self._config.timeout):
+                        response = await self._transaction(client, mail)
                 except aiosmtplib.SMTPSenderRefused as exc:
                     if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
                         return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
@@ -142,27 +143,32 @@ class SmtpPool:
         """MAIL, RCPT, DATA for one recipient, on a connection this send holds alone.
 
         Our messages are built ready for the wire (:class:`OutgoingMail`: CRLF line endings, dot-stuffed,
-        plain ASCII addresses), so their size (RFC 1870) is their length and the content is written as it
-        is: aiosmtplib's ``mail``/``rcpt``/``data`` would parse both addresses again and rewrite the line
-        endings and dot-stuff every message, two regular-expression passes over it (together 8 % of the
-        service's CPU). The commands still go through ``execute_command``, which refuses control
-        characters in them. A refusal resets the envelope (RSET) before the connection is used again."""
-        size = [b"SIZE=%d" % len(mail.data)] if client.supports_extension("size") else []
+        plain ASCII addresses, their RFC 1870 size known), so the content is written as it is: aiosmtplib's
+        ``mail``/``rcpt``/``data`` would parse both addresses again and rewrite the line endings and dot-stuff
+        every message, two regular-expression passes over it (together 8 % of the service's CPU). The
+        commands still go through ``execute_command``, which refuses control characters in them. A refusal
+        resets the envelope (RSET) before the connection is used again.
+
+        The whole transaction has one deadline (the caller's ``asyncio.timeout``), not one per command:
+        ``asyncio.wait_for`` around each of the four replies cost more than the parsing of all four. A
+        transaction that times out leaves its connection closed (its replies could no longer be paired)."""
+        size = [b"SIZE=%d" % mail.size] if client.supports_extension("size") else []
         try:
-            answer = await client.execute_command(b"MAIL", b"FROM:<%s>" % mail.sender.encode("ascii"), *size)
+            answer = await client.execute_command(b"MAIL", b"FROM:<%s>" % mail.sender.encode("ascii"), *size,
+                                                  timeout=None)
             if answer.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail.sender)
-            answer = await client.execute_command(b"RCPT", b"TO:<%s>" % mail.recipient.encode("ascii"))
+            answer = await client.execute_command(b"RCPT", b"TO:<%s>" % mail.recipient.encode("ascii"), timeout=None)
             if answer.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
                 raise aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, mail.recipient)
-            answer = await client.execute_command(b"DATA")
+            answer = await client.execute_command(b"DATA", timeout=None)
             if answer.code != SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(answer.code, answer.message)
             protocol = client.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
             protocol.write(mail.data + b".\r\n")  # one write (a system call): the copy costs far less
-            answer = await protocol.read_response(timeout=client.timeout)
+            answer = await protocol.read_response(timeout=None)
             if answer.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPDataError(answer.code, answer.message)
             return answer

@@ -57,11 +57,11 @@ async def test_the_message_arrives_byte_for_byte_with_its_size(smtp: SmtpServer)
         assert isinstance(await pool.send(stuffed), Accepted)
     finally:
         await pool.close()
-    assert smtp.messages[0].data == built.data
+    assert smtp.messages[0].data == built.data.replace(b"\r\n..", b"\r\n.")  # the server removes the stuffing
     plain = smtp.messages[0].message.get_body(("plain",))
     assert plain is not None and plain.get_content() == "Hi\r\n.\r\n..hidden\r\n"
     assert smtp.messages[1].data == b"Subject: dots\r\n\r\n.\r\n.x\r\n"
-    assert smtp.handler.mail_options[0] == [f"SIZE={len(built.data)}"]
+    assert smtp.handler.mail_options[0] == [f"SIZE={len(smtp.messages[0].data)}"] == [f"SIZE={built.size}"]
     assert (smtp.messages[0].envelope_from, smtp.messages[0].rcpt_tos) == ("noreply@customersource.example",
                                                                            ["jane@contoso.example"])
 
@@ -99,3 +99,31 @@ async def test_login_failure_is_transient(smtp: SmtpServer) -> None:
     with pytest.raises(TransientSmtpError):
         await pool.send(MAIL)
     await pool.close()
+
+
+async def test_a_server_that_stops_answering_times_out_and_its_connection_is_dropped() -> None:
+    """The transaction has one deadline: a server that greets, then never answers MAIL, fails the send
+    transiently once it passes, and the connection (whose replies could no longer be paired) is closed."""
+    closed = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mute.example ESMTP\r\n")
+        await writer.drain()
+        while line := await reader.readline():
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                writer.write(b"250-mute.example\r\n250 SIZE 1000000\r\n")
+                await writer.drain()
+            # anything else: no answer
+        closed.set()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=server.sockets[0].getsockname()[1], timeout=0.3))
+    try:
+        with pytest.raises(TransientSmtpError, match="TimeoutError"):
+            await pool.send(MAIL)
+        await asyncio.wait_for(closed.wait(), 5)
+        assert pool._idle == []
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

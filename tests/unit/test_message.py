@@ -72,11 +72,13 @@ def test_encoded_words_in_input_cannot_smuggle_characters() -> None:
 
 
 @pytest.mark.parametrize("text", ["one\ntwo", "one\r\ntwo\r\n", "lone\rcarriage", ".leading dot\n.\n..", "é" * 300])
-def test_the_message_is_sent_as_built_so_its_size_is_its_length(text: str) -> None:
-    """The SMTP pool declares SIZE as the message's length (RFC 1870): true only if the built message
-    already has CRLF line endings everywhere and ends with one (what the SMTP client would otherwise fix)."""
+def test_the_message_is_sent_as_built_and_its_size_is_what_the_server_receives(text: str) -> None:
+    """The built message already has CRLF line endings everywhere and ends with one (what the SMTP client
+    would otherwise fix), and the SIZE the pool declares (RFC 1870) is the length the server receives, once it
+    has removed the dots that stuffing added."""
     mail, _ = build(text=text, html=f"<p>{text}</p>", subject=text[:200], recipient_name=text[:60])
     assert normalize_message_line_endings(mail.data) == mail.data
+    assert mail.size == len(mail.data.replace(b"\r\n..", b"\r\n."))
 
 
 @pytest.mark.parametrize(
