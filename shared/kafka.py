@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -77,6 +79,21 @@ class Producer(Protocol):
         """Produce the records in order, then wait until every one is acknowledged."""
 
 
+class KeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
+    """aiokafka's default partitioner (the key's murmur2, as Java's producer hashes it), the hash of the latest
+    keys remembered: it is pure Python, and an event's output records (its events, its e-mails' audit events)
+    share their key."""
+
+    def __init__(self, remembered: int = 4096) -> None:
+        self._hash = functools.lru_cache(maxsize=remembered)(murmur2)
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(super().__call__(key, all_partitions, available))
+        index: int = (self._hash(key) & 0x7FFFFFFF) % len(all_partitions)
+        return all_partitions[index]
+
+
 class Outputs:
     """The producer of our output events and dead letters: acks from all in-sync replicas, awaited
     before the input's offset is committed."""
@@ -91,6 +108,7 @@ class Outputs:
             **self._options,
             acks="all",
             linger_ms=0,  # what a plan produces is sent together (send_all): no reason to wait for more
+            partitioner=KeyPartitioner(),
             max_request_size=self._max_bytes,
             client_id="customersource-outputs",
         )
