@@ -24,4 +24,3 @@ def test_an_id_is_the_uuid5_of_its_parts_joined_unambiguously(parts: list[str]) 
             deterministic_id(*parts)
         return
     assert deterministic_id(*parts) == expected
-
