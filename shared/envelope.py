@@ -321,8 +321,10 @@ def structured(
     subject: str,
     data: BaseModel,
 ) -> bytes:
-    """Serialize one of our own output events (structured mode)."""
-    envelope = {
+    """Serialize one of our own output events (structured mode): compact JSON, UTF-8, ``data`` last. The data is
+    serialized by pydantic straight to JSON (half the cost of a ``model_dump`` then ``json.dumps`` of it, with
+    the same bytes)."""
+    envelope = json.dumps({
         "specversion": "1.0",
         "id": event_id,
         "source": source,
@@ -330,6 +332,5 @@ def structured(
         "time": time.isoformat(),
         "subject": subject,
         "datacontenttype": "application/json",
-        "data": data.model_dump(mode="json"),
-    }
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+    }, ensure_ascii=False, separators=(",", ":"))
+    return f'{envelope[:-1]},"data":'.encode() + data.model_dump_json().encode() + b"}"

@@ -9,6 +9,7 @@ Older secrets stay accepted during a rotation (``INVITATION_PREVIOUS_SECRETS``).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -46,6 +47,7 @@ def email_digest(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)  # the current secret and the previous ones: every token is signed with one
 def key_id(secret: str) -> str:
     """A short public name for a secret (it reveals nothing usable about it)."""
     return hashlib.sha256(b"customersource-invitation-key:" + secret.encode("utf-8")).hexdigest()[:12]
@@ -60,7 +62,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _sign(secret: str, signing_input: str) -> str:
-    return _b64(hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), hashlib.sha256).digest())
+    return _b64(hmac.digest(secret.encode("utf-8"), signing_input.encode("ascii"), "sha256"))
 
 
 def issue_token(

@@ -27,6 +27,9 @@ _SPACES = re.compile(r"\s{2,}")
 
 def header_safe(value: str, *, limit: int = 200) -> str:
     """One line, no control or bidirectional characters, bounded length."""
+    if (value.isascii() and value.isprintable() and len(value) <= limit and "  " not in value and "=?" not in value
+            and value[:1] != " " and value[-1:] != " "):
+        return value  # printable ASCII (no control character) already single-spaced: nothing to clean
     cleaned = _SPACES.sub(" ", _UNSAFE.sub(" ", _BIDI.sub("", value))).strip()
     # An RFC 2047 encoded-word in the input would be decoded by the header parser (and by mail
     # readers), smuggling characters past the checks above: break the "=?" opener.

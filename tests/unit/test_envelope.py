@@ -1,10 +1,14 @@
 import base64
 import json
+from datetime import datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.invitations.contracts import ProfessionalRemoved
 from shared.envelope import DeadLetter, decode, structured, validate
+from shared.mail.mailer import NotificationOutcome
 
 EVENT = {
     "specversion": "1.0",
@@ -137,6 +141,24 @@ def test_structured_output_is_a_cloudevent() -> None:
                                   time=datetime(2026, 1, 1, tzinfo=UTC), subject="k",
                                   data=ProfessionalRemoved(account_id="a", professional_id="p")))
     assert value["specversion"] == "1.0" and value["id"] == "id-1" and value["data"]["account_id"] == "a"
+
+
+@given(st.text(), st.text(), st.integers(), st.none() | st.text(), st.datetimes(timezones=st.timezones()))
+def test_structured_output_is_the_compact_json_of_the_envelope_and_its_data(
+    text: str, other: str, number: int, error: str | None, at: datetime,
+) -> None:
+    """The data serialized by pydantic straight into the envelope: the bytes ``json.dumps`` gives of the whole."""
+    data = NotificationOutcome(event_id=text, event_source=other, event_type="t", service="s", template=text,
+                               locale="en", recipient=other, message_id=text, outcome="sent", attempts=number,
+                               smtp_code=None, error=error, at=at)
+    try:
+        expected = json.dumps({"specversion": "1.0", "id": other, "source": "/customersource/x", "type": "t.v1",
+                               "time": at.isoformat(), "subject": text, "datacontenttype": "application/json",
+                               "data": data.model_dump(mode="json")}, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate: not for UTF-8, either way
+        return
+    assert structured(event_id=other, source="/customersource/x", event_type="t.v1", time=at, subject=text,
+                      data=data) == expected
 
 
 def test_deeply_nested_json_is_unparseable_not_a_crash() -> None:

@@ -2,6 +2,8 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from shared.mail.message import build_message, header_safe
@@ -102,3 +104,12 @@ def test_a_part_goes_as_it_is_when_7bit_allows_else_in_base64_and_arrives_intact
         assert part.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
     assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
     assert b"\r\n.a dot" not in mail.data  # stuffed (the SMTP server removes the extra dot)
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(["\r", "\n", "\u202e", "\u2028", "=", "?", " "])))
+def test_a_header_value_is_one_clean_line_whatever_the_input(value: str) -> None:
+    cleaned = header_safe(value, limit=40)
+    assert len(cleaned) <= 40
+    assert not any(ord(c) < 0x20 or c in "\x7f\x85\u2028\u2029\u202e\u2066" for c in cleaned)
+    assert "=?" not in cleaned and "  " not in cleaned and cleaned == cleaned.strip()
+    assert header_safe(cleaned, limit=40) == cleaned
