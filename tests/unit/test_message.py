@@ -2,9 +2,9 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
+from aiosmtplib.protocol import normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
-from aiosmtplib.protocol import normalize_message_line_endings
 
 from shared.mail.message import build_message, header_safe
 
