@@ -34,8 +34,9 @@ from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
-from shared.scheduler import JobDone, mark_jobs_done
-from shared.store import GroupCommit, ProcessedMark, Row, Store, write_rows
+from shared.scheduler import JobDone, jobs_done_statement
+from shared.sqlitewriter import Statements
+from shared.store import GroupCommit, ProcessedMark, Row, Store, execute, processed_statement, rows_statement
 from shared.tracing import Tracing
 
 log = logging.getLogger("customersource.runtime")
@@ -71,16 +72,16 @@ class PlanRunner:
         self.producer = producer
         self.metrics = metrics
         self.on_scheduled = on_scheduled
-        self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
-                                                      name="final-changes", light=rows_only)
+        self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
+                                                      window=FINAL_WRITES_WINDOW_S, name="final-changes")
         # On SQLite, whose one writer takes transactions in turn, concurrent claims share one, and so do the
         # changes committed before sending (step 1); on PostgreSQL each has its own, short, transaction: a group
         # would hold every one's row locks until the last one is done (deadlocks with the final changes, and
         # one slow lock stalling the others).
         self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
                                        if store.is_sqlite else OwnTransactions(store, run_claims))
-        self._before: Writes[Final] = (GroupCommit(store, _apply_all, window=FINAL_WRITES_WINDOW_S,
-                                                   name="changes-before", light=rows_only)
+        self._before: Writes[Final] = (GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
+                                                   window=FINAL_WRITES_WINDOW_S, name="changes-before")
                                        if store.is_sqlite else OwnTransactions(store, _apply_all))
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
@@ -180,22 +181,46 @@ def _disjoint(plans: list[Final]) -> bool:
 
 async def _apply_all(connection: AsyncConnection, plans: list[Final]) -> None:
     """The final transactions of several plans as one, then the done marks of all (one statement for the
-    events', one for the jobs'). Plans of row changes only, none changing another's rows, are applied step by
-    step (the first change of each plan, then the second of each, ...), each step's rows of one shape in one
-    statement; any other group, plan after plan in the order they came."""
+    events', one for the jobs'). Plans of row changes only are written as :func:`_statements` says; any
+    other group, plan after plan in the order they came, each change in turn."""
+    statements = _statements(connection.dialect.name, plans)
+    if statements is not None:
+        await execute(connection, statements)
+        return
+    for plan in plans:
+        for change in plan.changes:
+            await change(connection)
+    await execute(connection, _done_statements(connection.dialect.name, plans))
+
+
+def _statements(dialect_name: str, plans: list[Final]) -> Statements | None:
+    """What :func:`_apply_all` writes for plans of row changes only (None for any other group), known without a
+    connection (on SQLite, handed whole to the store's writer). Plans none of which changes another's rows are
+    written step by step (the first change of each plan, then the second of each, ...), each step's rows of
+    one shape in one statement; others plan after plan, a row at a time. Then the done marks."""
+    if not all(rows_only(plan) for plan in plans):
+        return None
+    statements: list[tuple[Any, list[dict[str, Any]]]] = []
     if len(plans) > 1 and _disjoint(plans):
         for step in range(max(len(plan.changes) for plan in plans)):
             shapes: dict[tuple[Any, ...], list[Row]] = {}
             for plan in plans:
                 if step < len(plan.changes) and (row := plan.changes[step].row) is not None:
                     shapes.setdefault(row.shape, []).append(row)
-            for rows in shapes.values():
-                await write_rows(connection, rows)
+            statements += [rows_statement(dialect_name, rows) for rows in shapes.values()]
     else:
-        for plan in plans:
-            for change in plan.changes:
-                await change(connection)
-    await Store.mark_processed(connection, [plan.done for plan in plans if isinstance(plan.done, ProcessedMark)])
+        statements += [rows_statement(dialect_name, [change.row]) for plan in plans for change in plan.changes
+                       if change.row is not None]
+    return [*statements, *_done_statements(dialect_name, plans)]
+
+
+def _done_statements(dialect_name: str, plans: list[Final]) -> Statements:
+    """The done marks of the plans' causes: the events' (one statement), the jobs' (one)."""
+    marks = [plan.done for plan in plans if isinstance(plan.done, ProcessedMark)]
     jobs = [plan.done for plan in plans if isinstance(plan.done, JobDone)]
+    statements: list[tuple[Any, list[dict[str, Any]]]] = []
+    if marks:
+        statements.append(processed_statement(dialect_name, marks))
     if jobs:
-        await mark_jobs_done(connection, [job.job_id for job in jobs], max(job.at for job in jobs))
+        statements.append(jobs_done_statement([job.job_id for job in jobs], max(job.at for job in jobs)))
+    return statements

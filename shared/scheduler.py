@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.store import Row, Store, write_rows
+from shared.store import Row, Store, execute, write_rows
 from shared.store import scheduled_jobs as jobs
 
 log = logging.getLogger("customersource.scheduler")
@@ -346,7 +346,15 @@ class Scheduler:
 async def mark_jobs_done(connection: AsyncConnection, job_ids: Sequence[str], now: datetime) -> None:
     """The jobs run (inside the caller's transaction, one statement); a job cancelled meanwhile stays cancelled."""
     if job_ids:
-        await connection.execute(
-            update(jobs).where(jobs.c.job_id.in_(list(job_ids)), jobs.c.status == "pending")
-            .values(status="done", claimed_by=None, lease_until=None, updated_at=now)
-        )
+        await execute(connection, [jobs_done_statement(job_ids, now)])
+
+
+def jobs_done_statement(job_ids: Sequence[str], now: datetime) -> tuple[Any, list[dict[str, Any]]]:
+    """The statement of :func:`mark_jobs_done`, and its rows (one per job)."""
+    return _done(), [{"job": job_id, "at": now} for job_id in dict.fromkeys(job_ids)]
+
+
+@functools.cache
+def _done() -> Any:
+    return (update(jobs).where(jobs.c.job_id == bindparam("job"), jobs.c.status == "pending")
+            .values(status="done", claimed_by=None, lease_until=None, updated_at=bindparam("at")))

@@ -48,6 +48,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from shared.sqlitewriter import PRAGMAS, SqliteWriter, Statements
+
 log = logging.getLogger("customersource.store")
 
 T = TypeVar("T")
@@ -228,12 +230,24 @@ async def upsert(connection: AsyncConnection, table: Table, values: Mapping[str,
 async def upsert_many(connection: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]],
                       keys: Sequence[str]) -> None:
     """:func:`upsert` of several rows (same columns) in one statement; the last row of a key wins."""
+    await execute(connection, [upsert_statement(connection.dialect.name, table, rows, keys)])
+
+
+def upsert_statement(dialect_name: str, table: Table, rows: Sequence[Mapping[str, Any]],
+                     keys: Sequence[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """The statement of :func:`upsert_many`, and its rows of parameters."""
     columns = tuple(rows[0])
     if any(tuple(row) != columns for row in rows):
         raise ValueError("upsert_many: every row must have the same columns, in the same order")
     latest = {tuple(row[k] for k in keys): dict(row) for row in rows}
-    statement = _upsert(connection.dialect.name, table, columns, tuple(keys))
-    await connection.execute(statement, list(latest.values()))
+    return _upsert(dialect_name, table, columns, tuple(keys)), list(latest.values())
+
+
+async def execute(connection: AsyncConnection, statements: Statements) -> None:
+    """Execute :data:`Statements` in the connection's transaction, each statement once for all its rows."""
+    for statement, rows in statements:
+        if rows:
+            await connection.execute(statement, rows[0] if len(rows) == 1 else list(rows))
 
 
 Statement = Callable[[str], Any]
@@ -268,15 +282,19 @@ class Row:
 
 async def write_rows(connection: AsyncConnection, rows: Sequence[Row]) -> None:
     """Rows of one shape in one statement (an upsert's last row of a key wins)."""
+    await execute(connection, [rows_statement(connection.dialect.name, rows)])
+
+
+def rows_statement(dialect_name: str, rows: Sequence[Row]) -> tuple[Any, list[dict[str, Any]]]:
+    """The statement that writes rows of one shape, and its rows of parameters (see :func:`write_rows`)."""
     first = rows[0]
     if any(row.shape != first.shape for row in rows):
         raise ValueError("write_rows: the rows must have one shape (table, columns, keys, kind)")
     if first.statement is not None:
-        await connection.execute(first.statement(connection.dialect.name), [dict(r.values) for r in rows])
-    elif first.ignore:
-        await connection.execute(_insert_ignore(connection.dialect.name, first.table), [dict(r.values) for r in rows])
-    else:
-        await upsert_many(connection, first.table, [row.values for row in rows], first.keys)
+        return first.statement(dialect_name), [dict(r.values) for r in rows]
+    if first.ignore:
+        return _insert_ignore(dialect_name, first.table), [dict(r.values) for r in rows]
+    return upsert_statement(dialect_name, first.table, [row.values for row in rows], first.keys)
 
 
 @functools.cache
@@ -312,6 +330,14 @@ class ProcessedMark:
     event_type: str
     first_seen_at: datetime
     processed_at: datetime
+
+
+def processed_statement(dialect_name: str, marks: Sequence[ProcessedMark]) -> tuple[Any, list[dict[str, Any]]]:
+    """The statement that marks events processed, and its rows (see :meth:`Store.mark_processed`)."""
+    rows = {(m.source, m.event_id): {"source": m.source, "event_id": m.event_id, "event_type": m.event_type,
+                                     "first_seen_at": m.first_seen_at, "processed_at": m.processed_at}
+            for m in marks}
+    return _mark_processed(dialect_name), list(rows.values())
 
 
 class StaleState(Exception):
@@ -424,12 +450,20 @@ class GroupCommit(Generic[T]):
     transaction fails, each of its items is tried again alone, in a transaction of its own, so a bad item
     fails only its own writer. ``urgent``: on SQLite, the transaction goes ahead of ordinary writers."""
 
-    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]], *,
-                 window: float = 0.002, max_items: int = 64, urgent: bool = False, name: str = "writes",
-                 light: Callable[[T], bool] = lambda item: False) -> None:
+    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]] | None = None, *,
+                 statements: Callable[[str, list[T]], Statements | None] | None = None,
+                 light: Callable[[T], bool] | None = None, window: float = 0.002, max_items: int = 64,
+                 urgent: bool = False, name: str = "writes") -> None:
+        if apply is None and statements is None:
+            raise ValueError("a group commit applies its items, or writes their statements")
         self.store = store
-        self.apply = apply
-        self.light = light  # on SQLite, such items are applied up to SQLITE_CHUNK at a time (few statements)
+        # ``statements``: what a group of ``light`` items writes, known without a connection, given the
+        # dialect's name (None: not only row changes after all); on SQLite handed whole to the store's writer
+        # (:meth:`Store.write`). Without ``apply``, every item is light and ``apply`` executes them.
+        self.statements = statements
+        self.apply = apply or self._execute
+        # On SQLite, light items are applied up to SQLITE_CHUNK at a time (few statements).
+        self.light = light or ((lambda item: True) if apply is None else (lambda item: False))
         self.window = window
         self.max_items = max_items
         self.urgent = urgent
@@ -474,7 +508,18 @@ class GroupCommit(Generic[T]):
     async def _commit_prefix(self, items: list[T]) -> int:
         """Apply the items in one transaction and commit; return how many. On SQLite a non-urgent group
         commits early (see PREEMPT_AFTER_S) when an urgent writer waits, so that recording an accepted
-        e-mail never waits for a whole group of ordinary changes."""
+        e-mail never waits for a whole group of ordinary changes. On SQLite, ``light`` items whose statements
+        are known are written by the store's writer, in one transaction (one chunk only, while an urgent writer
+        waits)."""
+        if self.store.is_sqlite and self.statements is not None and self.light(items[0]):
+            limit = SQLITE_CHUNK if not self.urgent and self.store.urgent_waiting() else len(items)
+            size = 1
+            while size < min(limit, len(items)) and self.light(items[size]):
+                size += 1
+            statements = self.statements("sqlite", items[:size])
+            if statements is not None:
+                await self.store.write(statements, urgent=self.urgent)
+                return size
         async with self.store.transaction(urgent=self.urgent) as connection:
             if self.urgent or not self.store.is_sqlite:
                 await self.apply(connection, items)
@@ -496,6 +541,12 @@ class GroupCommit(Generic[T]):
                     return done
         return len(items)
 
+    async def _execute(self, connection: AsyncConnection, items: list[T]) -> None:
+        assert self.statements is not None
+        statements = self.statements(connection.dialect.name, items)
+        assert statements is not None, "a group commit without apply writes row changes only"
+        await execute(connection, statements)
+
     async def _one_by_one(self, group: list[tuple[T, asyncio.Future[None]]]) -> None:
         """The group's transaction failed, not for an outage: one of its items is at fault. Each alone."""
         for item, future in group:
@@ -516,13 +567,13 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
-def upserts(table: Table, keys: Sequence[str]) -> Callable[[AsyncConnection, list[Mapping[str, Any]]], Awaitable[None]]:
-    """A group-commit ``apply`` that upserts rows into ``table`` (one statement per group)."""
+def upserts(table: Table, keys: Sequence[str]) -> Callable[[str, list[Mapping[str, Any]]], Statements]:
+    """A group commit's ``statements`` that upsert its rows into ``table`` (one statement per group)."""
 
-    async def apply(connection: AsyncConnection, rows: list[Mapping[str, Any]]) -> None:
-        await upsert_many(connection, table, rows, keys)
+    def statements(dialect_name: str, rows: list[Mapping[str, Any]]) -> Statements:
+        return [upsert_statement(dialect_name, table, rows, keys)]
 
-    return apply
+    return statements
 
 
 class Store:
@@ -540,6 +591,7 @@ class Store:
         self._migrations = migrations
         self.is_sqlite = url.startswith("sqlite")
         self._turns = WriteTurns() if self.is_sqlite else None
+        self._writer: SqliteWriter | None = None
         if self.is_sqlite:
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -552,6 +604,7 @@ class Store:
                 pool_reset_on_return=None, hide_parameters=True,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self._writer = SqliteWriter(path, self.engine.dialect)
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
@@ -575,6 +628,22 @@ class Store:
             return
         async with self._turns.turn(urgent=urgent), self.engine.begin() as connection:
             yield connection
+
+    @property
+    def writer(self) -> SqliteWriter | None:
+        """SQLite's writer of row changes (None on PostgreSQL)."""
+        return self._writer
+
+    async def write(self, statements: Statements, *, urgent: bool = False) -> None:
+        """Statements of row changes (nothing that reads a result) in one transaction. On SQLite the writer takes
+        them whole (one hand-off to its thread, see :mod:`shared.sqlitewriter`), in turn with every other
+        writer of this process; on PostgreSQL, a transaction of the engine's."""
+        if self._writer is None or self._turns is None:
+            async with self.transaction() as connection:
+                await execute(connection, statements)
+            return
+        async with self._turns.turn(urgent=urgent):
+            await self._writer.write(statements)
 
     def urgent_waiting(self) -> bool:
         """An urgent writer waits for its turn (SQLite; never on PostgreSQL, where writers do not take turns)."""
@@ -713,23 +782,16 @@ class Store:
     @staticmethod
     async def mark_processed(connection: AsyncConnection, marks: Sequence[ProcessedMark]) -> None:
         """Mark events processed, in one statement (an event never noted is noted processed)."""
-        if marks:
-            rows = {(m.source, m.event_id): {"source": m.source, "event_id": m.event_id, "event_type": m.event_type,
-                                             "first_seen_at": m.first_seen_at, "processed_at": m.processed_at}
-                    for m in marks}
-            await connection.execute(_mark_processed(connection.dialect.name), list(rows.values()))
+        await execute(connection, [processed_statement(connection.dialect.name, marks)])
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
         await self.engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    # 16 MiB of page cache per connection (SQLite's default is 2 MiB): the idempotency and delivery indexes
-    # of a large backlog stay in memory, instead of being read back from the file as the tables grow.
-    cursor.execute("PRAGMA cache_size=-16384")
+    for pragma in PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()

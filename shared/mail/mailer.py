@@ -113,7 +113,8 @@ class Mailer:
         domain = parseaddr(sender)[1].rpartition("@")[2] or "customersource.invalid"
         self._message_id_domain = domain
         self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
-            store, upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True, name="outcomes")
+            store, statements=upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True,
+            name="outcomes")
 
     async def deliver(self, note: Notification, cause: EventRef,
                       known: Mapping[str, Any] | None = None) -> NotificationOutcome:
