@@ -44,7 +44,7 @@ from shared.mail.render import Renderer
 from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler
+from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler, Wakeup
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
 from shared.tracing import Tracing, provider_from_environment
@@ -195,9 +195,9 @@ def build_service(
                     tracing=tracing)
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
-    wake_scheduler = asyncio.Event()  # set when a job was scheduled
+    wakeup = Wakeup()  # told when a job was scheduled, and when it is due
     runner = PlanRunner(service=spec.name, store=store, mailer=mailer, producer=producer, metrics=metrics,
-                        tracing=tracing, on_scheduled=wake_scheduler.set)
+                        tracing=tracing, on_scheduled=wakeup.scheduled)
     scheduler = None
     if spec.jobs:
         # A job's lease outlasts its longest run (SMTP retries, then recording under database trouble), so
@@ -207,7 +207,7 @@ def build_service(
         scheduler = Scheduler(
             store, clock, jobs,
             gates={kind: functools.partial(gate, caught_up) for kind, gate in spec.job_gates.items()},
-            wake=wake_scheduler, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
+            wakeup=wakeup, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
             on_measured=metrics.jobs_waiting,
         )
     # The input partitions with records in a batch not settled yet (how many batches): kept by the batch

@@ -63,8 +63,8 @@ DataT = TypeVar("DataT", bound=BaseModel)
 class Write:
     """One state change inside the runtime's transaction: ``function(connection, *args, **kwargs)``, or the
     change of one ``row`` (:func:`upsert_row`, :func:`row_statement`), which the runtime writes in one
-    statement with the rows of the same shape of the plans it applies together. ``schedules``: it schedules
-    a job (the scheduler is woken once it is committed)."""
+    statement with the rows of the same shape of the plans it applies together. ``schedules``: its row schedules
+    a job (the scheduler is told its due time once it is committed)."""
 
     function: Callable[..., Awaitable[Any]] | None = None
     args: tuple[Any, ...] = ()

@@ -64,7 +64,8 @@ class PlanRunner:
     """Applies plans for one service."""
 
     def __init__(self, *, service: str, store: Store, mailer: Mailer, producer: Producer, metrics: Metrics,
-                 tracing: Tracing | None = None, on_scheduled: Callable[[], None] = lambda: None) -> None:
+                 tracing: Tracing | None = None,
+                 on_scheduled: Callable[[datetime], None] = lambda due_at: None) -> None:
         self.service = service
         self.tracing = tracing or Tracing(service, None)
         self.store = store
@@ -122,8 +123,10 @@ class PlanRunner:
         changes = (*plan.after, *completion.after)
         if changes or done is not None:
             await self._final.write(Final(changes, done))
-        if any(change.schedules for change in (*plan.before, *changes)):
-            self.on_scheduled()
+        scheduled = [change.row.values["due_at"] for change in (*plan.before, *changes)
+                     if change.schedules and change.row is not None]
+        if scheduled:
+            self.on_scheduled(min(scheduled))
         return "ignored" if plan.ignored else "processed"
 
     async def _produce(self, records: list[OutputRecord]) -> None:

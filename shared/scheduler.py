@@ -14,9 +14,11 @@ before that transaction runs the job again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -151,7 +153,32 @@ class Waiting:
 
 
 MEASURE_EVERY_S = 1.0
-"""While passes run jobs back to back, how often the waiting jobs are counted (a scan of the pending ones)."""
+"""How often, at most, the waiting jobs are counted (a scan of the pending ones) while passes follow each other:
+jobs run back to back, or due times told one after another."""
+
+
+class Wakeup:
+    """How the runtime tells the scheduler that jobs were scheduled, and the earliest due time among them."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._earliest: datetime | None = None
+
+    def scheduled(self, due_at: datetime) -> None:
+        """A job due at ``due_at`` was scheduled (committed)."""
+        self._earliest = due_at if self._earliest is None else min(self._earliest, due_at)
+        self._event.set()
+
+    def take(self) -> datetime | None:
+        """The earliest due time told since the last call (None: none), forgotten."""
+        earliest, self._earliest = self._earliest, None
+        self._event.clear()
+        return earliest
+
+    async def wait(self, seconds: float) -> None:
+        """Until told of a job (or already told), for at most ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
 
 CLAIMS_PER_PASS = 200
 """Due jobs claimed (one statement) and run per pass."""
@@ -170,7 +197,7 @@ class Scheduler:
         on_measured: Callable[[Waiting], None] | None = None,
         gates: Mapping[str, Gate] | None = None,
         gate_poll: float = 1.0,
-        wake: asyncio.Event | None = None,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -178,36 +205,45 @@ class Scheduler:
         self.lease = lease
         self.rescan = rescan
         self.owner = uuid.uuid4().hex[:16]
-        self._wake = wake or asyncio.Event()  # set by whoever knows there is something to run
+        self._wakeup = wakeup or Wakeup()  # told by whoever schedules a job
         self._slots = asyncio.Semaphore(concurrency)
         self._on_measured = on_measured
         self.gates: Mapping[str, Gate] = dict(gates or {})
         self.gate_poll = gate_poll
         self._held_back = 0  # due jobs the gates held back in the last pass
         self._gates_opened = False  # since the last pass
-        self._measured_at = 0.0  # monotonic time of the last _measure
+        self._measured_at = -math.inf  # monotonic time of the last _measure
+        self._earliest: datetime | None = None  # when the first job of ours can be claimed, as far as known
 
-    def wake(self) -> None:
-        """Look at the table now: something was scheduled."""
-        self._wake.set()
+    def wake(self, due_at: datetime | None = None) -> None:
+        """Look at the table now (``due_at``: a job of ours due then was scheduled, and nothing else)."""
+        self._wakeup.scheduled(due_at if due_at is not None else self.clock.now())
 
     def gates_opened(self) -> None:
         """Look at the table now, even if the last pass held jobs back: a gate may let more through (a
         partition caught up)."""
         self._gates_opened = True
-        self._wake.set()
+        self.wake()
 
     async def run(self) -> None:
         while True:
-            self._wake.clear()  # cleared before the pass: a wake that comes during it is not lost
+            # Taken before the pass: a job scheduled during it is not missed.
+            if (told := self._wakeup.take()) is not None:
+                self._earliest = told if self._earliest is None else min(self._earliest, told)
             self._gates_opened = False
             try:
+                if self._nothing_due():
+                    # Told of jobs due later than the earliest known (a backlog being read schedules one per
+                    # event): nothing to claim or count before then.
+                    await self._wakeup.wait(self._delay())
+                    continue
                 ran = await self.run_due()
                 if ran:
                     if time.monotonic() - self._measured_at >= MEASURE_EVERY_S:  # busy: at most once a second
                         await self._measure()
                     continue
-                delay = await self._measure()
+                await self._measure()
+                delay = self._delay()
                 if self._held_back:
                     # Due, but held back: look again shortly, or once a gate opens. Not at every job scheduled
                     # meanwhile (a backlog being read schedules many, while its partitions are held back).
@@ -216,24 +252,31 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 delay = self.rescan
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            await self._wakeup.wait(delay)
+
+    def _nothing_due(self) -> bool:
+        """Whether no job of ours can be claimed yet, as measured within ``rescan`` seconds and told since."""
+        return (self._earliest is not None and self._earliest > self.clock.now()
+                and time.monotonic() - self._measured_at < self.rescan)
+
+    def _delay(self) -> float:
+        """How long to sleep: until the first job of ours can be claimed, at most ``rescan`` seconds after the
+        table was last read (to see the jobs of other replicas)."""
+        rescan = max(0.0, self.rescan - (time.monotonic() - self._measured_at))
+        if self._earliest is None:
+            return rescan
+        return max(0.0, min((self._earliest - self.clock.now()).total_seconds(), rescan))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or until :meth:`gates_opened`."""
         deadline = time.monotonic() + seconds
         while not self._gates_opened and (left := deadline - time.monotonic()) > 0:
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=left)
-            except TimeoutError:
-                return
+            self._wakeup.take()
+            await self._wakeup.wait(left)
 
-    async def _measure(self) -> float:
-        """Count the waiting jobs and how late each handled kind's earliest one is (``on_measured``); return
-        how long to sleep before the next of ours can be claimed (at most ``rescan``)."""
+    async def _measure(self) -> None:
+        """Count the waiting jobs and how late each handled kind's earliest one is (``on_measured``); note when
+        the first of ours can be claimed."""
         now = self.clock.now()
         # A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a
         # failure, or running on another replica), and only by a replica that handles its kind.
@@ -253,10 +296,7 @@ class Scheduler:
                 overdue={kind: max(0.0, (now - ours[kind][2]).total_seconds()) if kind in ours else 0.0
                          for kind in self.handlers},
             ))
-        earliest: datetime | None = min((row[1] for row in ours.values()), default=None)
-        if earliest is None:
-            return self.rescan
-        return max(0.0, min((earliest - now).total_seconds(), self.rescan))
+        self._earliest = min((row[1] for row in ours.values()), default=None)
 
     async def run_due(self) -> int:
         """Claim and run every job due now that its gate lets through; return how many ran."""

@@ -72,6 +72,34 @@ async def test_a_job_runs_at_its_due_time_without_waiting_for_a_rescan(store: St
             raise AssertionError("the job was never marked done")
 
 
+async def test_jobs_told_due_later_than_the_earliest_known_cost_no_pass(store: Store) -> None:
+    """A backlog being read schedules a job per event: told each one's due time, the scheduler neither claims
+    nor counts for those due after the earliest it knows of, and still runs one told due earlier on time."""
+    ran: list[str] = []
+    measured: list[Waiting] = []
+
+    async def remind(job: Job) -> None:
+        ran.append(job.job_id)
+
+    clock = SystemClock()
+    now = clock.now()
+    await add(store, "first", now + timedelta(hours=1), now)
+    scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, remind)}, rescan=3600,
+                          on_measured=measured.append)
+    async with running(scheduler):
+        await wait_until(lambda: len(measured) == 1, 10)
+        for n in range(50):
+            later = now + timedelta(hours=2, minutes=n)
+            await add(store, f"later-{n}", later, now)
+            scheduler.wake(later)
+            await asyncio.sleep(0.005)
+        assert len(measured) == 1, "no pass for jobs due after the earliest known"
+        soon = clock.now() + timedelta(milliseconds=300)
+        await add(store, "soon", soon, now)
+        scheduler.wake(soon)
+        await wait_until(lambda: ran == ["soon"], 10)
+
+
 async def test_pending_jobs_survive_a_restart_and_cancelled_ones_never_run(store: Store, database_url: str) -> None:
     now = datetime.now(UTC)
     await add(store, "keep", now + timedelta(milliseconds=200), now)
