@@ -79,6 +79,12 @@ class Producer(Protocol):
         """Produce the records in order, then wait until every one is acknowledged."""
 
 
+PRODUCE_LINGER_MS = 5
+"""How long the producer waits for more records to send with those it has: the plans finishing about then (each
+awaits its acknowledgements before its final transaction, so it finishes up to this much later) share a
+request per partition. Sending at once cost ~0.1 ms more CPU per invitation, in many more small requests."""
+
+
 class KeyPartitioner(DefaultPartitioner):  # type: ignore[misc]
     """aiokafka's default partitioner (the key's murmur2, as Java's producer hashes it), the hash of the latest
     keys remembered: it is pure Python, and an event's output records (its events, its e-mails' audit events)
@@ -107,7 +113,7 @@ class Outputs:
         self._producer = AIOKafkaProducer(
             **self._options,
             acks="all",
-            linger_ms=0,  # what a plan produces is sent together (send_all): no reason to wait for more
+            linger_ms=PRODUCE_LINGER_MS,
             partitioner=KeyPartitioner(),
             max_request_size=self._max_bytes,
             client_id="customersource-outputs",
