@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared.sqlitewriter import PRAGMAS, SqliteWriter, Statements
+from shared.writers import PRAGMAS, PostgresWriter, SqliteWriter, Statements
 
 log = logging.getLogger("customersource.store")
 
@@ -458,8 +458,8 @@ class GroupCommit(Generic[T]):
             raise ValueError("a group commit applies its items, or writes their statements")
         self.store = store
         # ``statements``: what a group of ``light`` items writes, known without a connection, given the
-        # dialect's name (None: not only row changes after all); on SQLite handed whole to the store's writer
-        # (:meth:`Store.write`). Without ``apply``, every item is light and ``apply`` executes them.
+        # dialect's name (None: not only row changes after all), for the store's writer (:meth:`Store.write`).
+        # Without ``apply``, every item is light and ``apply`` executes them.
         self.statements = statements
         self.apply = apply or self._execute
         # On SQLite, light items are applied up to SQLITE_CHUNK at a time (few statements).
@@ -508,15 +508,15 @@ class GroupCommit(Generic[T]):
     async def _commit_prefix(self, items: list[T]) -> int:
         """Apply the items in one transaction and commit; return how many. On SQLite a non-urgent group
         commits early (see PREEMPT_AFTER_S) when an urgent writer waits, so that recording an accepted
-        e-mail never waits for a whole group of ordinary changes. On SQLite, ``light`` items whose statements
-        are known are written by the store's writer, in one transaction (one chunk only, while an urgent writer
-        waits)."""
-        if self.store.is_sqlite and self.statements is not None and self.light(items[0]):
+        e-mail never waits for a whole group of ordinary changes. ``light`` items whose statements are known are
+        written by the store's writer (:meth:`Store.write`), in one transaction (on SQLite, one chunk only while an
+        urgent writer waits)."""
+        if self.statements is not None and self.light(items[0]):
             limit = SQLITE_CHUNK if not self.urgent and self.store.urgent_waiting() else len(items)
             size = 1
             while size < min(limit, len(items)) and self.light(items[size]):
                 size += 1
-            statements = self.statements("sqlite", items[:size])
+            statements = self.statements(self.store.engine.dialect.name, items[:size])
             if statements is not None:
                 await self.store.write(statements, urgent=self.urgent)
                 return size
@@ -591,7 +591,6 @@ class Store:
         self._migrations = migrations
         self.is_sqlite = url.startswith("sqlite")
         self._turns = WriteTurns() if self.is_sqlite else None
-        self._writer: SqliteWriter | None = None
         if self.is_sqlite:
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -604,7 +603,7 @@ class Store:
                 pool_reset_on_return=None, hide_parameters=True,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            self._writer = SqliteWriter(path, self.engine.dialect)
+            self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect)
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
@@ -614,6 +613,7 @@ class Store:
             # rewound) and makes SQLAlchemy drop the pool's other connections to the same server.
             self.engine = create_async_engine(url, pool_size=20, max_overflow=0, pool_timeout=120,
                                               hide_parameters=True)
+            self._writer = PostgresWriter(self.engine)
         # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK around each. (On SQLite, switching a pooled
         # connection's mode costs a PRAGMA each way, more than the implicit transaction it saves.)
         self._reads = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -630,17 +630,16 @@ class Store:
             yield connection
 
     @property
-    def writer(self) -> SqliteWriter | None:
-        """SQLite's writer of row changes (None on PostgreSQL)."""
+    def writer(self) -> SqliteWriter | PostgresWriter:
+        """The writer of transactions of row changes (:mod:`shared.writers`)."""
         return self._writer
 
     async def write(self, statements: Statements, *, urgent: bool = False) -> None:
-        """Statements of row changes (nothing that reads a result) in one transaction. On SQLite the writer takes
-        them whole (one hand-off to its thread, see :mod:`shared.sqlitewriter`), in turn with every other
-        writer of this process; on PostgreSQL, a transaction of the engine's."""
-        if self._writer is None or self._turns is None:
-            async with self.transaction() as connection:
-                await execute(connection, statements)
+        """Statements of row changes (nothing that reads a result) in one transaction, by the writer: on SQLite
+        handed whole to its thread, in turn with every other writer of this process; on PostgreSQL run on a
+        pooled connection through asyncpg (see :mod:`shared.writers`)."""
+        if self._turns is None:
+            await self._writer.write(statements)
             return
         async with self._turns.turn(urgent=urgent):
             await self._writer.write(statements)
@@ -785,7 +784,7 @@ class Store:
         await execute(connection, [processed_statement(connection.dialect.name, marks)])
 
     async def close(self) -> None:
-        if self._writer is not None:
+        if isinstance(self._writer, SqliteWriter):
             await self._writer.close()
         await self.engine.dispose()
 

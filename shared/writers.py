@@ -1,16 +1,20 @@
-"""SQLite's one writer for transactions made only of row changes.
+"""Writers of transactions made only of row changes, known in advance (:data:`Statements`: row changes,
+idempotency marks, jobs marked done; nothing that reads a result), one per database.
 
-Through SQLAlchemy's aiosqlite adapter, every statement is three hand-offs to aiosqlite's thread (open a
-cursor, execute, close it) and the commit a fourth; each hand-off costs more CPU (two thread switches and a
-wake-up of the event loop) than the statement itself. A transaction whose statements are known in advance
-(:data:`Statements`: row changes, idempotency marks, jobs marked done; nothing that reads a result) is
-instead handed whole to a thread of its own, with a connection of its own: ``BEGIN IMMEDIATE``, each
-statement's rows in one ``executemany``, ``COMMIT``. One hand-off per transaction.
+- SQLite: through SQLAlchemy's aiosqlite adapter every statement is three hand-offs to aiosqlite's thread (open
+  a cursor, execute, close it) and the commit a fourth; each hand-off costs more CPU (two thread switches and a
+  wake-up of the event loop) than the statement itself. :class:`SqliteWriter` hands the whole transaction to a
+  thread of its own, with a connection of its own: ``BEGIN IMMEDIATE``, each statement's rows in one
+  ``executemany``, ``COMMIT``. One hand-off per transaction.
+- PostgreSQL: :class:`PostgresWriter` runs the transaction on the pooled connection's asyncpg connection
+  directly (its ``transaction()``, ``execute`` and ``executemany``), without SQLAlchemy's execution and
+  transaction machinery around each statement.
 
-The statements are SQLAlchemy's, compiled once per statement and set of parameters, and their parameters
-go through the column types' own bind processors: the rows written are those SQLAlchemy would write. A
-failure is raised as SQLAlchemy's exception for it (``OperationalError``, ``IntegrityError``, ...), its
-parameters hidden, as the engine's are.
+The statements are SQLAlchemy's, compiled once per statement and set of parameters for the engine's dialect,
+and their parameters go through the column types' own bind processors: the rows written are those the engine
+would write. A failure of the database is raised as SQLAlchemy's exception for it (``OperationalError``,
+``IntegrityError``, ...: what :func:`shared.store.is_database_outage` and the group commits expect), its
+parameters hidden, as the engine's are; a failure of the network as the ``OSError`` it is.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import sqlalchemy.exc
 from sqlalchemy import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 Statements = Sequence[tuple[Executable, Sequence[Mapping[str, Any]]]]
@@ -136,3 +142,59 @@ class SqliteWriter:
 
         await asyncio.get_running_loop().run_in_executor(self._thread, close)
         self._thread.shutdown(wait=True)
+
+
+class PostgresWriter:
+    """Applies whole transactions of :data:`Statements` on connections of the engine's pool, through asyncpg."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self.committed = 0  # transactions committed so far
+
+    async def write(self, statements: Statements) -> None:
+        """Apply the statements in one transaction, committed when this returns."""
+        dialect = self._engine.dialect
+        program = [_parameters(dialect, statement, rows) for statement, rows in statements if rows]
+        if not program:
+            return
+        async with self._engine.connect() as pooled:
+            raw = await pooled.get_raw_connection()
+            connection: asyncpg.Connection = raw.driver_connection
+            try:
+                async with connection.transaction():
+                    for sql, values in program:
+                        if len(values) == 1:
+                            await connection.execute(sql, *values[0])
+                        else:
+                            await connection.executemany(sql, values)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if connection.is_closed():
+                    await pooled.invalidate()  # not back into the pool
+                raise _postgres_failure(program[0][0], exc) from None
+            except BaseException:
+                if connection.is_closed():
+                    await pooled.invalidate()
+                raise
+        self.committed += 1
+
+
+class PostgresFailure(Exception):
+    """An asyncpg error as SQLAlchemy's asyncpg adapter reports it: its message and SQLSTATE, never its DETAIL,
+    which may quote the row's values (names and addresses)."""
+
+    def __init__(self, error: asyncpg.PostgresError | asyncpg.InterfaceError) -> None:
+        super().__init__(error.args[0] if error.args else type(error).__name__)
+        self.sqlstate: str | None = getattr(error, "sqlstate", None)
+
+
+def _postgres_failure(sql: str, error: asyncpg.PostgresError | asyncpg.InterfaceError) -> sqlalchemy.exc.DBAPIError:
+    """SQLAlchemy's exception for an asyncpg error, as the engine raises it (the same classes as SQLAlchemy's
+    asyncpg adapter maps them to; the SQLSTATE kept for :func:`shared.store.is_database_outage`)."""
+    kind: type[sqlalchemy.exc.DBAPIError] = sqlalchemy.exc.DBAPIError
+    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
+        kind = sqlalchemy.exc.IntegrityError
+    elif isinstance(error, asyncpg.InterfaceError):
+        kind = sqlalchemy.exc.InterfaceError
+    elif isinstance(error, asyncpg.SyntaxOrAccessError):
+        kind = sqlalchemy.exc.ProgrammingError
+    return kind(sql, None, PostgresFailure(error), hide_parameters=True)
