@@ -35,9 +35,9 @@ from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
 from shared.metrics import Metrics
 from shared.scheduler import JobDone, jobs_done_statement
-from shared.writers import Statements
 from shared.store import GroupCommit, ProcessedMark, Row, Store, execute, processed_statement, rows_statement
 from shared.tracing import Tracing
+from shared.writers import Statements
 
 log = logging.getLogger("customersource.runtime")
 
