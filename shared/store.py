@@ -38,6 +38,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     bindparam,
+    column,
     delete,
     event,
     select,
@@ -47,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Tuple
 
 from shared.writers import PRAGMAS, PostgresWriter, SqliteWriter, Statements
 
@@ -212,8 +214,25 @@ async def select_in(connection: AsyncConnection, query: Select[Any], key: Any,
     hundred per statement (a batch's preloads and idempotency reads)."""
     found: list[Any] = []
     for start in range(0, len(values), BATCH_QUERY_SIZE):
-        found.extend(await connection.execute(query.where(key.in_(values[start:start + BATCH_QUERY_SIZE]))))
+        chunk = values[start:start + BATCH_QUERY_SIZE]
+        found.extend(await connection.execute(query.where(_one_of(connection.dialect.name, key, chunk))))
     return found
+
+
+def _one_of(dialect_name: str, key: Any, values: Sequence[Any]) -> Any:
+    """``key IN values``, for a column or a tuple of columns. SQLite scans the whole table for a tuple of
+    columns in a list of row values (``(a, b) IN (VALUES (?, ?), ...)``, what SQLAlchemy renders): a batch read
+    grew with the table (40 ms per 400 keys at 100,000 rows). In a subquery of the same values, it searches
+    the index for each."""
+    if dialect_name != "sqlite" or not isinstance(key, Tuple):
+        return key.in_(values)
+    columns = key.clauses
+    rows = ", ".join("(" + ", ".join(f":k{i}_{j}" for j in range(len(columns))) + ")" for i in range(len(values)))
+    # Placeholders only in the text; each value bound as its column's type writes it.
+    listed = text(f"SELECT * FROM (VALUES {rows})").bindparams(  # noqa: S608
+        *(bindparam(f"k{i}_{j}", part, type_=columns[j].type) for i, value in enumerate(values)
+          for j, part in enumerate(value)))
+    return key.in_(listed.columns(*(column(f"column{j + 1}") for j in range(len(columns)))))
 
 
 async def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:

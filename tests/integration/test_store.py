@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +129,28 @@ async def test_marking_an_event_processed_keeps_its_first_attempt_time(store: St
     states = await store.begin_events({("/s", "1"): "t", ("/s", "2"): "t"}, later)
     assert states[("/s", "1")].processed and states[("/s", "1")].first_seen_at == first
     assert states[("/s", "2")].processed and states[("/s", "2")].first_seen_at == later, "never noted: noted now"
+
+
+async def test_batch_reads_search_the_indexes_whatever_the_tables_size(tmp_path: Path) -> None:
+    """A batch's idempotency and delivery reads look up each of its keys by index: on SQLite, a tuple of
+    columns in a list of row values would scan the whole table, and a batch read would grow with it.
+    (PostgreSQL searches its indexes for row values.)"""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/state.db", component="invitations", migrations=MIGRATIONS)
+    await store.migrate()
+    executed: list[tuple[str, Any]] = []
+    event.listen(store.engine.sync_engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, params, context, many: executed.append((statement, params)))
+    try:
+        keys = [("/s", f"e{n}") for n in range(300)]
+        await store.deliveries_of(keys)
+        await store.begin_events(dict.fromkeys(keys, "t"), datetime.now(UTC))
+        reads = [(statement, params) for statement, params in executed if statement.lstrip().startswith("SELECT")]
+        assert len(reads) == 2, reads  # the deliveries, the events' states
+        async with store.connect() as connection:
+            for statement, params in reads:
+                plan = (await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)).all()
+                details = " | ".join(str(row[-1]) for row in plan)
+                assert "USING INDEX" in details and "SCAN deliveries" not in details \
+                    and "SCAN processed_events" not in details, details
+    finally:
+        await store.close()
