@@ -312,10 +312,18 @@ class Scheduler:
                     ).order_by(jobs.c.due_at).limit(1000)
                 )
             ).all()
-        allowed = [row.job_id for row in candidates
-                   if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload))]
-        self._held_back = len(candidates) - len(allowed)
-        claimed = await self._claim(allowed[:CLAIMS_PER_PASS], now)
+        # The first jobs their gates let through, up to a pass's claims: the gates (and the payloads they read)
+        # are asked no further than needed.
+        allowed: list[str] = []
+        self._held_back = 0
+        for row in candidates:
+            if len(allowed) == CLAIMS_PER_PASS:
+                break
+            if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload)):
+                allowed.append(row.job_id)
+            else:
+                self._held_back += 1
+        claimed = await self._claim(allowed, now)
         kinds: dict[str, list[Job]] = {}
         for job in claimed:
             kinds.setdefault(job.kind, []).append(job)
