@@ -123,8 +123,9 @@ class PlanRunner:
         changes = (*plan.after, *completion.after)
         if changes or done is not None:
             await self._final.write(Final(changes, done))
-        scheduled = [change.row.values["due_at"] for change in (*plan.before, *changes)
-                     if change.schedules and change.row is not None]
+        # The scheduler is told when the jobs scheduled are due (a change that is not a row: now, to look).
+        scheduled = [change.row.values["due_at"] if change.row is not None else context.now
+                     for change in (*plan.before, *changes) if change.schedules]
         if scheduled:
             self.on_scheduled(min(scheduled))
         return "ignored" if plan.ignored else "processed"

@@ -318,10 +318,12 @@ def rows_statement(dialect_name: str, rows: Sequence[Row]) -> tuple[Any, list[di
 
 @functools.cache
 def inserting(table: Table) -> Statement:
-    """The :class:`Row` statement of a plain insert into ``table`` (a key already there fails the insert)."""
+    """The :class:`Row` statement of a plain insert into ``table`` (a key already there fails the insert): the
+    same statement every time, so that it is compiled once."""
+    insert = table.insert()
 
     def statement(dialect_name: str) -> Any:
-        return table.insert()
+        return insert
 
     return statement
 
@@ -458,8 +460,8 @@ as soon as an urgent writer (an accepted e-mail's outcome) waits; the rest goes 
 
 
 SQLITE_CHUNK = 8
-"""On SQLite, a non-urgent group's light items (see GroupCommit) are applied this many at a time, checking
-between chunks for an urgent writer (see PREEMPT_AFTER_S)."""
+"""On SQLite, a non-urgent group's light items (see GroupCommit) are written this many per transaction of the
+store's writer, so that an urgent writer waits for one such transaction at most (a few milliseconds)."""
 
 
 class GroupCommit(Generic[T]):
@@ -481,7 +483,7 @@ class GroupCommit(Generic[T]):
         # Without ``apply``, every item is light and ``apply`` executes them.
         self.statements = statements
         self.apply = apply or self._execute
-        # On SQLite, light items are applied up to SQLITE_CHUNK at a time (few statements).
+        # On SQLite, light items are applied up to SQLITE_CHUNK at a time (few statements each).
         self.light = light or ((lambda item: True) if apply is None else (lambda item: False))
         self.window = window
         self.max_items = max_items
@@ -525,13 +527,13 @@ class GroupCommit(Generic[T]):
             self._queue = []
 
     async def _commit_prefix(self, items: list[T]) -> int:
-        """Apply the items in one transaction and commit; return how many. On SQLite a non-urgent group
-        commits early (see PREEMPT_AFTER_S) when an urgent writer waits, so that recording an accepted
-        e-mail never waits for a whole group of ordinary changes. ``light`` items whose statements are known are
-        written by the store's writer (:meth:`Store.write`), in one transaction (on SQLite, one chunk only while an
-        urgent writer waits)."""
+        """Apply a prefix of the items in one transaction and commit; return how many. ``light`` items whose
+        statements are known are written by the store's writer (:meth:`Store.write`), on SQLite at most
+        SQLITE_CHUNK of them per transaction unless urgent; others are applied on a connection of the engine,
+        and on SQLite a non-urgent group commits early (see PREEMPT_AFTER_S) when an urgent writer waits. Either
+        way, recording an accepted e-mail never waits for a whole group of ordinary changes."""
         if self.statements is not None and self.light(items[0]):
-            limit = SQLITE_CHUNK if not self.urgent and self.store.urgent_waiting() else len(items)
+            limit = SQLITE_CHUNK if self.store.is_sqlite and not self.urgent else len(items)
             size = 1
             while size < min(limit, len(items)) and self.light(items[size]):
                 size += 1
@@ -604,7 +606,10 @@ class Store:
         *,
         component: str,
         migrations: Sequence[Migration] = (),
+        sqlite_busy_timeout: float = 30.0,
     ) -> None:
+        """``sqlite_busy_timeout``: on SQLite, how long (seconds) a write waits for another process's to end (the
+        writers of this process take turns and never wait so)."""
         self.url = url
         self.component = component
         self._migrations = migrations
@@ -615,14 +620,16 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite_path: Path | None = path
             # A few connections: WAL lets readers run beside the one writer, so recording an accepted
-            # e-mail does not queue behind reads (that delay is the crash window for duplicates);
-            # writers wait for each other through busy_timeout.
+            # e-mail does not queue behind reads (that delay is the crash window for duplicates). This
+            # process's writers take turns (WriteTurns); another process's are waited for (the busy timeout,
+            # sqlite3's ``timeout``).
             self.engine: AsyncEngine = create_async_engine(
-                url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": 30},
+                url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": sqlite_busy_timeout},
                 pool_reset_on_return=None, hide_parameters=True,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect)
+            self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect,
+                                                                       busy_timeout=sqlite_busy_timeout)
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.

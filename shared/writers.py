@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy.exc
 from sqlalchemy import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 Statements = Sequence[tuple[Executable, Sequence[Mapping[str, Any]]]]
@@ -41,13 +42,13 @@ row ``{}`` for a statement that takes none)."""
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=30000",
     "PRAGMA foreign_keys=ON",
     # 16 MiB of page cache (SQLite's default is 2 MiB): the idempotency and delivery indexes of a large backlog
     # stay in memory, instead of being read back from the file as the tables grow.
     "PRAGMA cache_size=-16384",
 )
-"""Every connection's settings, the engine's as the writer's."""
+"""Every connection's settings, the engine's as the writer's (and its busy timeout: how long a write waits for
+another process's to end)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,9 @@ def _compile(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> 
     keys)."""
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
     if any(bind.expanding for bind in compiled.binds.values()):
-        raise ValueError("the SQLite writer takes no IN lists: one row of parameters per value instead")
+        raise ValueError("the writers take no IN lists: one row of parameters per value instead")
+    if compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params:
+        raise ValueError("the writers fill no Python-side defaults: every column's value in the row instead")
     names = tuple(compiled.positiontup or ())
     processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
     return _Compiled(compiled.string, names, processors, direct=set(names) <= set(keys),
@@ -88,10 +91,10 @@ class SqliteWriter:
     """One connection, in one thread, that applies whole transactions of :data:`Statements`. The caller makes
     sure no other connection writes meanwhile (the store's write turns)."""
 
-    def __init__(self, path: Path, dialect: Dialect, *, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: Path, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
         self._path = path
         self._dialect = dialect
-        self._busy_timeout_ms = busy_timeout_ms  # how long a write waits for another process's to end
+        self._busy_timeout = busy_timeout  # seconds a write waits for another process's to end
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._connection: sqlite3.Connection | None = None
         self.committed = 0  # transactions committed so far
@@ -101,8 +104,15 @@ class SqliteWriter:
         program = [_parameters(self._dialect, statement, rows) for statement, rows in statements if rows]
         if not program:
             return
+        done = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, program)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, program)
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The thread goes on with the transaction whatever becomes of this task: the caller's write turn is
+                # kept until it has, so that no other connection starts writing meanwhile (and waits on SQLite's lock).
+                await asyncio.wait({done})
+                raise
         except sqlite3.Error as exc:
             raise sqlalchemy.exc.DBAPIError.instance(
                 program[0][0], None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
@@ -126,11 +136,10 @@ class SqliteWriter:
             raise
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
+        connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                      check_same_thread=False)
         for pragma in PRAGMAS:
             connection.execute(pragma)
-        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         self._connection = connection
         return connection
 
@@ -167,24 +176,40 @@ class PostgresWriter:
                             await connection.execute(sql, *values[0])
                         else:
                             await connection.executemany(sql, values)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except asyncpg.PostgresError as exc:  # the server refused (asyncpg rolled the transaction back)
                 if connection.is_closed():
-                    await pooled.invalidate()  # not back into the pool
+                    await self._lost(pooled, closed=True)
                 raise _postgres_failure(program[0][0], exc) from None
-            except BaseException:
-                if connection.is_closed():
-                    await pooled.invalidate()
+            except BaseException as exc:
+                # Cancelled, or the connection failed: whatever state the session is in (a ROLLBACK interrupted,
+                # say), the connection never goes back to the pool.
+                await self._lost(pooled, closed=connection.is_closed())
+                if isinstance(exc, asyncpg.InterfaceError):
+                    raise _postgres_failure(program[0][0], exc) from None
                 raise
         self.committed += 1
+
+    async def _lost(self, pooled: AsyncConnection, *, closed: bool) -> None:
+        """Drop a connection whose session is in doubt; if it is ``closed`` (the server restarted, or the network
+        failed), the pool's other connections are likely gone too: the pool is replaced, as the engine does on a
+        disconnect (the connections in use finish with the old one)."""
+        await pooled.invalidate()
+        if closed:
+            await self._engine.dispose()
 
 
 class PostgresFailure(Exception):
     """An asyncpg error as SQLAlchemy's asyncpg adapter reports it: its message and SQLSTATE, never its DETAIL,
-    which may quote the row's values (names and addresses)."""
+    nor a value its message quotes (``invalid input for query argument $3: 'jane@...'``): names and addresses."""
 
     def __init__(self, error: asyncpg.PostgresError | asyncpg.InterfaceError) -> None:
-        super().__init__(error.args[0] if error.args else type(error).__name__)
+        message = str(error.args[0]) if error.args else type(error).__name__
+        super().__init__(_QUOTED_VALUE.sub(": (value not shown)", message))
         self.sqlstate: str | None = getattr(error, "sqlstate", None)
+
+
+_QUOTED_VALUE = re.compile(r":\s*[\"'].*", re.DOTALL)
+"""A value quoted at the end of a message, after a colon (PostgreSQL's and asyncpg's way of showing it)."""
 
 
 def _postgres_failure(sql: str, error: asyncpg.PostgresError | asyncpg.InterfaceError) -> sqlalchemy.exc.DBAPIError:

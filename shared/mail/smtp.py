@@ -124,8 +124,8 @@ class SmtpPool:
         try:
             async with self._connection() as client:
                 try:
-                    async with asyncio.timeout(self._config.timeout):
-                        response = await self._transaction(client, mail)
+                    async with asyncio.timeout(self._config.timeout) as deadline:
+                        response = await self._transaction(client, mail, deadline)
                 except aiosmtplib.SMTPSenderRefused as exc:
                     if exc.code == 552:  # MAIL FROM ... SIZE=: this message is too large, for good
                         return Refused(code=exc.code, response=f"{exc.code} {exc.message}")
@@ -138,8 +138,8 @@ class SmtpPool:
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientSmtpError(f"{exc.__class__.__name__}: {exc}") from None
 
-    @staticmethod
-    async def _transaction(client: aiosmtplib.SMTP, mail: OutgoingMail) -> aiosmtplib.SMTPResponse:
+    async def _transaction(self, client: aiosmtplib.SMTP, mail: OutgoingMail,
+                           deadline: asyncio.Timeout) -> aiosmtplib.SMTPResponse:
         """MAIL, RCPT, DATA for one recipient, on a connection this send holds alone.
 
         Our messages are built ready for the wire (:class:`OutgoingMail`: CRLF line endings, dot-stuffed,
@@ -149,9 +149,12 @@ class SmtpPool:
         commands still go through ``execute_command``, which refuses control characters in them. A refusal
         resets the envelope (RSET) before the connection is used again.
 
-        The whole transaction has one deadline (the caller's ``asyncio.timeout``), not one per command:
-        ``asyncio.wait_for`` around each of the four replies cost more than the parsing of all four. A
-        transaction that times out leaves its connection closed (its replies could no longer be paired)."""
+        The timeout (``SmtpConfig.timeout``) is a deadline per phase, ``deadline`` moved on between them, not one
+        per command (``asyncio.wait_for`` around each of the four replies cost more than the parsing of all
+        four): the envelope (MAIL, RCPT, DATA), the content and its reply (which may come after the server has
+        scanned it), and the reset after a refusal each have the whole timeout. A transaction that times out
+        leaves its connection closed (its replies could no longer be paired)."""
+        loop = asyncio.get_running_loop()
         size = [b"SIZE=%d" % mail.size] if client.supports_extension("size") else []
         try:
             answer = await client.execute_command(b"MAIL", b"FROM:<%s>" % mail.sender.encode("ascii"), *size,
@@ -167,6 +170,7 @@ class SmtpPool:
             protocol = client.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+            deadline.reschedule(loop.time() + self._config.timeout)
             protocol.write(mail.data + b".\r\n")  # one write (a system call): the copy costs far less
             answer = await protocol.read_response(timeout=None)
             if answer.code != SMTPStatus.completed:
@@ -176,6 +180,7 @@ class SmtpPool:
             if exc.code == SMTPStatus.domain_unavailable:  # 421: the server is closing the session
                 client.close()
                 raise
+            deadline.reschedule(loop.time() + self._config.timeout)
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
                 await client.rset()
             raise

@@ -127,3 +127,39 @@ async def test_a_server_that_stops_answering_times_out_and_its_connection_is_dro
         await pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_each_phase_of_a_transaction_has_the_whole_timeout() -> None:
+    """A server slow to accept the envelope, then slow to accept the content (scanning it), within the timeout
+    each time: accepted, not retried (a retry after the content was taken would send it twice)."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow.example ESMTP\r\n")
+        await writer.drain()
+        while line := await reader.readline():
+            command = line.strip().upper()
+            if command.startswith((b"EHLO", b"HELO")):
+                writer.write(b"250-slow.example\r\n250 SIZE 1000000\r\n")
+            elif command.startswith((b"MAIL", b"RCPT")):
+                await asyncio.sleep(0.2)
+                writer.write(b"250 OK\r\n")
+            elif command == b"DATA":
+                await asyncio.sleep(0.2)
+                writer.write(b"354 go ahead\r\n")
+                await writer.drain()
+                while (await reader.readline()) != b".\r\n":
+                    pass
+                await asyncio.sleep(0.6)  # the envelope took 0.6 s: 1.2 s in all, the timeout is 1 s
+                writer.write(b"250 taken\r\n")
+            elif command == b"QUIT":
+                writer.write(b"221 bye\r\n")
+            await writer.drain()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=server.sockets[0].getsockname()[1], timeout=1.0))
+    try:
+        assert isinstance(await pool.send(MAIL), Accepted)
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

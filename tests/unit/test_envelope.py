@@ -1,12 +1,13 @@
 import base64
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.invitations.contracts import ProfessionalRemoved
+from services.support.contracts import EscalatedAccount, EscalatedPost, EscalationRaised, Routing
 from shared.envelope import DeadLetter, decode, structured, validate
 from shared.mail.mailer import NotificationOutcome
 
@@ -158,6 +159,22 @@ def test_structured_output_is_the_compact_json_of_the_envelope_and_its_data(
     except UnicodeEncodeError:  # a lone surrogate: not for UTF-8, either way
         return
     assert structured(event_id=other, source="/customersource/x", event_type="t.v1", time=at, subject=text,
+                      data=data) == expected
+
+
+def test_structured_output_of_nested_data_is_the_compact_json_of_the_whole() -> None:
+    at = datetime(2026, 12, 4, 15, 0, tzinfo=timezone(timedelta(hours=1)))
+    data = EscalationRaised(
+        post=EscalatedPost(post_id="P-1", newsgroup="microsoft.public.dynamics.nav", title="Écriture « comptable » \u2028",
+                           url=None, product="dynamics_nav", posted_at=at),
+        account=EscalatedAccount(account_id="A-1", account_name="Müller & Söhne", country="DE", local_site="DE",
+                                 plans=["deluxe_support"]),
+        reason="deluxe_support", trigger="timer", due_at=at, escalated_at=at, time_zone="Europe/Berlin",
+        routing=Routing(local_site="DE", email="support-de@example.com"))
+    expected = json.dumps({"specversion": "1.0", "id": "i", "source": "/customersource/support", "type": "t",
+                           "time": at.isoformat(), "subject": "P-1", "datacontenttype": "application/json",
+                           "data": data.model_dump(mode="json")}, ensure_ascii=False, separators=(",", ":")).encode()
+    assert structured(event_id="i", source="/customersource/support", event_type="t", time=at, subject="P-1",
                       data=data) == expected
 
 
