@@ -157,6 +157,7 @@ class Result:
     unrecorded_p99_ms: float | None = None
     backlog: int = 0
     backlog_emails_per_s: float | None = None
+    backlog_cpu_ms_per_email: float | None = None  # tells a heavier service from a slower machine
     backlog_peak_rss_mib: float | None = None
     flat_within_10pct: bool | None = None
 
@@ -484,6 +485,7 @@ async def main(args: argparse.Namespace) -> Report:
                     result.backlog = args.backlog
                     backlog = await drain(name, await store_url(store, ctx), args.backlog, ctx)
                     result.backlog_emails_per_s, result.backlog_peak_rss_mib = backlog.emails_per_s, backlog.peak_rss_mib
+                    result.backlog_cpu_ms_per_email = backlog.cpu_ms_per_email
                     result.flat_within_10pct = backlog.emails_per_s >= 0.9 * drained.emails_per_s
                 report.results.append(result)
                 print(row(result), flush=True)
@@ -496,14 +498,15 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | accepted, unrecorded: "
-          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, peak RSS | flat |\n"
+          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, CPU ms/e-mail, peak RSS | flat |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: Result) -> str:
     lat = (f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} at {r.latency_rate}/s"
            if r.latency_p50_ms is not None and r.latency_p99_ms is not None else "-")
-    backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_peak_rss_mib:.0f} MiB"
+    backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "
+               f"{r.backlog_peak_rss_mib:.0f} MiB"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
     flat = "-" if r.flat_within_10pct is None else ("yes" if r.flat_within_10pct else "no")
     window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
