@@ -10,7 +10,9 @@ fresh database on a throwaway PostgreSQL), ``python -m services.<name>`` as a pr
   (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail);
 - latency: events offered at a fixed rate (300/s by default); publish to SMTP accept, p50 and p99;
 - backlog: a larger backlog (``--backlog``), peak RSS while draining it, and whether throughput stays
-  flat from N to the larger backlog (within 10%).
+  flat as the tables grow: the e-mails/s of its ninth tenth (80-90% of the way, before the last batches
+  trail off) against its second (10-20%), within 10%, timed in one drain so that a machine slowing down
+  between runs does not pass for a service that does; its rate against the N-event drain's is reported too.
 
 The workloads: invitations (one e-mail per ``professional.added``), expiry (reminders to three
 contacts per ``plan.nearing_expiry``), permissions (three administrators per ``permission.requested``),
@@ -36,7 +38,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -159,7 +161,10 @@ class Result:
     backlog_emails_per_s: float | None = None
     backlog_cpu_ms_per_email: float | None = None  # tells a heavier service from a slower machine
     backlog_peak_rss_mib: float | None = None
-    flat_within_10pct: bool | None = None
+    backlog_early: Tenth | None = None  # the e-mails 10-20% of the way into the backlog
+    backlog_late: Tenth | None = None  # 80-90% of the way
+    backlog_vs_drain: float | None = None  # the backlog's e-mails/s over the N-event drain's
+    flat_within_10pct: bool | None = None  # the late tenth at 90% of the early one's rate, or more
 
 
 @dataclass
@@ -310,17 +315,34 @@ class ServiceRun:
             await self.process.wait()
 
 
-async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: float = 120.0) -> float:
-    """Wait until the sink has ``expected`` e-mails; the time it happened. Fails if nothing comes for a while."""
+async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: float = 120.0,
+                        marks: Sequence[int] = (), noted: dict[int, tuple[float, float]] | None = None) -> float:
+    """Wait until the sink has ``expected`` e-mails; the time it happened. Fails if nothing comes for a while.
+    ``noted``: filled with the time and the service's CPU seconds when each of the e-mail counts ``marks`` was
+    first reached."""
     last, last_change = sink.count, time.monotonic()
+    pending = sorted(marks)
     while sink.count < expected:
         await asyncio.sleep(0.01)
+        while pending and sink.count >= pending[0] and noted is not None:
+            noted[pending.pop(0)] = (time.perf_counter(), proc_stat(run.pid)[0])
         if sink.count != last:
             last, last_change = sink.count, time.monotonic()
         elif time.monotonic() - last_change > stalled:
             raise RuntimeError(f"{run.name}: {sink.count} of {expected} e-mails, nothing for {stalled:.0f} s; "
                                f"see {run.work / 'service.log'}")
-    return time.perf_counter()
+    finished = time.perf_counter()
+    if noted is not None:
+        noted.update({mark: (finished, proc_stat(run.pid)[0]) for mark in pending})  # reached in the last wait
+    return finished
+
+
+@dataclass
+class Tenth:
+    """A tenth of a drain's e-mails: how fast they went, and the service's CPU for them."""
+
+    emails_per_s: float
+    cpu_ms_per_email: float
 
 
 @dataclass
@@ -331,6 +353,8 @@ class Drained:
     peak_rss_mib: float
     unrecorded_mean_ms: float
     unrecorded_p99_ms: float
+    early: Tenth
+    late: Tenth
 
 
 def unrecorded_window(metrics: str) -> tuple[float, float]:
@@ -362,18 +386,27 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
     run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
     await run.start()
     started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
+    expected = events * workload.mails_per_event
+    tenths = [expected * k // 10 for k in (1, 2, 8, 9)]
+    marks: dict[int, tuple[float, float]] = {}
     try:
         cpu_before, _ = proc_stat(run.pid)
-        expected = events * workload.mails_per_event
-        finished = await wait_for_mail(ctx.sink, expected, run)
+        finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
         cpu_after, peak = proc_stat(run.pid)
+        marks[expected] = (finished, cpu_after)
         await asyncio.sleep(0.5)  # the last outcome records
         with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
             window = unrecorded_window(response.read().decode())
     finally:
         await run.stop()
     elapsed = finished - started
-    return Drained(events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak, *window)
+
+    def tenth(start: int, end: int) -> Tenth:
+        (t0, cpu0), (t1, cpu1) = marks[start], marks[end]
+        return Tenth((end - start) / max(t1 - t0, 1e-9), (cpu1 - cpu0) * 1000 / (end - start))
+
+    return Drained(events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak, *window,
+                   early=tenth(tenths[0], tenths[1]), late=tenth(tenths[2], tenths[3]))
 
 
 async def latency(name: str, store_url: str, events: int, rate: int, ctx: Context) -> tuple[float, float]:
@@ -486,7 +519,9 @@ async def main(args: argparse.Namespace) -> Report:
                     backlog = await drain(name, await store_url(store, ctx), args.backlog, ctx)
                     result.backlog_emails_per_s, result.backlog_peak_rss_mib = backlog.emails_per_s, backlog.peak_rss_mib
                     result.backlog_cpu_ms_per_email = backlog.cpu_ms_per_email
-                    result.flat_within_10pct = backlog.emails_per_s >= 0.9 * drained.emails_per_s
+                    result.backlog_early, result.backlog_late = backlog.early, backlog.late
+                    result.backlog_vs_drain = backlog.emails_per_s / drained.emails_per_s
+                    result.flat_within_10pct = backlog.late.emails_per_s >= 0.9 * backlog.early.emails_per_s
                 report.results.append(result)
                 print(row(result), flush=True)
     finally:
@@ -498,7 +533,8 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | accepted, unrecorded: "
-          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, CPU ms/e-mail, peak RSS | flat |\n"
+          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, CPU ms/e-mail, peak RSS | flat: the "
+          "backlog's 80-90% against its 10-20%, e-mails/s and CPU ms/e-mail |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -506,9 +542,14 @@ def row(r: Result) -> str:
     lat = (f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} at {r.latency_rate}/s"
            if r.latency_p50_ms is not None and r.latency_p99_ms is not None else "-")
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "
-               f"{r.backlog_peak_rss_mib:.0f} MiB"
+               f"{r.backlog_peak_rss_mib:.0f} MiB (x{r.backlog_vs_drain or 0:.2f} of the {r.events:,}-event drain)"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
-    flat = "-" if r.flat_within_10pct is None else ("yes" if r.flat_within_10pct else "no")
+    flat = "-"
+    if r.backlog_early is not None and r.backlog_late is not None:
+        first, last = r.backlog_early, r.backlog_late
+        flat = (f"{'yes' if r.flat_within_10pct else 'no'}: {last.emails_per_s / first.emails_per_s:.2f} "
+                f"({last.emails_per_s:,.0f} / {first.emails_per_s:,.0f}; {last.cpu_ms_per_email:.2f} / "
+                f"{first.cpu_ms_per_email:.2f} ms)")
     window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
               if r.unrecorded_mean_ms is not None and r.unrecorded_p99_ms is not None else "-")
     return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {r.raw_smtp_per_s:,.0f} | "

@@ -50,6 +50,12 @@ PRAGMAS = (
 """Every connection's settings, the engine's as the writer's (and its busy timeout: how long a write waits for
 another process's to end)."""
 
+WRITER_CACHE = "PRAGMA cache_size=-65536"
+"""The writer's page cache, 64 MiB: it inserts every batch's idempotency, delivery and state rows, whose random
+keys land all over their indexes. With 16 MiB, once those indexes outgrew it, each insert read pages back from
+the file: expiry's CPU per e-mail grew 13-31% from a 10,000- to a 100,000-event backlog; with 64 MiB it stays
+flat, for 8 MiB more at the peak (one connection; SQLite fills the cache only as pages are used)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
@@ -138,7 +144,7 @@ class SqliteWriter:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                      check_same_thread=False)
-        for pragma in PRAGMAS:
+        for pragma in (*PRAGMAS, WRITER_CACHE):
             connection.execute(pragma)
         self._connection = connection
         return connection
