@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
@@ -39,15 +39,27 @@ from shared.envelope import events_json_schema
 from shared.handling import Context, EventRouter, Plan, Preload
 from shared.kafka import Outputs, Producer, ensure_topics, security
 from shared.lag import CaughtUp, LagMeter
-from shared.mail.mailer import FAILED_TYPE, NOTIFICATIONS_TOPIC, SENT_TYPE, EventRef, Mailer, NotificationOutcome
+from shared.mail.mailer import (
+    FAILED_TYPE,
+    NOTIFICATIONS_TOPIC,
+    SENT_TYPE,
+    EventRef,
+    Mailer,
+    NotificationOutcome,
+    sender_domain,
+)
 from shared.mail.render import Renderer
 from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
+from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
 from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler, Wakeup
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
 from shared.tracing import Tracing, provider_from_environment
+
+if TYPE_CHECKING:  # dkimpy is imported only where DKIM is configured
+    from shared.mail.dkim import DkimSigner
 
 log = logging.getLogger("customersource.app")
 
@@ -164,6 +176,23 @@ def smtp_config(settings: ServiceSettings) -> SmtpConfig:
     )
 
 
+def unsubscribe_links(settings: ServiceSettings) -> UnsubscribeLinks | None:
+    if settings.UNSUBSCRIBE_BASE_URL is None or settings.UNSUBSCRIBE_SECRET is None:
+        return None
+    secret = settings.UNSUBSCRIBE_SECRET.get_secret_value()
+    return UnsubscribeLinks(base_url=settings.UNSUBSCRIBE_BASE_URL, secret=secret,
+                            domain=sender_domain(settings.SMTP_FROM))
+
+
+def dkim_signer(settings: ServiceSettings) -> DkimSigner | None:
+    if settings.DKIM_DOMAIN is None or settings.DKIM_SELECTOR is None or settings.DKIM_PRIVATE_KEY_FILE is None:
+        return None
+    from shared.mail.dkim import DkimSigner  # dkimpy is imported only where DKIM is configured
+
+    return DkimSigner.from_file(domain=settings.DKIM_DOMAIN, selector=settings.DKIM_SELECTOR,
+                                key_file=settings.DKIM_PRIVATE_KEY_FILE)
+
+
 def build_service(
     spec: ServiceSpec,
     settings: ServiceSettings,
@@ -192,7 +221,8 @@ def build_service(
     renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
     mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
                     metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window,
-                    tracing=tracing)
+                    tracing=tracing, bounce_address=settings.SMTP_BOUNCE_ADDRESS,
+                    unsubscribe=unsubscribe_links(settings), signer=dkim_signer(settings))
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
     wakeup = Wakeup()  # told when a job was scheduled, and when it is due

@@ -29,6 +29,10 @@ def check_address(value: str) -> str:
     return value
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
 def _https(value: str, name: str) -> str:
     if not value.startswith("https://") or len(value) <= len("https://"):
         raise ValueError(f"{name} must be an https:// URL")
@@ -63,6 +67,13 @@ class ServiceSettings(BaseSettings):
     SMTP_FROM: str
     SMTP_MAX_CONNECTIONS: int = Field(default=16, ge=1, le=256)
 
+    SMTP_BOUNCE_ADDRESS: str | None = None
+    UNSUBSCRIBE_BASE_URL: str | None = None
+    UNSUBSCRIBE_SECRET: SecretStr | None = None
+    DKIM_DOMAIN: str | None = None
+    DKIM_SELECTOR: str | None = None
+    DKIM_PRIVATE_KEY_FILE: Path | None = None
+
     DATABASE_URL: str | None = None
     HTTP_PORT: int = Field(default=8080, ge=1, le=65_535)
 
@@ -83,6 +94,27 @@ class ServiceSettings(BaseSettings):
     def _help_address(cls, value: str) -> str:
         return check_address(value)
 
+    @field_validator("SMTP_BOUNCE_ADDRESS")
+    @classmethod
+    def _bounce_address(cls, value: str | None) -> str | None:
+        if value is not None and "+" in check_address(value).partition("@")[0]:
+            raise ValueError("must not contain '+': the delivery's tag is added after one")
+        return value
+
+    @field_validator("DKIM_DOMAIN")
+    @classmethod
+    def _dkim_domain(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_address(f"dkim@{value}")  # a DNS domain with a TLD
+        return value
+
+    @field_validator("DKIM_SELECTOR")
+    @classmethod
+    def _dkim_selector(cls, value: str | None) -> str | None:
+        if value is not None and not _SELECTOR.match(value):
+            raise ValueError("must be one or more DNS labels (letters, digits, hyphens, dots)")
+        return value
+
     @field_validator("SMTP_FROM")
     @classmethod
     def _from_address(cls, value: str) -> str:
@@ -92,7 +124,7 @@ class ServiceSettings(BaseSettings):
         check_address(address)
         return value
 
-    @field_validator("KAFKA_SSL_CAFILE", "SMTP_CA_FILE")
+    @field_validator("KAFKA_SSL_CAFILE", "SMTP_CA_FILE", "DKIM_PRIVATE_KEY_FILE")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -116,8 +148,28 @@ class ServiceSettings(BaseSettings):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together")
         if self.SMTP_USERNAME and self.SMTP_TLS == "none" and self.ENVIRONMENT in ("production", "staging"):
             raise ValueError("SMTP_USERNAME with SMTP_TLS=none would send the password in clear: use starttls or tls")
+        self._deliverability()
         database_url(self)  # refuses an unusable DATABASE_URL now rather than at first use
         return self
+
+    def _deliverability(self) -> None:
+        if (self.UNSUBSCRIBE_BASE_URL is None) != (self.UNSUBSCRIBE_SECRET is None):
+            raise ValueError("UNSUBSCRIBE_BASE_URL and UNSUBSCRIBE_SECRET go together")
+        if self.UNSUBSCRIBE_BASE_URL is not None:
+            development = self.ENVIRONMENT in ("development", "test")
+            if not (self.UNSUBSCRIBE_BASE_URL.startswith("https://")
+                    or (development and self.UNSUBSCRIBE_BASE_URL.startswith("http://"))):
+                raise ValueError("UNSUBSCRIBE_BASE_URL must be an https:// URL (http:// only in development and test)")
+        if self.UNSUBSCRIBE_SECRET is not None and len(self.UNSUBSCRIBE_SECRET.get_secret_value().encode()) < 32:
+            raise ValueError("UNSUBSCRIBE_SECRET must be at least 32 bytes")
+        dkim = (self.DKIM_DOMAIN, self.DKIM_SELECTOR, self.DKIM_PRIVATE_KEY_FILE)
+        if any(v is None for v in dkim) and any(v is not None for v in dkim):
+            raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together (all three or none)")
+        if self.DKIM_PRIVATE_KEY_FILE is not None:
+            from shared.mail.dkim import DkimSigner  # dkimpy is imported only where DKIM is configured
+
+            DkimSigner.from_file(domain=str(self.DKIM_DOMAIN), selector=str(self.DKIM_SELECTOR),
+                                 key_file=self.DKIM_PRIVATE_KEY_FILE)  # an unusable key: ValueError
 
     @property
     def group_id(self) -> str:

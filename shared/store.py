@@ -123,6 +123,7 @@ deliveries = Table(
     Column("event_id", String(256), nullable=False),
     Column("aggregate_id", String(128), nullable=False),
     Column("template", String(128), nullable=False),
+    Column("template_version", String(12)),  # null in outcomes recorded before schema v3
     Column("locale", String(8), nullable=False),
     Column("recipient", String(320), nullable=False),
     Column("message_id", String(256), nullable=False),
@@ -176,8 +177,15 @@ def _index_deliveries_by_event(connection: Connection) -> None:
     DELIVERIES_BY_EVENT.create(connection, checkfirst=True)
 
 
+def _template_versions(connection: Connection) -> None:
+    """v3: a delivery records its template's version (a database made at v1 has the column already)."""
+    if "template_version" not in {c["name"] for c in sqlalchemy.inspect(connection).get_columns("deliveries")}:
+        connection.execute(text("ALTER TABLE deliveries ADD COLUMN template_version VARCHAR(12)"))
+
+
 DELIVERIES_BY_EVENT = Index("ix_deliveries_event", deliveries.c.event_source, deliveries.c.event_id)
-SHARED_MIGRATIONS: Sequence[Migration] = (create_tables(shared_metadata), _index_deliveries_by_event)
+SHARED_MIGRATIONS: Sequence[Migration] = (create_tables(shared_metadata), _index_deliveries_by_event,
+                                          _template_versions)
 
 
 def _lock_key(name: str) -> int:

@@ -11,13 +11,14 @@ twice.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy.exc
 from pydantic import BaseModel, Field
@@ -31,9 +32,13 @@ from shared.mail.message import OutgoingMail, build_message, usable_address
 from shared.mail.plan import Notification
 from shared.mail.render import RenderedMail, Renderer, negotiate_language
 from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
+from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.store import GroupCommit, Store, deliveries, upserts
 from shared.tracing import Tracing
+
+if TYPE_CHECKING:  # dkimpy is imported only where DKIM is configured
+    from shared.mail.dkim import DkimSigner
 
 log = logging.getLogger("customersource.mail")
 
@@ -49,6 +54,26 @@ RECORD_WINDOW_S = 0.002
 def _delivery_id(event_source: str, event_id: str, template: str, recipient: str) -> str:
     """One e-mail's identity: (triggering event, template, recipient), the key of its delivery record."""
     return deterministic_id(event_source, event_id, "mail", template, recipient.lower())
+
+
+def sender_domain(sender: str) -> str:
+    """The domain of ``SMTP_FROM``: of Message-IDs, thread references and list ids."""
+    return parseaddr(sender)[1].rpartition("@")[2] or "customersource.invalid"
+
+
+def thread_id(service: str, aggregate_id: str, recipient: str) -> str:
+    """What every e-mail of a service about one aggregate to one person refers to (``References``), so that
+    mail readers thread them: an invitation and its re-sends, a request and its decisions. Never itself a
+    sent e-mail's Message-ID (those are delivery ids)."""
+    return deterministic_id(service, aggregate_id, recipient.lower())
+
+
+def verp_sender(bounce_address: str, delivery_id: str) -> str:
+    """The envelope sender of one delivery (VERP): ``local+<tag>@domain``, the tag the delivery id's 16 bytes
+    in lower-case base32 (26 characters), so that a bounce names the delivery it is about."""
+    local, _, domain = bounce_address.rpartition("@")
+    tag = base64.b32encode(bytes.fromhex(delivery_id.replace("-", ""))).decode("ascii").rstrip("=").lower()
+    return f"{local}+{tag}@{domain}"
 
 
 class RetryLater(Exception):
@@ -73,6 +98,9 @@ class NotificationOutcome(BaseModel):
     event_type: str = Field(description="type of the triggering event")
     service: str
     template: str = Field(description="template name, as in the X-CustomerSource-Template header")
+    template_version: str | None = Field(
+        description="the template's version in the e-mail's language, as in the X-CustomerSource-Template-Version "
+                    "header (12 hex digits); null for an outcome recorded before versions existed")
     locale: str = Field(description="language the e-mail was written in")
     recipient: str = Field(description="the recipient's address")
     message_id: str = Field(description="Message-ID header of the e-mail (without angle brackets)")
@@ -98,7 +126,12 @@ class Mailer:
         retry_window: float = 60.0,
         max_backoff: float = 10.0,
         tracing: Tracing | None = None,
+        bounce_address: str | None = None,
+        unsubscribe: UnsubscribeLinks | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
+        """``bounce_address``: the base of the envelope senders (VERP), else the From address is; ``unsubscribe``:
+        the one-click unsubscribe links of subscription-like e-mails, else they have none; ``signer``: DKIM."""
         self.service = service
         self.tracing = tracing or Tracing(service, None)
         self.sender = sender
@@ -110,8 +143,10 @@ class Mailer:
         self.base_context = dict(base_context)
         self.retry_window = retry_window
         self.max_backoff = max_backoff
-        domain = parseaddr(sender)[1].rpartition("@")[2] or "customersource.invalid"
-        self._message_id_domain = domain
+        self._message_id_domain = sender_domain(sender)
+        self._bounce_address = bounce_address
+        self._unsubscribe = unsubscribe
+        self._signer = signer
         self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
             store, statements=upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True,
             name="outcomes")
@@ -131,13 +166,15 @@ class Mailer:
         if row is not None and row.outcome in ("sent", "failed"):
             return NotificationOutcome(
                 event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
-                template=row.template, locale=row.locale, recipient=row.recipient, message_id=row.message_id,
-                outcome=row.outcome, attempts=row.attempts, smtp_code=row.smtp_code, error=row.error, at=row.at,
+                template=row.template, template_version=row.template_version, locale=row.locale,
+                recipient=row.recipient, message_id=row.message_id, outcome=row.outcome, attempts=row.attempts,
+                smtp_code=row.smtp_code, error=row.error, at=row.at,
             )
         # Until the SMTP server answers for good, the outcome is provisionally a failure.
+        locale = negotiate_language(note.recipient.locale, note.local_site)
         outcome = NotificationOutcome(
             event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
-            template=note.template, locale=negotiate_language(note.recipient.locale, note.local_site),
+            template=note.template, template_version=self.renderer.version(note.template, locale), locale=locale,
             recipient=recipient, message_id=f"{delivery_id}@{self._message_id_domain}", outcome="failed",
             attempts=row.attempts if row is not None else 0, smtp_code=None, error=None, at=self.clock.now(),
         )
@@ -145,7 +182,7 @@ class Mailer:
         if usable_address(recipient):
             context = {**self.base_context, **note.context, "recipient": note.recipient}
             rendered = self.renderer.render(note.template, outcome.locale, context)
-            mail = self._build(note, rendered, outcome)
+            mail = self._build(note, rendered, outcome, delivery_id)
         if mail is None:
             outcome.error = "unusable recipient address"
         else:
@@ -173,7 +210,17 @@ class Mailer:
         self.metrics.email(note.template, outcome.outcome)
         return outcome
 
-    def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome) -> OutgoingMail | None:
+    def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome,
+               delivery_id: str) -> OutgoingMail | None:
+        thread = thread_id(self.service, note.aggregate_id, outcome.recipient)
+        headers = {
+            "References": f"<{thread}@{self._message_id_domain}>",
+            "X-CustomerSource-Event-Id": outcome.event_id,
+            "X-CustomerSource-Template": note.template,
+            "X-CustomerSource-Template-Version": outcome.template_version or "",
+        }
+        if self._unsubscribe is not None:
+            headers.update(self._unsubscribe.headers(note.template, outcome.recipient))
         try:
             return build_message(
                 sender=self.sender,
@@ -185,9 +232,9 @@ class Mailer:
                 language=rendered.language,
                 message_id=outcome.message_id,
                 date=self.clock.now(),
-                extra_headers={
-                    "X-CustomerSource-Event-Id": outcome.event_id, "X-CustomerSource-Template": note.template,
-                },
+                extra_headers=headers,
+                envelope_sender=verp_sender(self._bounce_address, delivery_id) if self._bounce_address else None,
+                signer=self._signer,
             )
         except (UnicodeError, ValueError) as exc:
             log.warning("message could not be built", extra={"template": note.template, "error": repr(exc)[:300]})
@@ -222,6 +269,7 @@ class Mailer:
             "event_id": outcome.event_id,
             "aggregate_id": aggregate_id,
             "template": outcome.template,
+            "template_version": outcome.template_version,
             "locale": outcome.locale,
             "recipient": outcome.recipient,
             "message_id": outcome.message_id,

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.utils import format_datetime, formataddr, parseaddr
+from typing import TYPE_CHECKING
 
 from shared.settings import check_address
+
+if TYPE_CHECKING:  # dkimpy is imported only where DKIM is configured
+    from shared.mail.dkim import DkimSigner
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 # Bidirectional controls and marks: they can make a subject or a name read differently than it is.
@@ -121,6 +125,13 @@ def _sender(sender: str) -> tuple[bytes, str]:
     return _fold("From", formataddr((header_safe(name), address), charset="utf-8")), address
 
 
+# Automated mail (RFC 3834): no vacation or out-of-office replies, from Exchange either.
+_AUTOMATED = b"Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
+_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "Content-Language", "MIME-Version", "Auto-Submitted",
+            "X-Auto-Response-Suppress")
+_EXTRA_LIMIT = 900  # an extra header's value (a list's unsubscribe link, an event id) stays on one line
+
+
 def build_message(
     *,
     sender: str,
@@ -133,8 +144,11 @@ def build_message(
     message_id: str,
     date: datetime,
     extra_headers: dict[str, str],
+    envelope_sender: str | None = None,
+    signer: DkimSigner | None = None,
 ) -> OutgoingMail:
-    """A multipart/alternative (text + HTML) message to exactly one recipient."""
+    """A multipart/alternative (text + HTML) message to exactly one recipient, from ``envelope_sender`` in
+    SMTP's MAIL FROM (by default the From address), signed by ``signer`` if given."""
     from_header, sender_address = _sender(sender)
     boundary = "=_cs_" + secrets.token_hex(12)
     headers = [
@@ -145,9 +159,10 @@ def build_message(
         _fold("Message-ID", f"<{message_id}>"),
         _fold("Content-Language", language),
         b"MIME-Version: 1.0\r\n",
+        _AUTOMATED,
     ]
     for name, value in extra_headers.items():
-        headers.append(_fold(name, header_safe(value)))
+        headers.append(_fold(name, header_safe(value, limit=_EXTRA_LIMIT)))
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode("ascii"))
     marker = f"--{boundary}\r\n".encode("ascii")
     data = b"".join(
@@ -161,6 +176,9 @@ def build_message(
             f"--{boundary}--\r\n".encode("ascii"),
         ]
     )
+    if signer is not None:
+        data = signer.signature(data, (*_HEADERS, *extra_headers, "Content-Type")) + data
     # A line of a 7bit part may start with a dot (headers, base64 lines and boundaries never do): stuffed here.
     data = data.replace(b"\n.", b"\n..")
-    return OutgoingMail(sender=sender_address, recipient=recipient_address, data=data, message_id=message_id)
+    return OutgoingMail(sender=envelope_sender or sender_address, recipient=recipient_address, data=data,
+                        message_id=message_id)

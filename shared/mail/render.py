@@ -8,6 +8,7 @@ service's and the shared ``locale/`` folders, compiled in memory at start-up.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from babel.dates import format_date, format_time, format_timedelta
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, nodes, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, meta, nodes, select_autoescape
 from jinja2.ext import InternationalizationExtension
 
 from shared.shapes import LANGUAGES, SITE_LANGUAGE, LocalSite, product_name
@@ -80,6 +81,9 @@ class RenderedMail:
     language: str
 
 
+PARTS = (".subject.txt", ".text.txt", ".html")
+
+
 class Renderer:
     """Renders ``<name>.subject.txt``, ``<name>.text.txt`` and ``<name>.html`` in one language."""
 
@@ -113,6 +117,7 @@ class Renderer:
             environment.globals.update(globals or {})
             environment.globals["language"] = language
             self._environments[language] = environment
+        self._versions = _versions(self._environments["en"], loader, self.templates(), [locale_folder, SHARED_LOCALE])
 
     def render(self, template: str, language: str, context: Mapping[str, Any]) -> RenderedMail:
         environment = self._environments[language]
@@ -126,6 +131,57 @@ class Renderer:
     def templates(self) -> list[str]:
         names = self._environments["en"].list_templates(filter_func=lambda n: n.endswith(".subject.txt"))
         return sorted(n.removesuffix(".subject.txt") for n in names)
+
+    def version(self, template: str, language: str) -> str:
+        """What a template is in a language: see :func:`_versions`."""
+        return self._versions[template, language]
+
+
+def _versions(environment: Environment, loader: ChoiceLoader, templates: Sequence[str],
+              folders: Sequence[Path]) -> dict[tuple[str, str], str]:
+    """Each template's version in each language: the first 12 hex digits of a SHA-256 over its sources (its
+    three parts and every template they include, extend or import) and, in that language, the catalog
+    entries those sources use (a ``.po`` entry's ``#:`` lines name them). It changes when the e-mail's
+    wording can, and only then."""
+    catalogs = {language: _catalog(language, folders) for language in LANGUAGES}
+    versions = {}
+    for template in templates:
+        sources: dict[str, str] = {}
+        pending = [template + part for part in PARTS]
+        while pending:
+            name = pending.pop()
+            if name in sources:
+                continue
+            sources[name], _, _ = loader.get_source(environment, name)
+            pending.extend(n for n in meta.find_referenced_templates(environment.parse(sources[name])) if n)
+        digest = hashlib.sha256()
+        for name in sorted(sources):
+            digest.update(f"{name}\0{sources[name]}\0".encode())
+        for language, catalog in catalogs.items():
+            entries = hashlib.sha256(digest.digest())
+            for key, translation in sorted(entry for entry in catalog if entry[0][0] in sources):
+                entries.update(f"{key[1]}\0{translation}\0".encode())
+            versions[template, language] = entries.hexdigest()[:12]
+    return versions
+
+
+def _catalog(language: str, folders: Sequence[Path]) -> set[tuple[tuple[str, str], str]]:
+    """((template, message id), translation) for each place a template uses an entry of the language's catalogs
+    (the first folder's entry wins, as in :func:`load_translations`)."""
+    found: dict[str, str] = {}
+    places: set[tuple[str, str]] = set()
+    for folder in folders:
+        po = folder / f"{language}.po"
+        if not po.is_file():
+            continue
+        with po.open("rb") as handle:
+            for message in read_po(handle, locale=language):
+                if not message.id or message.fuzzy:
+                    continue
+                key = message.id if isinstance(message.id, str) else "\0".join(message.id)
+                found.setdefault(key, str(message.string))
+                places.update((filename, key) for filename, _ in message.locations)
+    return {((filename, key), found[key]) for filename, key in places}
 
 
 def tidy_text(text: str) -> str:

@@ -179,7 +179,7 @@ async def test_migrate_command_then_start(kafka: str, smtp: SmtpServer, start_se
     from tests.support.process import ROOT, base_env, new_port
 
     env = base_env(bootstrap=kafka, smtp_port=smtp.port, database_url=database_url, http_port=new_port())
-    for expected in ("shared v1, shared v2, invitations v1 applied", "schema up to date"):
+    for expected in ("shared v1, shared v2, shared v3, invitations v1 applied", "schema up to date"):
         run = subprocess.run([sys.executable, "-m", "services.invitations", "migrate"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from services.invitations.state import MIGRATIONS
 from shared.store import SQLITE_CHUNK, GroupCommit, ProcessedMark, Store, deliveries, processed_events, upserts
@@ -22,11 +22,35 @@ async def test_concurrent_migrations_apply_once(database_url: str) -> None:
     try:
         results = await asyncio.gather(*(s.migrate() for s in stores))
         applied = [r for r in results if r]
-        assert applied == [["shared v1", "shared v2", "invitations v1"]]
+        assert applied == [["shared v1", "shared v2", "shared v3", "invitations v1"]]
         assert await stores[0].migrate() == []
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_database_from_before_template_versions_gets_the_column_and_keeps_its_rows(database_url: str) -> None:
+    store = Store(database_url, component="invitations", migrations=MIGRATIONS)
+    try:
+        await store.migrate()
+        at = datetime.now(UTC)
+        row: dict[str, Any] = {"delivery_id": "d-1", "event_source": "s", "event_id": "e", "aggregate_id": "a", "template": "t",
+               "locale": "en", "recipient": "r@example.com", "message_id": "m", "outcome": "sent", "attempts": 1,
+               "at": at}
+        async with store.engine.begin() as connection:  # back to shared v2: no template_version column
+            await connection.execute(text("ALTER TABLE deliveries DROP COLUMN template_version"))
+            await connection.execute(text("UPDATE schema_migrations SET version = 2 WHERE component = 'shared'"))
+            await connection.execute(text(
+                "INSERT INTO deliveries (delivery_id, event_source, event_id, aggregate_id, template, locale, recipient,"
+                " message_id, outcome, attempts, at) VALUES (:delivery_id, :event_source, :event_id, :aggregate_id,"
+                " :template, :locale, :recipient, :message_id, :outcome, :attempts, :at)"),
+                {**row, "at": at.isoformat() if store.engine.dialect.name == "sqlite" else at})
+        assert await store.migrate() == ["shared v3"]
+        async with store.connect() as connection:
+            [found] = (await connection.execute(select(deliveries))).all()
+        assert (found.delivery_id, found.template_version) == ("d-1", None)
+    finally:
+        await store.close()
 
 
 @pytest.fixture

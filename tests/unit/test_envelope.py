@@ -150,7 +150,7 @@ def test_structured_output_is_the_compact_json_of_the_envelope_and_its_data(
 ) -> None:
     """The data serialized by pydantic straight into the envelope: the bytes ``json.dumps`` gives of the whole."""
     data = NotificationOutcome(event_id=text, event_source=other, event_type="t", service="s", template=text,
-                               locale="en", recipient=other, message_id=text, outcome="sent", attempts=number,
+                               template_version=error, locale="en", recipient=other, message_id=text, outcome="sent", attempts=number,
                                smtp_code=None, error=error, at=at)
     try:
         expected = json.dumps({"specversion": "1.0", "id": other, "source": "/customersource/x", "type": "t.v1",

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from typing import Any
 
 import pytest
 from aiosmtplib.protocol import normalize_message_line_endings
@@ -10,7 +11,7 @@ from shared.mail.message import build_message, header_safe
 
 
 def build(**overrides: str):  # type: ignore[no-untyped-def]
-    values = dict(sender="CustomerSource <noreply@example.com>", recipient_name="Jane Doe",
+    values: dict[str, Any] = dict(sender="CustomerSource <noreply@example.com>", recipient_name="Jane Doe",
                   recipient_address="jane@example.com", subject="Hello", text="Text body", html="<p>HTML</p>",
                   language="fr")
     values.update(overrides)

@@ -75,11 +75,30 @@ def test_defaults_follow_the_contract() -> None:
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"DATABASE_URL": "sqlite+aiosqlite:///:memory:"}, "file"),
+        ({"SMTP_BOUNCE_ADDRESS": "bounces"}, "usable"),
+        ({"SMTP_BOUNCE_ADDRESS": "bounces+x@example.com"}, "'\\+'"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com"}, "go together"),
+        ({"UNSUBSCRIBE_SECRET": "u" * 32}, "go together"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com", "UNSUBSCRIBE_SECRET": "short"}, "32 bytes"),
+        ({"UNSUBSCRIBE_BASE_URL": "http://portal.example.com", "UNSUBSCRIBE_SECRET": "u" * 32}, "https"),
+        ({"DKIM_DOMAIN": "example.com"}, "all three or none"),
+        ({"DKIM_DOMAIN": "example", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": __file__}, "usable"),
+        ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "a b", "DKIM_PRIVATE_KEY_FILE": __file__}, "DNS labels"),
+        ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": __file__}, "no usable RSA"),
+        ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": "/nonexistent"}, "readable"),
     ],
 )
 def test_unusable_configuration_is_refused(override: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         InvitationSettings(**{**BASE, **override})
+
+
+def test_deliverability_settings_are_optional_and_http_unsubscribe_links_only_in_development() -> None:
+    plain = InvitationSettings(**BASE)
+    assert (plain.SMTP_BOUNCE_ADDRESS, plain.UNSUBSCRIBE_BASE_URL, plain.DKIM_DOMAIN) == (None, None, None)
+    local = {"UNSUBSCRIBE_BASE_URL": "http://127.0.0.1:8085", "UNSUBSCRIBE_SECRET": "u" * 32}
+    assert InvitationSettings(**{**BASE, **local, "ENVIRONMENT": "development"}).UNSUBSCRIBE_BASE_URL == local[
+        "UNSUBSCRIBE_BASE_URL"]
 
 
 def test_postgres_urls_are_accepted() -> None:

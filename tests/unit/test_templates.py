@@ -80,3 +80,35 @@ def test_html_templates_never_include_text_templates() -> None:
 @pytest.mark.parametrize(("templates", "locale"), components(), ids=lambda p: str(p.parent.name))
 def test_catalogs_are_complete(templates: Path, locale: Path) -> None:
     assert problems(templates, locale) == []
+
+
+def test_a_templates_version_changes_with_its_sources_and_its_translations_and_only_then(tmp_path: Path) -> None:
+    templates, locale = tmp_path / "templates", tmp_path / "locale"
+    templates.mkdir()
+    locale.mkdir()
+    (templates / "_part.html").write_text("{% trans %}Shared words{% endtrans %}")
+    for name in ("note", "other"):
+        (templates / f"{name}.subject.txt").write_text(f"{{% trans %}}Subject of {name}{{% endtrans %}}")
+        (templates / f"{name}.text.txt").write_text("Text")
+    (templates / "note.html").write_text('{% include "_part.html" %}')
+    (templates / "other.html").write_text("<p>Other</p>")
+
+    def catalog(shared: str, other: str) -> None:
+        (locale / "fr.po").write_text(
+            'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+            f'#: _part.html:1\nmsgid "Shared words"\nmsgstr "{shared}"\n\n'
+            f'#: other.subject.txt:1\nmsgid "Subject of other"\nmsgstr "{other}"\n')
+
+    def versions() -> dict[tuple[str, str], str]:
+        made = Renderer(templates, locale)
+        return {(t, language): made.version(t, language) for t in ("note", "other") for language in ("en", "fr", "de")}
+
+    catalog("Mots partagés", "Objet de l'autre")
+    before = versions()
+    assert len(set(before.values())) == 4  # English and German (no catalog) share one version per template
+    catalog("Mots communs", "Objet de l'autre")  # a translation the note uses (through its include)
+    changed = versions()
+    assert {key for key in before if before[key] != changed[key]} == {("note", "fr")}
+    (templates / "_part.html").write_text("{% trans %}Shared words{% endtrans %}!")  # a source the note includes
+    assert {key for key, v in versions().items() if v != changed[key]} == {("note", "en"), ("note", "fr"),
+                                                                          ("note", "de")}
