@@ -11,6 +11,7 @@ import sys
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,22 @@ def check_address(value: str) -> str:
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_DOMAIN = re.compile(rf"^(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$")
+UNSUBSCRIBE_SECRET_BYTES = 32
+UNSUBSCRIBE_URL_LENGTH = 200  # the link, a token of up to ~400 characters added, stays on one header line
+
+
+def unsubscribe_url(value: str, *, http: bool) -> str:
+    """A base for one-click unsubscribe links: https (http where ``http``), a host, no query, fragment,
+    credentials or characters a header's angle brackets could not hold, short enough for one header line."""
+    parts = urlsplit(value)
+    schemes = ("https", "http") if http else ("https",)
+    if (parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment or "@" in parts.netloc
+            or any(c in value for c in ' <>"\\') or not value.isprintable() or not value.isascii()
+            or len(value) > UNSUBSCRIBE_URL_LENGTH):
+        raise ValueError(f"UNSUBSCRIBE_BASE_URL must be an {' or '.join(schemes)} URL with a host, without query or "
+                         f"fragment, at most {UNSUBSCRIBE_URL_LENGTH} characters")
+    return value
 
 
 def _https(value: str, name: str) -> str:
@@ -97,15 +114,20 @@ class ServiceSettings(BaseSettings):
     @field_validator("SMTP_BOUNCE_ADDRESS")
     @classmethod
     def _bounce_address(cls, value: str | None) -> str | None:
-        if value is not None and "+" in check_address(value).partition("@")[0]:
+        if value is None:
+            return None
+        local = check_address(value).partition("@")[0]
+        if "+" in local:
             raise ValueError("must not contain '+': the delivery's tag is added after one")
+        if len(local) > 64 - len("+") - 26:  # RFC 5321 4.5.3.1.1: a local part of at most 64 octets, tag included
+            raise ValueError("its local part must be at most 37 characters: the delivery's tag adds 27")
         return value
 
     @field_validator("DKIM_DOMAIN")
     @classmethod
     def _dkim_domain(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_address(f"dkim@{value}")  # a DNS domain with a TLD
+        if value is not None and not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a DNS domain (e.g. example.com)")
         return value
 
     @field_validator("DKIM_SELECTOR")
@@ -156,12 +178,10 @@ class ServiceSettings(BaseSettings):
         if (self.UNSUBSCRIBE_BASE_URL is None) != (self.UNSUBSCRIBE_SECRET is None):
             raise ValueError("UNSUBSCRIBE_BASE_URL and UNSUBSCRIBE_SECRET go together")
         if self.UNSUBSCRIBE_BASE_URL is not None:
-            development = self.ENVIRONMENT in ("development", "test")
-            if not (self.UNSUBSCRIBE_BASE_URL.startswith("https://")
-                    or (development and self.UNSUBSCRIBE_BASE_URL.startswith("http://"))):
-                raise ValueError("UNSUBSCRIBE_BASE_URL must be an https:// URL (http:// only in development and test)")
-        if self.UNSUBSCRIBE_SECRET is not None and len(self.UNSUBSCRIBE_SECRET.get_secret_value().encode()) < 32:
-            raise ValueError("UNSUBSCRIBE_SECRET must be at least 32 bytes")
+            unsubscribe_url(self.UNSUBSCRIBE_BASE_URL, http=self.ENVIRONMENT in ("development", "test"))
+        if (self.UNSUBSCRIBE_SECRET is not None
+                and len(self.UNSUBSCRIBE_SECRET.get_secret_value().encode()) < UNSUBSCRIBE_SECRET_BYTES):
+            raise ValueError(f"UNSUBSCRIBE_SECRET must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
         dkim = (self.DKIM_DOMAIN, self.DKIM_SELECTOR, self.DKIM_PRIVATE_KEY_FILE)
         if any(v is None for v in dkim) and any(v is not None for v in dkim):
             raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together (all three or none)")

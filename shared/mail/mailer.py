@@ -99,6 +99,7 @@ class NotificationOutcome(BaseModel):
     service: str
     template: str = Field(description="template name, as in the X-CustomerSource-Template header")
     template_version: str | None = Field(
+        default=None,
         description="the template's version in the e-mail's language, as in the X-CustomerSource-Template-Version "
                     "header (12 hex digits); null for an outcome recorded before versions existed")
     locale: str = Field(description="language the e-mail was written in")
@@ -217,8 +218,9 @@ class Mailer:
             "References": f"<{thread}@{self._message_id_domain}>",
             "X-CustomerSource-Event-Id": outcome.event_id,
             "X-CustomerSource-Template": note.template,
-            "X-CustomerSource-Template-Version": outcome.template_version or "",
         }
+        if outcome.template_version is not None:
+            headers["X-CustomerSource-Template-Version"] = outcome.template_version
         if self._unsubscribe is not None:
             headers.update(self._unsubscribe.headers(note.template, outcome.recipient))
         try:

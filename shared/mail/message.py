@@ -125,10 +125,8 @@ def _sender(sender: str) -> tuple[bytes, str]:
     return _fold("From", formataddr((header_safe(name), address), charset="utf-8")), address
 
 
-# Automated mail (RFC 3834): no vacation or out-of-office replies, from Exchange either.
+# Automated mail (RFC 3834): no vacation or out-of-office replies, from Exchange servers too.
 _AUTOMATED = b"Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
-_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "Content-Language", "MIME-Version", "Auto-Submitted",
-            "X-Auto-Response-Suppress")
 _EXTRA_LIMIT = 900  # an extra header's value (a list's unsubscribe link, an event id) stays on one line
 
 
@@ -177,7 +175,9 @@ def build_message(
         ]
     )
     if signer is not None:
-        data = signer.signature(data, (*_HEADERS, *extra_headers, "Content-Type")) + data
+        names = [line.split(b":", 1)[0].decode("ascii") for line in b"".join(headers).split(b"\r\n")
+                 if line and line[:1] not in b" \t"]  # the fields, not their folded continuations
+        data = signer.signature(data, names) + data
     # A line of a 7bit part may start with a dot (headers, base64 lines and boundaries never do): stuffed here.
     data = data.replace(b"\n.", b"\n..")
     return OutgoingMail(sender=envelope_sender or sender_address, recipient=recipient_address, data=data,

@@ -7,7 +7,7 @@ unsubscribe header.
 A token is ``<payload>.<signature>``, both base64url without padding: the payload is the list and
 the lower-cased address, the signature HMAC-SHA256 of them under ``UNSUBSCRIBE_SECRET``. It does not
 expire (a link in a years-old e-mail still works) and needs no stored state to be verified; it
-carries the address, so it is never logged.
+carries the address (readable base64, so a proxy that logs request paths logs it): it is never logged here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-MIN_SECRET_BYTES = 32
+from shared.settings import UNSUBSCRIBE_SECRET_BYTES
 
 LISTS: Mapping[str, str] = {
     "partner_digest": "partner-digest",
@@ -47,12 +47,16 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Strictly: one spelling per token (padding, stray characters or unused bits refused)."""
     if not text or len(text) > 1024 or not text.isascii():
         raise InvalidUnsubscribe("malformed")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise InvalidUnsubscribe("malformed") from None
+    if _b64(decoded) != text:
+        raise InvalidUnsubscribe("malformed")
+    return decoded
 
 
 class UnsubscribeLinks:
@@ -60,8 +64,8 @@ class UnsubscribeLinks:
 
     def __init__(self, *, base_url: str, secret: str, domain: str) -> None:
         key = secret.encode("utf-8")
-        if len(key) < MIN_SECRET_BYTES:
-            raise ValueError(f"the unsubscribe secret must be at least {MIN_SECRET_BYTES} bytes")
+        if len(key) < UNSUBSCRIBE_SECRET_BYTES:
+            raise ValueError(f"the unsubscribe secret must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
         self._key = key
         self._base_url = base_url.rstrip("/")
         self._domain = domain

@@ -28,6 +28,8 @@ from services.permissions import app as permissions_app
 from services.permissions.contracts import APPROVED, REQUESTED
 from services.permissions.contracts import TOPIC as PERMISSIONS_TOPIC
 from services.permissions.settings import PermissionSettings
+from shared.mail.dkim import DkimSigner
+from shared.mail.message import build_message
 from shared.mail.unsubscribe import InvalidUnsubscribe, UnsubscribeLinks
 from tests.support.harness import Harness, service_harness
 from tests.support.samples import decision, permission_requested, plan_nearing_expiry, professional_added
@@ -145,13 +147,17 @@ async def test_subscription_like_emails_offer_one_click_unsubscribe_and_transact
         assert link.startswith("<https://portal.example.com/unsubscribe/") and link.endswith(">")
         asked = links.verify(link[len("<https://portal.example.com/unsubscribe/"):-1])
         assert (asked.list, asked.address) == ("plan-reminders", contact["email"].lower())
+    expired = plan_nearing_expiry(TODAY - timedelta(days=1))
+    await expiry.publish(NEARING_EXPIRY, expired)
+    [notice] = expiry.mails(expired["contacts"][0]["email"])
+    assert notice["X-CustomerSource-Template"] == "plan_expired" and notice["List-Id"] == f"<plan-reminders.{DOMAIN}>"
     added = professional_added()
     await invitations.publish(ADDED, added)
     [invitation] = invitations.mails(added["email"])
     assert invitation["List-Unsubscribe"] is None and invitation["List-Id"] is None
 
 
-async def test_without_an_unsubscribe_url_no_list_headers(permissions: Harness, tmp_path: Path) -> None:
+async def test_without_an_unsubscribe_url_no_list_headers(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     async with service_harness(expiry_app.create_service, ExpirySettings, tmp_path / "plain", now=NOW,
                                topic=EXPIRY_TOPIC, key_field="plan_id") as plain:
@@ -170,7 +176,8 @@ def test_unsubscribe_tokens_are_unforgeable() -> None:
     payload, _, signature = token.partition(".")
     forged_payload = base64.urlsafe_b64encode(b"partner-digest\nvictim@example.com").rstrip(b"=").decode()
     for bad in (other.token("partner-digest", "partner@example.com"), f"{forged_payload}.{signature}", payload,
-                token + "x", "", ".", "a.b", "é.é", other.token("no-such-list", "x@example.com")):
+                token + "x", token + "====", payload + "!!!!." + signature, "", ".", "a.b", "é.é",
+                links.token("no-such-list", "x@example.com")):
         with pytest.raises(InvalidUnsubscribe):
             links.verify(bad)
     assert UnsubscribeLinks(base_url="https://x.example", secret=UNSUBSCRIBE_SECRET, domain=DOMAIN).headers(
@@ -213,3 +220,18 @@ async def test_dkim_signs_what_the_contract_asks_and_verifies_with_the_public_ke
     assert signed >= {"from", "to", "subject", "date", "message-id", "mime-version", "content-type", "references",
                       "list-unsubscribe", "list-unsubscribe-post", "list-id"}
     assert not dkim.verify(received.replace(b"Subject: ", b"Subject: Re: ", 1), dnsfunc=dns)
+
+
+def test_a_signed_message_verifies_once_the_server_has_undone_the_dot_stuffing(dkim_key: tuple[Path, bytes]) -> None:
+    key_file, record = dkim_key
+    signer = DkimSigner.from_file(domain=DOMAIN, selector="cs2026", key_file=key_file)
+    mail = build_message(sender=f"CustomerSource <noreply@{DOMAIN}>", recipient_name="Jane",
+                         recipient_address="jane@example.com", subject="Dots", text=".hidden\n..two\n.\nend", html="<p>x</p>\n.<p>y</p>", language="en",
+                         message_id=f"m-1@{DOMAIN}", date=NOW, extra_headers={"References": f"<t-1@{DOMAIN}>"},
+                         signer=signer)
+    assert b"\r\n..hidden\r\n" in mail.data and b"\r\n...two\r\n" in mail.data  # stuffed after signing
+    received = mail.data.replace(b"\r\n..", b"\r\n.")
+    assert dkim.verify(received, dnsfunc=lambda name, timeout=5: record)
+    assert not dkim.verify(mail.data, dnsfunc=lambda name, timeout=5: record)  # as sent: the body hash differs
+    signed = received.split(b"b=", 1)[0].decode().replace("\r\n", "")
+    assert "h=from : to : subject" in signed and signed.count("from") >= 2  # From oversigned

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,7 +83,12 @@ def test_defaults_follow_the_contract() -> None:
         ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com", "UNSUBSCRIBE_SECRET": "short"}, "32 bytes"),
         ({"UNSUBSCRIBE_BASE_URL": "http://portal.example.com", "UNSUBSCRIBE_SECRET": "u" * 32}, "https"),
         ({"DKIM_DOMAIN": "example.com"}, "all three or none"),
-        ({"DKIM_DOMAIN": "example", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": __file__}, "usable"),
+        ({"DKIM_DOMAIN": "example", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": __file__}, "not a DNS domain"),
+        ({"SMTP_BOUNCE_ADDRESS": "b" * 38 + "@example.com"}, "at most 37"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://", "UNSUBSCRIBE_SECRET": "u" * 32}, "with a host"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com/u?x=1", "UNSUBSCRIBE_SECRET": "u" * 32}, "query"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com/<x>", "UNSUBSCRIBE_SECRET": "u" * 32}, "https"),
+        ({"UNSUBSCRIBE_BASE_URL": "https://portal.example.com/" + "x" * 200, "UNSUBSCRIBE_SECRET": "u" * 32}, "200"),
         ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "a b", "DKIM_PRIVATE_KEY_FILE": __file__}, "DNS labels"),
         ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": __file__}, "no usable RSA"),
         ({"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "s", "DKIM_PRIVATE_KEY_FILE": "/nonexistent"}, "readable"),
@@ -99,6 +105,19 @@ def test_deliverability_settings_are_optional_and_http_unsubscribe_links_only_in
     local = {"UNSUBSCRIBE_BASE_URL": "http://127.0.0.1:8085", "UNSUBSCRIBE_SECRET": "u" * 32}
     assert InvitationSettings(**{**BASE, **local, "ENVIRONMENT": "development"}).UNSUBSCRIBE_BASE_URL == local[
         "UNSUBSCRIBE_BASE_URL"]
+
+
+@pytest.mark.parametrize(("bits", "accepted"), [(512, False), (1024, True)])
+def test_a_dkim_key_too_small_for_verifiers_is_refused(tmp_path: Path, bits: int, accepted: bool) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}", "-out", str(key)],
+                   check=True, capture_output=True)
+    dkim = {"DKIM_DOMAIN": "example.com", "DKIM_SELECTOR": "s2026", "DKIM_PRIVATE_KEY_FILE": str(key)}
+    if accepted:
+        assert InvitationSettings(**{**BASE, **dkim}).DKIM_DOMAIN == "example.com"
+    else:
+        with pytest.raises(ValidationError, match="512-bit"):
+            InvitationSettings(**{**BASE, **dkim})
 
 
 def test_postgres_urls_are_accepted() -> None:
