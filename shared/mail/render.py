@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from babel import Locale
 from babel.dates import format_date, format_time, format_timedelta
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -43,15 +44,21 @@ def negotiate_language(tag: str | None, site: LocalSite | None = None) -> str:
     return "en"
 
 
-def load_translations(language: str, folders: Sequence[Path]) -> NullTranslations:
-    """Merge the ``<language>.po`` catalogs of the folders (earlier folders win)."""
-    merged: NullTranslations | None = None
+def read_catalogs(language: str, folders: Sequence[Path]) -> list[Catalog]:
+    """The ``<language>.po`` catalogs of the folders that have one, in the folders' order (earlier ones win)."""
+    catalogs = []
     for folder in folders:
         po = folder / f"{language}.po"
-        if not po.is_file():
-            continue
-        with po.open("rb") as handle:
-            catalog = read_po(handle, locale=language)
+        if po.is_file():
+            with po.open("rb") as handle:
+                catalogs.append(read_po(handle, locale=language))
+    return catalogs
+
+
+def load_translations(catalogs: Sequence[Catalog]) -> NullTranslations:
+    """The catalogs merged (earlier ones win)."""
+    merged: NullTranslations | None = None
+    for catalog in catalogs:
         buffer = io.BytesIO()
         write_mo(buffer, catalog)  # fuzzy entries are left out
         buffer.seek(0)
@@ -96,6 +103,7 @@ class Renderer:
     ) -> None:
         loader = ChoiceLoader([FileSystemLoader(template_folder), FileSystemLoader(SHARED_TEMPLATES)])
         self._environments: dict[str, Environment] = {}
+        catalogs = {language: read_catalogs(language, [locale_folder, SHARED_LOCALE]) for language in LANGUAGES}
         for language in LANGUAGES:
             environment = SettledEnvironment(
                 loader=loader,
@@ -106,7 +114,7 @@ class Renderer:
                 keep_trailing_newline=False,
                 auto_reload=False,  # templates ship with the service: no file check on every render
             )
-            translations = load_translations(language, [locale_folder, SHARED_LOCALE])
+            translations = load_translations(catalogs[language])
             environment.policies["ext.i18n.trimmed"] = True
             environment.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
             environment.filters["date"] = _date_filter(language)
@@ -117,7 +125,7 @@ class Renderer:
             environment.globals.update(globals or {})
             environment.globals["language"] = language
             self._environments[language] = environment
-        self._versions = _versions(self._environments["en"], loader, self.templates(), [locale_folder, SHARED_LOCALE])
+        self._versions = _versions(self._environments["en"], loader, self.templates(), catalogs)
 
     def render(self, template: str, language: str, context: Mapping[str, Any]) -> RenderedMail:
         environment = self._environments[language]
@@ -138,12 +146,12 @@ class Renderer:
 
 
 def _versions(environment: Environment, loader: ChoiceLoader, templates: Sequence[str],
-              folders: Sequence[Path]) -> dict[tuple[str, str], str]:
+              catalogs: Mapping[str, Sequence[Catalog]]) -> dict[tuple[str, str], str]:
     """Each template's version in each language: the first 12 hex digits of a SHA-256 over its sources (its
     three parts and every template they include, extend or import) and, in that language, the catalog
     entries those sources use (a ``.po`` entry's ``#:`` lines name them). It changes when the e-mail's
     wording can, and only then."""
-    catalogs = {language: _catalog(language, folders) for language in LANGUAGES}
+    places = {language: _places(of_language) for language, of_language in catalogs.items()}
     versions = {}
     for template in templates:
         sources: dict[str, str] = {}
@@ -157,30 +165,26 @@ def _versions(environment: Environment, loader: ChoiceLoader, templates: Sequenc
         digest = hashlib.sha256()
         for name in sorted(sources):
             digest.update(f"{name}\0{sources[name]}\0".encode())
-        for language, catalog in catalogs.items():
+        for language, used in places.items():
             entries = hashlib.sha256(digest.digest())
-            for key, translation in sorted(entry for entry in catalog if entry[0][0] in sources):
+            for key, translation in sorted(entry for entry in used if entry[0][0] in sources):
                 entries.update(f"{key[1]}\0{translation}\0".encode())
             versions[template, language] = entries.hexdigest()[:12]
     return versions
 
 
-def _catalog(language: str, folders: Sequence[Path]) -> set[tuple[tuple[str, str], str]]:
-    """((template, message id), translation) for each place a template uses an entry of the language's catalogs
-    (the first folder's entry wins, as in :func:`load_translations`)."""
+def _places(catalogs: Sequence[Catalog]) -> set[tuple[tuple[str, str], str]]:
+    """((template, message id), translation) for each place a template uses an entry of a language's catalogs
+    (the first catalog's entry wins, as in :func:`load_translations`)."""
     found: dict[str, str] = {}
     places: set[tuple[str, str]] = set()
-    for folder in folders:
-        po = folder / f"{language}.po"
-        if not po.is_file():
-            continue
-        with po.open("rb") as handle:
-            for message in read_po(handle, locale=language):
-                if not message.id or message.fuzzy:
-                    continue
-                key = message.id if isinstance(message.id, str) else "\0".join(message.id)
-                found.setdefault(key, str(message.string))
-                places.update((filename, key) for filename, _ in message.locations)
+    for catalog in catalogs:
+        for message in catalog:
+            if not message.id or message.fuzzy:
+                continue
+            key = message.id if isinstance(message.id, str) else "\0".join(message.id)
+            found.setdefault(key, str(message.string))
+            places.update((filename, key) for filename, _ in message.locations)
     return {((filename, key), found[key]) for filename, key in places}
 
 
