@@ -17,9 +17,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDRESS = re.compile(
-    rf"^{_ATOM}(?:\.{_ATOM})*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+[A-Za-z]{{2,63}}$"
-)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # a DNS label
+_HOST = rf"(?:{_LABEL}\.)+[A-Za-z]{{2,63}}"  # a DNS domain with a TLD
+_ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_HOST}$")
+_DOMAIN = re.compile(rf"^{_HOST}$")
+_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 
 
 def check_address(value: str) -> str:
@@ -30,9 +32,6 @@ def check_address(value: str) -> str:
     return value
 
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_DOMAIN = re.compile(rf"^(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$")
 UNSUBSCRIBE_SECRET_BYTES = 32
 UNSUBSCRIBE_URL_LENGTH = 200  # the link, a token of up to ~400 characters added, stays on one header line
 

@@ -818,8 +818,7 @@ class Store:
         await execute(connection, [processed_statement(connection.dialect.name, marks)])
 
     async def close(self) -> None:
-        if isinstance(self._writer, SqliteWriter):
-            await self._writer.close()
+        await self._writer.close()
         await self.engine.dispose()
 
 

@@ -195,6 +195,9 @@ class PostgresWriter:
                 raise
         self.committed += 1
 
+    async def close(self) -> None:
+        """Nothing of its own to close: its connections are the engine's pool's."""
+
     async def _lost(self, pooled: AsyncConnection, *, closed: bool) -> None:
         """Drop a connection whose session is in doubt; if it is ``closed`` (the server restarted, or the network
         failed), the pool's other connections are likely gone too: the pool is replaced, as the engine does on a

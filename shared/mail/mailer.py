@@ -144,7 +144,7 @@ class Mailer:
         self.base_context = dict(base_context)
         self.retry_window = retry_window
         self.max_backoff = max_backoff
-        self._message_id_domain = sender_domain(sender)
+        self._domain = sender_domain(sender)  # of Message-IDs and thread references
         self._bounce_address = bounce_address
         self._unsubscribe = unsubscribe
         self._signer = signer
@@ -176,7 +176,7 @@ class Mailer:
         outcome = NotificationOutcome(
             event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
             template=note.template, template_version=self.renderer.version(note.template, locale), locale=locale,
-            recipient=recipient, message_id=f"{delivery_id}@{self._message_id_domain}", outcome="failed",
+            recipient=recipient, message_id=f"{delivery_id}@{self._domain}", outcome="failed",
             attempts=row.attempts if row is not None else 0, smtp_code=None, error=None, at=self.clock.now(),
         )
         mail = None
@@ -215,7 +215,7 @@ class Mailer:
                delivery_id: str) -> OutgoingMail | None:
         thread = thread_id(self.service, note.aggregate_id, outcome.recipient)
         headers = {
-            "References": f"<{thread}@{self._message_id_domain}>",
+            "References": f"<{thread}@{self._domain}>",
             "X-CustomerSource-Event-Id": outcome.event_id,
             "X-CustomerSource-Template": note.template,
         }
