@@ -37,8 +37,9 @@ from shared.kafka import Producer
 from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
 from shared.runtime import PlanRunner
-from shared.store import EventKey, EventState, ProcessedMark, StaleState, Store, is_database_outage
+from shared.store import EventKey, EventState, ProcessedMark, Store, is_database_outage
 from shared.tracing import Tracing
+from shared.writers import StaleState
 
 log = logging.getLogger("customersource.batches")
 

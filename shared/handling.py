@@ -51,7 +51,7 @@ from shared import scheduler as scheduling
 from shared.envelope import Event, events_json_schema
 from shared.mail.mailer import EventRef, NotificationOutcome
 from shared.mail.plan import Notification
-from shared.store import Row, Statement, write_rows
+from shared.store import Row, Statement, advancing, inserting, write_rows
 
 log = logging.getLogger("customersource.handling")
 
@@ -96,6 +96,17 @@ def row_statement(table: Table, values: Mapping[str, Any], keys: Sequence[str], 
     names of the key's parameters): an insert (:func:`shared.store.inserting`), or an update of that row by
     its key."""
     return Write(row=Row(table, values, tuple(keys), statement=statement))
+
+
+def insert_or_advance(table: Table, values: Mapping[str, Any], *, key: str, expected: str | None,
+                      state_column: str = "state") -> Write:
+    """A state machine's step as a row change: insert a new row (``expected=None``; a key already there fails the
+    insert), or update the row of ``values[key]`` only if its state is still ``expected`` (else the transaction
+    fails with :class:`shared.writers.StaleState`, and the event is processed again from the new state)."""
+    if expected is None:
+        return row_statement(table, values, [key], inserting(table))
+    return row_statement(table, {**values, "_key": values[key], "_expected": expected}, ["_key"],
+                         advancing(table, tuple(values), key, state_column))
 
 
 @dataclass(frozen=True, slots=True)

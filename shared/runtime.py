@@ -81,9 +81,10 @@ class PlanRunner:
         # one slow lock stalling the others).
         self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
                                        if store.is_sqlite else OwnTransactions(store, run_claims))
-        self._before: Writes[Final] = (GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
-                                                   window=FINAL_WRITES_WINDOW_S, name="changes-before")
-                                       if store.is_sqlite else OwnTransactions(store, _apply_all))
+        self._before: Writes[Final] = (
+            GroupCommit(store, _apply_all, statements=_statements, light=rows_only, window=FINAL_WRITES_WINDOW_S,
+                        name="changes-before")
+            if store.is_sqlite else OwnTransactions(store, _apply_all, statements=_statements))
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
@@ -153,13 +154,20 @@ class Final:
 
 
 class OwnTransactions(Generic[T]):
-    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own."""
+    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own; by the
+    store's writer if ``statements`` knows what it writes (see :class:`shared.store.GroupCommit`)."""
 
-    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]]) -> None:
+    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]], *,
+                 statements: Callable[[str, list[T]], Statements | None] = lambda dialect_name, items: None) -> None:
         self.store = store
         self.apply = apply
+        self.statements = statements
 
     async def write(self, item: T) -> None:
+        statements = self.statements(self.store.engine.dialect.name, [item])
+        if statements is not None:
+            await self.store.write(statements)
+            return
         async with self.store.transaction() as connection:
             await self.apply(connection, [item])
 

@@ -50,7 +50,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Tuple
 
-from shared.writers import PRAGMAS, PostgresWriter, SqliteWriter, Statements
+from shared.writers import PRAGMAS, CompareAndSet, PostgresWriter, SqliteWriter, Statements
 
 log = logging.getLogger("customersource.store")
 
@@ -271,9 +271,16 @@ def upsert_statement(dialect_name: str, table: Table, rows: Sequence[Mapping[str
 
 
 async def execute(connection: AsyncConnection, statements: Statements) -> None:
-    """Execute :data:`Statements` in the connection's transaction, each statement once for all its rows."""
+    """Execute :data:`Statements` in the connection's transaction, each statement once for all its rows (a
+    compare-and-set row by row, each row's change checked)."""
     for statement, rows in statements:
-        if rows:
+        if not rows:
+            continue
+        if isinstance(statement, CompareAndSet):
+            for row in rows:
+                if not (await connection.execute(statement.statement, row)).rowcount:
+                    raise statement.stale()
+        else:
             await connection.execute(statement, rows[0] if len(rows) == 1 else list(rows))
 
 
@@ -369,29 +376,19 @@ def processed_statement(dialect_name: str, marks: Sequence[ProcessedMark]) -> tu
     return _mark_processed(dialect_name), list(rows.values())
 
 
-class StaleState(Exception):
-    """A compare-and-set found the row no longer in the state it was loaded in (a job claimed it meanwhile):
-    transient, the event is processed again from the new state."""
-
-
-async def insert_or_advance(connection: AsyncConnection, table: Table, values: Mapping[str, Any], *, key: str,
-                            expected: str | None, state_column: str = "state") -> None:
-    """Insert a new row (``expected=None``), or update the row only if its state is still ``expected``
-    (else :class:`StaleState`): a state machine's step, safe against a concurrent step."""
-    if expected is None:
-        await connection.execute(table.insert(), dict(values))
-        return
-    statement = _advance(table, tuple(values), key, state_column)
-    result = await connection.execute(statement, {**values, "_key": values[key], "_expected": expected})
-    if not result.rowcount:
-        raise StaleState(f"{table.name} {values[key]!r} is no longer {expected}")
-
-
 @functools.cache
-def _advance(table: Table, columns: tuple[str, ...], key: str, state_column: str) -> Any:
-    """``UPDATE table SET columns WHERE key = :_key AND state = :_expected``, built once per column set."""
-    return (update(table).where(table.c[key] == bindparam("_key"), table.c[state_column] == bindparam("_expected"))
-            .values({column: bindparam(column) for column in columns}))
+def advancing(table: Table, columns: tuple[str, ...], key: str, state_column: str = "state") -> Statement:
+    """The :class:`Row` statement of a state machine's step, safe against a concurrent step: ``UPDATE table
+    SET columns WHERE key = :_key AND state = :_expected``, a compare-and-set (:class:`shared.writers.StaleState`
+    if the row is no longer in the state expected). The same statement every time, for one set of columns."""
+    statement = CompareAndSet(
+        update(table).where(table.c[key] == bindparam("_key"), table.c[state_column] == bindparam("_expected"))
+        .values({column: bindparam(column) for column in columns}), table=table.name)
+
+    def advance(dialect_name: str) -> CompareAndSet:
+        return statement
+
+    return advance
 
 
 class WriteTurns:

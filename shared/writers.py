@@ -1,5 +1,5 @@
 """Writers of transactions made only of row changes, known in advance (:data:`Statements`: row changes,
-idempotency marks, jobs marked done; nothing that reads a result), one per database.
+idempotency marks, jobs marked done, compare-and-sets; nothing that reads a result), one per database.
 
 - SQLite: through SQLAlchemy's aiosqlite adapter every statement is three hand-offs to aiosqlite's thread (open
   a cursor, execute, close it) and the commit a fourth; each hand-off costs more CPU (two thread switches and a
@@ -35,7 +35,26 @@ from sqlalchemy import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-Statements = Sequence[tuple[Executable, Sequence[Mapping[str, Any]]]]
+
+class StaleState(Exception):
+    """A compare-and-set found its row no longer in the state it was loaded in (a job claimed it meanwhile):
+    transient, the event is processed again from the new state."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSet:
+    """A statement that changes one row for each of its rows of parameters, only if that row is still in the
+    state it was loaded in (an update by key and expected state). Its transaction checks the rows it changed:
+    fewer than its rows of parameters, and the transaction fails with :class:`StaleState`."""
+
+    statement: Executable
+    table: str  # named in the error
+
+    def stale(self) -> StaleState:
+        return StaleState(f"a row of {self.table} is no longer in the state it was loaded in")
+
+
+Statements = Sequence[tuple[Executable | CompareAndSet, Sequence[Mapping[str, Any]]]]
 """The statements of a transaction, in order, each with its rows of parameters (executed once per row; one
 row ``{}`` for a statement that takes none)."""
 
@@ -81,6 +100,21 @@ def _compile(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> 
                      construct=compiled.construct_params)
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One statement of a transaction, ready for the driver."""
+
+    sql: str
+    values: list[tuple[Any, ...]]  # its rows of positional parameters, processed by their types
+    checked: CompareAndSet | None  # a compare-and-set: each row must change one
+
+
+def _step(dialect: Dialect, statement: Executable | CompareAndSet, rows: Sequence[Mapping[str, Any]]) -> _Step:
+    if isinstance(statement, CompareAndSet):
+        return _Step(*_parameters(dialect, statement.statement, rows), checked=statement)
+    return _Step(*_parameters(dialect, statement, rows), checked=None)
+
+
 def _parameters(dialect: Dialect, statement: Executable,
                 rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
     """The statement's SQL and its rows of positional parameters, processed by their types."""
@@ -107,7 +141,7 @@ class SqliteWriter:
 
     async def write(self, statements: Statements) -> None:
         """Apply the statements in one transaction, committed when this returns."""
-        program = [_parameters(self._dialect, statement, rows) for statement, rows in statements if rows]
+        program = [_step(self._dialect, statement, rows) for statement, rows in statements if rows]
         if not program:
             return
         done = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, program)
@@ -121,20 +155,22 @@ class SqliteWriter:
                 raise
         except sqlite3.Error as exc:
             raise sqlalchemy.exc.DBAPIError.instance(
-                program[0][0], None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
+                program[0].sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
             ) from exc
         self.committed += 1
 
-    def _transaction(self, program: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _transaction(self, program: list[_Step]) -> None:
         """In the writer's thread."""
         connection = self._connection or self._connect()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for sql, values in program:
-                if len(values) == 1:
-                    connection.execute(sql, values[0])
+            for step in program:
+                if len(step.values) == 1:
+                    cursor = connection.execute(step.sql, step.values[0])
                 else:
-                    connection.executemany(sql, values)
+                    cursor = connection.executemany(step.sql, step.values)  # its rowcount: the rows' sum
+                if step.checked is not None and cursor.rowcount != len(step.values):
+                    raise step.checked.stale()
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -169,7 +205,7 @@ class PostgresWriter:
     async def write(self, statements: Statements) -> None:
         """Apply the statements in one transaction, committed when this returns."""
         dialect = self._engine.dialect
-        program = [_parameters(dialect, statement, rows) for statement, rows in statements if rows]
+        program = [_step(dialect, statement, rows) for statement, rows in statements if rows]
         if not program:
             return
         async with self._engine.connect() as pooled:
@@ -177,21 +213,27 @@ class PostgresWriter:
             connection: asyncpg.Connection = raw.driver_connection
             try:
                 async with connection.transaction():
-                    for sql, values in program:
-                        if len(values) == 1:
-                            await connection.execute(sql, *values[0])
+                    for step in program:
+                        if step.checked is not None:  # row by row: executemany tells no counts
+                            changed = [await connection.execute(step.sql, *row) for row in step.values]
+                            if sum(_count(status) for status in changed) != len(step.values):
+                                raise step.checked.stale()
+                        elif len(step.values) == 1:
+                            await connection.execute(step.sql, *step.values[0])
                         else:
-                            await connection.executemany(sql, values)
+                            await connection.executemany(step.sql, step.values)
+            except StaleState:  # rolled back by asyncpg: the connection is as good as before
+                raise
             except asyncpg.PostgresError as exc:  # the server refused (asyncpg rolled the transaction back)
                 if connection.is_closed():
                     await self._lost(pooled, closed=True)
-                raise _postgres_failure(program[0][0], exc) from None
+                raise _postgres_failure(program[0].sql, exc) from None
             except BaseException as exc:
                 # Cancelled, or the connection failed: whatever state the session is in (a ROLLBACK interrupted,
                 # say), the connection never goes back to the pool.
                 await self._lost(pooled, closed=connection.is_closed())
                 if isinstance(exc, asyncpg.InterfaceError):
-                    raise _postgres_failure(program[0][0], exc) from None
+                    raise _postgres_failure(program[0].sql, exc) from None
                 raise
         self.committed += 1
 
@@ -205,6 +247,11 @@ class PostgresWriter:
         await pooled.invalidate()
         if closed:
             await self._engine.dispose()
+
+
+def _count(status: str) -> int:
+    """The rows a command changed, from its status (``UPDATE 1``)."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 class PostgresFailure(Exception):

@@ -26,7 +26,7 @@ from services.permissions.contracts import (
 )
 from services.permissions.domain import Outcome, Request, State
 from shared.envelope import Event
-from shared.handling import Context, EventRouter, Plan, Preload, write
+from shared.handling import Context, EventRouter, Plan, Preload
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
 from shared.scheduler import Job
@@ -93,7 +93,7 @@ class PermissionHandlers:
             return Plan(ignored=outcome.ignored)
         before = []
         if not outcome.resumed:
-            before.append(write(state.save_request, request, expected=outcome.expected, now=context.now))
+            before.append(state.save_request(request, expected=outcome.expected, now=context.now))
             if outcome.cancel_reminder:
                 before.append(context.cancel(reminder_job_id(request.request_id)))
             if outcome.schedule_reminder is not None:

@@ -11,8 +11,9 @@ from sqlalchemy import Column, Index, MetaData, String, Table, Text, select, upd
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
+from shared.handling import Write, insert_or_advance
 from shared.shapes import Person
-from shared.store import UTCDateTime, create_tables, insert_or_advance, select_in
+from shared.store import UTCDateTime, create_tables, select_in
 
 metadata = MetaData()
 
@@ -66,9 +67,9 @@ def _request(row: Any) -> Request:
     )
 
 
-async def save_request(connection: AsyncConnection, request: Request, *, expected: State | None,
-                       now: datetime) -> None:
-    """Insert a new request (``expected=None``) or move it on if it is still in state ``expected``."""
+def save_request(request: Request, *, expected: State | None, now: datetime) -> Write:
+    """Insert a new request (``expected=None``) or move it on if it is still in state ``expected`` (else
+    :class:`shared.writers.StaleState`)."""
     values = {
         "request_id": request.request_id, "account_id": request.account_id, "account_name": request.account_name,
         "partner_id": request.partner_id, "partner": request.partner.model_dump_json(),
@@ -78,8 +79,7 @@ async def save_request(connection: AsyncConnection, request: Request, *, expecte
         "decided_by": request.decided_by.model_dump_json() if request.decided_by else None,
         "cause": request.cause, "updated_at": now,
     }
-    await insert_or_advance(connection, requests, values, key="request_id",
-                            expected=expected.value if expected else None)
+    return insert_or_advance(requests, values, key="request_id", expected=expected.value if expected else None)
 
 
 async def claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> bool:

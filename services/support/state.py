@@ -12,9 +12,9 @@ from sqlalchemy import Column, MetaData, String, Table, Text, and_, bindparam, c
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
-from shared.handling import Write, row_statement, write
+from shared.handling import Write, insert_or_advance, row_statement
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_or_advance, inserting, select_in
+from shared.store import UTCDateTime, create_tables, select_in
 
 metadata = MetaData()
 
@@ -70,7 +70,7 @@ def _post(row: Any) -> Post:
 
 def save_post(post: Post, *, expected: State | None, now: datetime) -> Write:
     """Insert the post (``expected=None``) or update it if its state is still ``expected`` (else
-    :class:`shared.store.StaleState`)."""
+    :class:`shared.writers.StaleState`)."""
     values: dict[str, Any] = {
         "post_id": post.post_id, "state": post.state.value, "newsgroup": post.newsgroup, "title": post.title,
         "url": post.url, "account_id": post.account_id, "account_name": post.account_name,
@@ -79,9 +79,7 @@ def save_post(post: Post, *, expected: State | None, now: datetime) -> Write:
         "country": post.country, "time_zone": post.time_zone, "posted_at": post.posted_at, "due_at": post.due_at,
         "reason": post.reason, "answered_at": post.answered_at, "updated_at": now,
     }
-    if expected is None:
-        return row_statement(posts, values, ["post_id"], inserting(posts))
-    return write(insert_or_advance, posts, values, key="post_id", expected=expected.value)
+    return insert_or_advance(posts, values, key="post_id", expected=expected.value if expected else None)
 
 
 async def claim_escalation(connection: AsyncConnection, post_id: str, claim: dict[str, str],

@@ -17,6 +17,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 
 from services.invitations.state import MIGRATIONS
+from shared.handling import insert_or_advance
 from shared.scheduler import jobs_done_statement, schedule_row
 from shared.store import (
     Store,
@@ -28,7 +29,7 @@ from shared.store import (
     upsert_statement,
 )
 from shared.store import scheduled_jobs as jobs
-from shared.writers import SqliteWriter
+from shared.writers import SqliteWriter, StaleState, Statements
 from tests.conftest import fresh_postgres_database
 
 AT = datetime(2026, 12, 6, 4, 22, 56, 123456, tzinfo=UTC)
@@ -134,6 +135,40 @@ async def test_a_database_another_process_holds_fails_as_an_outage(tmp_path: Pat
         holder.close()
         await writer.close()
         await store.close()
+
+
+async def test_a_compare_and_set_changes_its_rows_or_fails_its_transaction(stores: tuple[Store, Store]) -> None:
+    """A state machine's step (:func:`shared.handling.insert_or_advance`) changes its row only from the state
+    expected; a row found in another fails the whole transaction with StaleState, through the writer (rows of one
+    shape in one statement) as through the engine, and the next transaction goes on (on PostgreSQL, on a
+    connection still in the pool)."""
+    for store, through_writer in zip(stores, (True, False), strict=True):
+        name = dialect(store)
+
+        async def write(statements: Statements, store: Store = store, through_writer: bool = through_writer) -> None:
+            if through_writer:
+                await store.write(statements)
+                return
+            async with store.transaction() as connection:
+                await execute(connection, statements)
+
+        def step(job_id: str, status: str, expected: str) -> Any:
+            change = insert_or_advance(jobs, {"job_id": job_id, "status": status, "updated_at": AT}, key="job_id",
+                                       expected=expected, state_column="status")
+            assert change.row is not None
+            return change.row
+
+        await write([rows_statement(name, [schedule_row(job_id=job_id, kind="k", aggregate_id="a", due_at=AT,
+                                                        payload={}, now=AT) for job_id in ("j1", "j2")])])
+        await write([rows_statement(name, [step("j1", "running", "pending")])])
+        with pytest.raises(StaleState, match="scheduled_jobs"):  # j1 is running now: neither row changes
+            await write([upsert_statement(name, deliveries, [delivery(1)], ["delivery_id"]),
+                         rows_statement(name, [step("j1", "done", "pending"), step("j2", "running", "pending")])])
+        await write([rows_statement(name, [step("j1", "done", "running"), step("j2", "running", "pending")])])
+        rows = await dump(store)
+        status = list(jobs.c.keys()).index("status")
+        assert [(row[0], row[status]) for row in rows["scheduled_jobs"]] == [("j1", "done"), ("j2", "running")]
+        assert rows["deliveries"] == [], "the stale transaction's other rows were rolled back"
 
 
 async def test_what_the_engine_would_add_to_a_statement_is_refused(stores: tuple[Store, Store]) -> None:
