@@ -16,12 +16,16 @@ Examples:
   customersource-ops lag                              (per service and partition, from /metrics)
   customersource-ops preview expiry plan_expiry_reminder --language fr --out reminder.html
   customersource-ops escalation-time --posted 2026-11-27T15:00 --country FR
+  customersource-ops suppressions list                (the addresses no e-mail, or no e-mail of a list, goes to)
+  customersource-ops suppressions add jane@example.com --reason complaint
+  customersource-ops suppressions remove jane@example.com
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import hashlib
 import importlib
 import json
@@ -31,21 +35,34 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
 from ops.replays import Resolution, consumed_up_to, replayed, resolve
-from ops.topicreader import DeadLetter, committed_offsets, follow, high_watermarks, partitions_of, read_to_end
+from ops.topicreader import DeadLetter, committed_offsets, follow, high_watermarks, read_to_end
 from shared.calendar import calendar_for, default_time_zone
-from shared.envelope import STRUCTURED_HEADERS, decode, validate
+from shared.envelope import STRUCTURED_HEADERS, decode, structured, validate
 from shared.envelope import DeadLetter as Refusal
+from shared.kafka import partitions_of
+from shared.mail.message import usable_address
 from shared.shapes import LANGUAGES, Country
+from shared.suppressions import (
+    SUPPRESSION_ADDED_TYPE,
+    SUPPRESSION_REMOVED_TYPE,
+    SUPPRESSIONS_TOPIC,
+    Reason,
+    Scope,
+    SuppressionAdded,
+    SuppressionRemoved,
+    Suppressions,
+    address_key,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -316,6 +333,63 @@ async def dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- suppressions -------------------------------------------------------------------------------------------
+
+async def read_suppressions(bootstrap: str | None) -> Suppressions:
+    """The suppressions in force: the topic read from its start to its end, as the services read it."""
+    state = Suppressions()
+    for record in await read_to_end(contract.kafka_options(bootstrap), [SUPPRESSIONS_TOPIC]):
+        state.read(record.key, record.value, record.headers)
+    return state
+
+
+async def suppressions_list(args: argparse.Namespace) -> int:
+    state = await read_suppressions(args.bootstrap)
+    shown = [s for s in state if args.address is None or s.address == address_key(args.address)]
+    if not shown:
+        print("no suppression in force" + (f" for {args.address}" if args.address else ""))
+    for entry in shown:
+        print(f"{entry.address}  scope={entry.scope}  reason={entry.reason}  since={entry.since.isoformat()}"
+              + (f"  cause=<{entry.cause_message_id}>" if entry.cause_message_id else ""))
+    if state.unreadable:
+        print(f"({state.unreadable} unreadable record(s) skipped)", file=sys.stderr)
+    return 0
+
+
+async def _publish_suppression(bootstrap: str | None, event_type: str, data: BaseModel, address: str) -> None:
+    value = structured(event_id=str(uuid.uuid4()), source="/customersource/ops", event_type=event_type,
+                       time=datetime.now(UTC), subject=address, data=data)
+    producer = AIOKafkaProducer(**contract.kafka_options(bootstrap), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(SUPPRESSIONS_TOPIC, value, key=address.encode(), headers=list(STRUCTURED_HEADERS))
+    finally:
+        await producer.stop()
+
+
+async def suppressions_add(args: argparse.Namespace) -> int:
+    address = address_key(args.address)
+    if not usable_address(address):
+        return fail(f"not an address e-mail can be sent to: {args.address!r}")
+    data = SuppressionAdded(address=address, reason=args.reason, scope=args.scope, since=datetime.now(UTC))
+    await _publish_suppression(args.bootstrap, SUPPRESSION_ADDED_TYPE, data, address)
+    print(f"suppressed: {address} (scope {args.scope}, reason {args.reason}); every service stops mailing it "
+          "within about a second")
+    return 0
+
+
+async def suppressions_remove(args: argparse.Namespace) -> int:
+    address = address_key(args.address)
+    state = await read_suppressions(args.bootstrap)
+    if not any(s.address == address and s.scope == args.scope for s in state):
+        return fail(f"no suppression of {address} in scope {args.scope} is in force (`suppressions list` shows "
+                    "them)")
+    data = SuppressionRemoved(address=address, scope=args.scope, removed_at=datetime.now(UTC), by=args.by)
+    await _publish_suppression(args.bootstrap, SUPPRESSION_REMOVED_TYPE, data, address)
+    print(f"removed: {address} (scope {args.scope})")
+    return 0
+
+
 # --- lag ----------------------------------------------------------------------------------------------------
 
 async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tuple[str, int, float]]:
@@ -343,7 +417,7 @@ async def broker_lag(bootstrap: str | None, service: str, group: str) -> list[tu
 LOCAL_SYSTEM = Path("var/services.json")
 """Written by `make run`: where the running local system's services and broker are."""
 
-KAFKA_COMMANDS = ("publish", "dlq", "lag")
+KAFKA_COMMANDS = ("publish", "dlq", "lag", "suppressions")
 
 
 def local_system() -> dict[str, Any]:
@@ -531,6 +605,27 @@ def parser() -> argparse.ArgumentParser:
                    "schema_invalid): say, after the service was changed to accept them")
     q.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     q.set_defaults(run=dlq_replay)
+
+    sup = commands.add_parser("suppressions", help="the addresses no e-mail goes to: list, add, remove",
+                              description="Suppressions (customersource.suppressions, compacted, key: the "
+                              "lower-cased address): hard bounces and complaints stop every e-mail but the "
+                              "support team's escalations (scope all); an unsubscribe stops its list's (scope "
+                              "partner-digest or plan-reminders). Every sending service follows the topic.")
+    actions = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="the suppressions in force, by address")
+    q.add_argument("address", nargs="?", help="only this address")
+    q.set_defaults(run=suppressions_list)
+    q = actions.add_parser("add", help="stop e-mail to an address (by hand)")
+    q.add_argument("address")
+    q.add_argument("--scope", default="all", choices=get_args(Scope), help="default: all")
+    q.add_argument("--reason", default="complaint", choices=get_args(Reason),
+                   help="default: complaint (the person asked us to stop)")
+    q.set_defaults(run=suppressions_add)
+    q = actions.add_parser("remove", help="let e-mail go to an address again")
+    q.add_argument("address")
+    q.add_argument("--scope", default="all", choices=get_args(Scope), help="default: all")
+    q.add_argument("--by", default=f"customersource-ops ({getpass.getuser()})", help="who removes it (recorded)")
+    q.set_defaults(run=suppressions_remove)
 
     p = commands.add_parser("lag", help="consumer lag per service and partition, and each service's health",
                             description="Reads each service's /readyz and /metrics (the lag each service "

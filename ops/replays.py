@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from aiokafka import TopicPartition
 
-from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, committed_offsets, partitions_of
+from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, committed_offsets
+from shared.kafka import partitions_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.kafka import partitions_of
 
 REPLAYED_FROM = "customersource-replayed-from"
 """The header a replayed record carries: where its dead letter is (topic/partition/offset)."""
@@ -138,21 +139,6 @@ def _record(message: Any) -> Record:
     return Record(message.topic, message.partition, message.offset, message.key, message.value,
                   tuple((k, v or b"") for k, v in message.headers),
                   datetime.fromtimestamp(message.timestamp / 1000, UTC))
-
-
-async def partitions_of(options: dict[str, Any], topics: Sequence[str]) -> list[TopicPartition]:
-    """The partitions of those topics that exist, asked of the broker. (A consumer knows only the
-    metadata of the topics it was given; Apache Kafka answers its start-up request with none.)"""
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in topics if t in existing]
-        described = await admin.describe_topics(wanted) if wanted else []
-    finally:
-        await admin.close()
-    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d["error_code"]
-            for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))]
 
 
 async def committed_offsets(options: dict[str, Any], group: str,

@@ -23,6 +23,16 @@ def contract_topics() -> tuple[list[str], int]:
     return [t["name"] for t in spec["topics"]], int(spec["partitions"])
 
 
+def topic_configs(name: str) -> dict[str, str]:
+    """A topic's configuration: its own from deploy/topics.json (the suppressions topic is compacted); dead
+    letters carry the original record plus headers, so they get room above the input limit."""
+    spec = {t["name"]: t for t in json.loads(TOPICS_FILE.read_text())["topics"]}
+    configs = dict(spec.get(name, {}).get("config", {}))
+    if name.endswith(".dlq"):
+        configs["max.message.bytes"] = str(DLQ_MAX_MESSAGE_BYTES)
+    return configs
+
+
 async def create(bootstrap: str, partitions: int, replication: int) -> list[str]:
     settings = ServiceSettings(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, SMTP_FROM="ops@localhost.localdomain",
@@ -30,11 +40,8 @@ async def create(bootstrap: str, partitions: int, replication: int) -> list[str]
         HELP_EMAIL="ops@localhost.localdomain",
     )  # the KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE environment variables apply
     names, _ = contract_topics()
-    # Dead letters carry the original record plus headers: give them room above the input limit.
-    return await create_missing_topics(
-        client_options(settings), names, partitions=partitions, replication=replication,
-        configs=lambda name: {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if name.endswith(".dlq") else {},
-    )
+    return await create_missing_topics(client_options(settings), names, partitions=partitions,
+                                       replication=replication, configs=topic_configs)
 
 
 def main() -> None:

@@ -37,15 +37,17 @@ from shared.batches import BatchProcessor, DrainOnRevoke
 from shared.clock import Clock, SystemClock
 from shared.envelope import events_json_schema
 from shared.handling import Context, EventRouter, Plan, Preload
-from shared.kafka import Outputs, Producer, ensure_topics, security
+from shared.kafka import Outputs, Producer, client_options, ensure_topics, security
 from shared.lag import CaughtUp, LagMeter
 from shared.mail.mailer import (
     FAILED_TYPE,
     NOTIFICATIONS_TOPIC,
     SENT_TYPE,
+    SUPPRESSED_TYPE,
     EventRef,
     Mailer,
     NotificationOutcome,
+    NotificationSuppressed,
     sender_domain,
 )
 from shared.mail.render import Renderer
@@ -56,6 +58,7 @@ from shared.runtime import PlanRunner
 from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler, Wakeup
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
+from shared.suppressions import SUPPRESSIONS_TOPIC, SUPPRESSIONS_TOPIC_CONFIG, SuppressionFollower, Suppressions
 from shared.tracing import Tracing, provider_from_environment
 
 if TYPE_CHECKING:  # dkimpy is imported only where DKIM is configured
@@ -118,6 +121,7 @@ class Service:
     producer: Producer
     pool: Pool
     mailer: Mailer
+    suppressions: SuppressionFollower
     runner: PlanRunner
     metrics: Metrics
     clock: Clock
@@ -219,10 +223,14 @@ def build_service(
         "help_email": settings.HELP_EMAIL,
     }
     renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
+    suppressions = SuppressionFollower(client_options(settings), Suppressions(),
+                                       fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS)
+    metrics.suppressions_in_force(lambda: len(suppressions.state))
     mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
                     metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window,
                     tracing=tracing, bounce_address=settings.SMTP_BOUNCE_ADDRESS,
-                    unsubscribe=unsubscribe_links(settings), signer=dkim_signer(settings))
+                    unsubscribe=unsubscribe_links(settings), signer=dkim_signer(settings),
+                    suppressions=suppressions.state)
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
     wakeup = Wakeup()  # told when a job was scheduled, and when it is due
@@ -267,7 +275,8 @@ def build_service(
     subscriber = _subscribe(broker, settings, spec.router, batches, drain)
     _document_outputs(broker, spec)
     service = Service(
-        spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer, runner=runner,
+        spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer,
+        suppressions=suppressions, runner=runner,
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
         subscriber=subscriber, scheduler=scheduler, drain=drain, tracing=tracing,
     )
@@ -309,10 +318,11 @@ def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
     broker.publisher(
         NOTIFICATIONS_TOPIC,
         title=NOTIFICATIONS_TOPIC,
-        description="customersource.notification.sent.v1 / .failed.v1: one per final outcome of each e-mail "
-        "(structured CloudEvents, key: the triggering aggregate id).",
+        description="customersource.notification.sent.v1 / .failed.v1 / .suppressed.v1: one per final outcome "
+        "of each e-mail (structured CloudEvents, key: the triggering aggregate id).",
         schema=_documented(
-            f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}
+            f"{NOTIFICATIONS_TOPIC} event", {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome,
+                                             SUPPRESSED_TYPE: NotificationSuppressed}
         ),
     )
 
@@ -454,7 +464,10 @@ async def _start(service: Service) -> None:
     if service.settings.ENVIRONMENT in ("development", "test"):
         topics = [service.spec.router.topic, f"{service.spec.router.topic}.dlq", NOTIFICATIONS_TOPIC]
         topics += [o.topic for o in service.spec.outputs]
-        await ensure_topics(service.settings, topics)
+        await ensure_topics(service.settings, [*topics, SUPPRESSIONS_TOPIC],
+                            configs=lambda t: dict(SUPPRESSIONS_TOPIC_CONFIG) if t == SUPPRESSIONS_TOPIC else {})
+    # Every suppression in force is known before the first event is consumed.
+    await service.suppressions.catch_up()
     await service.producer.start()
 
 
@@ -473,6 +486,7 @@ async def _after_start(service: Service) -> None:
                 log.warning("lag not measured", exc_info=True)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
+    service.tasks.append(asyncio.create_task(service.suppressions.follow(), name="suppressions"))
     if service.scheduler is not None:
         service.tasks.append(asyncio.create_task(service.scheduler.run(), name="scheduler"))
     for task in service.spec.background:
@@ -503,6 +517,7 @@ async def _stop(service: Service) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await service.pool.close()
+    await service.suppressions.stop()
     await service.producer.stop()
     await service.store.close()
     service.tracing.shutdown()  # the spans still buffered are exported
@@ -558,8 +573,9 @@ async def readiness(service: Service) -> dict[str, bool]:
     """What /readyz answers, and the ``customersource_ready`` gauge says at each scrape."""
     broker_ok = bool(await service.broker.ping(timeout=2.0))
     store_ok = await service.store.ping()
-    return {"ready": service.started and broker_ok and store_ok, "started": service.started,
-            "broker": broker_ok, "store": store_ok}
+    suppressions_ok = service.suppressions.caught_up
+    return {"ready": service.started and broker_ok and store_ok and suppressions_ok, "started": service.started,
+            "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok}
 
 
 def _readyz(service: Service) -> Any:

@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import scheduler as scheduling
 from shared.envelope import Event, events_json_schema
-from shared.mail.mailer import EventRef, NotificationOutcome
+from shared.mail.mailer import EventRef, MailOutcome
 from shared.mail.plan import Notification
 from shared.store import Row, Statement, advancing, inserting, write_rows
 
@@ -130,7 +130,7 @@ class Completion:
     after: Sequence[Write] = ()
 
 
-Then = Callable[[Sequence[NotificationOutcome]], Completion]
+Then = Callable[[Sequence[MailOutcome]], Completion]
 """Given the outcomes of a plan's ``mails`` (in their order), what remains to publish and save."""
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -167,8 +167,24 @@ async def create_missing_topics(
         await admin.close()
 
 
-async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, partitions: int = 3) -> None:
+async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, partitions: int = 3,
+                        configs: Callable[[str], dict[str, str]] = lambda topic: {}) -> None:
     """Create missing topics (local and test brokers; production topics come from deploy/)."""
-    created = await create_missing_topics(client_options(settings), topics, partitions=partitions)
+    created = await create_missing_topics(client_options(settings), topics, partitions=partitions, configs=configs)
     if created:
         log.info("created topics", extra={"topics": created})
+
+
+async def partitions_of(options: Mapping[str, Any], topics: Sequence[str]) -> list[TopicPartition]:
+    """The partitions of those topics that exist, asked of the broker. (A consumer knows only the
+    metadata of the topics it was given; Apache Kafka answers its start-up request with none.)"""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d["error_code"]
+            for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from shared.scheduler import Waiting
@@ -69,6 +71,13 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.suppressions = Gauge(
+            "customersource_suppressions",
+            "Suppressions in force (address and scope) as this service has read them from "
+            "customersource.suppressions; e-mails they stopped are customersource_emails_total{outcome=\"suppressed\"}",
+            ["service"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total
 
         self.unrecorded = Histogram(
@@ -104,6 +113,10 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(self.service, *labels)
         return child
+
+    def suppressions_in_force(self, count: Callable[[], float]) -> None:
+        """The suppressions gauge reads ``count()`` at each scrape."""
+        self.suppressions.labels(self.service).set_function(count)
 
     def jobs_waiting(self, waiting: Waiting) -> None:
         self.scheduled.labels(self.service).set(waiting.jobs)

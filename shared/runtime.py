@@ -32,7 +32,7 @@ from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.handling import Claim, Completion, Context, Output, Plan, Write, Writes, run_claims
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
-from shared.mail.mailer import EventRef, Mailer, NotificationOutcome
+from shared.mail.mailer import EventRef, Mailer, MailOutcome
 from shared.metrics import Metrics
 from shared.scheduler import JobDone, jobs_done_statement
 from shared.store import GroupCommit, ProcessedMark, Row, Store, execute, processed_statement, rows_statement
@@ -104,7 +104,7 @@ class PlanRunner:
             await self._before.write(Final(plan.before, None))
         events = [self._output(event, context) for event in plan.events]
         mailing = [self.mailer.deliver(note, context.cause, known) for note in plan.mails]
-        outcomes: list[NotificationOutcome]
+        outcomes: list[MailOutcome]
         if events and mailing:
             # Both finished before either failure is raised.
             mailed, produced = await asyncio.gather(all_of(*mailing), self._produce(events), return_exceptions=True)

@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.envelope import typed_envelope, with_string_rules
-from shared.mail.mailer import FAILED_TYPE, SENT_TYPE, NotificationOutcome
+from shared.mail.mailer import FAILED_TYPE, SENT_TYPE, SUPPRESSED_TYPE, NotificationOutcome, NotificationSuppressed
+from shared.suppressions import SUPPRESSION_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -27,7 +28,8 @@ SCHEMAS = ROOT / "schemas"
 
 def contract_types() -> dict[str, type[BaseModel]]:
     """Every event type of the contract and its ``data`` model."""
-    found: dict[str, type[BaseModel]] = {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome}
+    found: dict[str, type[BaseModel]] = {SENT_TYPE: NotificationOutcome, FAILED_TYPE: NotificationOutcome,
+                                         SUPPRESSED_TYPE: NotificationSuppressed, **SUPPRESSION_TYPES}
     for folder in sorted((ROOT / "services").iterdir()):
         if not (folder / "contracts.py").is_file():
             continue

@@ -127,7 +127,7 @@ deliveries = Table(
     Column("locale", String(8), nullable=False),
     Column("recipient", String(320), nullable=False),
     Column("message_id", String(256), nullable=False),
-    Column("outcome", String(16), nullable=False),  # pending | sent | failed
+    Column("outcome", String(16), nullable=False),  # pending | sent | failed | suppressed
     Column("attempts", Integer, nullable=False),
     Column("smtp_code", Integer),
     Column("error", Text),

@@ -35,7 +35,7 @@ from shared.calendar import default_time_zone
 from shared.envelope import Event
 from shared.handling import Completion, Context, EventRouter, Output, Plan, Preload, Write, write
 from shared.ids import deterministic_id
-from shared.mail.mailer import NotificationOutcome
+from shared.mail.mailer import MailOutcome
 from shared.mail.plan import Notification
 
 
@@ -106,7 +106,7 @@ class InvitationHandlers:
             invitation, expires_at = self._invitation(issue, decision.profile, now)
             mails = (invitation,)
 
-        def then(outcomes: Sequence[NotificationOutcome]) -> Completion:
+        def then(outcomes: Sequence[MailOutcome]) -> Completion:
             issued = None
             if issue is not None and decision.profile is not None and outcomes[0].outcome == "sent":
                 profile = decision.profile

@@ -35,6 +35,7 @@ from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.store import GroupCommit, Store, deliveries, upserts
+from shared.suppressions import Suppressions
 from shared.tracing import Tracing
 
 if TYPE_CHECKING:  # dkimpy is imported only where DKIM is configured
@@ -45,6 +46,7 @@ log = logging.getLogger("customersource.mail")
 NOTIFICATIONS_TOPIC = "customersource.notifications"
 SENT_TYPE = "customersource.notification.sent.v1"
 FAILED_TYPE = "customersource.notification.failed.v1"
+SUPPRESSED_TYPE = "customersource.notification.suppressed.v1"
 
 
 RECORD_WINDOW_S = 0.002
@@ -91,7 +93,7 @@ class EventRef:
 
 class NotificationOutcome(BaseModel):
     """Data of ``customersource.notification.sent.v1`` and ``.failed.v1``: one per final outcome of one
-    e-mail (not per retry). Never the body or a link."""
+    e-mail (not per retry). Never the body or a link. A suppressed e-mail has its own: ``.suppressed.v1``."""
 
     event_id: str = Field(description="id of the triggering event")
     event_source: str = Field(description="source of the triggering event")
@@ -112,6 +114,31 @@ class NotificationOutcome(BaseModel):
     at: datetime
 
 
+class NotificationSuppressed(BaseModel):
+    """Data of ``customersource.notification.suppressed.v1``: the e-mail was not sent, its recipient being
+    suppressed (a hard bounce, a complaint, or an unsubscribe from the template's list). The fields of
+    ``notification.failed``, with ``reason`` instead of ``error``."""
+
+    event_id: str = Field(description="id of the triggering event")
+    event_source: str = Field(description="source of the triggering event")
+    event_type: str = Field(description="type of the triggering event")
+    service: str
+    template: str
+    template_version: str | None
+    locale: str
+    recipient: str
+    message_id: str = Field(description="the Message-ID the e-mail would have had (it was never sent)")
+    outcome: Literal["suppressed"]
+    attempts: int = Field(description="0: nothing was sent")
+    smtp_code: None
+    reason: str = Field(description="the suppression's reason: hard_bounce, complaint or unsubscribed")
+    at: datetime
+
+
+MailOutcome = NotificationOutcome | NotificationSuppressed
+"""The final outcome of one e-mail: sent, failed, or suppressed (not sent)."""
+
+
 class Mailer:
     def __init__(
         self,
@@ -130,9 +157,11 @@ class Mailer:
         bounce_address: str | None = None,
         unsubscribe: UnsubscribeLinks | None = None,
         signer: DkimSigner | None = None,
+        suppressions: Suppressions | None = None,
     ) -> None:
         """``bounce_address``: the base of the envelope senders (VERP), else the From address is; ``unsubscribe``:
-        the one-click unsubscribe links of subscription-like e-mails, else they have none; ``signer``: DKIM."""
+        the one-click unsubscribe links of subscription-like e-mails, else they have none; ``signer``: DKIM;
+        ``suppressions``: the recipients who get no e-mail (of some lists, or none at all)."""
         self.service = service
         self.tracing = tracing or Tracing(service, None)
         self.sender = sender
@@ -148,12 +177,13 @@ class Mailer:
         self._bounce_address = bounce_address
         self._unsubscribe = unsubscribe
         self._signer = signer
+        self._suppressions = suppressions if suppressions is not None else Suppressions()
         self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
             store, statements=upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True,
             name="outcomes")
 
     async def deliver(self, note: Notification, cause: EventRef,
-                      known: Mapping[str, Any] | None = None) -> NotificationOutcome:
+                      known: Mapping[str, Any] | None = None) -> MailOutcome:
         """Send one e-mail once. ``known``: the deliveries already recorded for the cause, read with its
         batch (delivery id -> row); without it the record is looked up here."""
         recipient = note.recipient.email.strip()
@@ -164,6 +194,13 @@ class Mailer:
             async with self.store.connect() as connection:
                 query = select(deliveries).where(deliveries.c.delivery_id == delivery_id)
                 row = (await connection.execute(query)).first()
+        if row is not None and row.outcome == "suppressed":
+            return NotificationSuppressed(
+                event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
+                template=row.template, template_version=row.template_version, locale=row.locale,
+                recipient=row.recipient, message_id=row.message_id, outcome="suppressed", attempts=0,
+                smtp_code=None, reason=row.error or "", at=row.at,
+            )
         if row is not None and row.outcome in ("sent", "failed"):
             return NotificationOutcome(
                 event_id=cause.id, event_source=cause.source, event_type=cause.type, service=self.service,
@@ -179,6 +216,13 @@ class Mailer:
             recipient=recipient, message_id=f"{delivery_id}@{self._domain}", outcome="failed",
             attempts=row.attempts if row is not None else 0, smtp_code=None, error=None, at=self.clock.now(),
         )
+        suppression = self._suppressions.suppressing(recipient, note.template)
+        if suppression is not None:  # nothing sent: recorded as final, so a re-run sends nothing either
+            suppressed = NotificationSuppressed(**outcome.model_dump(exclude={"outcome", "error"}),
+                                                outcome="suppressed", reason=suppression.reason)
+            await self._record(delivery_id, note.aggregate_id, suppressed)
+            self.metrics.email(note.template, "suppressed")
+            return suppressed
         mail = None
         if usable_address(recipient):
             context = {**self.base_context, **note.context, "recipient": note.recipient}
@@ -259,12 +303,12 @@ class Mailer:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _record(
-        self, delivery_id: str, aggregate_id: str, outcome: NotificationOutcome, *, state: str | None = None,
+        self, delivery_id: str, aggregate_id: str, outcome: MailOutcome, *, state: str | None = None,
         insist: bool = False,
     ) -> None:
-        """Record the outcome (``state`` overrides it: "pending"). ``insist``: the SMTP server has
-        accepted the e-mail, so losing this record would send it again: a passing database failure
-        is retried here for a while first."""
+        """Record the outcome (``state`` overrides it: "pending"; a suppressed e-mail's reason is kept as its
+        error). ``insist``: the SMTP server has accepted the e-mail, so losing this record would send it again:
+        a passing database failure is retried here for a while first."""
         values = {
             "delivery_id": delivery_id,
             "event_source": outcome.event_source,
@@ -278,7 +322,7 @@ class Mailer:
             "outcome": state or outcome.outcome,
             "attempts": outcome.attempts,
             "smtp_code": outcome.smtp_code,
-            "error": outcome.error,
+            "error": outcome.reason if isinstance(outcome, NotificationSuppressed) else outcome.error,
             "at": self.clock.now(),
         }
         pause = 0.1
@@ -295,10 +339,10 @@ class Mailer:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def audit(self, outcome: NotificationOutcome, aggregate_id: str) -> OutputRecord:
+    def audit(self, outcome: MailOutcome, aggregate_id: str) -> OutputRecord:
         """The ``customersource.notifications`` event of a final outcome (its id derived from the delivery's)."""
         delivery_id = _delivery_id(outcome.event_source, outcome.event_id, outcome.template, outcome.recipient)
-        event_type = SENT_TYPE if outcome.outcome == "sent" else FAILED_TYPE
+        event_type = {"sent": SENT_TYPE, "failed": FAILED_TYPE, "suppressed": SUPPRESSED_TYPE}[outcome.outcome]
         value = structured(
             event_id=deterministic_id(delivery_id, "notification"),
             source=f"/customersource/{self.service}",

@@ -12,10 +12,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ops.topics import topic_configs
 from shared.kafka import create_missing_topics
 from tests.support.waiting import wait_until, wait_until_async
 
-OUTPUT_TOPICS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations"]
+OUTPUT_TOPICS = ["customersource.notifications", "customersource.invitations", "customersource.support-escalations",
+                 "customersource.suppressions"]
 INPUT_TOPICS = [
     "customersource.professionals",
     "customersource.service-plans",
@@ -26,7 +28,7 @@ ALL_TOPICS = INPUT_TOPICS + [t + ".dlq" for t in INPUT_TOPICS] + OUTPUT_TOPICS
 
 
 async def create_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = 3) -> None:
-    await create_missing_topics({"bootstrap_servers": bootstrap}, topics, partitions=partitions)
+    await create_missing_topics({"bootstrap_servers": bootstrap}, topics, partitions=partitions, configs=topic_configs)
 
 
 async def delete_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS) -> None:
