@@ -301,8 +301,11 @@ def build_service(
 
 
 def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
-    """The output topics, the dead letters and the audit events, as publishers in the AsyncAPI document."""
+    """The output topics, the dead letters and the audit events, as publishers in the AsyncAPI document (an output
+    topic that is also the input topic is documented by its subscriber: one channel, one description)."""
     for output in spec.outputs:
+        if output.topic == spec.router.topic:
+            continue
         broker.publisher(output.topic, title=output.topic, description=output.description,
                          schema=_documented(f"{output.topic} event", output.types))
     broker.publisher(
@@ -315,6 +318,8 @@ def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
         ),
         schema=bytes,
     )
+    if NOTIFICATIONS_TOPIC in (spec.router.topic, *(output.topic for output in spec.outputs)):
+        return  # documented as the service's input, or by the service itself
     broker.publisher(
         NOTIFICATIONS_TOPIC,
         title=NOTIFICATIONS_TOPIC,
@@ -530,12 +535,12 @@ def _json(status: int, body: Mapping[str, Any]) -> AsgiResponse:
 
 def _channels(spec: ServiceSpec) -> dict[str, asyncapi.Channel]:
     """What the contract says of each topic's records beyond their payload: headers and key."""
-    channels = {
+    channels = {NOTIFICATIONS_TOPIC: asyncapi.Channel(asyncapi.OUR_HEADERS, "the aggregate id of the triggering event")}
+    channels.update({output.topic: asyncapi.Channel(asyncapi.OUR_HEADERS, output.key) for output in spec.outputs})
+    channels.update({  # the input topic as others publish it (the deliverability service's is the notifications')
         spec.router.topic: asyncapi.Channel(asyncapi.CLOUDEVENTS_HEADERS, spec.router.key_field),
         f"{spec.router.topic}.dlq": asyncapi.Channel(asyncapi.DLQ_HEADERS, "the original record's key"),
-        NOTIFICATIONS_TOPIC: asyncapi.Channel(asyncapi.OUR_HEADERS, "the aggregate id of the triggering event"),
-    }
-    channels.update({output.topic: asyncapi.Channel(asyncapi.OUR_HEADERS, output.key) for output in spec.outputs})
+    })
     return channels
 
 

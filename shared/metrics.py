@@ -71,6 +71,19 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.bounces = Counter(
+            "customersource_bounces_total",
+            "Bounces and complaints published (deliverability), by kind (hard, soft, complaint) and template",
+            ["service", "kind", "template"],
+            registry=self.registry,
+        )
+        self.reports = Counter(
+            "customersource_reports_total",
+            "Messages and reports received at the bounce address (deliverability), by what became of them: "
+            "published, duplicate, unknown_delivery, wrong_recipient, not_a_report",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
         self.suppressions = Gauge(
             "customersource_suppressions",
             "Suppressions in force (address and scope) as this service has read them from "
@@ -113,6 +126,12 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(self.service, *labels)
         return child
+
+    def bounce(self, kind: str, template: str) -> None:
+        self._child(self.bounces, kind, template).inc()
+
+    def report(self, outcome: str) -> None:
+        self._child(self.reports, outcome).inc()
 
     def suppressions_in_force(self, count: Callable[[], float]) -> None:
         """The suppressions gauge reads ``count()`` at each scrape."""

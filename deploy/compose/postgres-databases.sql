@@ -4,3 +4,4 @@ CREATE DATABASE invitations;
 CREATE DATABASE expiry;
 CREATE DATABASE permissions;
 CREATE DATABASE support;
+CREATE DATABASE deliverability;

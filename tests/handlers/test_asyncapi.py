@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from services.deliverability.app import create_app as deliverability
+from services.deliverability.settings import DeliverabilitySettings
 from services.expiry.app import create_app as expiry
 from services.expiry.settings import ExpirySettings
 from services.invitations.app import create_app as invitations
@@ -29,6 +31,7 @@ SERVICES: dict[str, tuple[Callable[[Any], Any], type[ServiceSettings], dict[str,
     "expiry": (expiry, ExpirySettings, {}),
     "permissions": (permissions, PermissionSettings, {}),
     "support": (support, SupportSettings, {"SUPPORT_ESCALATION_EMAIL": "support@customersource.example"}),
+    "deliverability": (deliverability, DeliverabilitySettings, {"SMTP_BOUNCE_ADDRESS": "bounces@customersource.example"}),
 }
 
 

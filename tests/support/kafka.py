@@ -24,7 +24,7 @@ INPUT_TOPICS = [
     "customersource.partner-permissions",
     "customersource.newsgroups",
 ]
-ALL_TOPICS = INPUT_TOPICS + [t + ".dlq" for t in INPUT_TOPICS] + OUTPUT_TOPICS
+ALL_TOPICS = INPUT_TOPICS + [t + ".dlq" for t in INPUT_TOPICS] + OUTPUT_TOPICS + ["customersource.notifications.dlq"]
 
 
 async def create_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = 3) -> None:

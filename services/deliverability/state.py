@@ -1,0 +1,68 @@
+"""The deliverability service's tables: the deliveries it knows (from the notification events), and the reports
+it has published (so that a report delivered twice is published once)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, MetaData, String, Table, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.handling import Write, upsert_row
+from shared.store import Row, UTCDateTime, create_tables
+
+metadata = MetaData()
+
+sent = Table(
+    "deliverability_deliveries",
+    metadata,
+    Column("delivery_id", String(36), primary_key=True),  # what the VERP tag carries
+    Column("message_id", String(256), nullable=False),
+    Column("aggregate_id", String(128), nullable=False),
+    Column("service", String(32), nullable=False),
+    Column("template", String(128), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("event_id", String(256), nullable=False),
+    Column("event_source", String(256), nullable=False),
+    Column("event_type", String(256), nullable=False),
+    Column("sent_at", UTCDateTime, nullable=False),
+    Index("ix_deliverability_deliveries_message_id", "message_id"),
+)
+
+reports = Table(
+    "deliverability_reports",
+    metadata,
+    Column("report_id", String(36), primary_key=True),  # the bounced event's id
+    Column("delivery_id", String(36), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+MIGRATIONS = (create_tables(metadata),)
+
+
+def save_delivery(values: dict[str, Any]) -> Write:
+    return upsert_row(sent, values, ["delivery_id"], ignore=True)
+
+
+async def delivery(connection: AsyncConnection, *, delivery_id: str | None, message_id: str | None) -> Any:
+    """The delivery a report is about: by the VERP tag's delivery id, else by the returned Message-ID."""
+    if delivery_id is not None:
+        row = (await connection.execute(select(sent).where(sent.c.delivery_id == delivery_id))).first()
+        if row is not None:
+            return row
+    if message_id is not None:
+        return (await connection.execute(select(sent).where(sent.c.message_id == message_id))).first()
+    return None
+
+
+async def published(connection: AsyncConnection, report_id: str) -> bool:
+    return (await connection.execute(select(reports.c.report_id).where(reports.c.report_id == report_id))).first() \
+        is not None
+
+
+def published_report(report_id: str, delivery_id: str, kind: str, at: datetime) -> Row:
+    """A report published (its bounced event's id): the same report delivered again is not published again."""
+    return Row(reports, {"report_id": report_id, "delivery_id": delivery_id, "kind": kind, "received_at": at},
+               ("report_id",), ignore=True)
