@@ -24,11 +24,13 @@ TOPICS = {
     "expiry": ["customersource.service-plans"],
     "permissions": ["customersource.partner-permissions"],
     "support": ["customersource.newsgroups", "customersource.support-escalations"],
+    "deliverability": ["customersource.notifications", "customersource.suppressions"],
 }
 
 
 def services() -> list[str]:
-    return [name for name in PORTS if (ROOT / "services" / name / "__main__.py").is_file()]
+    """The services of the local system, in the order they start (deliverability last: it reads the others')."""
+    return [name for name in (*PORTS, "deliverability") if (ROOT / "services" / name / "__main__.py").is_file()]
 
 
 def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
@@ -59,6 +61,15 @@ def demo_events() -> list[tuple[str, str, dict[str, Any]]]:
         ("customersource.professionals", "PRO-4", event(
             "customersource.professional.invitation_resend_requested.v1",
             {"account_id": "ACC-3003", "professional_id": "PRO-4"})),
+        # A mistyped address: the mail catcher bounces it (any domain under .invalid) with a real delivery status
+        # notification, which the deliverability service publishes as notification.bounced and suppresses; the
+        # administrator then corrects the address, and the invitation goes to the right one.
+        added("ACC-3003", "Contoso Pharmaceuticals", "PRO-5", "kim.abercrombie@contoso.invalid", "Kim Abercrombie",
+              "en-US", "US", "US", False, {"name": "Jane Doe", "kind": "administrator"}),
+        ("customersource.professionals", "PRO-5", event(
+            "customersource.professional.email_changed.v1",
+            {"account_id": "ACC-3003", "professional_id": "PRO-5", "old_email": "kim.abercrombie@contoso.invalid",
+             "new_email": "kim.abercrombie@contoso.example"})),
         # A few malformed events, for the dead-letter view: not a CloudEvent, "UK" (the contract wants GB),
         # and a type no service consumes yet.
         ("customersource.professionals", "PRO-9", {"not": "a CloudEvent"}),

@@ -27,6 +27,8 @@ from ops.console import Console
 from ops.contract import PORTS, kafka_options
 from ops.demo import TOPICS, publish_demo, services
 from ops.mailcatcher import MailCatcher
+from ops.topics import topic_configs
+from services.deliverability.settings import HTTP_PORT as DELIVERABILITY_PORT
 from shared.kafka import create_missing_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +76,8 @@ async def run(args: argparse.Namespace) -> None:
         else:
             broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
         bootstrap = broker.bootstrap
-    smtp_port, console_port = port_or_free(1025), port_or_free(8025)
-    catcher = MailCatcher(VAR / "mail", smtp_port)
+    smtp_port, console_port, bounce_port = port_or_free(1025), port_or_free(8025), port_or_free(2525)
+    catcher = MailCatcher(VAR / "mail", smtp_port, bounces_to=("127.0.0.1", bounce_port))
     await catcher.start()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     console: Console | None = None
@@ -84,11 +86,12 @@ async def run(args: argparse.Namespace) -> None:
         topics = [t for s in names for t in TOPICS[s]]
         inputs = [TOPICS[s][0] for s in names]
         await create_missing_topics(kafka_options(bootstrap),
-                                    topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"])
+                                    topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"],
+                                    configs=topic_configs)
         secret = dev_secret()
         http_ports = {}
         for name in names:
-            http_ports[name] = port_or_free(PORTS[name])
+            http_ports[name] = port_or_free(PORTS.get(name, DELIVERABILITY_PORT))
             env = {
                 **os.environ,
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -105,6 +108,8 @@ async def run(args: argparse.Namespace) -> None:
                 "HELP_EMAIL": "itmbssup@customersource.example",
                 "INVITATION_SECRET": secret,
                 "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example",
+                "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example",  # VERP: the catcher's bounces name the e-mail
+                "BOUNCE_SMTP_PORT": str(bounce_port),  # read by the deliverability service only
                 "ENVIRONMENT": "development",
             }
             log = open(VAR / f"{name}.log", "ab")
@@ -123,20 +128,22 @@ async def run(args: argparse.Namespace) -> None:
             "broker": bootstrap, "services": {n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}}))
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
         where = {"tansu": " (local Tansu, in memory)", "apache-kafka": " (local Apache Kafka, logs in var/apache-kafka)"}
-        print(f"  broker        {bootstrap}" + (where[args.broker] if broker else ""))
-        print(f"                customersource-ops run from this folder uses it; elsewhere: "
+        print(f"  broker         {bootstrap}" + (where[args.broker] if broker else ""))
+        print(f"                 customersource-ops run from this folder uses it; elsewhere: "
               f"export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
-        print(f"  console       {console.url}   inbox, escalations, dead letters, services (SMTP on "
-              f"127.0.0.1:{smtp_port}, every message kept in var/mail)")
+        print(f"  console        {console.url}   inbox, escalations, dead letters, services (SMTP on "
+              f"127.0.0.1:{smtp_port}, every message kept in var/mail; any address under .invalid bounces)")
+        print(f"  bounces        127.0.0.1:{bounce_port}   the deliverability service's bounce listener")
         for name, port in http_ports.items():
-            print(f"  {name:<13} http://127.0.0.1:{port}/asyncapi  /metrics  /readyz   log: var/{name}.log")
+            print(f"  {name:<14} http://127.0.0.1:{port}/asyncapi  /metrics  /readyz   log: var/{name}.log")
         if not args.no_demo:
             count = await publish_demo(bootstrap)
             before = len(catcher.box.names())
             deadline = time.monotonic() + 30
             while len(catcher.box.names()) == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            print(f"\nPublished {count} demo events (four of them end as dead letters, on purpose);"
+            print(f"\nPublished {count} demo events (four of them end as dead letters, on purpose; one invitation "
+                  f"bounces, see `customersource-ops suppressions list`);"
                   f" first e-mail in the inbox {time.monotonic() - started:.1f} s after start.")
         print("\nCtrl-C stops everything.")
         stop = asyncio.Event()

@@ -80,7 +80,7 @@ class Metrics:
         self.reports = Counter(
             "customersource_reports_total",
             "Messages and reports received at the bounce address (deliverability), by what became of them: "
-            "published, duplicate, unknown_delivery, wrong_recipient, not_a_report",
+            "published, duplicate, deferred, unknown_delivery, wrong_recipient, not_a_report",
             ["service", "outcome"],
             registry=self.registry,
         )

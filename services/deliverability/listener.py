@@ -13,6 +13,9 @@ For each message received, in this order:
    report is recorded as published;
 4. only then the SMTP server answers 250; if producing or recording failed it answers 451, and the MTA
    delivers the message again later (the same report is then published with the same ids, at most once more).
+   A report about no known delivery is kept out, unless the e-mail it returns was sent in the last
+   :data:`RECENT` minutes: its notification event may not have been read yet (a relay that bounces at once,
+   or this service behind), so it is deferred (451) and the MTA delivers it again.
 
 A message that is no report at all (a human reply, an auto-reply) is accepted and dropped: a bounce address never
 bounces.
@@ -26,7 +29,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -52,6 +55,14 @@ from shared.suppressions import (
 log = logging.getLogger("customersource.deliverability")
 
 SOURCE = "/customersource/deliverability"
+
+
+RECENT = timedelta(minutes=15)
+"""A report about an e-mail sent this recently whose delivery is not known yet is deferred (451), not kept out."""
+
+
+class NotYetKnown(Exception):
+    """The report's delivery may not have been read yet."""
 
 
 def tag_delivery(address: str, bounce_address: str) -> str | None:
@@ -110,6 +121,8 @@ class BounceListener:
         raw = envelope.original_content or b""
         try:
             await self.receive(raw, envelope.rcpt_tos)
+        except NotYetKnown:
+            return "451 4.3.0 The e-mail this report is about is not known yet: try again later"
         except Exception:
             log.warning("a report could not be published: the MTA will deliver it again", exc_info=True)
             return "451 4.3.0 Try again later"
@@ -133,6 +146,11 @@ class BounceListener:
         async with self.store.connect() as connection:
             row = await state.delivery(connection, delivery_id=by_tag, message_id=report.message_id)
         if row is None:
+            if report.sent_at is not None and self.clock.now() - report.sent_at < RECENT:
+                # Sent minutes ago: its notification event may not have been read yet (a fast bounce, or this
+                # service behind). Deferred: the MTA delivers the report again later.
+                self.metrics.report("deferred")
+                raise NotYetKnown("a report about an e-mail sent minutes ago, not known yet")
             self.metrics.report("unknown_delivery")
             log.info("a report about no delivery of ours", extra={"kind": report.kind})
             return 0
@@ -160,7 +178,7 @@ class BounceListener:
         self.metrics.report("published")
         self.metrics.bounce(report.kind, row.template)
         log.info("report published", extra={"kind": report.kind, "status": report.status, "template": row.template,
-                                            "service": row.service})
+                                            "sent_by": row.service})
         return 1
 
     def _bounced(self, row: Any, report: Report, event_id: str, now: datetime) -> OutputRecord:

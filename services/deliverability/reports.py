@@ -21,9 +21,10 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import message_from_bytes, message_from_string, policy
 from email.message import Message
-from email.utils import parseaddr
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import Literal
 
 from flufl.bounce import all_failures
@@ -51,6 +52,7 @@ class Report:
     message_id: str | None  # the returned message's Message-ID, without angle brackets
     original_sender: str | None  # the returned message's envelope sender, if the report says it (VERP)
     fingerprint: str  # the same for the same report delivered twice
+    sent_at: datetime | None = None  # the returned message's Date (when we sent it), if the report returns it
 
 
 def clean(text: str, limit: int = DIAGNOSTIC_MAX) -> str:
@@ -98,6 +100,14 @@ def _returned(message: Message) -> Message | None:
                 first = inner[0]
                 return first if isinstance(first, Message) else None
     return None
+
+
+def _date(returned: Message | None) -> datetime | None:
+    try:
+        value = parsedate_to_datetime(str(returned.get("Date") or "")) if returned is not None else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value.astimezone(UTC) if value is not None and value.tzinfo is not None else None
 
 
 def _message_id(returned: Message | None) -> str | None:
@@ -149,7 +159,7 @@ def _delivery_status(message: Message, fingerprint: str) -> Iterator[Report]:
         recipients = _named(block.get("Original-Recipient"), block.get("Final-Recipient"))
         diagnostic = str(block.get("Diagnostic-Code") or "").split(";", 1)[-1]
         yield Report(kind=kind, recipients=recipients, status=code, diagnostic=clean(diagnostic),
-                     message_id=message_id, original_sender=sender, fingerprint=fingerprint)
+                     message_id=message_id, original_sender=sender, fingerprint=fingerprint, sent_at=_date(returned))
 
 
 def _feedback(message: Message, fingerprint: str) -> Iterator[Report]:
@@ -167,7 +177,7 @@ def _feedback(message: Message, fingerprint: str) -> Iterator[Report]:
     recipients = _named(block.get("Original-Rcpt-To"))
     yield Report(kind="complaint", recipients=recipients, status=None, diagnostic=f"feedback-type: {feedback_type}",
                  message_id=_message_id(returned), original_sender=_address(block.get("Original-Mail-From")),
-                 fingerprint=fingerprint)
+                 fingerprint=fingerprint, sent_at=_date(returned))
 
 
 def _heuristic(message: Message, fingerprint: str) -> Iterator[Report]:
@@ -191,7 +201,7 @@ def _heuristic(message: Message, fingerprint: str) -> Iterator[Report]:
             code = status.group(1) if status and status.group(1)[0] == ("5" if kind == "hard" else "4") else None
             line = _first_line_with(text, recipients[0]) if recipients else ""
             yield Report(kind=kind, recipients=recipients, status=code, diagnostic=clean(line),
-                         message_id=message_id, original_sender=None, fingerprint=fingerprint)
+                         message_id=message_id, original_sender=None, fingerprint=fingerprint, sent_at=_date(returned))
 
 
 def _text(message: Message) -> str:
