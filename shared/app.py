@@ -73,6 +73,7 @@ def drain_seconds(retry_window: float) -> float:
     return 2 * retry_window + 30 + 15
 
 BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
+AsgiApp = Callable[[Any, Any, Any], Awaitable[None]]
 JobFunction = Callable[[Job, Context], Awaitable[Plan]]
 """A scheduled job's handler: like an event handler, with the job instead of the event."""
 JobGate = Callable[[CaughtUp, Mapping[str, Any]], bool]
@@ -109,6 +110,9 @@ class ServiceSpec:
     job_preloads: Mapping[str, Preload] = field(default_factory=dict)
     """What a kind's job function reads first, read for all the jobs of a scheduler pass in one query."""
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
+    prefixed: Callable[[Service], Sequence[tuple[str, AsgiApp]]] = lambda service: ()
+    """ASGI applications serving the paths under a prefix, given the running parts (the deliverability service's
+    unsubscribe pages): FastStream's own routes match whole paths only."""
 
 
 @dataclass
@@ -159,12 +163,12 @@ class ServiceFactory(Generic[SettingsT]):
         caught_up: CaughtUp | None = None,
         retry_window: float = 60.0,
         tracer_provider: TracerProvider | None = None,
-    ) -> tuple[AsgiFastStream, Service]:
+    ) -> tuple[AsgiApp, Service]:
         settings = settings or load_settings(self.settings_class, self.name)
         return build_service(self.spec(settings), settings, pool=pool, producer=producer, clock=clock,
                              caught_up=caught_up, retry_window=retry_window, tracer_provider=tracer_provider)
 
-    def create_app(self, settings: SettingsT | None = None) -> AsgiFastStream:
+    def create_app(self, settings: SettingsT | None = None) -> AsgiApp:
         return self.create_service(settings)[0]
 
 
@@ -207,7 +211,7 @@ def build_service(
     caught_up: CaughtUp | None = None,
     retry_window: float = 60.0,
     tracer_provider: TracerProvider | None = None,
-) -> tuple[AsgiFastStream, Service]:
+) -> tuple[AsgiApp, Service]:
     """Wire a service, each part built once and complete. Tests pass their own SMTP pool, producer, clock,
     caught-up gate or tracer provider; production passes none (traces follow the OTEL_* variables)."""
     metrics = Metrics(spec.name)
@@ -297,7 +301,25 @@ def build_service(
         after_startup=[_hook(_after_start, service)],
         after_shutdown=[_hook(_stop, service)],
     )
-    return app, service
+    prefixed = spec.prefixed(service)
+    return (PrefixRoutes(app, prefixed) if prefixed else app), service
+
+
+class PrefixRoutes:
+    """An ASGI application: the HTTP requests under one of ``routes``' prefixes go to that route's application,
+    everything else (other paths, the lifespan) to ``app``."""
+
+    def __init__(self, app: AsgiApp, routes: Sequence[tuple[str, AsgiApp]]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for prefix, route in self.routes:
+                if scope["path"].startswith(prefix):
+                    await route(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:

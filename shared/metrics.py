@@ -84,6 +84,13 @@ class Metrics:
             ["service", "outcome"],
             registry=self.registry,
         )
+        self.unsubscribes = Counter(
+            "customersource_unsubscribes_total",
+            "One-click unsubscribes (deliverability), by list and outcome: recorded, already (a suppression "
+            "covered the list), invalid (a token that does not verify; no list)",
+            ["service", "list", "outcome"],
+            registry=self.registry,
+        )
         self.suppressions = Gauge(
             "customersource_suppressions",
             "Suppressions in force (address and scope) as this service has read them from "
@@ -132,6 +139,9 @@ class Metrics:
 
     def report(self, outcome: str) -> None:
         self._child(self.reports, outcome).inc()
+
+    def unsubscribe(self, list_name: str, outcome: str) -> None:
+        self._child(self.unsubscribes, list_name, outcome).inc()
 
     def suppressions_in_force(self, count: Callable[[], float]) -> None:
         """The suppressions gauge reads ``count()`` at each scrape."""

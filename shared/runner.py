@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import uvicorn
-from faststream.asgi import AsgiFastStream
 
+from shared.app import AsgiApp
 from shared.logs import configure_logging
 from shared.settings import ServiceSettings, database_url, load_settings
 from shared.store import Migration, Store
@@ -39,7 +39,7 @@ def main(
     *,
     name: str,
     settings_class: type[SettingsT],
-    create_app: Callable[[SettingsT], AsgiFastStream],
+    create_app: Callable[[SettingsT], AsgiApp],
     migrations: Sequence[Migration],
     argv: Sequence[str] | None = None,
 ) -> None:

@@ -9,7 +9,8 @@ from services.deliverability.handlers import DeliverabilityHandlers
 from services.deliverability.listener import BounceListener
 from services.deliverability.settings import DeliverabilitySettings
 from services.deliverability.state import MIGRATIONS
-from shared.app import OutputTopic, Service, ServiceFactory, ServiceSpec
+from services.deliverability.unsubscribe import PREFIX, UnsubscribeEndpoint
+from shared.app import OutputTopic, Service, ServiceFactory, ServiceSpec, unsubscribe_links
 from shared.mail.mailer import NOTIFICATIONS_TOPIC
 from shared.suppressions import SUPPRESSIONS_TOPIC
 
@@ -30,7 +31,8 @@ def spec(settings: DeliverabilitySettings) -> ServiceSpec:
         name=NAME,
         title="CustomerSource deliverability",
         description="Bounces and complaints that come back to the bounce address, matched with the e-mails they "
-        "are about (notification.bounced), and the suppressions hard bounces and complaints call for.",
+        "are about (notification.bounced), and the suppressions hard bounces, complaints and one-click "
+        "unsubscribes (/unsubscribe/{token}) call for.",
         router=DeliverabilityHandlers().router,
         templates=HERE / "templates",
         locale=HERE / "locale",
@@ -44,6 +46,10 @@ def spec(settings: DeliverabilitySettings) -> ServiceSpec:
                         "address.", types=SUPPRESSION_TYPES, key="the lower-cased address"),
         ],
         background=[listen_for_bounces],
+        prefixed=lambda service: [(PREFIX, UnsubscribeEndpoint(
+            links=unsubscribe_links(settings), renderer=service.mailer.renderer,
+            suppressions=service.suppressions.state, producer=service.producer, metrics=service.metrics,
+            clock=service.clock))],
     )
 
 

@@ -136,6 +136,11 @@ class Renderer:
         html = environment.get_template(f"{template}.html").render({**context, "subject": subject})
         return RenderedMail(subject=subject, text=tidy_text(text), html=html, language=language)
 
+    def page(self, name: str, language: str, context: Mapping[str, Any]) -> str:
+        """A web page (an HTML template of the service's, autoescaped) in one language: the service's pages use the
+        same catalogs and filters as its e-mails."""
+        return self._environments[language].get_template(name).render(context)
+
     def templates(self) -> list[str]:
         names = self._environments["en"].list_templates(filter_func=lambda n: n.endswith(".subject.txt"))
         return sorted(n.removesuffix(".subject.txt") for n in names)

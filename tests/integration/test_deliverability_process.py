@@ -6,6 +6,8 @@ reports (an unknown tag, another recipient) and mail for other addresses are kep
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from pathlib import Path
 
 import aiosmtplib
@@ -13,6 +15,7 @@ import pytest
 
 from services.deliverability.contracts import BOUNCED
 from services.invitations.contracts import ADDED, RESEND_REQUESTED, TOPIC
+from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, Reader, cloudevent
@@ -41,6 +44,34 @@ async def deliver(port: int, data: bytes, to: str) -> None:
 async def reports(service: ServiceProcess, outcome: str, count: float) -> None:
     await wait_until(lambda: service.metric("customersource_reports_total", outcome=outcome) == count, 30,
                      state=lambda: f"{service.metric('customersource_reports_total', outcome=outcome)} {outcome}")
+
+
+@pytest.mark.tansu
+async def test_a_one_click_unsubscribe_over_http_is_published_once(kafka: str, smtp: SmtpServer,
+                                                                    start_service: Starter) -> None:
+    secret = "unsubscribe-process-secret-" + "s" * 32
+    service = start_service("deliverability", SMTP_BOUNCE_ADDRESS=BOUNCES, BOUNCE_SMTP_PORT=str(new_port()),
+                            UNSUBSCRIBE_BASE_URL="https://portal.example.com", UNSUBSCRIBE_SECRET=secret)
+    await service.wait_ready()
+    token = UnsubscribeLinks(base_url="https://portal.example.com", secret=secret,
+                             domain="customersource.example").token("partner-digest", "Sam@Example.com")
+    url = f"http://127.0.0.1:{service.http_port}/unsubscribe/{token}"
+    def fetch(method: str) -> tuple[int, str]:
+        request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click" if method == "POST" else None,
+                                         method=method)
+        with urllib.request.urlopen(request, timeout=10) as page:
+            return page.status, page.read().decode()
+
+    async with Reader(kafka, SUPPRESSIONS_TOPIC) as reader:
+        status, page = await asyncio.to_thread(fetch, "GET")
+        assert status == 200 and "sam@example.com" in page
+        for _ in range(2):
+            assert (await asyncio.to_thread(fetch, "POST"))[0] == 200
+        await reader.wait_for(lambda: len(reader.events(SUPPRESSIONS_TOPIC, SUPPRESSION_ADDED_TYPE)) == 1)
+        await wait_until(lambda: service.metric("customersource_unsubscribes_total", outcome="already") == 1, 30)
+        [added] = [e["data"] for e in reader.events(SUPPRESSIONS_TOPIC, SUPPRESSION_ADDED_TYPE)]
+        assert (added["address"], added["scope"], added["reason"]) == ("sam@example.com", "partner-digest",
+                                                                        "unsubscribed")
 
 
 @pytest.mark.tansu

@@ -1,0 +1,151 @@
+"""The one-click unsubscribe endpoint (RFC 8058) of the deliverability service, through its ASGI application with
+the outputs recorded: GET shows a page in the reader's language and changes nothing; POST records the unsubscribe
+once, however often it is sent; an invalid token is a 400 that says nothing more; the page escapes what the token
+carries; no secret, no endpoint."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.deliverability.app import create_service
+from services.deliverability.settings import DeliverabilitySettings
+from services.deliverability.unsubscribe import language_of
+from shared.app import Service
+from shared.mail.unsubscribe import UnsubscribeLinks
+from shared.shapes import LANGUAGES
+from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
+from tests.support.fakes import FakeOutputs, FakePool
+from tests.support.harness import SETTINGS
+
+SECRET = "unsubscribe-test-secret-" + "u" * 32
+BASE_URL = "https://portal.example.com"
+LINKS = UnsubscribeLinks(base_url=BASE_URL, secret=SECRET, domain="customersource.example")
+BUTTON = {"en": "Unsubscribe", "fr": "Se désabonner", "de": "Abmelden", "nl": "Afmelden", "da": "Afmeld",
+          "es": "Cancelar la suscripción", "it": "Annulla l'iscrizione"}
+
+
+async def call(app: Any, method: str, path: str, *, body: bytes = b"",
+               headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[str, str], str]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers or [],
+               "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http", "root_path": ""}, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    found = {k.decode(): v.decode() for k, v in start.get("headers", [])}
+    return start["status"], found, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+
+
+@pytest.fixture
+async def endpoint(tmp_path: Path) -> AsyncIterator[tuple[Any, Service, FakeOutputs]]:
+    outputs = FakeOutputs()
+    values: dict[str, Any] = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+                              "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example",
+                              "UNSUBSCRIBE_BASE_URL": BASE_URL, "UNSUBSCRIBE_SECRET": SECRET}
+    settings = DeliverabilitySettings(**values)
+    app, service = create_service(settings, pool=FakePool(), producer=outputs)
+    yield app, service, outputs
+    await service.store.close()
+
+
+def unsubscribed(outputs: FakeOutputs) -> list[dict[str, Any]]:
+    return [e["data"] for e in outputs.events(SUPPRESSIONS_TOPIC, SUPPRESSION_ADDED_TYPE)]
+
+
+async def test_get_shows_the_page_in_the_readers_language_and_changes_nothing(
+        endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, _, outputs = endpoint
+    token = LINKS.token("partner-digest", "Claire.Martin@Fabrikam.example")
+    status, headers, page = await call(app, "GET", f"/unsubscribe/{token}",
+                                       headers=[(b"accept-language", b"pt-BR, fr-CA;q=0.8, en;q=0.5")])
+    assert status == 200 and headers["content-language"] == "fr" and '<html lang="fr">' in page
+    assert "claire.martin@fabrikam.example" in page and 'method="post"' in page and "Se désabonner" in page
+    assert "script-src" not in headers["content-security-policy"] and "default-src 'none'" in headers[
+        "content-security-policy"]
+    assert unsubscribed(outputs) == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_the_page_is_written_in_each_language(language: str, endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, _, _ = endpoint
+    for list_name in ("partner-digest", "plan-reminders"):
+        token = LINKS.token(list_name, "jane@example.com")
+        status, _, page = await call(app, "GET", f"/unsubscribe/{token}", headers=[(b"accept-language",
+                                                                                    language.encode())])
+        assert status == 200 and f'<html lang="{language}">' in page and BUTTON[language] in page
+        assert "{{" not in page and "{%" not in page
+    status, _, done = await call(app, "POST", f"/unsubscribe/{LINKS.token('plan-reminders', 'jane@example.com')}",
+                                 headers=[(b"accept-language", language.encode())])
+    assert status == 200 and "jane@example.com" in done
+
+
+async def test_post_records_the_unsubscribe_once(endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, service, outputs = endpoint
+    token = LINKS.token("plan-reminders", "jane@example.com")
+    one_click = b"List-Unsubscribe=One-Click"
+    for _ in range(2):
+        status, _, page = await call(app, "POST", f"/unsubscribe/{token}", body=one_click,
+                                     headers=[(b"content-type", b"application/x-www-form-urlencoded")])
+        assert status == 200 and "jane@example.com" in page
+    [added] = unsubscribed(outputs)
+    assert (added["address"], added["scope"], added["reason"], added["cause_message_id"]) == (
+        "jane@example.com", "plan-reminders", "unsubscribed", None)
+    registry = service.metrics.registry
+    assert registry.get_sample_value("customersource_unsubscribes_total", {
+        "service": "deliverability", "list": "plan-reminders", "outcome": "recorded"}) == 1
+    assert registry.get_sample_value("customersource_unsubscribes_total", {
+        "service": "deliverability", "list": "plan-reminders", "outcome": "already"}) == 1
+    # Another list of the same address is another unsubscribe.
+    await call(app, "POST", f"/unsubscribe/{LINKS.token('partner-digest', 'jane@example.com')}", body=one_click)
+    assert [a["scope"] for a in unsubscribed(outputs)] == ["plan-reminders", "partner-digest"]
+
+
+async def test_an_invalid_token_is_a_400_that_says_nothing_more(endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, _, outputs = endpoint
+    token = LINKS.token("partner-digest", "jane@example.com")
+    payload, signature = token.split(".")
+    forged = UnsubscribeLinks(base_url=BASE_URL, secret="another-secret-" + "x" * 40, domain="x").token(
+        "partner-digest", "jane@example.com")
+    for bad in (f"{payload}.{signature[:-2]}AA", forged, payload, "", "a" * 2000, f"{payload}.{signature}/x"):
+        for method in ("GET", "POST"):
+            status, _, page = await call(app, method, f"/unsubscribe/{bad}")
+            assert status == 400, (bad, method)
+            assert not re.search(r"signature|malformed|jane", page, re.IGNORECASE)
+    assert unsubscribed(outputs) == []
+
+
+async def test_the_page_escapes_what_the_token_carries(endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, _, _ = endpoint
+    hostile = '"><script>alert(1)</script>@example.com'
+    _, _, page = await call(app, "GET", f"/unsubscribe/{LINKS.token('partner-digest', hostile)}")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+async def test_no_secret_no_endpoint(tmp_path: Path) -> None:
+    values: dict[str, Any] = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+                              "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example"}
+    settings = DeliverabilitySettings(**values)
+    app, service = create_service(settings, pool=FakePool(), producer=FakeOutputs())
+    try:
+        status, _, _ = await call(app, "GET", f"/unsubscribe/{LINKS.token('partner-digest', 'jane@example.com')}")
+        assert status == 404
+    finally:
+        await service.store.close()
+
+
+def test_the_readers_language_is_the_first_we_write() -> None:
+    assert language_of("") == "en"
+    assert language_of("pt-BR,pt;q=0.9") == "en"
+    assert language_of("en;q=0.2, nl-BE;q=0.9") == "nl"
+    assert language_of("da, de;q=0.5") == "da"
+    assert language_of("de;q=bad, it") == "it"
