@@ -42,8 +42,9 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
-def dev_secret() -> str:
-    path = VAR / "dev-invitation-secret"
+def dev_secret(name: str) -> str:
+    """A development secret, generated on the first run and kept in ``var/dev-<name>-secret``."""
+    path = VAR / f"dev-{name}-secret"
     if not path.is_file():
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
@@ -88,10 +89,8 @@ async def run(args: argparse.Namespace) -> None:
         await create_missing_topics(kafka_options(bootstrap),
                                     topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"],
                                     configs=topic_configs)
-        secret = dev_secret()
-        http_ports = {}
+        http_ports = {name: port_or_free(PORTS.get(name, DELIVERABILITY_PORT)) for name in names}
         for name in names:
-            http_ports[name] = port_or_free(PORTS.get(name, DELIVERABILITY_PORT))
             env = {
                 **os.environ,
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -106,10 +105,13 @@ async def run(args: argparse.Namespace) -> None:
                 "PORTAL_BASE_URL": "https://customersource.example",
                 "BUSINESS_CENTER_URL": "https://businesscenter.example",
                 "HELP_EMAIL": "itmbssup@customersource.example",
-                "INVITATION_SECRET": secret,
+                "INVITATION_SECRET": dev_secret("invitation"),
                 "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example",
                 "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example",  # VERP: the catcher's bounces name the e-mail
                 "BOUNCE_SMTP_PORT": str(bounce_port),  # read by the deliverability service only
+                # One-click unsubscribe links in the reminders and digests, to the deliverability service's page.
+                **({"UNSUBSCRIBE_BASE_URL": f"http://127.0.0.1:{http_ports['deliverability']}",
+                    "UNSUBSCRIBE_SECRET": dev_secret("unsubscribe")} if "deliverability" in http_ports else {}),
                 "ENVIRONMENT": "development",
             }
             log = open(VAR / f"{name}.log", "ab")

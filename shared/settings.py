@@ -181,6 +181,8 @@ class ServiceSettings(BaseSettings):
         if (self.UNSUBSCRIBE_SECRET is not None
                 and len(self.UNSUBSCRIBE_SECRET.get_secret_value().encode()) < UNSUBSCRIBE_SECRET_BYTES):
             raise ValueError(f"UNSUBSCRIBE_SECRET must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
+        if self.UNSUBSCRIBE_SECRET is not None and is_placeholder(self.UNSUBSCRIBE_SECRET, self.ENVIRONMENT):
+            raise ValueError("UNSUBSCRIBE_SECRET is a placeholder: generate one (e.g. openssl rand -base64 48)")
         dkim = (self.DKIM_DOMAIN, self.DKIM_SELECTOR, self.DKIM_PRIVATE_KEY_FILE)
         if any(v is None for v in dkim) and any(v is not None for v in dkim):
             raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together (all three or none)")
@@ -193,6 +195,16 @@ class ServiceSettings(BaseSettings):
     @property
     def group_id(self) -> str:
         return self.KAFKA_GROUP_ID or f"customersource.{self.SERVICE_NAME}"
+
+
+PLACEHOLDERS = ("change-me", "changeme", "example", "placeholder")
+"""Words of an example secret (deploy/'s, the README's) that production must not run with."""
+
+
+def is_placeholder(secret: SecretStr, environment: str) -> bool:
+    """An example secret where a real one is needed (production and staging)."""
+    value = secret.get_secret_value().lower()
+    return environment in ("production", "staging") and any(word in value for word in PLACEHOLDERS)
 
 
 def database_url(settings: ServiceSettings) -> str:

@@ -8,10 +8,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.invitations.tokens import MIN_SECRET_BYTES
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, is_placeholder
 
 HTTP_PORT = 8081
-PLACEHOLDERS = ("change-me", "changeme", "example", "placeholder")
 
 
 class InvitationSettings(ServiceSettings):
@@ -33,8 +32,7 @@ class InvitationSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_in_production(self) -> Self:
-        secret = self.INVITATION_SECRET.get_secret_value().lower()
-        if self.ENVIRONMENT in ("production", "staging") and any(p in secret for p in PLACEHOLDERS):
+        if is_placeholder(self.INVITATION_SECRET, self.ENVIRONMENT):
             raise ValueError("INVITATION_SECRET is a placeholder: generate one (e.g. openssl rand -base64 48)")
         return self
 

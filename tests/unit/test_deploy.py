@@ -157,6 +157,9 @@ def test_config_and_secret_use_contract_names_and_are_accepted() -> None:
         values: dict[str, Any] = {k: v for k, v in {**config, **secret}.items() if k in cls.model_fields}
         values["DATABASE_URL"] = secret[f"{name.upper()}_DATABASE_URL"]
         values.pop("INVITATION_PREVIOUS_SECRETS", None)
+        with pytest.raises(ValidationError, match="placeholder"):
+            cls(**values)  # the example secrets must be replaced before production
+        values["UNSUBSCRIBE_SECRET"] = "u" * 48
         if cls is InvitationSettings:
             with pytest.raises(ValidationError, match="placeholder"):
                 cls(**values)  # the example secret must be replaced before production
@@ -294,7 +297,8 @@ def test_compose_runs_each_service_as_kubernetes_does(name: str, production: lis
     assert service["stop_grace_period"] == f"{of_kind(production, 'Deployment')[name]['spec']['template']['spec']['terminationGracePeriodSeconds']}s"
     settings = compose_settings(name)
     # The same settings as the ConfigMap: the same names, values differing only where the places differ.
-    local = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "SMTP_HOST", "SMTP_PORT", "SMTP_TLS", "ENVIRONMENT"}
+    local = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "SMTP_HOST", "SMTP_PORT", "SMTP_TLS", "ENVIRONMENT",
+             "UNSUBSCRIBE_BASE_URL"}
     assert set(config) - {"KAFKA_SASL_MECHANISM"} <= set(settings)  # no SASL on the single-host broker
     assert {k: v for k, v in config.items() if k not in local and k in settings} == {
         k: settings[k] for k in config if k not in local and k in settings}
