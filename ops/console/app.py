@@ -21,11 +21,14 @@ from ops import contract, health
 from ops.mailcatcher import Mailbox
 from ops.replays import Resolution, consumed_up_to, resolve
 from ops.topicreader import REPLAYED_FROM, DeadLetter, Record, follow
+from shared.suppressions import SUPPRESSIONS_TOPIC, Suppressions
 
 log = logging.getLogger("customersource.console")
 
 TEMPLATES = Path(__file__).parent / "templates"
 ESCALATIONS = "customersource.support-escalations"
+NOTIFICATIONS = "customersource.notifications"
+BOUNCED = "customersource.notification.bounced.v1"
 KEEP = 5000  # dead letters and escalations kept in memory
 KEEP_EVENTS = 50_000  # input events kept (to show the event that caused an e-mail)
 
@@ -40,16 +43,28 @@ class Feed:
         self.dead_letters: deque[DeadLetter] = deque(maxlen=KEEP)
         self.escalations: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self.replays: deque[Record] = deque(maxlen=KEEP)  # input records that are replays of dead letters
+        self.bounces: deque[dict[str, Any]] = deque(maxlen=KEEP)  # notification.bounced events
+        self.suppressions = Suppressions()  # in force, as the services read them
+        self.suppression_events: deque[dict[str, Any]] = deque(maxlen=KEEP)  # added and removed, in order
         self.error = ""
         self.positions: dict[TopicPartition, int] = {}  # where the feed is, to go on after an interruption
 
     @staticmethod
     def topics() -> list[str]:
         inputs = list(contract.inputs().values())
-        return [i.topic for i in inputs] + [i.dlq for i in inputs] + [ESCALATIONS]
+        return [i.topic for i in inputs] + [i.dlq for i in inputs] + [ESCALATIONS, NOTIFICATIONS, SUPPRESSIONS_TOPIC]
 
     def add(self, record: Record) -> None:
-        if record.topic.endswith(".dlq"):
+        if record.topic == NOTIFICATIONS:
+            body = record.json()
+            if isinstance(body, dict) and body.get("type") == BOUNCED:
+                self.bounces.append(body)
+        elif record.topic == SUPPRESSIONS_TOPIC:
+            self.suppressions.read(record.key, record.value, record.headers)
+            body = record.json()
+            if isinstance(body, dict):
+                self.suppression_events.append(body)
+        elif record.topic.endswith(".dlq"):
             self.dead_letters.append(DeadLetter(record))
         elif record.topic == ESCALATIONS:
             body = record.json()
@@ -154,7 +169,7 @@ class Console:
 
     def render(self, template: str, **context: Any) -> bytes:
         counts = {"inbox": len(self.box.names()), "escalations": len(self.feed.escalations),
-                  "dead_letters": len(self.feed.dead_letters)}
+                  "dead_letters": len(self.feed.dead_letters), "bounces": len(self.feed.bounces)}
         return self.pages.get_template(template).render(counts=counts, feed_error=self.feed.error,
                                                         **context).encode()
 
@@ -185,6 +200,13 @@ class Console:
                                    service=contract.dlq_services().get(letter.record.topic, letter.record.topic),
                                    value=json.dumps(value, indent=2, ensure_ascii=False) if value is not None
                                    else repr(letter.record.value))
+        elif path == "/deliverability":
+            unsubscribes = [e for e in self.feed.suppression_events
+                            if e.get("type", "").endswith(".added.v1") and (e.get("data") or {}).get("reason")
+                            == "unsubscribed"]
+            body = self.render("deliverability.html", bounces=list(reversed(self.feed.bounces)),
+                               suppressions=list(self.feed.suppressions), unsubscribes=list(reversed(unsubscribes)),
+                               page="deliverability")
         elif path == "/services":
             states = await asyncio.gather(*(asyncio.to_thread(health.read, name, url)
                                             for name, url in self.services.items()))

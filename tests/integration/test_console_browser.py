@@ -1,5 +1,6 @@
 """The local console in headless Chromium (Debian's, driven by Playwright): an e-mail from a published
-event, as the recipient sees it with the event that caused it, and a dead letter with its reason.
+event, as the recipient sees it with the event that caused it, a dead letter with its reason, and the
+deliverability page (a bounce whose diagnostic carries markup, shown as text; a suppression; an unsubscribe).
 
 Chromium comes from Debian's package: where the tests run as root with apt (as in CI) it is installed
 on first use; elsewhere the test says what it needs. Set CUSTOMERSOURCE_SCREENSHOTS=docs to refresh the
@@ -20,6 +21,7 @@ from ops.broker import free_port
 from ops.console import Console
 from ops.mailcatcher import MailCatcher
 from services.invitations.contracts import ADDED, TOPIC
+from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
 from tests.conftest import unavailable
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, cloudevent
@@ -114,6 +116,29 @@ async def test_the_console_shows_an_e_mail_with_its_cause_and_a_dead_letter(
             await page.goto(console.url + "dead-letters")
             table = await page.inner_text("#dead-letters")
             assert "failed again" in table and "open" in table
+
+            # Deliverability: a bounce whose diagnostic carries markup, and an unsubscribe, shown as text.
+            hostile = '550 5.1.1 <script>document.title="owned"</script><img src=x onerror=alert(1)>'
+            bounced = cloudevent("customersource.notification.bounced.v1", {
+                "event_id": event["id"], "event_source": event["source"], "event_type": ADDED,
+                "service": "invitations", "template": "invitation_professional", "recipient": data["email"],
+                "message_id": "m1@customersource.example", "kind": "hard", "status": "5.1.1",
+                "diagnostic": hostile, "reported_at": "2026-12-06T09:00:00+00:00"})
+            unsubscribed = cloudevent(SUPPRESSION_ADDED_TYPE, {
+                "address": "sam@example.com", "reason": "unsubscribed", "scope": "partner-digest",
+                "since": "2026-12-06T09:01:00+00:00", "cause_message_id": None})
+            async with Publisher(kafka) as publisher:
+                await publisher.structured("customersource.notifications", data["professional_id"], bounced)
+                await publisher.structured(SUPPRESSIONS_TOPIC, "sam@example.com", unsubscribed)
+            await wait_until(lambda: len(console.feed.bounces) == 1 and len(console.feed.suppressions) == 1, 30)
+            await page.reload()  # the counts in the navigation are those of the page's rendering
+            await page.get_by_role("link", name="Deliverability (1)").click()
+            bounces = await page.inner_text("#bounces")
+            assert hostile in bounces and "hard" in bounces and data["email"] in bounces
+            assert await page.evaluate("document.querySelectorAll('script, main img').length") == 0
+            assert await page.title() != "owned"
+            assert "partner-digest" in await page.inner_text("#suppressions")
+            assert "sam@example.com" in await page.inner_text("#unsubscribes")
 
             await page.get_by_role("link", name="Services").click()
             service = await page.inner_text("#service-invitations")
