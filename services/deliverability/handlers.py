@@ -30,7 +30,8 @@ class DeliverabilityHandlers:
         return Plan(after=[state.save_delivery({
             "delivery_id": data.message_id.partition("@")[0], "message_id": data.message_id,
             "aggregate_id": event.subject or "", "service": data.service, "template": data.template,
-            "recipient": data.recipient, "event_id": data.event_id, "event_source": data.event_source,
+            "recipient": data.recipient, "locale": data.locale, "event_id": data.event_id,
+            "event_source": data.event_source,
             "event_type": data.event_type, "sent_at": data.at,
         })])
 

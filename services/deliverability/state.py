@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, MetaData, String, Table, select
+from sqlalchemy import Column, Index, MetaData, String, Table, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.handling import Write, upsert_row
@@ -23,11 +23,13 @@ sent = Table(
     Column("service", String(32), nullable=False),
     Column("template", String(128), nullable=False),
     Column("recipient", String(320), nullable=False),
+    Column("locale", String(8), nullable=False),  # the e-mail's language: the unsubscribe page's, for its reader
     Column("event_id", String(256), nullable=False),
     Column("event_source", String(256), nullable=False),
     Column("event_type", String(256), nullable=False),
     Column("sent_at", UTCDateTime, nullable=False),
     Index("ix_deliverability_deliveries_message_id", "message_id"),
+    Index("ix_deliverability_deliveries_recipient", func.lower(text("recipient")), "sent_at"),
 )
 
 reports = Table(
@@ -55,6 +57,13 @@ async def delivery(connection: AsyncConnection, *, delivery_id: str | None, mess
     if message_id is not None:
         return (await connection.execute(select(sent).where(sent.c.message_id == message_id))).first()
     return None
+
+
+async def language_of(connection: AsyncConnection, address: str) -> str | None:
+    """The language of the latest e-mail sent to ``address`` (lower-cased), if any was."""
+    query = (select(sent.c.locale).where(func.lower(sent.c.recipient) == address)
+             .order_by(sent.c.sent_at.desc()).limit(1))
+    return (await connection.execute(query)).scalar()
 
 
 async def published(connection: AsyncConnection, report_id: str) -> bool:

@@ -1,8 +1,8 @@
 """The one-click unsubscribe endpoint (RFC 8058), ``/unsubscribe/{token}`` on the service's HTTP port.
 
-- ``GET`` shows a small page in the reader's language (the browser's ``Accept-Language``, else English) that
-  names the list and the address, with a button; it changes nothing (mail scanners and link previews follow
-  GETs).
+- ``GET`` shows a small page in the recipient's language (that of the latest e-mail sent to the address, else
+  the browser's ``Accept-Language``, else English) that names the list and the address, with a button; it
+  changes nothing (mail scanners and link previews follow GETs).
 - ``POST`` (a mail client's one-click ``List-Unsubscribe=One-Click``, or the page's button) records the
   unsubscribe: ``suppression.added`` with the list's scope and reason ``unsubscribed``, acknowledged by the broker
   before the answer (200, the confirmation page). Again, or when a suppression already covers the list, it
@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from services.deliverability import state
 from shared.clock import Clock
 from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
@@ -26,6 +27,7 @@ from shared.mail.render import Renderer
 from shared.mail.unsubscribe import LISTS, InvalidUnsubscribe, UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.shapes import LANGUAGES
+from shared.store import Store
 from shared.suppressions import (
     SUPPRESSION_ADDED_TYPE,
     SUPPRESSIONS_TOPIC,
@@ -70,10 +72,11 @@ def language_of(accept_language: str) -> str:
 class UnsubscribeEndpoint:
     """An ASGI application for the paths under :data:`PREFIX`."""
 
-    def __init__(self, *, links: UnsubscribeLinks | None, renderer: Renderer, suppressions: Suppressions,
-                 producer: Producer, metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, *, links: UnsubscribeLinks | None, renderer: Renderer, store: Store,
+                 suppressions: Suppressions, producer: Producer, metrics: Metrics, clock: Clock) -> None:
         self.links = links  # None: UNSUBSCRIBE_SECRET is not set, there is nothing to verify tokens with
         self.renderer = renderer
+        self.store = store
         self.suppressions = suppressions
         self.producer = producer
         self.metrics = metrics
@@ -98,6 +101,7 @@ class UnsubscribeEndpoint:
             self.metrics.unsubscribe("", "invalid")
             await self._page(send, 400, language, {"state": "invalid"}, head=method == "HEAD")
             return
+        language = await self._language_of(unsubscription.address) or language
         context = {"state": "confirm", "list": unsubscription.list, "address": unsubscription.address}
         if method == "POST":
             try:
@@ -108,6 +112,16 @@ class UnsubscribeEndpoint:
                 return
             context["state"] = "done"
         await self._page(send, 200, language, context, head=method == "HEAD")
+
+    async def _language_of(self, address: str) -> str | None:
+        """The language of the latest e-mail sent to the address (None if none was, or the database is away)."""
+        try:
+            async with self.store.connect() as connection:
+                language = await state.language_of(connection, address_key(address))
+        except Exception:
+            log.warning("the recipient's language could not be read", exc_info=True)
+            return None
+        return language if language in LANGUAGES else None
 
     async def _record(self, list_name: str, address: str) -> None:
         template = next(template for template, name in LISTS.items() if name == list_name)

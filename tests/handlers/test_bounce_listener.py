@@ -48,7 +48,7 @@ async def known(store: Store, number: int, *, template: str = "invitation_profes
     async with store.transaction() as connection:
         await connection.execute(sent.insert().values(
             delivery_id=delivery_id, message_id=message_id, aggregate_id=f"PRO-{number}", service="invitations",
-            template=template, recipient=recipient, event_id=f"e{number}", event_source="/portal",
+            template=template, recipient=recipient, locale="en", event_id=f"e{number}", event_source="/portal",
             event_type="customersource.professional.added.v1", sent_at=NOW))
     return delivery_id, message_id, recipient
 

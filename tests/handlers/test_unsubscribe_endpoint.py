@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from services.deliverability.app import create_service
 from services.deliverability.settings import DeliverabilitySettings
+from services.deliverability.state import sent
 from services.deliverability.unsubscribe import language_of
 from shared.app import Service
 from shared.mail.unsubscribe import UnsubscribeLinks
@@ -54,6 +56,7 @@ async def endpoint(tmp_path: Path) -> AsyncIterator[tuple[Any, Service, FakeOutp
                               "UNSUBSCRIBE_BASE_URL": BASE_URL, "UNSUBSCRIBE_SECRET": SECRET}
     settings = DeliverabilitySettings(**values)
     app, service = create_service(settings, pool=FakePool(), producer=outputs)
+    await service.store.migrate()
     yield app, service, outputs
     await service.store.close()
 
@@ -73,6 +76,21 @@ async def test_get_shows_the_page_in_the_readers_language_and_changes_nothing(
     assert "script-src" not in headers["content-security-policy"] and "default-src 'none'" in headers[
         "content-security-policy"]
     assert unsubscribed(outputs) == []
+
+
+async def test_the_page_is_in_the_language_of_the_recipients_latest_email(
+        endpoint: tuple[Any, Service, FakeOutputs]) -> None:
+    app, service, _ = endpoint
+    async with service.store.transaction() as connection:
+        for number, (locale, at) in enumerate([("de", "2026-12-01T09:00:00+00:00"), ("it", "2026-12-05T09:00:00+00:00")]):
+            await connection.execute(sent.insert().values(
+                delivery_id=f"d{number}", message_id=f"m{number}@customersource.example", aggregate_id="PLAN-1",
+                service="expiry", template="plan_expiry_reminder", recipient="Anna.Rossi@Example.com",
+                locale=locale, event_id=f"e{number}", event_source="/licensing", event_type="t",
+                sent_at=datetime.fromisoformat(at)))
+    token = LINKS.token("plan-reminders", "anna.rossi@example.com")
+    _, headers, page = await call(app, "GET", f"/unsubscribe/{token}", headers=[(b"accept-language", b"en")])
+    assert headers["content-language"] == "it" and BUTTON["it"] in page
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
