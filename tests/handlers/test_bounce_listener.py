@@ -5,27 +5,28 @@ published clean."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import Envelope
 
 from services.deliverability.contracts import BOUNCED
 from services.deliverability.listener import BounceListener, NotYetKnown, tag_delivery
 from services.deliverability.state import MIGRATIONS, sent
 from shared.clock import FixedClock
 from shared.ids import deterministic_id
+from shared.kafka import OutputRecord
 from shared.mail.mailer import verp_sender
 from shared.metrics import Metrics
 from shared.store import Store
 from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
+from tests.support.bounces import report
 from tests.support.fakes import FakeOutputs
 
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 BOUNCES = "bounces@customersource.example"
-CORPUS = Path(__file__).resolve().parent.parent / "support" / "reports"
 
 
 @pytest.fixture
@@ -51,15 +52,6 @@ async def known(store: Store, number: int, *, template: str = "invitation_profes
             template=template, recipient=recipient, locale="en", event_id=f"e{number}", event_source="/portal",
             event_type="customersource.professional.added.v1", sent_at=NOW))
     return delivery_id, message_id, recipient
-
-
-def report(name: str, *, recipient: str, message_id: str, sender: str, sent_at: datetime | None = None) -> bytes:
-    text = (CORPUS / name).read_text()
-    for key, value in {"RECIPIENT": recipient, "MESSAGE_ID": message_id, "ENVELOPE_SENDER": sender}.items():
-        text = text.replace("{{" + key + "}}", value)
-    if sent_at is not None:
-        text = text.replace("Date: Sun, 06 Dec 2026 08:12:01 +0000", f"Date: {format_datetime(sent_at)}")
-    return text.replace("\n", "\r\n").encode()
 
 
 def test_a_verp_tag_names_its_delivery_and_nothing_else_does() -> None:
@@ -115,3 +107,35 @@ async def test_the_support_route_is_never_suppressed_and_diagnostics_are_publish
     assert bounced["data"]["kind"] == "hard" and "\x1b" not in bounced["data"]["diagnostic"]
     assert "\u202e" not in bounced["data"]["diagnostic"]
     assert outputs.events(SUPPRESSIONS_TOPIC) == [], "the support team's route: counted, never suppressed"
+
+
+class BrokerAway(FakeOutputs):
+    """Outputs whose broker is away until told otherwise."""
+
+    away = True
+
+    async def send_all(self, records: Sequence[OutputRecord]) -> None:
+        if self.away:
+            raise OSError("broker away")
+        await super().send_all(records)
+
+
+async def test_while_the_broker_is_away_a_report_is_answered_451_and_published_when_it_comes_back(
+        tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/d.db", component="deliverability", migrations=MIGRATIONS)
+    await store.migrate()
+    outputs = BrokerAway()
+    bounce_listener = BounceListener(bounce_address=BOUNCES, store=store, producer=outputs,
+                                     metrics=Metrics("deliverability"), clock=FixedClock(NOW))
+    try:
+        delivery_id, message_id, recipient = await known(store, 5)
+        envelope = Envelope()
+        envelope.rcpt_tos = [verp_sender(BOUNCES, delivery_id)]
+        envelope.original_content = report("postfix_hard.eml", recipient=recipient, message_id=message_id,
+                                           sender="x@y")
+        assert (await bounce_listener.handle_DATA(None, None, envelope)).startswith("451 ")  # type: ignore[arg-type]
+        outputs.away = False  # the MTA delivers it again later
+        assert await bounce_listener.handle_DATA(None, None, envelope) == "250 OK"  # type: ignore[arg-type]
+        assert len(outputs.events("customersource.notifications", BOUNCED)) == 1
+    finally:
+        await store.close()

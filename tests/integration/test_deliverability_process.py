@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -18,6 +17,7 @@ from services.invitations.contracts import ADDED, RESEND_REQUESTED, TOPIC
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
 from tests.integration.conftest import Starter
+from tests.support.bounces import report
 from tests.support.kafka import Publisher, Reader, cloudevent
 from tests.support.process import ServiceProcess, new_port
 from tests.support.samples import address, professional_added
@@ -26,14 +26,6 @@ from tests.support.waiting import wait_until
 
 NOTIFICATIONS = "customersource.notifications"
 BOUNCES = "bounces@customersource.example"
-CORPUS = Path(__file__).resolve().parent.parent / "support" / "reports"
-
-
-def report(name: str, *, recipient: str, message_id: str, sender: str) -> bytes:
-    text = (CORPUS / name).read_text()
-    for key, value in {"RECIPIENT": recipient, "MESSAGE_ID": message_id, "ENVELOPE_SENDER": sender}.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text.replace("\n", "\r\n").encode()
 
 
 async def deliver(port: int, data: bytes, to: str) -> None:

@@ -4,24 +4,18 @@ in with one delivery's recipient, Message-ID and VERP envelope sender."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from services.deliverability.reports import DIAGNOSTIC_MAX, Report, clean, read
+from tests.support.bounces import report
 
-CORPUS = Path(__file__).resolve().parent.parent / "support" / "reports"
 RECIPIENT = "jane.doe@example.com"
 MESSAGE_ID = "0b6f1c2e-4d4a-5b8e-9f0a-1c2d3e4f5a6b@customersource.example"
 SENDER = "bounces+bnxr6lbojvfvxhyaafjmmrxt7i@customersource.example"
 
 
-def report(name: str, **fill: str) -> bytes:
-    values = {"RECIPIENT": RECIPIENT, "MESSAGE_ID": MESSAGE_ID, "ENVELOPE_SENDER": SENDER, **fill}
-    text = (CORPUS / name).read_text()
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text.replace("\n", "\r\n").encode()
+def filled(name: str) -> bytes:
+    return report(name, recipient=RECIPIENT, message_id=MESSAGE_ID, sender=SENDER)
 
 
 @pytest.mark.parametrize(("name", "kind", "status"), [
@@ -31,35 +25,35 @@ def report(name: str, **fill: str) -> bytes:
     ("postfix_delayed.eml", "soft", "4.4.1"),
 ])
 def test_delivery_status_notifications(name: str, kind: str, status: str) -> None:
-    [found] = read(report(name))
+    [found] = read(filled(name))
     assert (found.kind, found.status, found.recipients, found.message_id) == (kind, status, (RECIPIENT,), MESSAGE_ID)
     assert found.diagnostic and "\n" not in found.diagnostic and len(found.diagnostic) <= DIAGNOSTIC_MAX
 
 
 def test_a_plain_text_bounce_is_read_by_the_heuristics() -> None:
-    [found] = read(report("exim_plain.eml"))
+    [found] = read(filled("exim_plain.eml"))
     assert (found.kind, found.recipients, found.message_id, found.status) == ("hard", (RECIPIENT,), MESSAGE_ID,
                                                                              "5.1.1")
 
 
 def test_a_complaint_names_its_recipient_or_its_envelope_sender() -> None:
-    [named] = read(report("arf_complaint.eml"))
+    [named] = read(filled("arf_complaint.eml"))
     assert (named.kind, named.recipients, named.message_id, named.original_sender) == (
         "complaint", (RECIPIENT,), MESSAGE_ID, SENDER)
     assert named.diagnostic == "feedback-type: abuse"
-    [redacted] = read(report("arf_redacted.eml"))
+    [redacted] = read(filled("arf_redacted.eml"))
     assert redacted.recipients == (), "not the returned message's To (redacted): only the report's own field"
     assert redacted.original_sender == SENDER and redacted.message_id == MESSAGE_ID
 
 
 @pytest.mark.parametrize("name", ["delivered_dsn.eml", "human_reply.eml"])
 def test_what_is_not_a_bounce_reports_nothing(name: str) -> None:
-    assert read(report(name)) == []
+    assert read(filled(name)) == []
 
 
 def test_the_same_report_twice_has_one_fingerprint_and_another_report_another() -> None:
-    first, again = read(report("postfix_hard.eml"))[0], read(report("postfix_hard.eml"))[0]
-    other = read(report("gmail_hard.eml"))[0]
+    first, again = read(filled("postfix_hard.eml"))[0], read(filled("postfix_hard.eml"))[0]
+    other = read(filled("gmail_hard.eml"))[0]
     assert first.fingerprint == again.fingerprint != other.fingerprint
 
 
@@ -67,7 +61,7 @@ def test_hostile_diagnostics_lose_their_control_characters_and_length() -> None:
     hostile = "550 5.1.1 <b>x</b>\r\nBcc: victim@example.com\u202e\u0000" + "A" * 2000
     assert clean(hostile) .startswith("550 5.1.1 <b>x</b> Bcc: victim@example.com")
     assert len(clean(hostile)) == DIAGNOSTIC_MAX and "\r" not in clean(hostile) and "\u202e" not in clean(hostile)
-    raw = report("postfix_hard.eml").replace(b"Diagnostic-Code: smtp; 550 5.1.1", b"Diagnostic-Code: smtp; 550 5.1.1 \x1b[31m")
+    raw = filled("postfix_hard.eml").replace(b"Diagnostic-Code: smtp; 550 5.1.1", b"Diagnostic-Code: smtp; 550 5.1.1 \x1b[31m")
     [found] = read(raw)
     assert isinstance(found, Report) and "\x1b" not in found.diagnostic
 
