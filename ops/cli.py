@@ -128,9 +128,10 @@ def check(event: dict[str, Any]) -> tuple[contract.InputTopic, str]:
     inbound = decode(json.dumps(event).encode(), list(STRUCTURED_HEADERS))
     target = contract.input_for_type(inbound.attributes.type)
     if target is None:
-        known = sorted(t for item in contract.inputs().values() for t in item.types)
+        known = sorted(t for item in contract.published().values() for t in item.types)
         raise Refusal("unknown_type", f"{inbound.attributes.type!r} is not a type of the contract: {', '.join(known)}")
     validated = validate(inbound, target.types[inbound.attributes.type])
+    assert target.key_field is not None  # input_for_type finds only the topics other systems publish to
     return target, str(getattr(validated.data, target.key_field))
 
 
@@ -572,7 +573,7 @@ def parser() -> argparse.ArgumentParser:
     dlq = commands.add_parser("dlq", help="find, understand and replay dead letters",
                               description="Dead letters: records a service could not process, copied byte for "
                               "byte to <input topic>.dlq with the reason. TOPIC may be a service name "
-                              "(invitations, expiry, permissions, support), its input topic or its .dlq topic.")
+                              "(invitations, expiry, permissions, support, deliverability), its input topic or its .dlq topic.")
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = actions.add_parser("list", help="the dead letters, oldest first, with kind and reason")
     q.add_argument("topics", nargs="*", metavar="TOPIC", help="default: every service's")
@@ -633,7 +634,7 @@ def parser() -> argparse.ArgumentParser:
                             "the broker's offsets (committed against end, right on a real Kafka cluster).")
     p.add_argument("--service", action="append", metavar="NAME=URL",
                    help="where a service listens (default: var/services.json written by `make run`, else "
-                   "http://127.0.0.1:8081 ... 8084)")
+                   "http://127.0.0.1:8081 ... 8085)")
     p.add_argument("--group", action="append", metavar="NAME=GROUP",
                    help="a service's consumer group for the broker fallback (default customersource.NAME)")
     p.set_defaults(run=lag)

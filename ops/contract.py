@@ -10,19 +10,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from shared.kafka import client_options
 from shared.settings import ServiceSettings
-from shared.shapes import ContractModel
 
-KEYS = {"invitations": "professional_id", "expiry": "plan_id", "permissions": "request_id", "support": "post_id"}
+KEYS: dict[str, str | None] = {"invitations": "professional_id", "expiry": "plan_id", "permissions": "request_id",
+                               "support": "post_id", "deliverability": None}
+"""Each service's input key field; None for the deliverability service, whose input is the services' own
+notification events (keyed by the triggering aggregate id, which their data does not carry): not published by
+hand."""
 
 
 @dataclass(frozen=True)
 class InputTopic:
     service: str
     topic: str
-    key_field: str
-    types: dict[str, type[ContractModel]]
+    key_field: str | None  # None: not published by hand (see KEYS)
+    types: dict[str, type[BaseModel]]
 
     @property
     def dlq(self) -> str:
@@ -48,8 +53,14 @@ def inputs() -> dict[str, InputTopic]:
     return found
 
 
+def published() -> dict[str, InputTopic]:
+    """The input topics other systems publish to (the contract's 13 input types), by service."""
+    return {service: item for service, item in inputs().items() if item.key_field is not None}
+
+
 def input_for_type(event_type: str) -> InputTopic | None:
-    return next((i for i in inputs().values() if event_type in i.types), None)
+    """The input topic other systems publish ``event_type`` to (None: no such type, or one of our own)."""
+    return next((i for i in published().values() if event_type in i.types), None)
 
 
 def dlq_topics(names: Iterable[str] = ()) -> list[str]:

@@ -30,7 +30,7 @@ TOPICS = {
 
 def services() -> list[str]:
     """The services of the local system, in the order they start (deliverability last: it reads the others')."""
-    return [name for name in (*PORTS, "deliverability") if (ROOT / "services" / name / "__main__.py").is_file()]
+    return [name for name in PORTS if (ROOT / "services" / name / "__main__.py").is_file()]
 
 
 def demo_events() -> list[tuple[str, str, dict[str, Any]]]:

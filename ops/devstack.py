@@ -28,7 +28,6 @@ from ops.contract import PORTS, kafka_options
 from ops.demo import TOPICS, publish_demo, services
 from ops.mailcatcher import MailCatcher
 from ops.topics import topic_configs
-from services.deliverability.settings import HTTP_PORT as DELIVERABILITY_PORT
 from shared.kafka import create_missing_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +88,7 @@ async def run(args: argparse.Namespace) -> None:
         await create_missing_topics(kafka_options(bootstrap),
                                     topics + [f"{t}.dlq" for t in inputs] + ["customersource.notifications"],
                                     configs=topic_configs)
-        http_ports = {name: port_or_free(PORTS.get(name, DELIVERABILITY_PORT)) for name in names}
+        http_ports = {name: port_or_free(PORTS[name]) for name in names}
         for name in names:
             env = {
                 **os.environ,

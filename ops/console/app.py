@@ -52,7 +52,8 @@ class Feed:
     @staticmethod
     def topics() -> list[str]:
         inputs = list(contract.inputs().values())
-        return [i.topic for i in inputs] + [i.dlq for i in inputs] + [ESCALATIONS, NOTIFICATIONS, SUPPRESSIONS_TOPIC]
+        topics = [i.topic for i in inputs] + [i.dlq for i in inputs] + [ESCALATIONS, NOTIFICATIONS, SUPPRESSIONS_TOPIC]
+        return list(dict.fromkeys(topics))  # the notifications are the deliverability service's input too
 
     def add(self, record: Record) -> None:
         if record.topic == NOTIFICATIONS:

@@ -33,7 +33,7 @@ def test_every_example_is_valid_for_its_service() -> None:
 
 
 def test_there_is_an_example_of_every_input_type_of_the_contract() -> None:
-    inputs = {event_type for topic in contract.inputs().values() for event_type in topic.types}
+    inputs = {event_type for topic in contract.published().values() for event_type in topic.types}
     assert {event_type for event_type, _, _ in EXAMPLES.values()} == inputs and len(inputs) == 13
 
 

@@ -18,7 +18,7 @@ from ops.examples import EXAMPLES, example
 from shared.envelope import STRUCTURED_HEADERS, DeadLetter, decode, validate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-MODELS = {event_type: model for topic in contract.inputs().values() for event_type, model in topic.types.items()}
+MODELS = {event_type: model for topic in contract.published().values() for event_type, model in topic.types.items()}
 
 # Bad (and borderline good) values, tried wherever an event has a field of that name (nested ones too).
 VALUES: dict[str, list[Any]] = {
