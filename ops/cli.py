@@ -379,13 +379,21 @@ async def suppressions_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def operator() -> str:
+    """Who runs the command, as far as the system knows (a user id without a name is said as such)."""
+    try:
+        return f"customersource-ops ({getpass.getuser()})"
+    except (KeyError, OSError):
+        return f"customersource-ops (uid {os.getuid()})"
+
+
 async def suppressions_remove(args: argparse.Namespace) -> int:
     address = address_key(args.address)
     state = await read_suppressions(args.bootstrap)
     if not any(s.address == address and s.scope == args.scope for s in state):
         return fail(f"no suppression of {address} in scope {args.scope} is in force (`suppressions list` shows "
                     "them)")
-    data = SuppressionRemoved(address=address, scope=args.scope, removed_at=datetime.now(UTC), by=args.by)
+    data = SuppressionRemoved(address=address, scope=args.scope, removed_at=datetime.now(UTC), by=args.by or operator())
     await _publish_suppression(args.bootstrap, SUPPRESSION_REMOVED_TYPE, data, address)
     print(f"removed: {address} (scope {args.scope})")
     return 0
@@ -625,7 +633,7 @@ def parser() -> argparse.ArgumentParser:
     q = actions.add_parser("remove", help="let e-mail go to an address again")
     q.add_argument("address")
     q.add_argument("--scope", default="all", choices=get_args(Scope), help="default: all")
-    q.add_argument("--by", default=f"customersource-ops ({getpass.getuser()})", help="who removes it (recorded)")
+    q.add_argument("--by", help="who removes it (recorded; default: customersource-ops and the user's name)")
     q.set_defaults(run=suppressions_remove)
 
     p = commands.add_parser("lag", help="consumer lag per service and partition, and each service's health",

@@ -125,7 +125,7 @@ class Service:
     producer: Producer
     pool: Pool
     mailer: Mailer
-    suppressions: SuppressionFollower
+    suppression_follower: SuppressionFollower
     runner: PlanRunner
     metrics: Metrics
     clock: Clock
@@ -227,14 +227,14 @@ def build_service(
         "help_email": settings.HELP_EMAIL,
     }
     renderer = Renderer(spec.templates, spec.locale, globals={**base_context, **spec.template_globals(settings)})
-    suppressions = SuppressionFollower(client_options(settings), Suppressions(),
-                                       fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS)
-    metrics.suppressions_in_force(lambda: len(suppressions.state))
+    suppression_follower = SuppressionFollower(client_options(settings), Suppressions(),
+                                               fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS)
+    metrics.count_suppressions(lambda: len(suppression_follower.state))
     mailer = Mailer(service=spec.name, sender=settings.SMTP_FROM, renderer=renderer, pool=pool, store=store,
                     metrics=metrics, clock=clock, base_context=base_context, retry_window=retry_window,
                     tracing=tracing, bounce_address=settings.SMTP_BOUNCE_ADDRESS,
                     unsubscribe=unsubscribe_links(settings), signer=dkim_signer(settings),
-                    suppressions=suppressions.state)
+                    suppressions=suppression_follower.state)
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
     wakeup = Wakeup()  # told when a job was scheduled, and when it is due
@@ -280,7 +280,7 @@ def build_service(
     _document_outputs(broker, spec)
     service = Service(
         spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer,
-        suppressions=suppressions, runner=runner,
+        suppression_follower=suppression_follower, runner=runner,
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
         subscriber=subscriber, scheduler=scheduler, drain=drain, tracing=tracing,
     )
@@ -494,7 +494,7 @@ async def _start(service: Service) -> None:
         await ensure_topics(service.settings, [*topics, SUPPRESSIONS_TOPIC],
                             configs=lambda t: dict(SUPPRESSIONS_TOPIC_CONFIG) if t == SUPPRESSIONS_TOPIC else {})
     # Every suppression in force is known before the first event is consumed.
-    await service.suppressions.catch_up()
+    await service.suppression_follower.catch_up()
     await service.producer.start()
 
 
@@ -513,13 +513,25 @@ async def _after_start(service: Service) -> None:
                 log.warning("lag not measured", exc_info=True)
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
-    service.tasks.append(asyncio.create_task(service.suppressions.follow(), name="suppressions"))
+    service.tasks.append(asyncio.create_task(service.suppression_follower.follow(), name="suppressions"))
     if service.scheduler is not None:
         service.tasks.append(asyncio.create_task(service.scheduler.run(), name="scheduler"))
-    for task in service.spec.background:
-        service.tasks.append(asyncio.create_task(task(service), name=getattr(task, "__name__", "background")))
+    for background in service.spec.background:
+        task = asyncio.create_task(background(service), name=getattr(background, "__name__", "background"))
+        task.add_done_callback(functools.partial(_background_ended, service))
+        service.tasks.append(task)
     service.started = True
     log.info("service started", extra={"topic": service.spec.router.topic, "group_id": service.settings.group_id})
+
+
+def _background_ended(service: Service, task: asyncio.Task[None]) -> None:
+    """A background task (the deliverability service's bounce listener) runs as long as the service: one that
+    failed leaves the service not ready (/readyz, the CustomerSourceNotReady alert), and says why."""
+    if task.cancelled() or task.exception() is None:
+        return
+    service.started = False
+    log.error("a background task failed: the service is not ready", exc_info=task.exception(),
+              extra={"task": task.get_name()})
 
 
 async def _wind_down(service: Service) -> None:
@@ -544,7 +556,7 @@ async def _stop(service: Service) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await service.pool.close()
-    await service.suppressions.stop()
+    await service.suppression_follower.stop()
     await service.producer.stop()
     await service.store.close()
     service.tracing.shutdown()  # the spans still buffered are exported
@@ -560,7 +572,7 @@ def _channels(spec: ServiceSpec) -> dict[str, asyncapi.Channel]:
     channels = {NOTIFICATIONS_TOPIC: asyncapi.Channel(asyncapi.OUR_HEADERS, "the aggregate id of the triggering event")}
     channels.update({output.topic: asyncapi.Channel(asyncapi.OUR_HEADERS, output.key) for output in spec.outputs})
     channels.update({  # the input topic as others publish it (the deliverability service's is the notifications')
-        spec.router.topic: asyncapi.Channel(asyncapi.CLOUDEVENTS_HEADERS, spec.router.key_field),
+        spec.router.topic: asyncapi.Channel(asyncapi.CLOUDEVENTS_HEADERS, spec.router.key),
         f"{spec.router.topic}.dlq": asyncapi.Channel(asyncapi.DLQ_HEADERS, "the original record's key"),
     })
     return channels
@@ -600,7 +612,7 @@ async def readiness(service: Service) -> dict[str, bool]:
     """What /readyz answers, and the ``customersource_ready`` gauge says at each scrape."""
     broker_ok = bool(await service.broker.ping(timeout=2.0))
     store_ok = await service.store.ping()
-    suppressions_ok = service.suppressions.caught_up
+    suppressions_ok = service.suppression_follower.caught_up
     return {"ready": service.started and broker_ok and store_ok and suppressions_ok, "started": service.started,
             "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok}
 

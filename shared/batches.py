@@ -493,6 +493,8 @@ class BatchProcessor:
         self.metrics.event(event_type, "dead_lettered")
 
     def _check_key(self, record: ConsumerRecord[Any, Any], event: Event[Any]) -> None:
+        if self.router.key_field is None:
+            return
         expected = getattr(event.data, self.router.key_field, None)
         if expected is not None and record.key is not None and record.key != str(expected).encode():
             log.warning(

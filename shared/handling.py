@@ -255,11 +255,14 @@ class Route(Generic[DataT]):
 class EventRouter:
     """The event types of one input topic and their handlers."""
 
-    def __init__(self, *, service: str, topic: str, key_field: str, description: str = "",
-                 preload: Preload | None = None) -> None:
+    def __init__(self, *, service: str, topic: str, key_field: str | None, description: str = "",
+                 preload: Preload | None = None, key: str | None = None) -> None:
+        """``key_field``: the data field the record key must equal (checked); None where the data does not carry
+        it, and then ``key`` says what the key is (for the AsyncAPI document)."""
         self.service = service
         self.topic = topic
         self.key_field = key_field
+        self.key = key or key_field or "the record key"
         self.description = description
         self.preload = preload
         self.routes: dict[str, Route[Any]] = {}

@@ -80,6 +80,7 @@ def configure_logging(service: str, *, secrets: Iterable[str] = (), level: int =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "uvicorn.access", "aiosqlite"):
+    # aiosmtpd's "mail.log" writes every SMTP command at INFO: the senders' and recipients' addresses.
+    for noisy in ("aiokafka", "uvicorn.access", "aiosqlite", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor

@@ -91,7 +91,7 @@ class Metrics:
             ["service", "list", "outcome"],
             registry=self.registry,
         )
-        self.suppressions = Gauge(
+        self.suppressions_in_force = Gauge(
             "customersource_suppressions",
             "Suppressions in force (address and scope) as this service has read them from "
             "customersource.suppressions; e-mails they stopped are customersource_emails_total{outcome=\"suppressed\"}",
@@ -143,9 +143,9 @@ class Metrics:
     def unsubscribe(self, list_name: str, outcome: str) -> None:
         self._child(self.unsubscribes, list_name, outcome).inc()
 
-    def suppressions_in_force(self, count: Callable[[], float]) -> None:
+    def count_suppressions(self, count: Callable[[], float]) -> None:
         """The suppressions gauge reads ``count()`` at each scrape."""
-        self.suppressions.labels(self.service).set_function(count)
+        self.suppressions_in_force.labels(self.service).set_function(count)
 
     def jobs_waiting(self, waiting: Waiting) -> None:
         self.scheduled.labels(self.service).set(waiting.jobs)

@@ -110,6 +110,10 @@ class Suppressions:
             self.unreadable += 1
             log.warning("suppression record skipped", extra={"kind": exc.kind})
 
+    def in_force(self, address: str, scope: str) -> bool:
+        """Whether a suppression of exactly this scope is in force for the address."""
+        return scope in self._by_address.get(address_key(address), {})
+
     def suppressing(self, address: str, template: str) -> SuppressionAdded | None:
         """The suppression that stops an e-mail of ``template`` to ``address``, if any."""
         if template in NEVER_SUPPRESSED:

@@ -48,7 +48,7 @@ def spec(settings: DeliverabilitySettings) -> ServiceSpec:
         background=[listen_for_bounces],
         prefixed=lambda service: [(PREFIX, UnsubscribeEndpoint(
             links=unsubscribe_links(settings), renderer=service.mailer.renderer, store=service.store,
-            suppressions=service.suppressions.state, producer=service.producer, metrics=service.metrics,
+            suppressions=service.suppression_follower.state, producer=service.producer, metrics=service.metrics,
             clock=service.clock))],
     )
 

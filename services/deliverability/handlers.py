@@ -14,7 +14,8 @@ class DeliverabilityHandlers:
         self.router = EventRouter(
             service="deliverability",
             topic=TOPIC,
-            key_field="aggregate_id",  # the key is the triggering aggregate's id, which the data does not carry
+            key_field=None,  # the data does not carry the key, the triggering aggregate's id
+            key="the triggering aggregate id",
             description="The outcome of every e-mail the services send (notification.sent, .failed, .suppressed), "
             "read to know the deliveries; and notification.bounced, which this service publishes there: one per "
             "report (bounce or complaint) about an e-mail sent. Key: the triggering aggregate id.",

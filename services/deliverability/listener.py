@@ -59,6 +59,8 @@ SOURCE = "/customersource/deliverability"
 
 RECENT = timedelta(minutes=15)
 """A report about an e-mail sent this recently whose delivery is not known yet is deferred (451), not kept out."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future a returned e-mail's Date may be (clocks differ); beyond, it is not recent but wrong."""
 
 
 class NotYetKnown(Exception):
@@ -77,6 +79,12 @@ def tag_delivery(address: str, bounce_address: str) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return str(uuid.UUID(bytes=raw)) if len(raw) == 16 else None
+
+
+def suppresses(report: Report) -> bool:
+    """A complaint, or a hard bounce with a permanent status (5.x.x): a bounce the heuristics call permanent without
+    a status is published as hard, but suppresses nothing."""
+    return report.kind == "complaint" or (report.kind == "hard" and (report.status or "").startswith("5"))
 
 
 class BounceListener:
@@ -146,7 +154,7 @@ class BounceListener:
         async with self.store.connect() as connection:
             row = await state.delivery(connection, delivery_id=by_tag, message_id=report.message_id)
         if row is None:
-            if report.sent_at is not None and self.clock.now() - report.sent_at < RECENT:
+            if report.sent_at is not None and -CLOCK_SKEW <= self.clock.now() - report.sent_at < RECENT:
                 # Sent minutes ago: its notification event may not have been read yet (a fast bounce, or this
                 # service behind). Deferred: the MTA delivers the report again later.
                 self.metrics.report("deferred")
@@ -170,7 +178,7 @@ class BounceListener:
                 return 0
         now = self.clock.now()
         records = [self._bounced(row, report, event_id, now)]
-        if report.kind in ("hard", "complaint") and row.template not in NEVER_SUPPRESSED:
+        if suppresses(report) and row.template not in NEVER_SUPPRESSED:
             records.append(self._suppression(row, report, now))
         await self.producer.send_all(records)
         await self.store.write([rows_statement(self.store.engine.dialect.name,

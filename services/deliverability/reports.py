@@ -38,6 +38,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u20
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*<([^<>\s]{1,250})>", re.IGNORECASE | re.MULTILINE)
 _ENHANCED_IN_TEXT = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")
+COMPLAINTS = frozenset({"abuse", "fraud", "virus", "other"})
+"""The feedback types (RFC 5965 section 7.3) that are a recipient's complaint; ``not-spam`` (the reverse) and
+``auth-failure`` (RFC 6591: about the sender's authentication) are not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,8 @@ def _feedback(message: Message, fingerprint: str) -> Iterator[Report]:
         return
     returned = _returned(message)
     feedback_type = clean(str(block.get("Feedback-Type") or "abuse"), 40).lower()
+    if feedback_type not in COMPLAINTS:
+        return
     # Only the report's own field names the recipient: the returned message's To may be redacted, or a list's.
     recipients = _named(block.get("Original-Rcpt-To"))
     yield Report(kind="complaint", recipients=recipients, status=None, diagnostic=f"feedback-type: {feedback_type}",

@@ -32,7 +32,7 @@ sent = Table(
     Index("ix_deliverability_deliveries_recipient", func.lower(text("recipient")), "sent_at"),
 )
 
-reports = Table(
+published_reports = Table(
     "deliverability_reports",
     metadata,
     Column("report_id", String(36), primary_key=True),  # the bounced event's id
@@ -67,11 +67,11 @@ async def language_of(connection: AsyncConnection, address: str) -> str | None:
 
 
 async def published(connection: AsyncConnection, report_id: str) -> bool:
-    return (await connection.execute(select(reports.c.report_id).where(reports.c.report_id == report_id))).first() \
-        is not None
+    query = select(published_reports.c.report_id).where(published_reports.c.report_id == report_id)
+    return (await connection.execute(query)).first() is not None
 
 
 def published_report(report_id: str, delivery_id: str, kind: str, at: datetime) -> Row:
     """A report published (its bounced event's id): the same report delivered again is not published again."""
-    return Row(reports, {"report_id": report_id, "delivery_id": delivery_id, "kind": kind, "received_at": at},
+    return Row(published_reports, {"report_id": report_id, "delivery_id": delivery_id, "kind": kind, "received_at": at},
                ("report_id",), ignore=True)

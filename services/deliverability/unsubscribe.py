@@ -24,7 +24,7 @@ from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.render import Renderer
-from shared.mail.unsubscribe import LISTS, InvalidUnsubscribe, UnsubscribeLinks
+from shared.mail.unsubscribe import InvalidUnsubscribe, UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.shapes import LANGUAGES
 from shared.store import Store
@@ -124,15 +124,17 @@ class UnsubscribeEndpoint:
         return language if language in LANGUAGES else None
 
     async def _record(self, list_name: str, address: str) -> None:
-        template = next(template for template, name in LISTS.items() if name == list_name)
-        if self.suppressions.suppressing(address, template) is not None:
+        # The list's own scope: an unsubscribe is recorded even under a suppression of every e-mail (a hard
+        # bounce, say), which an operator may lift one day.
+        if self.suppressions.in_force(address, list_name):
             self.metrics.unsubscribe(list_name, "already")
             return
         now = self.clock.now()
         key = address_key(address)
         data = SuppressionAdded.model_validate({"address": key, "reason": "unsubscribed", "scope": list_name,
                                                  "since": now, "cause_message_id": None})
-        value = structured(event_id=deterministic_id("unsubscribe", list_name, key),
+        # The same id for the same click repeated within a minute; a later unsubscribe (after a removal) is new.
+        value = structured(event_id=deterministic_id("unsubscribe", list_name, key, now.isoformat(timespec="minutes")),
                            source="/customersource/deliverability", event_type=SUPPRESSION_ADDED_TYPE, time=now,
                            subject=key, data=data)
         await self.producer.send_all([OutputRecord(SUPPRESSIONS_TOPIC, key=key, value=value, headers=STRUCTURED_HEADERS,

@@ -91,6 +91,9 @@ async def test_a_report_about_a_recent_email_not_known_yet_is_deferred_then_publ
     stale = report("postfix_hard.eml", recipient=recipient, message_id=message_id, sender="x@y",
                    sent_at=NOW - timedelta(days=2))
     assert await bounce_listener.receive(stale, [verp_sender(BOUNCES, delivery_id)]) == 0  # kept out
+    future = report("postfix_hard.eml", recipient=recipient, message_id=message_id, sender="x@y",
+                    sent_at=NOW + timedelta(days=2))
+    assert await bounce_listener.receive(future, [verp_sender(BOUNCES, delivery_id)]) == 0, "a wrong date: kept out"
     await known(store, 3)
     assert await bounce_listener.receive(fresh, [verp_sender(BOUNCES, delivery_id)]) == 1
     assert len(outputs.events("customersource.notifications", BOUNCED)) == 1

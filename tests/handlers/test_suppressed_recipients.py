@@ -51,14 +51,14 @@ def suppress(harness: Harness, address: str, *, scope: Scope = "all", reason: Re
                             cause_message_id="bounced@customersource.example")
     value = structured(event_id=str(uuid.uuid4()), source="/test", event_type=SUPPRESSION_ADDED_TYPE, time=NOW,
                        subject=address, data=data)
-    harness.service.suppressions.state.read(address.lower().encode(), value, STRUCTURED_HEADERS)
+    harness.service.suppression_follower.state.read(address.lower().encode(), value, STRUCTURED_HEADERS)
 
 
 def unsuppress(harness: Harness, address: str, *, scope: Scope = "all") -> None:
     data = SuppressionRemoved(address=address.lower(), scope=scope, removed_at=NOW, by="test")
     value = structured(event_id=str(uuid.uuid4()), source="/test", event_type=SUPPRESSION_REMOVED_TYPE, time=NOW,
                        subject=address, data=data)
-    harness.service.suppressions.state.read(address.lower().encode(), value, STRUCTURED_HEADERS)
+    harness.service.suppression_follower.state.read(address.lower().encode(), value, STRUCTURED_HEADERS)
 
 
 def suppressed_events(harness: Harness) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ from services.deliverability.settings import DeliverabilitySettings
 from services.deliverability.state import sent
 from services.deliverability.unsubscribe import language_of
 from shared.app import Service
+from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.shapes import LANGUAGES
-from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC
+from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC, SuppressionAdded
 from tests.support.fakes import FakeOutputs, FakePool
 from tests.support.harness import SETTINGS
 
@@ -123,7 +124,12 @@ async def test_post_records_the_unsubscribe_once(endpoint: tuple[Any, Service, F
         "service": "deliverability", "list": "plan-reminders", "outcome": "recorded"}) == 1
     assert registry.get_sample_value("customersource_unsubscribes_total", {
         "service": "deliverability", "list": "plan-reminders", "outcome": "already"}) == 1
-    # Another list of the same address is another unsubscribe.
+    # Another list of the same address is another unsubscribe, also under a suppression of every e-mail (a hard
+    # bounce an operator may lift one day).
+    service.suppression_follower.state.read(b"jane@example.com", structured(
+        event_id="b1", source="/test", event_type=SUPPRESSION_ADDED_TYPE, time=datetime(2026, 12, 6, tzinfo=UTC),
+        subject="jane@example.com", data=SuppressionAdded(address="jane@example.com", reason="hard_bounce", scope="all",
+                                                           since=datetime(2026, 12, 6, tzinfo=UTC))), STRUCTURED_HEADERS)
     await call(app, "POST", f"/unsubscribe/{LINKS.token('partner-digest', 'jane@example.com')}", body=one_click)
     assert [a["scope"] for a in unsubscribed(outputs)] == ["plan-reminders", "partner-digest"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.deliverability.listener import suppresses
 from services.deliverability.reports import DIAGNOSTIC_MAX, Report, clean, read
 from tests.support.bounces import report
 
@@ -70,3 +71,19 @@ def test_garbage_reports_nothing_and_raises_nothing() -> None:
     for raw in (b"", b"\xff\xfe\x00garbage", b"Content-Type: multipart/report; report-type=delivery-status\r\n\r\nx",
                 b"Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n--b\r\n\r\n--b--"):
         assert read(raw) == []
+
+
+@pytest.mark.parametrize("feedback_type", ["not-spam", "auth-failure"])
+def test_a_feedback_report_that_is_no_complaint_reports_nothing(feedback_type: str) -> None:
+    raw = filled("arf_complaint.eml").replace(b"Feedback-Type: abuse", f"Feedback-Type: {feedback_type}".encode())
+    assert read(raw) == []
+
+
+def test_only_a_permanent_status_or_a_complaint_suppresses() -> None:
+    def made(kind: str, status: str | None) -> Report:
+        return Report(kind=kind, recipients=(RECIPIENT,), status=status, diagnostic="", message_id=None,  # type: ignore[arg-type]
+                      original_sender=None, fingerprint="f")
+
+    assert suppresses(made("hard", "5.1.1")) and suppresses(made("complaint", None))
+    assert not suppresses(made("hard", None)), "the heuristics' permanent failure without a status"
+    assert not suppresses(made("soft", "4.4.1"))
