@@ -179,22 +179,32 @@ class SuppressionFollower:
         return read
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """Every partition of the topic; those new to this consumer read from their start."""
         partitions = await partitions_of(self.options, [self.topic])
-        if partitions:
+        new = [p for p in partitions if p not in consumer.assignment()]
+        if new:
+            positions = {p: await consumer.position(p) for p in consumer.assignment()}
             consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            for partition, offset in positions.items():  # a new assignment starts over: those read go on
+                consumer.seek(partition, offset)
+            await consumer.seek_to_beginning(*new)
         return partitions
 
     async def follow(self) -> None:
-        """New records as they come, until cancelled (the consumer reconnects by itself)."""
+        """New records as they come, until cancelled (the consumer reconnects by itself). Every ``rescan`` seconds
+        the topic's partitions are asked again: the topic created, or partitions added, are read from their start."""
         consumer = self._consumer
         assert consumer is not None, "catch_up() first"
+        looked = time.monotonic()
         while True:
             try:
+                if time.monotonic() - looked >= self.rescan:
+                    looked = time.monotonic()
+                    before = len(consumer.assignment())
+                    if len(await self._assign(consumer)) > before:
+                        log.info("suppressions partitions found", extra={"topic": self.topic})
                 if not consumer.assignment():
-                    await asyncio.sleep(self.rescan)
-                    if await self._assign(consumer):
-                        log.info("suppressions topic found", extra={"topic": self.topic})
+                    await asyncio.sleep(min(self.rescan, 1.0))
                     continue
                 self._apply(await consumer.getmany(timeout_ms=1000, max_records=2000))
             except asyncio.CancelledError:
