@@ -65,8 +65,17 @@ def clean(text: str, limit: int = DIAGNOSTIC_MAX) -> str:
 
 
 def read(raw: bytes) -> list[Report]:
-    """The reports in one received message (none if it is not a bounce or a complaint)."""
-    message = message_from_bytes(raw, policy=policy.compat32)
+    """The reports in one received message (none if it is not a bounce or a complaint). The standard reports are
+    read with the standard library's current policy, which decodes UTF-8 in header fields (a diagnostic in the
+    reporting server's language); a message it cannot read so is read as the older policy reads it."""
+    try:
+        return _read(message_from_bytes(raw, policy=policy.default), raw)
+    except Exception:  # the header parsers of the current policy raise on some malformed fields
+        log.warning("a received message was read with the compat32 policy", exc_info=True)
+        return _read(message_from_bytes(raw, policy=policy.compat32), raw)
+
+
+def _read(message: Message, raw: bytes) -> list[Report]:
     fingerprint = _fingerprint(message, raw)
     if message.get_content_type() == "multipart/report":
         report_type = str(message.get_param("report-type") or "").lower()
@@ -76,7 +85,8 @@ def read(raw: bytes) -> list[Report]:
                 return found
         elif report_type == "feedback-report":
             return list(_feedback(message, fingerprint))
-    return list(_heuristic(message, fingerprint))
+    # flufl.bounce's detectors were written for the older policy's messages (GNU Mailman's).
+    return list(_heuristic(message_from_bytes(raw, policy=policy.compat32), fingerprint))
 
 
 def _fingerprint(message: Message, raw: bytes) -> str:
@@ -96,7 +106,7 @@ def _returned(message: Message) -> Message | None:
         if kind == "text/rfc822-headers":
             payload = part.get_payload(decode=True)
             text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(part.get_payload())
-            return message_from_string(text, policy=policy.compat32)
+            return message_from_string(text, policy=policy.default)
         if kind == "message/rfc822":
             inner = part.get_payload()
             if isinstance(inner, list) and inner:

@@ -87,3 +87,10 @@ def test_only_a_permanent_status_or_a_complaint_suppresses() -> None:
     assert suppresses(made("hard", "5.1.1")) and suppresses(made("complaint", None))
     assert not suppresses(made("hard", None)), "the heuristics' permanent failure without a status"
     assert not suppresses(made("soft", "4.4.1"))
+
+
+def test_a_diagnostic_in_the_reporting_servers_language_is_read_as_written() -> None:
+    raw = filled("postfix_hard.eml").replace(b"Diagnostic-Code: smtp; 550 5.1.1",
+                                              "Diagnostic-Code: smtp; 550 5.1.1 Adresse inconnue – boîte fermée".encode())
+    [found] = read(raw)
+    assert "Adresse inconnue – boîte fermée" in found.diagnostic
