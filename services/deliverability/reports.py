@@ -90,9 +90,13 @@ def _read(message: Message, raw: bytes) -> list[Report]:
 
 
 def _fingerprint(message: Message, raw: bytes) -> str:
-    """The report's identity: its own Message-ID if it has one, else a digest of its bytes."""
+    """The report's identity: its own Message-ID if it has one, else a digest of its body (not of its header
+    fields, to which each relay on the way adds its own: the same report delivered twice has one identity)."""
     own = str(message.get("Message-ID") or "").strip()
-    return hashlib.sha256(own.encode("utf-8", "replace") if own else raw).hexdigest()
+    if own:
+        return hashlib.sha256(own.encode("utf-8", "replace")).hexdigest()
+    body = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[-1]
+    return hashlib.sha256(body).hexdigest()
 
 
 def _parts(message: Message) -> Iterator[Message]:

@@ -94,3 +94,9 @@ def test_a_diagnostic_in_the_reporting_servers_language_is_read_as_written() -> 
                                               "Diagnostic-Code: smtp; 550 5.1.1 Adresse inconnue – boîte fermée".encode())
     [found] = read(raw)
     assert "Adresse inconnue – boîte fermée" in found.diagnostic
+
+
+def test_a_report_without_its_own_message_id_is_the_same_report_after_another_relay() -> None:
+    bare = filled("exim_plain.eml").replace(b"Message-Id: <E1tJ7Qw-0001Ab-2C@relay.example.org>\r\n", b"")
+    relayed = b"Received: from mx2.example.net by mx.customersource.example; Sun, 6 Dec 2026 08:17:00 +0000\r\n" + bare
+    assert read(bare)[0].fingerprint == read(relayed)[0].fingerprint
