@@ -96,6 +96,28 @@ def test_core_objects_pass_kubernetes_validate_strict(folder: Path) -> None:
         kubernetes_validate.validate(document, "1.33", strict=True)
 
 
+def test_the_dkim_overlay_mounts_the_key_for_every_sender_only() -> None:
+    documents = built(PRODUCTION.parent / "dkim")
+    for document in documents:
+        if document["kind"] not in CRDS:
+            kubernetes_validate.validate(document, "1.33", strict=True)
+    deployments = of_kind(documents, "Deployment")
+    for name, (cls, _, _) in SERVICES.items():
+        pod = deployments[name]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        if name == "deliverability":  # it sends no e-mail
+            assert "DKIM_DOMAIN" not in env and set(mounts) == {"/tmp"}
+            continue
+        assert {"DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY_FILE"} <= set(env) <= set(cls.model_fields)
+        assert str(env["DKIM_PRIVATE_KEY_FILE"]).startswith("/etc/customersource/dkim/")
+        assert mounts["/etc/customersource/dkim"]["readOnly"] is True
+        [volume] = [v for v in pod["volumes"] if v["name"] == "dkim"]
+        assert volume["secret"]["secretName"] == "customersource-dkim"
+        assert volume["secret"]["defaultMode"] & 0o040, "readable by the pods' group, the services' user's"
+
+
 def test_custom_resources_match_their_crds(production: list[dict[str, Any]]) -> None:
     seen = set()
     for document in production:
