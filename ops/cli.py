@@ -40,21 +40,19 @@ from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ops import contract, health
 from ops.examples import EXAMPLES, example
 from ops.replays import Resolution, consumed_up_to, replayed, resolve
 from ops.topicreader import DeadLetter, committed_offsets, follow, high_watermarks, read_to_end
 from shared.calendar import calendar_for, default_time_zone
-from shared.envelope import STRUCTURED_HEADERS, decode, structured, validate
+from shared.envelope import STRUCTURED_HEADERS, decode, validate
 from shared.envelope import DeadLetter as Refusal
 from shared.kafka import partitions_of
 from shared.mail.message import usable_address
 from shared.shapes import LANGUAGES, Country
 from shared.suppressions import (
-    SUPPRESSION_ADDED_TYPE,
-    SUPPRESSION_REMOVED_TYPE,
     SUPPRESSIONS_TOPIC,
     Reason,
     Scope,
@@ -62,6 +60,7 @@ from shared.suppressions import (
     SuppressionRemoved,
     Suppressions,
     address_key,
+    suppression_record,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,13 +356,13 @@ async def suppressions_list(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _publish_suppression(bootstrap: str | None, event_type: str, data: BaseModel, address: str) -> None:
-    value = structured(event_id=str(uuid.uuid4()), source="/customersource/ops", event_type=event_type,
-                       time=datetime.now(UTC), subject=address, data=data)
+async def _publish_suppression(bootstrap: str | None, data: SuppressionAdded | SuppressionRemoved) -> None:
+    record = suppression_record(data, event_id=str(uuid.uuid4()), source="/customersource/ops", time=datetime.now(UTC))
+    assert isinstance(record.key, str)
     producer = AIOKafkaProducer(**contract.kafka_options(bootstrap), acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(SUPPRESSIONS_TOPIC, value, key=address.encode(), headers=list(STRUCTURED_HEADERS))
+        await producer.send_and_wait(record.topic, record.value, key=record.key.encode(), headers=list(record.headers))
     finally:
         await producer.stop()
 
@@ -373,7 +372,7 @@ async def suppressions_add(args: argparse.Namespace) -> int:
     if not usable_address(address):
         return fail(f"not an address e-mail can be sent to: {args.address!r}")
     data = SuppressionAdded(address=address, reason=args.reason, scope=args.scope, since=datetime.now(UTC))
-    await _publish_suppression(args.bootstrap, SUPPRESSION_ADDED_TYPE, data, address)
+    await _publish_suppression(args.bootstrap, data)
     print(f"suppressed: {address} (scope {args.scope}, reason {args.reason}); every service stops mailing it "
           "within about a second")
     return 0
@@ -394,7 +393,7 @@ async def suppressions_remove(args: argparse.Namespace) -> int:
         return fail(f"no suppression of {address} in scope {args.scope} is in force (`suppressions list` shows "
                     "them)")
     data = SuppressionRemoved(address=address, scope=args.scope, removed_at=datetime.now(UTC), by=args.by or operator())
-    await _publish_suppression(args.bootstrap, SUPPRESSION_REMOVED_TYPE, data, address)
+    await _publish_suppression(args.bootstrap, data)
     print(f"removed: {address} (scope {args.scope})")
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.kafka import partitions_of
+from shared.kafka import fetch_to_end, partitions_of
 
 REPLAYED_FROM = "customersource-replayed-from"
 """The header a replayed record carries: where its dead letter is (topic/partition/offset)."""
@@ -193,24 +193,10 @@ async def read_to_end(options: dict[str, Any], topics: Sequence[str], *, stalled
     """Every record of the topics, up to their end when the read started (missing topics are empty). Gives
     up if nothing arrives for ``stalled`` seconds before the end."""
     records: list[Record] = []
+    ends: dict[TopicPartition, int] = {}
     async with _reader(options, topics) as consumer:
-        partitions = consumer.assignment()
-        deadline = time.monotonic() + stalled
-        ends: dict[TopicPartition, int] = {}
-        while partitions and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            for messages in batch.values():
-                records.extend(_record(m) for m in messages)
-                deadline = time.monotonic() + stalled
-            for partition in partitions:
-                highwater = consumer.highwater(partition)
-                if highwater is not None and partition not in ends:
-                    ends[partition] = highwater
-            if len(ends) == len(partitions) and all([await consumer.position(p) >= end for p, end in ends.items()]):
-                break
-        else:
-            if partitions:
-                raise TimeoutError(f"reading {', '.join(topics)} stalled for {stalled:.0f} s before the end")
+        async for batch in fetch_to_end(consumer, consumer.assignment(), stalled=stalled, ends=ends):
+            records.extend(_record(m) for messages in batch.values() for m in messages)
     return sorted((r for r in records if r.offset < ends.get(TopicPartition(r.topic, r.partition), 0)),
                   key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
 

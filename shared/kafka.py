@@ -8,11 +8,12 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -173,6 +174,28 @@ async def ensure_topics(settings: ServiceSettings, topics: Sequence[str], *, par
     created = await create_missing_topics(client_options(settings), topics, partitions=partitions, configs=configs)
     if created:
         log.info("created topics", extra={"topics": created})
+
+
+async def fetch_to_end(consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition], *, stalled: float,
+                       ends: dict[TopicPartition, int]) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+    """Fetch the assigned ``partitions`` from their positions to their ends, yielding each fetch's records. Each
+    partition's end (filled into ``ends``, the caller's) is the high watermark of its first fetch: right on Apache
+    Kafka and on Tansu, whose ``end_offsets()`` are not (TESTING.md). Records past it may come in the last fetches.
+    TimeoutError if nothing arrives for ``stalled`` seconds before the end."""
+    deadline = time.monotonic() + stalled
+    while partitions:
+        batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+        if any(batch.values()):
+            deadline = time.monotonic() + stalled
+            yield batch
+        for partition in partitions:
+            if partition not in ends and (highwater := consumer.highwater(partition)) is not None:
+                ends[partition] = highwater
+        if len(ends) == len(partitions) and all([await consumer.position(p) >= end for p, end in ends.items()]):
+            return
+        if time.monotonic() > deadline:
+            topics = sorted({p.topic for p in partitions})
+            raise TimeoutError(f"reading {', '.join(topics)} stalled for {stalled:.0f} s before the end")
 
 
 async def partitions_of(options: Mapping[str, Any], topics: Sequence[str]) -> list[TopicPartition]:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, Field
 
-from shared.envelope import DeadLetter, decode, validate
-from shared.kafka import partitions_of
+from shared.envelope import STRUCTURED_HEADERS, DeadLetter, decode, structured, validate
+from shared.kafka import OutputRecord, fetch_to_end, partitions_of
 from shared.mail.unsubscribe import LISTS
 
 log = logging.getLogger("customersource.suppressions")
@@ -69,6 +69,16 @@ class SuppressionRemoved(BaseModel):
 
 SUPPRESSION_TYPES: Mapping[str, type[BaseModel]] = {SUPPRESSION_ADDED_TYPE: SuppressionAdded,
                                                    SUPPRESSION_REMOVED_TYPE: SuppressionRemoved}
+
+
+def suppression_record(data: SuppressionAdded | SuppressionRemoved, *, event_id: str, source: str,
+                       time: datetime) -> OutputRecord:
+    """A record of the suppressions topic: the event as a structured CloudEvent, keyed by the lower-cased
+    address (what compaction keeps the latest record of)."""
+    event_type = SUPPRESSION_ADDED_TYPE if isinstance(data, SuppressionAdded) else SUPPRESSION_REMOVED_TYPE
+    key = address_key(data.address)
+    value = structured(event_id=event_id, source=source, event_type=event_type, time=time, subject=key, data=data)
+    return OutputRecord(SUPPRESSIONS_TOPIC, key=key, value=value, headers=STRUCTURED_HEADERS, event_type=event_type)
 
 
 class Suppressions:
@@ -163,17 +173,12 @@ class SuppressionFollower:
         if not partitions:
             log.warning("no suppressions topic: nothing is suppressed until it exists", extra={"topic": self.topic})
         read = 0
-        ends: dict[TopicPartition, int] = {}
-        deadline = time.monotonic() + within
-        while partitions:
-            read += self._apply(await consumer.getmany(timeout_ms=200, max_records=2000))
-            for partition in partitions:
-                if partition not in ends and (highwater := consumer.highwater(partition)) is not None:
-                    ends[partition] = highwater
-            if len(ends) == len(partitions) and all([await consumer.position(p) >= end for p, end in ends.items()]):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {self.topic} to its end took over {within:.0f} s")
+        try:
+            async with asyncio.timeout(within):
+                async for batch in fetch_to_end(consumer, partitions, stalled=within, ends={}):
+                    read += self._apply(batch)
+        except TimeoutError:
+            raise TimeoutError(f"reading {self.topic} to its end took over {within:.0f} s") from None
         self.caught_up = True
         log.info("suppressions read", extra={"records": read, "in_force": len(self.state)})
         return read

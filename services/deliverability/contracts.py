@@ -20,6 +20,8 @@ from shared.mail.mailer import (
 from shared.suppressions import SUPPRESSION_ADDED_TYPE, SuppressionAdded
 
 TOPIC = NOTIFICATIONS_TOPIC
+SOURCE = "/customersource/deliverability"
+"""The source of the events this service publishes."""
 BOUNCED = "customersource.notification.bounced.v1"
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.deliverability import state
-from services.deliverability.contracts import BOUNCED, NotificationBounced
+from services.deliverability.contracts import BOUNCED, SOURCE, NotificationBounced
 from services.deliverability.reports import Report, read
 from shared.clock import Clock
 from shared.envelope import STRUCTURED_HEADERS, structured
@@ -44,18 +44,9 @@ from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import NOTIFICATIONS_TOPIC
 from shared.metrics import Metrics
 from shared.store import Store, rows_statement
-from shared.suppressions import (
-    NEVER_SUPPRESSED,
-    SUPPRESSION_ADDED_TYPE,
-    SUPPRESSIONS_TOPIC,
-    SuppressionAdded,
-    address_key,
-)
+from shared.suppressions import NEVER_SUPPRESSED, SuppressionAdded, address_key, suppression_record
 
 log = logging.getLogger("customersource.deliverability")
-
-SOURCE = "/customersource/deliverability"
-
 
 RECENT = timedelta(minutes=15)
 """A report about an e-mail sent this recently whose delivery is not known yet is deferred (451), not kept out."""
@@ -67,12 +58,18 @@ class NotYetKnown(Exception):
     """The report's delivery may not have been read yet."""
 
 
-def tag_delivery(address: str, bounce_address: str) -> str | None:
-    """The delivery id a VERP address (``local+tag@domain``) names, if it is one of ours."""
+def verp_tag(address: str, bounce_address: str) -> str | None:
+    """The tag of ``address`` if it is the bounce address (``""``) or one of its ``+tag`` forms; else None."""
     local, _, domain = address.strip().strip("<>").rpartition("@")
     base_local, _, base_domain = bounce_address.rpartition("@")
-    head, plus, tag = local.partition("+")
-    if not plus or head.lower() != base_local.lower() or domain.lower() != base_domain.lower() or len(tag) != 26:
+    head, _, tag = local.partition("+")
+    return tag if head.lower() == base_local.lower() and domain.lower() == base_domain.lower() else None
+
+
+def tag_delivery(address: str, bounce_address: str) -> str | None:
+    """The delivery id a VERP address (``local+tag@domain``) names, if it is one of ours."""
+    tag = verp_tag(address, bounce_address)
+    if tag is None or len(tag) != 26:
         return None
     try:
         raw = base64.b32decode(tag.upper() + "======")
@@ -114,9 +111,7 @@ class BounceListener:
 
     def ours(self, address: str) -> bool:
         """The bounce address, or one of its +tag forms."""
-        local, _, domain = address.strip().strip("<>").rpartition("@")
-        base_local, _, base_domain = self.bounce_address.rpartition("@")
-        return local.partition("+")[0].lower() == base_local.lower() and domain.lower() == base_domain.lower()
+        return verp_tag(address, self.bounce_address) is not None
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -200,10 +195,8 @@ class BounceListener:
                             event_type=BOUNCED)
 
     def _suppression(self, row: Any, report: Report, now: datetime) -> OutputRecord:
-        address = address_key(row.recipient)
-        data = SuppressionAdded(address=address, reason="complaint" if report.kind == "complaint" else "hard_bounce",
+        data = SuppressionAdded(address=address_key(row.recipient),
+                                reason="complaint" if report.kind == "complaint" else "hard_bounce",
                                 scope="all", since=now, cause_message_id=row.message_id)
-        value = structured(event_id=deterministic_id(row.delivery_id, "suppression", report.fingerprint),
-                           source=SOURCE, event_type=SUPPRESSION_ADDED_TYPE, time=now, subject=address, data=data)
-        return OutputRecord(SUPPRESSIONS_TOPIC, key=address, value=value, headers=STRUCTURED_HEADERS,
-                            event_type=SUPPRESSION_ADDED_TYPE)
+        return suppression_record(data, event_id=deterministic_id(row.delivery_id, "suppression", report.fingerprint),
+                                  source=SOURCE, time=now)

@@ -19,22 +19,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from services.deliverability import state
+from services.deliverability.contracts import SOURCE
 from shared.clock import Clock
-from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.ids import deterministic_id
-from shared.kafka import OutputRecord, Producer
+from shared.kafka import Producer
 from shared.mail.render import Renderer
 from shared.mail.unsubscribe import InvalidUnsubscribe, UnsubscribeLinks
 from shared.metrics import Metrics
 from shared.shapes import LANGUAGES
 from shared.store import Store
-from shared.suppressions import (
-    SUPPRESSION_ADDED_TYPE,
-    SUPPRESSIONS_TOPIC,
-    SuppressionAdded,
-    Suppressions,
-    address_key,
-)
+from shared.suppressions import SUPPRESSION_ADDED_TYPE, SuppressionAdded, Suppressions, address_key, suppression_record
 
 log = logging.getLogger("customersource.deliverability")
 
@@ -134,11 +128,8 @@ class UnsubscribeEndpoint:
         data = SuppressionAdded.model_validate({"address": key, "reason": "unsubscribed", "scope": list_name,
                                                  "since": now, "cause_message_id": None})
         # The same id for the same click repeated within a minute; a later unsubscribe (after a removal) is new.
-        value = structured(event_id=deterministic_id("unsubscribe", list_name, key, now.isoformat(timespec="minutes")),
-                           source="/customersource/deliverability", event_type=SUPPRESSION_ADDED_TYPE, time=now,
-                           subject=key, data=data)
-        await self.producer.send_all([OutputRecord(SUPPRESSIONS_TOPIC, key=key, value=value, headers=STRUCTURED_HEADERS,
-                                                   event_type=SUPPRESSION_ADDED_TYPE)])
+        event_id = deterministic_id("unsubscribe", list_name, key, now.isoformat(timespec="minutes"))
+        await self.producer.send_all([suppression_record(data, event_id=event_id, source=SOURCE, time=now)])
         self.suppressions.apply(SUPPRESSION_ADDED_TYPE, data)  # a second click before the topic is read back
         self.metrics.unsubscribe(list_name, "recorded")
 
