@@ -30,6 +30,7 @@ from services.support.settings import SupportSettings
 from shared.app import drain_seconds
 from shared.metrics import Metrics
 from shared.settings import ServiceSettings
+from shared.suppressions import SUPPRESSIONS_TOPIC, SUPPRESSIONS_TOPIC_CONFIG
 from tests.support.kafka import ALL_TOPICS
 from tests.support.tools import kustomize_build
 
@@ -283,8 +284,10 @@ def test_what_the_image_runs_needs_no_local_extra(module: str) -> None:
 
 
 def test_topics_are_created_by_one_command_from_the_contract_list(production: list[dict[str, Any]]) -> None:
-    topics = {t["name"] for t in json.loads((DEPLOY / "topics.json").read_text())["topics"]}
-    assert topics == set(ALL_TOPICS)
+    listed = {t["name"]: t for t in json.loads((DEPLOY / "topics.json").read_text())["topics"]}
+    assert set(listed) == set(ALL_TOPICS)
+    # The services create the suppressions topic so in development and test: the same as production's.
+    assert listed[SUPPRESSIONS_TOPIC]["config"] == SUPPRESSIONS_TOPIC_CONFIG
     job = of_kind(production, "Job")["customersource-topics"]["spec"]["template"]["spec"]["containers"][0]
     assert job["command"] == ["python", "-m", "ops.topics"] == compose()["services"]["topics"]["entrypoint"]
 
