@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from ops.broker import ApacheKafkaBroker, Broker, TansuBroker, free_port
 from ops.console import Console
@@ -32,6 +34,30 @@ from shared.kafka import create_missing_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
+RUNNING = "make-run.pid"
+"""Held locked (``flock``) by the ``make run`` that uses the folder, with its process id: the kernel drops the
+lock when that process ends, however it ends, so a lock is never left behind."""
+
+
+def claim(var: Path) -> IO[str]:
+    """The folder ``var`` for this run alone, as long as the returned file stays open; a second ``make run``
+    in the same clone stops here, before it deletes the first one's databases and inbox."""
+    var.mkdir(exist_ok=True)
+    held = open(var / RUNNING, "a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "another process"
+        held.close()
+        raise SystemExit(f"make run is already running from this folder (process {holder}, using {var}): "
+                         f"stop it first (Ctrl-C where it runs), or run from another clone") from None
+    held.truncate(0)
+    held.write(f"{os.getpid()}\n")
+    held.flush()
+    return held
+
+
 def port_or_free(preferred: int) -> int:
     with socket.socket() as s:
         try:
@@ -41,9 +67,9 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
-def dev_secret(name: str) -> str:
+def dev_secret(var: Path, name: str) -> str:
     """A development secret, generated on the first run and kept in ``var/dev-<name>-secret``."""
-    path = VAR / f"dev-{name}-secret"
+    path = var / f"dev-{name}-secret"
     if not path.is_file():
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
@@ -58,26 +84,30 @@ def ready(port: int) -> bool:
         return False
 
 
-async def run(args: argparse.Namespace) -> None:
-    VAR.mkdir(exist_ok=True)
+async def run(args: argparse.Namespace, var: Path = VAR) -> None:
+    with claim(var):
+        await _run(args, var)
+
+
+async def _run(args: argparse.Namespace, var: Path) -> None:
     started = time.monotonic()
     broker: Broker | None = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         # The local broker starts empty: so do the services' databases and the inbox, so that what the
         # console shows is this run's.
-        for stale in [*VAR.glob("*.db"), *VAR.glob("*.db-*"), *VAR.glob("*.lock")]:
+        for stale in [*var.glob("*.db"), *var.glob("*.db-*"), *var.glob("*.lock")]:
             stale.unlink()
-        shutil.rmtree(VAR / "mail", ignore_errors=True)
+        shutil.rmtree(var / "mail", ignore_errors=True)
         if args.broker == "apache-kafka":
-            shutil.rmtree(VAR / "apache-kafka", ignore_errors=True)
+            shutil.rmtree(var / "apache-kafka", ignore_errors=True)
             print("starting Apache Kafka (the first time, its jars are fetched from Maven Central)...")
-            broker = ApacheKafkaBroker(VAR / "apache-kafka", port=port_or_free(9092)).start()
+            broker = ApacheKafkaBroker(var / "apache-kafka", port=port_or_free(9092)).start()
         else:
-            broker = TansuBroker(port=port_or_free(9092), log_path=VAR / "broker.log").start()
+            broker = TansuBroker(port=port_or_free(9092), log_path=var / "broker.log").start()
         bootstrap = broker.bootstrap
     smtp_port, console_port, bounce_port = port_or_free(1025), port_or_free(8025), port_or_free(2525)
-    catcher = MailCatcher(VAR / "mail", smtp_port, bounces_to=("127.0.0.1", bounce_port))
+    catcher = MailCatcher(var / "mail", smtp_port, bounces_to=("127.0.0.1", bounce_port))
     await catcher.start()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     console: Console | None = None
@@ -99,21 +129,21 @@ async def run(args: argparse.Namespace) -> None:
                 "SMTP_HOST": "127.0.0.1",
                 "SMTP_PORT": str(smtp_port),
                 "SMTP_FROM": "Microsoft Dynamics CustomerSource <customersource@customersource.example>",
-                "DATABASE_URL": f"sqlite+aiosqlite:///{VAR}/{name}.db",
+                "DATABASE_URL": f"sqlite+aiosqlite:///{var}/{name}.db",
                 "HTTP_PORT": str(http_ports[name]),
                 "PORTAL_BASE_URL": "https://customersource.example",
                 "BUSINESS_CENTER_URL": "https://businesscenter.example",
                 "HELP_EMAIL": "itmbssup@customersource.example",
-                "INVITATION_SECRET": dev_secret("invitation"),
+                "INVITATION_SECRET": dev_secret(var, "invitation"),
                 "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example",
                 "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example",  # VERP: the catcher's bounces name the e-mail
                 "BOUNCE_SMTP_PORT": str(bounce_port),  # read by the deliverability service only
                 # One-click unsubscribe links in the reminders and digests, to the deliverability service's page.
                 **({"UNSUBSCRIBE_BASE_URL": f"http://127.0.0.1:{http_ports['deliverability']}",
-                    "UNSUBSCRIBE_SECRET": dev_secret("unsubscribe")} if "deliverability" in http_ports else {}),
+                    "UNSUBSCRIBE_SECRET": dev_secret(var, "unsubscribe")} if "deliverability" in http_ports else {}),
                 "ENVIRONMENT": "development",
             }
-            log = open(VAR / f"{name}.log", "ab")
+            log = open(var / f"{name}.log", "ab")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
         console = Console(catcher.box, port=console_port, kafka_options=kafka_options(bootstrap),
@@ -125,7 +155,7 @@ async def run(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{name} exited ({process.returncode}); see var/{name}.log")
             await asyncio.sleep(0.2)
         # Where the services listen, for `customersource-ops lag` run from this folder.
-        (VAR / "services.json").write_text(json.dumps({
+        (var / "services.json").write_text(json.dumps({
             "broker": bootstrap, "services": {n: f"http://127.0.0.1:{p}" for n, p in http_ports.items()}}))
         print(f"\nCustomerSource notifications are running ({time.monotonic() - started:.1f} s to start):")
         where = {"tansu": " (local Tansu, in memory)", "apache-kafka": " (local Apache Kafka, logs in var/apache-kafka)"}
