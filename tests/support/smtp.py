@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -10,6 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ops.broker import free_port
 from tests.support.waiting import wait_until
@@ -20,6 +22,8 @@ class Received:
     envelope_from: str
     rcpt_tos: list[str]
     data: bytes
+    tls: bool = False  # the session was encrypted by STARTTLS (an implicit TLS server speaks nothing else)
+    login: str | None = None  # the user the session authenticated as
 
     @property
     def message(self) -> EmailMessage:
@@ -39,6 +43,7 @@ class RecordingHandler:
         self.holding: list[str] = []
         self.refuse_data: int | None = None  # refuse the message at the end of DATA with this code
         self.mail_options: list[list[str]] = []
+        self.delay = 0.0  # seconds each message takes to be accepted (a slower relay: a stream lasts longer)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
@@ -48,6 +53,8 @@ class RecordingHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mail_options.append(list(envelope.mail_options))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.refuse_data is not None:
             return f"{self.refuse_data} {'Try again later' if self.refuse_data < 500 else 'Message refused'}"
         held = [a for a in envelope.rcpt_tos if self.hold_for is not None and self.hold_for(a)]
@@ -56,18 +63,46 @@ class RecordingHandler:
             while self.hold_for is not None and any(self.hold_for(a) for a in held):
                 await asyncio.sleep(0.02)
             return "451 Held by the test, not accepted"
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        login = session.auth_data if isinstance(session.auth_data, str) else None  # what _authenticate kept
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                      envelope.original_content or envelope.content, tls=session.ssl is not None,
+                                      login=login))
         return "250 Message accepted for delivery"
 
 
 class SmtpServer:
-    def __init__(self, port: int | None = None) -> None:
+    """``tls``: the server's certificate, offered with STARTTLS (then required before MAIL and AUTH), or from
+    the first byte with ``implicit_tls``. ``credentials``: the one user and password AUTH accepts (then
+    required before MAIL)."""
+
+    def __init__(self, port: int | None = None, *, tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.handler = RecordingHandler()
         self._controller: Controller | None = None
+        self._tls = tls
+        self._implicit_tls = implicit_tls
+        self._credentials = credentials
+        self.failed_logins: list[str] = []
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == self._credentials:
+            return AuthResult(success=True, auth_data=data.login.decode())
+        self.failed_logins.append(data.login.decode() if isinstance(data, LoginPassword) else mechanism)
+        return AuthResult(success=False, handled=False)
 
     def start(self) -> SmtpServer:
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        options: dict[str, Any] = {}
+        if self._tls is not None and self._implicit_tls:
+            options["ssl_context"] = self._tls
+        elif self._tls is not None:
+            options.update(tls_context=self._tls, require_starttls=True)
+        if self._credentials is not None:
+            # Over implicit TLS the whole session is encrypted, which aiosmtpd does not see: it only knows of STARTTLS.
+            options.update(authenticator=self._authenticate, auth_required=True,
+                           auth_require_tls=self._tls is not None and not self._implicit_tls)
+        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10,
+                                      **options)
         self._controller.start()
         return self
 
