@@ -24,7 +24,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -218,6 +219,26 @@ def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
             return candidate
 
 
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A second listener, SASL_SSL with the PLAIN mechanism: a certificate (``keystore``: one PEM file with
+    the unencrypted PKCS#8 private key and the certificate chain) and the users it accepts."""
+
+    port: int
+    keystore: Path
+    users: Mapping[str, str]
+
+    def properties(self) -> dict[str, str]:
+        logins = " ".join(f'user_{user}="{password}"' for user, password in self.users.items())
+        return {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {logins};",
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(self.keystore),
+        }
+
+
 class ApacheKafkaBroker:
     """One Apache Kafka node in KRaft combined mode on loopback ports, its logs in ``data_dir``.
 
@@ -228,11 +249,13 @@ class ApacheKafkaBroker:
     session so that a restart after SIGKILL re-registers at once.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, heap: str = "512m") -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, heap: str = "512m",
+                 sasl_ssl: SaslSslListener | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.controller_port = free_port()
         self.heap = heap
+        self.sasl_ssl = sasl_ssl
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -269,6 +292,12 @@ class ApacheKafkaBroker:
             "broker.heartbeat.interval.ms": "500",
             "message.max.bytes": str(4 * 1_048_576),
         }
+        if self.sasl_ssl is not None:
+            secure = f"SASL_SSL://127.0.0.1:{self.sasl_ssl.port}"
+            settings["listeners"] += f",{secure}"
+            settings["advertised.listeners"] += f",{secure}"
+            settings["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+            settings.update(self.sasl_ssl.properties())
         path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return path
 
