@@ -89,18 +89,22 @@ async def run(args: argparse.Namespace, var: Path = VAR) -> None:
         await _run(args, var)
 
 
+def forget_the_last_run(var: Path) -> None:
+    """The local broker starts empty: so do the services' databases, the inbox and Apache Kafka's logs, so
+    that what the console shows is this run's."""
+    for stale in [*var.glob("*.db"), *var.glob("*.db-*"), *var.glob("*.lock")]:
+        stale.unlink()
+    shutil.rmtree(var / "mail", ignore_errors=True)
+    shutil.rmtree(var / "apache-kafka", ignore_errors=True)
+
+
 async def _run(args: argparse.Namespace, var: Path) -> None:
     started = time.monotonic()
     broker: Broker | None = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        # The local broker starts empty: so do the services' databases and the inbox, so that what the
-        # console shows is this run's.
-        for stale in [*var.glob("*.db"), *var.glob("*.db-*"), *var.glob("*.lock")]:
-            stale.unlink()
-        shutil.rmtree(var / "mail", ignore_errors=True)
+        forget_the_last_run(var)
         if args.broker == "apache-kafka":
-            shutil.rmtree(var / "apache-kafka", ignore_errors=True)
             print("starting Apache Kafka (the first time, its jars are fetched from Maven Central)...")
             broker = ApacheKafkaBroker(var / "apache-kafka", port=port_or_free(9092)).start()
         else:
