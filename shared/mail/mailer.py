@@ -34,7 +34,7 @@ from shared.mail.render import RenderedMail, Renderer, negotiate_language
 from shared.mail.smtp import Accepted, Pool, Refused, TransientSmtpError
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.metrics import Metrics
-from shared.store import GroupCommit, Store, deliveries, upserts
+from shared.store import GroupCommit, Store, deliveries, is_database_outage, upserts
 from shared.suppressions import Suppressions
 from shared.tracing import Tracing
 
@@ -331,8 +331,10 @@ class Mailer:
             try:
                 await self._records.write(values)
                 return
-            except sqlalchemy.exc.SQLAlchemyError:
-                if time.monotonic() + pause > deadline:
+            except Exception as exc:
+                # A new connection refused or reset is an OSError, not wrapped by SQLAlchemy: an outage too.
+                passing = isinstance(exc, sqlalchemy.exc.SQLAlchemyError) or is_database_outage(exc)
+                if not passing or time.monotonic() + pause > deadline:
                     raise
                 self.metrics.retry("database")
                 log.warning("recording an accepted e-mail failed, retrying", exc_info=True)
