@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from ops.broker import ApacheKafkaBroker, TansuBroker, apache_kafka_available
 from ops.postgres import LocalPostgres
@@ -32,6 +33,11 @@ from tests.support.kafka import create_topics, delete_topics
 from tests.support.smtp import SmtpServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+# The property tests' budget: Hypothesis's 100 examples per test by default; `make fuzz` runs the fuzzing ones
+# (envelope decoder, message builder, hostile event content) with many more, and no deadline.
+hypothesis_settings.register_profile("fuzz", max_examples=5_000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 TEST_BROKER = os.environ.get("TEST_BROKER", "auto")
 
 
