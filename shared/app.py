@@ -54,6 +54,7 @@ from shared.mail.render import Renderer
 from shared.mail.smtp import Pool, SmtpConfig, SmtpPool
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.metrics import Metrics
+from shared.retention import Purge, Retention
 from shared.runtime import PlanRunner
 from shared.scheduler import Job, JobDone, JobHandler, PassHandler, Scheduler, Wakeup
 from shared.settings import ServiceSettings, database_url, load_settings
@@ -107,6 +108,9 @@ class ServiceSpec:
     jobs: Mapping[str, JobFunction] = field(default_factory=dict)
     background: Sequence[BackgroundTask] = ()
     job_gates: Mapping[str, JobGate] = field(default_factory=dict)
+    retention: Sequence[Purge] = ()
+    """What of the service's own tables is personal and when it is finished (shared.retention); the shared
+    tables' purges are always run."""
     job_preloads: Mapping[str, Preload] = field(default_factory=dict)
     """What a kind's job function reads first, read for all the jobs of a scheduler pass in one query."""
     template_globals: Callable[[Any], Mapping[str, Any]] = lambda settings: {}
@@ -127,6 +131,7 @@ class Service:
     mailer: Mailer
     suppression_follower: SuppressionFollower
     runner: PlanRunner
+    retention: Retention
     metrics: Metrics
     clock: Clock
     batches: BatchProcessor
@@ -189,7 +194,8 @@ def unsubscribe_links(settings: ServiceSettings) -> UnsubscribeLinks | None:
         return None
     secret = settings.UNSUBSCRIBE_SECRET.get_secret_value()
     return UnsubscribeLinks(base_url=settings.UNSUBSCRIBE_BASE_URL, secret=secret,
-                            domain=sender_domain(settings.SMTP_FROM))
+                            domain=sender_domain(settings.SMTP_FROM),
+                            previous=[s.get_secret_value() for s in settings.UNSUBSCRIBE_PREVIOUS_SECRETS])
 
 
 def dkim_signer(settings: ServiceSettings) -> DkimSigner | None:
@@ -235,6 +241,8 @@ def build_service(
                     tracing=tracing, bounce_address=settings.SMTP_BOUNCE_ADDRESS,
                     unsubscribe=unsubscribe_links(settings), signer=dkim_signer(settings),
                     suppressions=suppression_follower.state)
+    retention = Retention(store, clock, days=settings.PERSONAL_DATA_RETENTION_DAYS, purges=spec.retention,
+                          on_purged=metrics.purge)
     drain = drain_seconds(retry_window)
     concurrency = max(settings.SMTP_MAX_CONNECTIONS * 2, 8)  # events (or jobs) in progress: two per connection
     wakeup = Wakeup()  # told when a job was scheduled, and when it is due
@@ -280,7 +288,7 @@ def build_service(
     _document_outputs(broker, spec)
     service = Service(
         spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer,
-        suppression_follower=suppression_follower, runner=runner,
+        suppression_follower=suppression_follower, runner=runner, retention=retention,
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
         subscriber=subscriber, scheduler=scheduler, drain=drain, tracing=tracing,
     )
@@ -514,6 +522,7 @@ async def _after_start(service: Service) -> None:
 
     service.tasks.append(asyncio.create_task(lag_loop(), name="lag"))
     service.tasks.append(asyncio.create_task(service.suppression_follower.follow(), name="suppressions"))
+    service.tasks.append(asyncio.create_task(service.retention.run(), name="retention"))
     if service.scheduler is not None:
         service.tasks.append(asyncio.create_task(service.scheduler.run(), name="scheduler"))
     for background in service.spec.background:

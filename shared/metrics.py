@@ -98,6 +98,13 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.purged = Counter(
+            "customersource_personal_data_purged_total",
+            "Rows whose personal data was purged (deleted, or the addresses and names replaced) once finished "
+            "and older than PERSONAL_DATA_RETENTION_DAYS, by table",
+            ["service", "table"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total
 
         self.unrecorded = Histogram(
@@ -142,6 +149,9 @@ class Metrics:
 
     def unsubscribe(self, list_name: str, outcome: str) -> None:
         self._child(self.unsubscribes, list_name, outcome).inc()
+
+    def purge(self, table: str, rows: int) -> None:
+        self._child(self.purged, table).inc(rows)
 
     def count_suppressions(self, count: Callable[[], float]) -> None:
         """The suppressions gauge reads ``count()`` at each scrape."""

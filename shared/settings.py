@@ -10,11 +10,11 @@ import re
 import sys
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # a DNS label
@@ -55,6 +55,13 @@ def _https(value: str, name: str) -> str:
     return value.rstrip("/")
 
 
+def comma_separated(value: object) -> object:
+    """A list setting given as one comma-separated string (blank entries dropped)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class ServiceSettings(BaseSettings):
     """The contract's settings common to all four services."""
 
@@ -86,11 +93,14 @@ class ServiceSettings(BaseSettings):
     SMTP_BOUNCE_ADDRESS: str | None = None
     UNSUBSCRIBE_BASE_URL: str | None = None
     UNSUBSCRIBE_SECRET: SecretStr | None = None
+    UNSUBSCRIBE_PREVIOUS_SECRETS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated older secrets whose links the unsubscribe endpoint still accepts during a rotation."""
     DKIM_DOMAIN: str | None = None
     DKIM_SELECTOR: str | None = None
     DKIM_PRIVATE_KEY_FILE: Path | None = None
 
     DATABASE_URL: str | None = None
+    PERSONAL_DATA_RETENTION_DAYS: int = Field(default=400, ge=30, le=3_650)
     HTTP_PORT: int = Field(default=8080, ge=1, le=65_535)
 
     PORTAL_BASE_URL: str
@@ -104,6 +114,11 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _must_be_https(cls, value: str, info: object) -> str:
         return _https(value, getattr(info, "field_name", "URL"))
+
+    @field_validator("UNSUBSCRIBE_PREVIOUS_SECRETS", mode="before")
+    @classmethod
+    def _secrets_list(cls, value: object) -> object:
+        return comma_separated(value)
 
     @field_validator("HELP_EMAIL")
     @classmethod
@@ -183,6 +198,12 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"UNSUBSCRIBE_SECRET must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
         if self.UNSUBSCRIBE_SECRET is not None and is_placeholder(self.UNSUBSCRIBE_SECRET, self.ENVIRONMENT):
             raise ValueError("UNSUBSCRIBE_SECRET is a placeholder: generate one (e.g. openssl rand -base64 48)")
+        if self.UNSUBSCRIBE_PREVIOUS_SECRETS and self.UNSUBSCRIBE_SECRET is None:
+            raise ValueError("UNSUBSCRIBE_PREVIOUS_SECRETS needs UNSUBSCRIBE_SECRET (the current one)")
+        previous = self.UNSUBSCRIBE_PREVIOUS_SECRETS
+        if any(len(s.get_secret_value().encode()) < UNSUBSCRIBE_SECRET_BYTES for s in previous):
+            raise ValueError(f"every UNSUBSCRIBE_PREVIOUS_SECRETS entry must be at least {UNSUBSCRIBE_SECRET_BYTES} "
+                             f"bytes")
         dkim = (self.DKIM_DOMAIN, self.DKIM_SELECTOR, self.DKIM_PRIVATE_KEY_FILE)
         if any(v is None for v in dkim) and any(v is not None for v in dkim):
             raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together (all three or none)")

@@ -8,7 +8,7 @@ from services.deliverability.contracts import OUTPUT_TYPES, SUPPRESSION_TYPES
 from services.deliverability.handlers import DeliverabilityHandlers
 from services.deliverability.listener import BounceListener
 from services.deliverability.settings import DeliverabilitySettings
-from services.deliverability.state import MIGRATIONS
+from services.deliverability.state import MIGRATIONS, RETENTION
 from services.deliverability.unsubscribe import PREFIX, UnsubscribeEndpoint
 from shared.app import OutputTopic, Service, ServiceFactory, ServiceSpec, unsubscribe_links
 from shared.mail.mailer import NOTIFICATIONS_TOPIC
@@ -37,6 +37,7 @@ def spec(settings: DeliverabilitySettings) -> ServiceSpec:
         templates=HERE / "templates",
         locale=HERE / "locale",
         migrations=MIGRATIONS,
+        retention=RETENTION,
         outputs=[
             OutputTopic(NOTIFICATIONS_TOPIC, description="notification.bounced: one per report (bounce or complaint) "
                         "about an e-mail sent, however often the report is delivered. Key: the triggering "

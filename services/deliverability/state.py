@@ -10,6 +10,7 @@ from sqlalchemy import Column, Index, MetaData, String, Table, func, select, tex
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.handling import Write, upsert_row
+from shared.retention import Purge, cutoff
 from shared.store import Row, UTCDateTime, create_tables
 
 metadata = MetaData()
@@ -42,6 +43,12 @@ published_reports = Table(
 )
 
 MIGRATIONS = (create_tables(metadata),)
+
+RETENTION = (
+    # A report about an e-mail older than that is not matched any more (kept out as about an unknown
+    # delivery), and the unsubscribe page falls back to the browser's language.
+    Purge(sent, lambda: sent.c.sent_at < cutoff()),
+)
 
 
 def save_delivery(values: dict[str, Any]) -> Write:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
 from services.expiry.settings import ExpirySettings
-from services.expiry.state import MIGRATIONS
+from services.expiry.state import MIGRATIONS, RETENTION
 from shared.app import ServiceFactory, ServiceSpec
 
 NAME = "expiry"
@@ -15,7 +15,8 @@ HERE = Path(__file__).parent
 
 def spec(settings: ExpirySettings) -> ServiceSpec:
     handlers = ExpiryHandlers(digest_hour=settings.EXPIRY_DIGEST_HOUR,
-                              digest_time_zone=settings.EXPIRY_DIGEST_TIME_ZONE)
+                              digest_time_zone=settings.EXPIRY_DIGEST_TIME_ZONE,
+                              retention_days=settings.PERSONAL_DATA_RETENTION_DAYS)
     return ServiceSpec(
         name=NAME,
         title="CustomerSource service-plan expiry",
@@ -26,6 +27,7 @@ def spec(settings: ExpirySettings) -> ServiceSpec:
         templates=HERE / "templates",
         locale=HERE / "locale",
         migrations=MIGRATIONS,
+        retention=RETENTION,
         jobs={DIGEST_JOB: handlers.run_digest},
     )
 

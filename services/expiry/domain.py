@@ -98,12 +98,18 @@ def normalized(address: str) -> str:
 
 
 def on_nearing_expiry(
-    state: PlanState | None, data: PlanNearingExpiry, *, today: date, already_reminded: frozenset[str]
+    state: PlanState | None, data: PlanNearingExpiry, *, today: date, already_reminded: frozenset[str],
+    forgotten_before: date | None = None,
 ) -> Decision:
     """``today`` is the event's local date in the account's zone; ``already_reminded`` holds the
-    (normalized) addresses that already have this (plan, expires_on, bucket) reminder."""
+    (normalized) addresses that already have this (plan, expires_on, bucket) reminder. Who was reminded
+    for a date before ``forgotten_before`` is forgotten (personal data retention): such a date gets
+    nothing, so that a late duplicate sends nothing twice."""
     if data.product == CRM:
         return Decision(ignored="Dynamics CRM plans get no expiry notices")
+    if forgotten_before is not None and data.expires_on < forgotten_before:
+        return Decision(ignored=f"the plan expired on {data.expires_on.isoformat()}, longer ago than personal data "
+                                f"is kept: who was reminded is forgotten, nothing is sent")
     if state is not None and data.expires_on < state.expires_on:
         return Decision(ignored=f"the plan's expiry date is now {state.expires_on.isoformat()} (renewed): "
                                 f"nothing for {data.expires_on.isoformat()}")

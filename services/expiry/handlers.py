@@ -17,6 +17,7 @@ from shared.envelope import Event
 from shared.handling import Context, EventRouter, Plan, Preload, Write, write
 from shared.ids import deterministic_id
 from shared.mail.plan import Notification
+from shared.retention import forgotten_before
 from shared.scheduler import Job, job_status
 from shared.shapes import Person
 
@@ -30,9 +31,10 @@ def digest_job_id(partner_id: str, day: date) -> str:
 class ExpiryHandlers:
     """The handlers, bound to the digest settings."""
 
-    def __init__(self, *, digest_hour: int, digest_time_zone: str) -> None:
+    def __init__(self, *, digest_hour: int, digest_time_zone: str, retention_days: int) -> None:
         self.digest_hour = digest_hour
         self.digest_time_zone = digest_time_zone
+        self.retention_days = retention_days
         self.router = EventRouter(
             service="expiry",
             topic=TOPIC,
@@ -53,7 +55,8 @@ class ExpiryHandlers:
         today = domain.local_date(event.time, zone)
         bucket = domain.bucket_for(data.expires_on, today)
         current, already = await context.read(_load_plan, data.plan_id, data.expires_on, bucket)
-        decision = domain.on_nearing_expiry(current, data, today=today, already_reminded=already)
+        decision = domain.on_nearing_expiry(current, data, today=today, already_reminded=already,
+                                            forgotten_before=forgotten_before(context.now, self.retention_days))
         mails, changes = [], []
         if decision.drop_before is not None:
             changes.append(write(state.forget_before, data.plan_id, decision.drop_before))

@@ -7,11 +7,27 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Column, Date, Index, MetaData, String, Table, Text, delete, func, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    Date,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry.domain import Bucket, Entry, PlanState
 from shared.handling import Write, upsert_row
+from shared.retention import Purge, cutoff, cutoff_day
 from shared.shapes import LocalSite, Person
 from shared.store import UTCDateTime, create_tables, insert_ignore, select_in
 
@@ -82,6 +98,21 @@ digests = Table(
 )
 
 MIGRATIONS = (create_tables(metadata),)
+
+RETENTION = (
+    # Who was reminded for a date long past: a reminder for such a date is ignored (domain.on_nearing_expiry,
+    # with the same date), so forgetting them sends nothing again.
+    Purge(reminders, lambda: reminders.c.expires_on < cutoff_day()),
+    # A finished digest, and the entries it listed (the plans' states keep them from being listed again).
+    Purge(entries, lambda: entries.c.digested_at < cutoff()),
+    Purge(digests, lambda: digests.c.finished_at < cutoff()),
+    # A partner without a digest to come, nothing waiting and no event for that long (the next event that
+    # names it records it again).
+    Purge(partners, lambda: and_(partners.c.updated_at < cutoff(), partners.c.current_digest.is_(None),
+                                 partners.c.next_digest_day.is_(None),
+                                 ~exists().where(entries.c.partner_id == partners.c.partner_id,
+                                                 entries.c.digested_at.is_(None)))),
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.invitations.tokens import MIN_SECRET_BYTES
-from shared.settings import ServiceSettings, is_placeholder
+from shared.settings import ServiceSettings, comma_separated, is_placeholder
 
 HTTP_PORT = 8081
 
@@ -46,9 +46,7 @@ class InvitationSettings(ServiceSettings):
     @field_validator("INVITATION_PREVIOUS_SECRETS", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_separated(value)
 
     @property
     def verification_secrets(self) -> list[str]:

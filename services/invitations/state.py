@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.invitations.domain import Profile
 from shared.handling import Write, upsert_row
+from shared.retention import Purge
 from shared.shapes import LocalSite
 from shared.store import UTCDateTime, create_tables, deliveries, select_in
 
@@ -49,6 +50,10 @@ tokens = Table(
     Column("revoked_reason", String(16)),
     Index("ix_invitation_tokens_profile", "account_id", "professional_id"),
 )
+
+RETENTION: Sequence[Purge] = ()
+"""Nothing by age: a profile is live (a re-send and an e-mail change read it) until the professional is removed,
+and then it is purged at once (:func:`purge_profile`); tokens hold ids only. The shared tables' purges apply."""
 
 MIGRATIONS = (create_tables(metadata),)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.permissions.handlers import REMINDER_JOB, PermissionHandlers
 from services.permissions.settings import PermissionSettings
-from services.permissions.state import MIGRATIONS
+from services.permissions.state import MIGRATIONS, RETENTION
 from shared.app import ServiceFactory, ServiceSpec
 
 NAME = "permissions"
@@ -26,6 +26,7 @@ def spec(settings: PermissionSettings) -> ServiceSpec:
         templates=HERE / "templates",
         locale=HERE / "locale",
         migrations=MIGRATIONS,
+        retention=RETENTION,
         jobs={REMINDER_JOB: handlers.run_reminder},
     )
 

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
 from shared.handling import Write, insert_or_advance
+from shared.retention import PURGED, PURGED_PERSON, Purge, cutoff
 from shared.shapes import Person
 from shared.store import UTCDateTime, create_tables, select_in
 
@@ -38,6 +39,14 @@ requests = Table(
 )
 
 MIGRATIONS = (create_tables(metadata),)
+
+RETENTION = (
+    # A refused or removed request is finished; its row stays, purged of the people's names and addresses,
+    # so that a late duplicate still finds the request in its final state.
+    Purge(requests, lambda: and_(requests.c.state.in_((State.DENIED.value, State.REMOVED.value)),
+                                 requests.c.updated_at < cutoff(), requests.c.admins != "[]"),
+          values={"partner": PURGED_PERSON, "admins": "[]", "decided_by": None, "account_name": PURGED}),
+)
 
 
 def _person(text: str) -> Person:

@@ -8,7 +8,7 @@ from services.support import state
 from services.support.contracts import OUTPUT_TOPIC, OUTPUT_TYPES
 from services.support.handlers import ESCALATION_JOB, SupportHandlers, escalation_gate
 from services.support.settings import SupportSettings
-from services.support.state import MIGRATIONS
+from services.support.state import MIGRATIONS, RETENTION
 from shared.app import OutputTopic, ServiceFactory, ServiceSpec
 from shared.handling import Preload
 
@@ -29,6 +29,7 @@ def spec(settings: SupportSettings) -> ServiceSpec:
         templates=HERE / "templates",
         locale=HERE / "locale",
         migrations=MIGRATIONS,
+        retention=RETENTION,
         outputs=[
             OutputTopic(
                 OUTPUT_TOPIC,

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
 from shared.handling import Write, insert_or_advance, row_statement
+from shared.retention import PURGED, Purge, cutoff
 from shared.shapes import LocalSite, Person
 from shared.store import UTCDateTime, create_tables, select_in
 
@@ -44,6 +45,15 @@ posts = Table(
 )
 
 MIGRATIONS = (create_tables(metadata),)
+
+RETENTION = (
+    # An answered, ineligible or escalated post is finished; its row stays (its state keeps a late duplicate
+    # from escalating again), without its author, title, link or account name.
+    Purge(posts, lambda: and_(posts.c.state.in_((State.ANSWERED.value, State.INELIGIBLE.value,
+                                                 State.ESCALATED.value)),
+                              posts.c.updated_at < cutoff(), posts.c.account_name != PURGED),
+          values={"author": None, "url": None, "title": PURGED, "account_name": PURGED}),
+)
 
 
 async def load_post(connection: AsyncConnection, post_id: str) -> Post | None:

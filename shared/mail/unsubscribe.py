@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.settings import UNSUBSCRIBE_SECRET_BYTES
@@ -62,20 +62,23 @@ def _unb64(text: str) -> bytes:
 class UnsubscribeLinks:
     """Makes and verifies the tokens, and builds the headers of a subscription-like e-mail."""
 
-    def __init__(self, *, base_url: str, secret: str, domain: str) -> None:
-        key = secret.encode("utf-8")
-        if len(key) < UNSUBSCRIBE_SECRET_BYTES:
-            raise ValueError(f"the unsubscribe secret must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
-        self._key = key
+    def __init__(self, *, base_url: str, secret: str, domain: str, previous: Sequence[str] = ()) -> None:
+        """Tokens are signed with ``secret``; those signed with one of the ``previous`` secrets (a rotation's)
+        still verify."""
+        keys = [s.encode("utf-8") for s in (secret, *previous)]
+        if any(len(key) < UNSUBSCRIBE_SECRET_BYTES for key in keys):
+            raise ValueError(f"an unsubscribe secret must be at least {UNSUBSCRIBE_SECRET_BYTES} bytes")
+        self._keys = keys
         self._base_url = base_url.rstrip("/")
         self._domain = domain
 
-    def _signature(self, payload: bytes) -> bytes:
-        return hmac.digest(self._key, _CONTEXT + payload, "sha256")
+    @staticmethod
+    def _signature(key: bytes, payload: bytes) -> bytes:
+        return hmac.digest(key, _CONTEXT + payload, "sha256")
 
     def token(self, list_name: str, address: str) -> str:
         payload = f"{list_name}\n{address.strip().lower()}".encode()
-        return f"{_b64(payload)}.{_b64(self._signature(payload))}"
+        return f"{_b64(payload)}.{_b64(self._signature(self._keys[0], payload))}"
 
     def verify(self, token: str) -> Unsubscription:
         """The list and address a token was made for; :class:`InvalidUnsubscribe` for anything else."""
@@ -83,7 +86,7 @@ class UnsubscribeLinks:
         if not dot:
             raise InvalidUnsubscribe("malformed")
         payload, signature = _unb64(payload_text), _unb64(signature_text)
-        if not hmac.compare_digest(signature, self._signature(payload)):
+        if not any(hmac.compare_digest(signature, self._signature(key, payload)) for key in self._keys):
             raise InvalidUnsubscribe("bad signature")
         list_name, _, address = payload.decode("utf-8", errors="replace").partition("\n")
         if list_name not in LISTS.values() or not address:

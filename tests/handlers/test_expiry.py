@@ -36,7 +36,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
 
 def test_the_router_handles_exactly_the_contract_types() -> None:
-    router = ExpiryHandlers(digest_hour=7, digest_time_zone="UTC").router
+    router = ExpiryHandlers(digest_hour=7, digest_time_zone="UTC", retention_days=400).router
     assert {t: r.model for t, r in router.routes.items()} == INPUT_TYPES
 
 

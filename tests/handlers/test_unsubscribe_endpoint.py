@@ -148,6 +148,26 @@ async def test_an_invalid_token_is_a_400_that_says_nothing_more(endpoint: tuple[
     assert unsubscribed(outputs) == []
 
 
+async def test_a_rotation_keeps_the_links_of_the_previous_secret_until_it_is_retired(tmp_path: Path) -> None:
+    """UNSUBSCRIBE_SECRET rotated: links signed with the secret now in UNSUBSCRIBE_PREVIOUS_SECRETS still work;
+    once it is dropped from that list, they are refused like forged ones."""
+    rotated_in = UnsubscribeLinks(base_url=BASE_URL, secret="the-new-secret-" + "n" * 32, domain="x")
+    for previous, expected in (([SECRET], 200), ([], 400)):
+        values: dict[str, Any] = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+                                  "SMTP_BOUNCE_ADDRESS": "bounces@customersource.example",
+                                  "UNSUBSCRIBE_BASE_URL": BASE_URL, "UNSUBSCRIBE_SECRET": "the-new-secret-" + "n" * 32,
+                                  "UNSUBSCRIBE_PREVIOUS_SECRETS": ",".join(previous)}
+        app, service = create_service(DeliverabilitySettings(**values), pool=FakePool(), producer=FakeOutputs())
+        await service.store.migrate()
+        try:
+            old_link = LINKS.token("partner-digest", "jane@example.com")
+            assert (await call(app, "GET", f"/unsubscribe/{old_link}"))[0] == expected, previous
+            new_link = rotated_in.token("partner-digest", "jane@example.com")
+            assert (await call(app, "GET", f"/unsubscribe/{new_link}"))[0] == 200
+        finally:
+            await service.store.close()
+
+
 async def test_the_page_escapes_what_the_token_carries(endpoint: tuple[Any, Service, FakeOutputs]) -> None:
     app, _, _ = endpoint
     hostile = '"><script>alert(1)</script>@example.com'

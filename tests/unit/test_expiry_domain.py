@@ -187,3 +187,15 @@ def test_a_later_date_starts_over_and_drops_the_earlier_one() -> None:
 ])
 def test_next_digest(now: datetime, zone: str, hour: int, after: date | None, day: date, due: datetime) -> None:
     assert next_digest(now, zone, hour, after=after) == (day, due)
+
+
+def test_a_date_whose_reminders_are_forgotten_gets_nothing() -> None:
+    """Who was reminded for a date before the retention's is forgotten: a late duplicate would otherwise remind
+    everyone again."""
+    data = nearing()
+    forgotten = on_nearing_expiry(None, data, today=TODAY, already_reminded=frozenset(),
+                                  forgotten_before=data.expires_on + timedelta(days=1))
+    assert forgotten.ignored and "longer ago than personal data is kept" in forgotten.ignored
+    assert not forgotten.remind and forgotten.plan is None
+    kept = on_nearing_expiry(None, data, today=TODAY, already_reminded=frozenset(), forgotten_before=data.expires_on)
+    assert kept.remind
