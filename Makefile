@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint smoke bench fuzz schemas catalogs clean
+.PHONY: install run test lint smoke bench fuzz faults schemas catalogs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -35,6 +35,10 @@ lint: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/unit/test_envelope.py \
 		tests/unit/test_message.py tests/handlers/test_hostile_content.py
+
+# The fault scenarios at full scale: the service SIGKILLed 20 times during 10,000 events (a few minutes).
+faults: $(STAMP)
+	FAULT_EVENTS=10000 FAULT_KILLS=20 $(BIN)/python -m pytest -q tests/integration/test_invitations_crash.py
 
 # BENCH_ARGS: see `python -m ops.bench --help` (services, stores, sizes, broker).
 bench: $(STAMP)
