@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,5 +142,26 @@ class ServiceStarter:
         return process
 
     def stop_all(self) -> None:
+        """Stop every service started, then check that none wrote a secret or a token in its log or metrics."""
+        found: list[str] = []
         for process in self.started:
+            metrics = process.get("/metrics")[1].decode("utf-8", "replace")  # nothing when it has exited
             process.terminate()
+            log = process.log_path.read_text(errors="replace") if process.log_path.exists() else ""
+            found += [f"{process.log_path.name}: {leak}" for leak in leaks(log + metrics, process.env)]
+        assert not found, f"secrets or tokens written: {found}"
+
+
+SECRET_SETTINGS = ("INVITATION_SECRET", "INVITATION_PREVIOUS_SECRETS", "UNSUBSCRIBE_SECRET",
+                   "UNSUBSCRIBE_PREVIOUS_SECRETS", "KAFKA_SASL_PASSWORD", "SMTP_PASSWORD")
+TOKENS = {
+    "an invitation token": re.compile(r"cs1\.[A-Za-z0-9_-]{16,}"),
+    "an unsubscribe token": re.compile(r"/unsubscribe/[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}"),
+}
+
+
+def leaks(text: str, env: dict[str, str]) -> list[str]:
+    """What of the service's secrets (its settings' values) and tokens ``text`` shows, named, never quoted."""
+    found = [name for name in SECRET_SETTINGS for value in env.get(name, "").split(",")
+             if len(value.strip()) >= 8 and value.strip() in text]
+    return found + [what for what, pattern in TOKENS.items() if pattern.search(text)]

@@ -115,3 +115,16 @@ def test_every_error_kind_has_advice_and_only_broken_content_is_not_replayable()
     assert set(ADVICE) == set(ERROR_KINDS)
     assert {kind for kind, advice in ADVICE.items() if not advice.replayable} == {
         "unparseable", "not_cloudevent", "schema_invalid", "oversized"}
+
+
+def test_the_leak_scan_names_what_it_finds_without_quoting_it() -> None:
+    """The scan every process-level test runs on its services' logs and metrics when it stops them."""
+    from tests.support.process import leaks
+
+    env = {"INVITATION_SECRET": "s3cret-value-for-the-test", "UNSUBSCRIBE_PREVIOUS_SECRETS": "old-one-12345,old-two-67890"}
+    assert leaks("nothing to see", env) == []
+    assert leaks("key=s3cret-value-for-the-test", env) == ["INVITATION_SECRET"]
+    assert leaks("old-two-67890", env) == ["UNSUBSCRIBE_PREVIOUS_SECRETS"]
+    assert leaks("GET /accept?token=cs1.eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9", {}) == ["an invitation token"]
+    assert leaks("POST /unsubscribe/cGFydG5lci1kaWdlc3QK.c2lnbmF0dXJlLXNpZ25hdHVyZQ HTTP/1.1", {}) == [
+        "an unsubscribe token"]
