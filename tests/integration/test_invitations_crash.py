@@ -33,7 +33,7 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
         service = start_service(SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
         await service.wait_ready()
         target = EVENTS * (kill + 1) // (KILLS + 1)  # the kills spread over the stream
-        await smtp.wait_for(lambda: len(smtp.messages) >= target, timeout=120)
+        await smtp.wait_for(lambda target=target: len(smtp.messages) >= target, timeout=120)
         service.kill()
         received.append(collections.Counter(r.rcpt_tos[0] for r in smtp.messages))
 
@@ -45,7 +45,7 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
     counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
     # A kill's duplicates: e-mails that had arrived before it and arrived again before the next kill (or the end).
     after = [*received[1:], counts]
-    per_kill = [sum(1 for address, n in before.items() if later[address] > n) for before, later in zip(received, after)]
+    per_kill = [sum(1 for address, n in before.items() if later[address] > n) for before, later in zip(received, after, strict=True)]
     duplicates = sum(n - 1 for n in counts.values())
     report(f"SIGKILL x{KILLS} during {EVENTS} e-mails: {len(counts)} delivered, {duplicates} duplicate(s); per kill "
            f"mean {statistics.mean(per_kill):.1f}, max {max(per_kill)} (bound: {IN_FLIGHT_BOUND} in flight)")
