@@ -23,6 +23,10 @@ SMTP_MAX_CONNECTIONS = 16
 IN_FLIGHT_BOUND = SMTP_MAX_CONNECTIONS * 2
 
 
+def arrived(smtp: SmtpServer, count: int) -> Callable[[], bool]:
+    return lambda: len(smtp.messages) >= count
+
+
 async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, start_service: Starter,
                                                 report: Callable[[str], None]) -> None:
     events = [professional_added() for _ in range(EVENTS)]
@@ -32,8 +36,7 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
     for kill in range(KILLS):
         service = start_service(SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
         await service.wait_ready()
-        target = EVENTS * (kill + 1) // (KILLS + 1)  # the kills spread over the stream
-        await smtp.wait_for(lambda target=target: len(smtp.messages) >= target, timeout=120)
+        await smtp.wait_for(arrived(smtp, EVENTS * (kill + 1) // (KILLS + 1)), timeout=120)  # spread over the stream
         service.kill()
         received.append(collections.Counter(r.rcpt_tos[0] for r in smtp.messages))
 
