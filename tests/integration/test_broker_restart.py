@@ -8,7 +8,11 @@ These tests run on an Apache Kafka node of their own (the run's broker may be a 
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -181,6 +185,42 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
            f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND} in flight), lag back to 0")
     assert len(counts) == expected
     assert duplicates <= IN_FLIGHT_BOUND
+
+
+async def test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing(
+    own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer, service_process: ServiceStarter,
+    report: Callable[[str], None],
+) -> None:
+    """The broker frozen (SIGSTOP: it answers nothing, every connection hangs) for FAULT_BROKER_PAUSE seconds (20
+    here, 60 in ``make faults``) in the middle of a stream: /readyz says the broker is gone, and once it answers
+    again the service goes on by itself; every e-mail once."""
+    pause = float(os.environ.get("FAULT_BROKER_PAUSE", "20"))
+    service = service_process("invitations", SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
+    await service.wait_ready()
+    smtp.handler.delay = 0.05  # ~320 e-mails/s at most: the pause falls in the middle of the stream
+    events = [_invitations_event() for _ in range(1000)]
+    async with Publisher(topics) as publisher:
+        await publisher.many(STREAMS["invitations"].topic, events)
+    await smtp.wait_for(lambda: len(smtp.messages) >= len(events) // 4, timeout=120)
+    assert own_kafka.process is not None
+    frozen_at = time.monotonic()
+    own_kafka.process.send_signal(signal.SIGSTOP)
+    try:
+        at_pause = len(smtp.messages)
+        await wait_until(lambda: service.get("/readyz")[0] == 503, 30, state=service.log_tail)
+        assert service.json("/readyz")["broker"] is False
+        await asyncio.sleep(max(0.0, pause - (time.monotonic() - frozen_at)))  # the outage itself
+    finally:
+        own_kafka.process.send_signal(signal.SIGCONT)
+    wanted = {e["data"]["email"] for _, e in events}
+    await smtp.wait_for(lambda: wanted <= {r.rcpt_tos[0] for r in smtp.messages}, timeout=180)
+    await service.wait_ready()
+    counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
+    duplicates = sum(n - 1 for n in counts.values())
+    report(f"broker frozen for {pause:.0f} s after {at_pause} of {len(events)} e-mails: {len(counts)} delivered, "
+           f"{duplicates} duplicate(s), back to ready without a restart")
+    assert service.process is not None and service.process.poll() is None, "the service was not restarted"
+    assert set(counts) == wanted and duplicates <= IN_FLIGHT_BOUND
 
 
 async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
