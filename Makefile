@@ -36,11 +36,12 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/unit/test_envelope.py \
 		tests/unit/test_message.py tests/handlers/test_hostile_content.py
 
-# The fault scenarios at full scale (about three minutes): the service SIGKILLed 20 times during 10,000 events,
-# the broker unreachable for 60 s mid-stream.
+# The fault scenarios at full scale (about five minutes): the service SIGKILLed 20 times during 10,000 events,
+# the broker unreachable for 60 s mid-stream, the SMTP server gone for 60 s.
 faults: $(STAMP)
-	FAULT_EVENTS=10000 FAULT_KILLS=20 FAULT_BROKER_PAUSE=60 $(BIN)/python -m pytest -q -rA \
-		tests/integration/test_invitations_crash.py "tests/integration/test_broker_restart.py::test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing"
+	FAULT_EVENTS=10000 FAULT_KILLS=20 FAULT_BROKER_PAUSE=60 FAULT_SMTP_OUTAGE=60 $(BIN)/python -m pytest -q -rA \
+		tests/integration/test_invitations_crash.py tests/integration/test_smtp_outage.py \
+		"tests/integration/test_broker_restart.py::test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing"
 
 # BENCH_ARGS: see `python -m ops.bench --help` (services, stores, sizes, broker).
 bench: $(STAMP)

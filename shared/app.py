@@ -622,8 +622,10 @@ async def readiness(service: Service) -> dict[str, bool]:
     broker_ok = bool(await service.broker.ping(timeout=2.0))
     store_ok = await service.store.ping()
     suppressions_ok = service.suppression_follower.caught_up
-    return {"ready": service.started and broker_ok and store_ok and suppressions_ok, "started": service.started,
-            "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok}
+    smtp_ok = service.pool.reachable  # the last session tried opened: no probe of our own
+    return {"ready": service.started and broker_ok and store_ok and suppressions_ok and smtp_ok,
+            "started": service.started, "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok,
+            "smtp": smtp_ok}
 
 
 def _readyz(service: Service) -> Any:

@@ -47,6 +47,10 @@ class Pool(Protocol):
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
         """Send one message; a refusal is returned, a transient failure raised as TransientSmtpError."""
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the server opened the last session tried (True before any): what /readyz says of SMTP."""
+
     async def close(self) -> None: ...
 
 
@@ -69,6 +73,7 @@ class SmtpPool:
         self._config = config
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(config.max_connections)
+        self._reachable = True
         self._tls_context: ssl.SSLContext | None = None
         if config.tls != "none":
             self._tls_context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
@@ -108,7 +113,9 @@ class SmtpPool:
                 except Exception as exc:
                     # Connecting, greeting, EHLO, STARTTLS or AUTH failing is the server's (or our
                     # configuration's) state, not this message's fault: retried, never a final failure.
+                    self._reachable = False
                     raise TransientSmtpError(f"cannot open an SMTP session: {exc.__class__.__name__}: {exc}") from None
+                self._reachable = True
             healthy = False
             try:
                 yield client
@@ -190,6 +197,10 @@ class SmtpPool:
         if 400 <= code < 500 or code < 200:
             raise TransientSmtpError(f"{code} {message}", code=code)
         return Refused(code=code, response=f"{code} {message}")
+
+    @property
+    def reachable(self) -> bool:
+        return self._reachable
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

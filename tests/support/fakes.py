@@ -98,6 +98,7 @@ class FakePool:
         self.refuse: set[str] = set()
         self.unreachable: set[str] = set()  # recipients whose sends fail transiently until removed
         self.attempts = 0
+        self.reachable = True
 
     async def send(self, mail: OutgoingMail) -> Accepted | Refused:
         self.attempts += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,10 +45,13 @@ class RecordingHandler:
         self.refuse_data: int | None = None  # refuse the message at the end of DATA with this code
         self.mail_options: list[list[str]] = []
         self.delay = 0.0  # seconds each message takes to be accepted (a slower relay: a stream lasts longer)
+        self.flaky = 0.0  # the share of RCPTs answered 451 at random (a busy relay): each a retry
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
             return f"{self.refuse_code} {'Try again later' if self.refuse_code < 500 else 'No such user'}"
+        if self.flaky and random.random() < self.flaky:  # noqa: S311 - a test's dice, not a secret
+            return "451 4.3.2 Busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
