@@ -50,7 +50,7 @@ class RecordingHandler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
             return f"{self.refuse_code} {'Try again later' if self.refuse_code < 500 else 'No such user'}"
-        if self.flaky and random.random() < self.flaky:  # noqa: S311 - a test's dice, not a secret
+        if self.flaky and random.random() < self.flaky:
             return "451 4.3.2 Busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
