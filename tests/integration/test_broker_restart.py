@@ -1,7 +1,8 @@
 """What only the real broker allows: Apache Kafka SIGKILLed and restarted on the same log directory in the
 middle of a stream, for each service. The service is not restarted: it reconnects by itself, nothing is
 lost, duplicates stay within the crash window, and its consumer lag in /metrics returns to 0 and agrees
-with the group's committed offsets against the broker's end offsets.
+with the group's committed offsets against the broker's end offsets. Also the broker frozen for a while, and
+each service itself SIGKILLed mid-stream and restarted.
 
 These tests run on an Apache Kafka node of their own (the run's broker may be a cluster nobody may kill).
 """
@@ -185,6 +186,41 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
            f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND} in flight), lag back to 0")
     assert len(counts) == expected
     assert duplicates <= IN_FLIGHT_BOUND
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+async def test_each_service_sigkilled_mid_stream_and_restarted_loses_nothing(
+    name: str, topics: str, smtp: SmtpServer, service_process: ServiceStarter, report: Callable[[str], None],
+) -> None:
+    """The SIGKILL scenario for every service (``test_invitations_crash.py`` runs it at scale for invitations):
+    nothing lost, duplicates only among the e-mails in flight at the kill."""
+    stream = STREAMS[name]
+    events = [stream.event() for _ in range(EVENTS)]
+    ids = {e["id"] for _, e in events}
+
+    def delivered() -> collections.Counter[tuple[str, str]]:
+        return collections.Counter((r.message["X-CustomerSource-Event-Id"], r.rcpt_tos[0].lower())
+                                   for r in smtp.messages if r.message["X-CustomerSource-Event-Id"] in ids)
+
+    expected = EVENTS * stream.mails_per_event
+    smtp.handler.delay = 0.02  # the stream lasts a few seconds: the kill falls in the middle of it
+    service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
+    await service.wait_ready()
+    async with Publisher(topics) as publisher:
+        await publisher.many(stream.topic, events)
+    await smtp.wait_for(lambda: sum(delivered().values()) >= expected // 4, timeout=120)
+    service.kill()
+    at_kill = sum(delivered().values())
+    restarted = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
+    await restarted.wait_ready()
+    await wait_until(lambda: len(delivered()) >= expected, 180,
+                     state=lambda: f"{len(delivered())} of {expected} e-mails; {restarted.log_tail(5)}")
+    counts = delivered()
+    duplicates = sum(n - 1 for n in counts.values())
+    report(f"{name} SIGKILLed after {at_kill} of {expected} e-mails and restarted: {len(counts)} delivered, "
+           f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND * stream.mails_per_event} in flight)")
+    assert len(counts) == expected
+    assert duplicates <= IN_FLIGHT_BOUND * stream.mails_per_event
 
 
 async def test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing(
