@@ -20,25 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.expiry.app import create_service as create_expiry
 from services.expiry.contracts import NEARING_EXPIRY
-from services.expiry.contracts import TOPIC as EXPIRY_TOPIC
-from services.expiry.settings import ExpirySettings
-from services.invitations.app import create_service as create_invitations
 from services.invitations.contracts import ADDED
-from services.invitations.contracts import TOPIC as INVITATIONS_TOPIC
-from services.invitations.settings import InvitationSettings
-from services.permissions.app import create_service as create_permissions
 from services.permissions.contracts import REQUESTED
-from services.permissions.contracts import TOPIC as PERMISSIONS_TOPIC
-from services.permissions.settings import PermissionSettings
-from services.support.app import create_service as create_support
 from services.support.contracts import POST_UNANSWERED
-from services.support.contracts import TOPIC as SUPPORT_TOPIC
-from services.support.settings import SupportSettings
-from shared.app import Service
-from shared.settings import ServiceSettings
-from tests.support.harness import Harness, service_harness
+from tests.support.harness import SENDING, Harness
 from tests.support.samples import (
     address,
     permission_requested,
@@ -106,7 +92,6 @@ def check_message(data: bytes) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    topic: str
     event_type: str
     build: Callable[[list[str], str], dict[str, Any]]  # hostile strings, a hostile address -> the event's data
 
@@ -133,22 +118,18 @@ def unanswered(text: list[str], email: str) -> dict[str, Any]:
                         url="https://community.example.com/q?" + text[4][:100])
 
 
-SERVICES: dict[str, tuple[Callable[..., tuple[Any, Service]], type[ServiceSettings], Case, dict[str, Any]]] = {
-    "invitations": (create_invitations, InvitationSettings, Case(INVITATIONS_TOPIC, ADDED, invitation),
-                    {"key_field": "professional_id", "INVITATION_SECRET": "x" * 48}),
-    "expiry": (create_expiry, ExpirySettings, Case(EXPIRY_TOPIC, NEARING_EXPIRY, reminder), {"key_field": "plan_id"}),
-    "permissions": (create_permissions, PermissionSettings, Case(PERMISSIONS_TOPIC, REQUESTED, request),
-                    {"key_field": "request_id"}),
-    "support": (create_support, SupportSettings, Case(SUPPORT_TOPIC, POST_UNANSWERED, unanswered),
-                {"key_field": "post_id", "SUPPORT_ESCALATION_EMAIL": "dynamics-support@customersource.example"}),
+CASES = {
+    "invitations": Case(ADDED, invitation),
+    "expiry": Case(NEARING_EXPIRY, reminder),
+    "permissions": Case(REQUESTED, request),
+    "support": Case(POST_UNANSWERED, unanswered),
 }
 
 
-@pytest.fixture(params=list(SERVICES))
+@pytest.fixture(params=list(CASES))
 async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Harness, Case]]:
-    create, settings_class, case, options = SERVICES[request.param]
-    async with service_harness(create, settings_class, tmp_path, now=NOW, topic=case.topic, **options) as harness:
-        yield harness, case
+    async with SENDING[request.param].harness(tmp_path, now=NOW) as harness:
+        yield harness, CASES[request.param]
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
@@ -156,9 +137,9 @@ async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def test_hostile_fields_inject_nothing_and_crash_nothing(service: tuple[Harness, Case], text: list[str],
                                                                email: str) -> None:
     harness, case = service
-    sent, letters = len(harness.pool.sent), len(harness.outputs.dead_letters(case.topic))
+    sent, letters = len(harness.pool.sent), len(harness.outputs.dead_letters(harness.topic))
     await harness.publish(case.event_type, case.build(text, email))
     for mail in harness.pool.sent[sent:]:
         check_message(mail.data)
-    kinds = {letter["dlq-error-kind"] for letter in harness.outputs.dead_letters(case.topic)[letters:]}
+    kinds = {letter["dlq-error-kind"] for letter in harness.outputs.dead_letters(harness.topic)[letters:]}
     assert kinds <= {"schema_invalid"}, kinds  # invalid input is refused as such, never a crash

@@ -15,26 +15,14 @@ from sqlalchemy import text
 from services.deliverability.state import MIGRATIONS as DELIVERABILITY_MIGRATIONS
 from services.deliverability.state import RETENTION as DELIVERABILITY_RETENTION
 from services.deliverability.state import sent
-from services.expiry.app import create_service as create_expiry
 from services.expiry.contracts import NEARING_EXPIRY
-from services.expiry.contracts import TOPIC as EXPIRY_TOPIC
-from services.expiry.settings import ExpirySettings
-from services.invitations.app import create_service as create_invitations
 from services.invitations.contracts import ADDED
-from services.invitations.contracts import TOPIC as INVITATIONS_TOPIC
-from services.invitations.settings import InvitationSettings
-from services.permissions.app import create_service as create_permissions
 from services.permissions.contracts import DENIED, REQUESTED
-from services.permissions.contracts import TOPIC as PERMISSIONS_TOPIC
-from services.permissions.settings import PermissionSettings
-from services.support.app import create_service as create_support
 from services.support.contracts import POST_CREATED, POST_UNANSWERED
-from services.support.contracts import TOPIC as SUPPORT_TOPIC
-from services.support.settings import SupportSettings
 from shared.clock import FixedClock
 from shared.retention import PURGED, Retention
 from shared.store import Store
-from tests.support.harness import Harness, service_harness
+from tests.support.harness import SENDING, Harness
 from tests.support.samples import (
     decision,
     permission_requested,
@@ -80,8 +68,7 @@ async def replay_and_duplicate(harness: Harness, events: list[dict[str, Any]]) -
 
 
 async def test_permissions_forget_a_refused_request_and_keep_a_pending_one(tmp_path: Path, database_url: str) -> None:
-    async with service_harness(create_permissions, PermissionSettings, tmp_path, now=NOW, topic=PERMISSIONS_TOPIC,
-                               key_field="request_id", DATABASE_URL=database_url) as harness:
+    async with SENDING["permissions"].harness(tmp_path, now=NOW, DATABASE_URL=database_url) as harness:
         refused = permission_requested()
         pending = permission_requested(
             account_name="Northwind Traders", customer_admins=[person("kim", name="Kim Abercrombie")],
@@ -105,9 +92,7 @@ async def test_permissions_forget_a_refused_request_and_keep_a_pending_one(tmp_p
 
 
 async def test_support_forgets_an_escalated_post_and_keeps_a_waiting_one(tmp_path: Path, database_url: str) -> None:
-    async with service_harness(create_support, SupportSettings, tmp_path, now=NOW, topic=SUPPORT_TOPIC,
-                               key_field="post_id", DATABASE_URL=database_url,
-                               SUPPORT_ESCALATION_EMAIL="dynamics-support@customersource.example") as harness:
+    async with SENDING["support"].harness(tmp_path, now=NOW, DATABASE_URL=database_url) as harness:
         escalated = post_created(NOW - timedelta(days=5))
         waiting = post_created(NOW - timedelta(hours=1), account_name="Northwind Traders", title="Another question",
                                author=person("author", name="Kim Abercrombie"),
@@ -127,8 +112,7 @@ async def test_support_forgets_an_escalated_post_and_keeps_a_waiting_one(tmp_pat
 
 
 async def test_expiry_forgets_who_was_reminded_for_a_date_long_past(tmp_path: Path, database_url: str) -> None:
-    async with service_harness(create_expiry, ExpirySettings, tmp_path, now=NOW, topic=EXPIRY_TOPIC,
-                               key_field="plan_id", DATABASE_URL=database_url) as harness:
+    async with SENDING["expiry"].harness(tmp_path, now=NOW, DATABASE_URL=database_url) as harness:
         expires_on = NOW.date() + timedelta(days=10)
         data = plan_nearing_expiry(expires_on)
         events = [await harness.publish(NEARING_EXPIRY, data)]
@@ -147,9 +131,7 @@ async def test_expiry_forgets_who_was_reminded_for_a_date_long_past(tmp_path: Pa
 
 async def test_invitations_keep_a_live_profile_and_forget_the_old_deliveries(tmp_path: Path,
                                                                              database_url: str) -> None:
-    async with service_harness(create_invitations, InvitationSettings, tmp_path, now=NOW, topic=INVITATIONS_TOPIC,
-                               key_field="professional_id", DATABASE_URL=database_url,
-                               INVITATION_SECRET="x" * 48) as harness:
+    async with SENDING["invitations"].harness(tmp_path, now=NOW, DATABASE_URL=database_url) as harness:
         data = professional_added()
         events = [await harness.publish(ADDED, data)]
         harness.clock.advance(KEPT + timedelta(days=1))

@@ -16,25 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.expiry.app import create_service as create_expiry
 from services.expiry.contracts import NEARING_EXPIRY
-from services.expiry.contracts import TOPIC as EXPIRY_TOPIC
-from services.expiry.settings import ExpirySettings
-from services.invitations.app import create_service as create_invitations
 from services.invitations.contracts import ADDED
-from services.invitations.contracts import TOPIC as INVITATIONS_TOPIC
-from services.invitations.settings import InvitationSettings
-from services.permissions.app import create_service as create_permissions
 from services.permissions.contracts import REQUESTED
-from services.permissions.contracts import TOPIC as PERMISSIONS_TOPIC
-from services.permissions.settings import PermissionSettings
-from services.support.app import create_service as create_support
 from services.support.contracts import POST_UNANSWERED
-from services.support.contracts import TOPIC as SUPPORT_TOPIC
-from services.support.settings import SupportSettings
-from shared.app import Service
-from shared.settings import ServiceSettings
-from tests.support.harness import service_harness
+from tests.support.harness import SENDING, SUPPORT_TEAM
 from tests.support.kafka import cloudevent
 from tests.support.samples import (
     permission_requested,
@@ -46,7 +32,6 @@ from tests.support.samples import (
 )
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
-TEAM = "dynamics-support@customersource.example"
 PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -67,26 +52,17 @@ def parsed(data: bytes) -> EmailMessage:
 
 @dataclass(frozen=True)
 class Case:
-    create: Callable[..., tuple[Any, Service]]
-    settings: type[ServiceSettings]
-    topic: str
     event_type: str
-    key_field: str
     build: Callable[[str], dict[str, Any]]  # an account's name -> its event's data
     addresses: Callable[[dict[str, Any]], set[str]]  # what the event carries
-    options: dict[str, Any]
 
 
 CASES = {
-    "invitations": Case(create_invitations, InvitationSettings, INVITATIONS_TOPIC, ADDED, "professional_id",
-                        lambda name: professional_added(account_name=name), lambda d: {d["email"]},
-                        {"INVITATION_SECRET": "x" * 48}),
-    "permissions": Case(create_permissions, PermissionSettings, PERMISSIONS_TOPIC, REQUESTED, "request_id",
-                        lambda name: permission_requested(account_name=name),
-                        lambda d: {a["email"] for a in d["customer_admins"]} | {d["partner"]["email"]}, {}),
-    "support": Case(create_support, SupportSettings, SUPPORT_TOPIC, POST_UNANSWERED, "post_id",
-                    lambda name: post_created(NOW - timedelta(days=5), account_name=name),
-                    lambda d: {d["author"]["email"], TEAM}, {"SUPPORT_ESCALATION_EMAIL": TEAM}),
+    "invitations": Case(ADDED, lambda name: professional_added(account_name=name), lambda d: {d["email"]}),
+    "permissions": Case(REQUESTED, lambda name: permission_requested(account_name=name),
+                        lambda d: {a["email"] for a in d["customer_admins"]} | {d["partner"]["email"]}),
+    "support": Case(POST_UNANSWERED, lambda name: post_created(NOW - timedelta(days=5), account_name=name),
+                    lambda d: {d["author"]["email"], SUPPORT_TEAM}),
 }
 
 
@@ -96,8 +72,7 @@ CASES = {
 async def test_each_email_goes_to_its_events_people_and_names_only_its_account(
         service: str, accounts: int, tmp_path_factory: pytest.TempPathFactory) -> None:
     case = CASES[service]
-    async with service_harness(case.create, case.settings, tmp_path_factory.mktemp(service), now=NOW,
-                               topic=case.topic, key_field=case.key_field, **case.options) as harness:
+    async with SENDING[service].harness(tmp_path_factory.mktemp(service), now=NOW) as harness:
         events = [cloudevent(case.event_type, case.build(f"Account {uid('A')}"), time=NOW) for _ in range(accounts)]
         await harness.fetch(*(harness.record(event) for event in events))  # one batch, all accounts at once
         by_id = {event["id"]: event["data"] for event in events}
@@ -115,8 +90,7 @@ async def test_each_email_goes_to_its_events_people_and_names_only_its_account(
 @given(partner_of=st.lists(st.integers(min_value=0, max_value=2), min_size=2, max_size=6))
 async def test_each_reminder_names_only_its_account_and_each_digest_only_its_partners_customers(
         partner_of: list[int], tmp_path_factory: pytest.TempPathFactory) -> None:
-    async with service_harness(create_expiry, ExpirySettings, tmp_path_factory.mktemp("expiry"), now=NOW,
-                               topic=EXPIRY_TOPIC, key_field="plan_id") as harness:
+    async with SENDING["expiry"].harness(tmp_path_factory.mktemp("expiry"), now=NOW) as harness:
         partners = [{**person("partner", name=f"Partner {uid('P')}", locale="en-GB"), "partner_id": uid("PARTNER")}
                     for _ in range(3)]
         plans = [plan_nearing_expiry(NOW.date() + timedelta(days=10), account_name=f"Account {uid('A')}",

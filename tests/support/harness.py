@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,6 +19,18 @@ from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import event as sqlalchemy_event
 
+from services.expiry.app import create_service as create_expiry
+from services.expiry.contracts import TOPIC as EXPIRY_TOPIC
+from services.expiry.settings import ExpirySettings
+from services.invitations.app import create_service as create_invitations
+from services.invitations.contracts import TOPIC as INVITATIONS_TOPIC
+from services.invitations.settings import InvitationSettings
+from services.permissions.app import create_service as create_permissions
+from services.permissions.contracts import TOPIC as PERMISSIONS_TOPIC
+from services.permissions.settings import PermissionSettings
+from services.support.app import create_service as create_support
+from services.support.contracts import TOPIC as SUPPORT_TOPIC
+from services.support.settings import SupportSettings
 from shared.app import Service
 from shared.clock import FixedClock
 from shared.lag import CaughtUp
@@ -124,3 +137,32 @@ async def service_harness(
         yield Harness(FakeKafka(topic), service, pool, outputs, clock, caught_up, topic, key_field)
     finally:
         await service.store.close()
+
+
+SUPPORT_TEAM = "dynamics-support@customersource.example"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """How one sending service is built for a handler test: its factory and settings, its input topic and key
+    field, and the settings it requires beyond the shared ones."""
+
+    create_service: Callable[..., tuple[Any, Service]]
+    settings_class: type[ServiceSettings]
+    topic: str
+    key_field: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def harness(self, tmp_path: Path, *, now: datetime, **settings: Any) -> AbstractAsyncContextManager[Harness]:
+        return service_harness(self.create_service, self.settings_class, tmp_path, now=now, topic=self.topic,
+                               key_field=self.key_field, **{**self.settings, **settings})
+
+
+SENDING = {
+    "invitations": Wiring(create_invitations, InvitationSettings, INVITATIONS_TOPIC, "professional_id",
+                          {"INVITATION_SECRET": "x" * 48}),
+    "expiry": Wiring(create_expiry, ExpirySettings, EXPIRY_TOPIC, "plan_id"),
+    "permissions": Wiring(create_permissions, PermissionSettings, PERMISSIONS_TOPIC, "request_id"),
+    "support": Wiring(create_support, SupportSettings, SUPPORT_TOPIC, "post_id", {"SUPPORT_ESCALATION_EMAIL": SUPPORT_TEAM}),
+}
+"""The four services that send e-mail, wired for handler tests."""
