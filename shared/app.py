@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -24,19 +23,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
-from faststream.kafka.prometheus import KafkaPrometheusMiddleware
-from faststream.middlewares import AckPolicy
 from faststream.specification import AsyncAPI
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, WithJsonSchema
 
 from shared import asyncapi
-from shared.batches import BatchProcessor, DrainOnRevoke
+from shared.batches import BatchProcessor
 from shared.clock import Clock, SystemClock
 from shared.envelope import events_json_schema
 from shared.handling import Context, EventRouter, Plan, Preload
+from shared.intake import Intake
 from shared.kafka import Outputs, Producer, client_options, ensure_topics, security
 from shared.lag import CaughtUp, LagMeter
 from shared.mail.mailer import (
@@ -138,7 +135,7 @@ class Service:
     caught_up: CaughtUp
     lag: LagMeter
     broker: KafkaBroker
-    subscriber: Any
+    intake: Intake
     scheduler: Scheduler | None
     drain: float
     tracing: Tracing
@@ -271,28 +268,25 @@ def build_service(
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,
         unsettled=unsettled, on_revoke=caught_up.forget, after_settle=lag.measure,
     )
-    broker = KafkaBroker(
-        settings.KAFKA_BOOTSTRAP_SERVERS,
-        # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
-        request_timeout_ms=int((drain + 15 + 5) * 1000),
-        security=security(settings),
-        client_id=f"customersource-{spec.name}",
-        middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=spec.name),
-                     *([KafkaTelemetryMiddleware(tracer_provider=tracing.provider)] if tracing.provider else [])],
-        logger=logging.getLogger(f"customersource.{spec.name}.faststream"),
-        graceful_timeout=drain + 5,
-        log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines
-        description=spec.description,
-    )
-    subscriber = _subscribe(broker, settings, spec.router, batches, drain)
-    _document_outputs(broker, spec)
+    intake = Intake(settings, topic=spec.router.topic, options=client_options(settings),
+                    client_id=f"customersource-{spec.name}", batches=batches, drain=drain)
+    # The application's broker: its life (started and stopped with the application) and the readiness ping.
+    broker = KafkaBroker(settings.KAFKA_BOOTSTRAP_SERVERS, security=security(settings),
+                         client_id=f"customersource-{spec.name}", description=spec.description,
+                         logger=logging.getLogger(f"customersource.{spec.name}.faststream"))
+    # The AsyncAPI document's broker, never connected: the input topic as a subscriber, the outputs as
+    # publishers (the service consumes through its intake and produces through its outputs).
+    described = KafkaBroker(settings.KAFKA_BOOTSTRAP_SERVERS, security=security(settings),
+                            description=spec.description)
+    _document_input(described, settings, spec.router)
+    _document_outputs(described, spec)
     service = Service(
         spec=spec, settings=settings, store=store, producer=producer, pool=pool, mailer=mailer,
         suppression_follower=suppression_follower, runner=runner, retention=retention,
         metrics=metrics, clock=clock, batches=batches, caught_up=caught_up, lag=lag, broker=broker,
-        subscriber=subscriber, scheduler=scheduler, drain=drain, tracing=tracing,
+        intake=intake, scheduler=scheduler, drain=drain, tracing=tracing,
     )
-    specification = AsyncAPI(broker, title=spec.title, version="1.0.0", description=spec.description,
+    specification = AsyncAPI(described, title=spec.title, version="1.0.0", description=spec.description,
                              schema_version="3.0.0")
     app = AsgiFastStream(
         broker,
@@ -361,9 +355,6 @@ def _document_outputs(broker: KafkaBroker, spec: ServiceSpec) -> None:
         ),
     )
 
-
-IDLE_POLL_MS = 20
-"""How long a poll of the consumer waits for records (and, when none came, the pause before the next)."""
 
 READINESS_IN_METRICS_S = 2.5
 """How long /metrics waits for the readiness checks behind ``customersource_ready``."""
@@ -437,59 +428,17 @@ def _hook(step: Callable[[Service], Awaitable[None]], service: Service) -> Calla
     return hook
 
 
-def _subscribe(broker: KafkaBroker, settings: ServiceSettings, router: EventRouter, batches: BatchProcessor,
-               drain: float) -> Any:
-
-    async def raw_records(message: Any) -> Any:
-        return message.raw_message
-
-    async def tolerant_parser(records: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
-        # FastStream's parser decodes every header as UTF-8; a binary or null header value would
-        # make it fail before our code sees the record, and the record would never be dead-lettered.
-        # It parses copies with text-safe headers; the handler still gets the original records.
-        safe = tuple(
-            dataclasses.replace(r, headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers])
-            for r in records
-        )
-        message = await original(safe)
-        message.raw_message = records
-        return message
-
+def _document_input(broker: KafkaBroker, settings: ServiceSettings, router: EventRouter) -> None:
+    """The input topic, as the subscriber of the AsyncAPI document's broker (see :mod:`shared.asyncapi`)."""
     records_type = Annotated[Any, WithJsonSchema({**router.payload_json_schema(), "title": f"{router.topic} event"})]
 
     async def consume(records: Any) -> None:
-        kafka = subscriber.consumer
-        assert kafka is not None, "FastStream hands over batches only from a running consumer"
-        await batches.handle_fetch(kafka, records)  # returns once the batch before is settled (and measured)
+        raise AssertionError("never called: the document's broker is never connected")
 
     consume.__annotations__["records"] = records_type  # resolved here, not from a string
     consume.__doc__ = router.description
-    subscriber = broker.subscriber(
-        router.topic,
-        batch=True,
-        group_id=settings.group_id,
-        parser=tolerant_parser,
-        decoder=raw_records,
-        ack_policy=AckPolicy.MANUAL,  # BatchProcessor.handle_fetch commits or rewinds each batch itself
-        no_reply=True,  # never publish to a topic named by a record's reply_to header
-        listener=DrainOnRevoke(batches, timeout=drain),
-        rebalance_timeout_ms=int((drain + 15) * 1000),
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
-        fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS,
-        max_partition_fetch_bytes=max(1_048_576, settings.KAFKA_MAX_MESSAGE_BYTES + 65_536),
-        # getmany returns as soon as records are fetched; when it finds none, FastStream sleeps as long again
-        # before the next poll, and records arriving meanwhile wait: with the fetch's 100 ms, ~35 ms were
-        # added to an idle service's latency. A short poll keeps that pause short (KAFKA_FETCH_MAX_WAIT_MS is
-        # still how long the broker holds an empty fetch).
-        batch_timeout_ms=IDLE_POLL_MS,
-        max_records=500,
-        title=router.topic,
-        description=router.description,
-    )
-    subscriber(consume)
-    return subscriber
+    broker.subscriber(router.topic, batch=True, group_id=settings.group_id, title=router.topic,
+                      description=router.description)(consume)
 
 
 async def _start(service: Service) -> None:
@@ -504,18 +453,18 @@ async def _start(service: Service) -> None:
     # Every suppression in force is known before the first event is consumed.
     await service.suppression_follower.catch_up()
     await service.producer.start()
+    await service.intake.start()
 
 
 async def _after_start(service: Service) -> None:
     async def lag_loop() -> None:
         while True:
             await asyncio.sleep(1)
-            kafka = service.subscriber.consumer
-            if kafka is None:  # the subscriber is (re)starting: nothing assigned, nothing caught up
+            if not service.intake.running:  # nothing assigned, nothing caught up
                 service.caught_up.forget()
                 continue
             try:
-                await service.lag.measure(kafka)
+                await service.lag.measure(service.intake)
             except Exception:
                 service.caught_up.forget()
                 log.warning("lag not measured", exc_info=True)
@@ -545,7 +494,7 @@ def _background_ended(service: Service, task: asyncio.Task[None]) -> None:
 
 async def _wind_down(service: Service) -> None:
     """Before the broker stops: let the batch in progress finish its records and commit, rather
-    than be cancelled between an SMTP acceptance and its record."""
+    than be cancelled between an SMTP acceptance and its record; then the intake leaves the group."""
     service.started = False
     service.caught_up.close()  # nothing counts as caught up from now on
     for task in service.tasks:  # the scheduler and the lag loop stop before the consumer does
@@ -555,6 +504,7 @@ async def _wind_down(service: Service) -> None:
         await asyncio.wait_for(service.batches.settled(), service.drain)
     except TimeoutError:
         log.warning("batch still running at shutdown")
+    await service.intake.stop()
 
 
 async def _stop(service: Service) -> None:

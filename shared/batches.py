@@ -1,7 +1,7 @@
 """The Kafka side of the runtime: one fetched batch of an input topic decoded, deduplicated,
 dispatched to its handlers, dead-lettered where it must be, and committed.
 
-FastStream's batch subscriber hands us the raw records of one fetch. The batch is prepared first
+The intake (:mod:`shared.intake`) hands over the records of one fetch. The batch is prepared first
 (decode and validate every record: pure work), then one read gets the idempotency records of all its
 events and one the delivery records of the new ones. Records that share a partition and key (one
 aggregate) are then processed in order, different aggregates concurrently: each record's handler
@@ -34,8 +34,10 @@ from shared.clock import Clock
 from shared.envelope import DeadLetter, Event, decode, validate
 from shared.handling import EventRouter, Route
 from shared.kafka import Producer
+from shared.lag import OffsetsView
 from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
+from shared.records import UnreadableRecord
 from shared.runtime import PlanRunner
 from shared.store import EventKey, EventState, ProcessedMark, Store, is_database_outage
 from shared.tracing import Tracing
@@ -67,6 +69,11 @@ class Partitions(Protocol):
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+class Consumer(Partitions, OffsetsView, Protocol):
+    """The consumer that fetched a batch (the intake, :mod:`shared.intake`): what the batch processor does with
+    it, and what the measure after each batch reads of it."""
 
 
 async def settle(
@@ -186,7 +193,7 @@ class Batch:
 
 
 class BatchProcessor:
-    """Processes the batches FastStream's subscriber fetches for one router.
+    """Processes the batches the intake (:mod:`shared.intake`) fetches for one router.
 
     Two batches may be in progress at once: :meth:`handle_fetch` starts a batch and returns once each of its
     aggregates has started (its records are in progress, or done) and the batch before it is settled, so the
@@ -210,7 +217,7 @@ class BatchProcessor:
         tracing: Tracing | None = None,
         unsettled: Counter[int] | None = None,
         on_revoke: Callable[[], None] = lambda: None,
-        after_settle: Callable[[Any], Awaitable[None]] | None = None,
+        after_settle: Callable[[Consumer], Awaitable[None]] | None = None,
     ) -> None:
         self.router = router
         self.runner = runner
@@ -238,7 +245,7 @@ class BatchProcessor:
         self.unsettled: Counter[int] = unsettled if unsettled is not None else Counter()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
 
-    async def handle_fetch(self, kafka: Partitions, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    async def handle_fetch(self, kafka: Consumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Start processing one fetched batch, and return once each of its aggregates has started and the
         batch before it is settled. Each batch is settled after it is processed and after the one before it:
         for the partitions this member still owns, commit up to the first record not finished and seek back
@@ -277,7 +284,7 @@ class BatchProcessor:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def _process_and_settle(self, kafka: Partitions, batch: Batch, before: asyncio.Task[None] | None) -> None:
+    async def _process_and_settle(self, kafka: Consumer, batch: Batch, before: asyncio.Task[None] | None) -> None:
         try:
             with contextlib.suppress(Exception):  # logged by process_batch; the rest is fetched again
                 await self.process_batch(batch)
@@ -407,6 +414,8 @@ class BatchProcessor:
         """Size, envelope, type and data checks of one record: no I/O."""
         event_type = "unknown"
         try:
+            if isinstance(record, UnreadableRecord):  # the Kafka client could not read it (shared.intake)
+                raise DeadLetter("unparseable", record.reason)
             size = len(record.value or b"") + len(record.key or b"")
             size += sum(len(k) + len(v or b"") for k, v in record.headers)
             if size > self.max_message_bytes:

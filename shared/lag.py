@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Set
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import TopicPartition
 
@@ -81,7 +81,7 @@ class LagMeter:
         self.unsettled = unsettled  # input partitions with records in a batch not settled yet (how many batches)
         self.on_caught_up = on_caught_up
 
-    async def measure(self, consumer: OffsetsView | Any) -> None:
+    async def measure(self, consumer: OffsetsView) -> None:
         """Lag per assigned partition: the high watermark of the last fetch minus the group's committed
         offset (the log's start before the first commit), so that /metrics says what the broker says (end
         offset minus committed offset): records fetched but not yet committed still count."""

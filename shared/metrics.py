@@ -1,4 +1,4 @@
-"""Our Prometheus counters, beside FastStream's own Kafka middleware metrics (same registry)."""
+"""Our Prometheus counters, gauges and histograms, and the process collector, in one registry per service."""
 
 from __future__ import annotations
 

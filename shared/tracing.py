@@ -6,7 +6,7 @@ An input record's ``traceparent`` (and ``tracestate``) Kafka headers are the par
 each output event and audit event carries the context on as its own ``traceparent`` header. Dead letters
 keep the original headers, ``traceparent`` included. A scheduled job's run is a span of its own (``job
 <kind>``), its e-mails and events under it. Log lines written meanwhile carry ``trace_id`` and
-``span_id``. FastStream's Kafka telemetry middleware adds a span per fetched batch.
+``span_id``.
 
 Off by default, and then free but for a check per event. On when the standard variables ask for it:
 ``OTEL_TRACES_EXPORTER=otlp`` or an ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -91,11 +93,14 @@ class Publisher:
         await self._producer.send_and_wait(topic, value=value, key=key.encode() if key else None, headers=headers)
 
     async def many(self, topic: str, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        futures = [
-            await self._producer.send(topic, value=json.dumps(event).encode(), key=key.encode(),
-                                      headers=[("content-type", b"application/cloudevents+json")])
-            for key, event in items
-        ]
+        """Structured CloudEvents (key, event), in order, all acknowledged."""
+        await self.many_raw(topic, [(key, json.dumps(event).encode(), [("content-type", b"application/cloudevents+json")])
+                                    for key, event in items])
+
+    async def many_raw(self, topic: str, records: Sequence[tuple[str, bytes, Sequence[tuple[str, bytes]]]]) -> None:
+        """Records (key, value, headers), in order, all acknowledged."""
+        futures = [await self._producer.send(topic, value=value, key=key.encode(), headers=list(headers))
+                   for key, value, headers in records]
         await self._producer.flush()
         await asyncio.gather(*futures)
 
@@ -145,3 +150,44 @@ class Reader:
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         await wait_until(condition, timeout, state=lambda: f"{len(self.records)} records read")
+
+
+RAW_HEADER_PUBLISHER = """
+import asyncio, json, sys
+from aiokafka import AIOKafkaProducer
+
+class RawKey(str):  # aiokafka's pure-Python batch builder writes what encode() returns
+    def __new__(cls, raw):
+        key = super().__new__(cls, "raw")
+        key.raw = raw
+        return key
+
+    def encode(self, *args, **kwargs):
+        return self.raw
+
+async def main(bootstrap, topic, records):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value=bytes.fromhex(value), key=key.encode(),
+                                         headers=[(RawKey(bytes.fromhex(k)), bytes.fromhex(v)) for k, v in headers])
+    finally:
+        await producer.stop()
+
+asyncio.run(main(*json.loads(sys.argv[1])))
+"""
+
+
+async def publish_with_raw_header_keys(bootstrap: str, topic: str,
+                                       records: Sequence[tuple[str, bytes, Sequence[tuple[bytes, bytes]]]]) -> None:
+    """Publish records (key, value, headers) whose header keys are the given bytes, UTF-8 or not (as a
+    publisher in another language can), one after the other: aiokafka's pure-Python record builder writes
+    them, in a process of its own that has it load no C extension."""
+    argument = json.dumps([bootstrap, topic, [(key, value.hex(), [(k.hex(), v.hex()) for k, v in headers])
+                                              for key, value, headers in records]])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RAW_HEADER_PUBLISHER, argument, env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode(errors="replace")
