@@ -32,11 +32,20 @@ from typing import Protocol
 PR_SET_PDEATHSIG = 1
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now, and not handed out before by this process: the kernel may give a port it has just
+    given again, and two servers started with the same one collide (seen: a service's HTTP port and its
+    bounce listener's)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child
