@@ -68,16 +68,19 @@ async def test_the_smtp_server_gone_for_a_while(kafka: str, servers: list[SmtpSe
     assert set(counts) == wanted and duplicates <= IN_FLIGHT_BOUND and retries > 0
 
 
-async def test_a_relay_answering_451_to_a_third_of_the_messages(kafka: str, smtp: SmtpServer, start_service: Starter,
-                                                                report: Callable[[str], None]) -> None:
+@pytest.mark.parametrize("code", [451, 421])
+async def test_a_relay_answering_4xx_to_a_third_of_the_messages(kafka: str, smtp: SmtpServer, start_service: Starter,
+                                                                report: Callable[[str], None], code: int) -> None:
+    """451 (a busy relay), or 421 and the connection closed (a relay shutting down sessions)."""
     smtp.handler.flaky = 1 / 3
+    smtp.handler.flaky_code = code
     service = start_service()
     await service.wait_ready()
     wanted = await publish(kafka)
     await smtp.wait_for(lambda: wanted <= {r.rcpt_tos[0] for r in smtp.messages}, timeout=180)
     counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
     retries = service.metric("customersource_retries_total", what="smtp")
-    report(f"relay answering 451 to a third of {EVENTS} e-mails: {len(counts)} delivered, "
+    report(f"relay answering {code} to a third of {EVENTS} e-mails: {len(counts)} delivered, "
            f"{sum(n - 1 for n in counts.values())} duplicate(s), {retries:.0f} SMTP retries")
     assert set(counts) == wanted and max(counts.values()) == 1 and retries >= EVENTS / 5
     assert service.get("/readyz")[0] == 200, "a busy relay is reachable"

@@ -45,13 +45,17 @@ class RecordingHandler:
         self.refuse_data: int | None = None  # refuse the message at the end of DATA with this code
         self.mail_options: list[list[str]] = []
         self.delay = 0.0  # seconds each message takes to be accepted (a slower relay: a stream lasts longer)
-        self.flaky = 0.0  # the share of RCPTs answered 451 at random (a busy relay): each a retry
+        self.flaky = 0.0  # the share of RCPTs answered flaky_code at random (a busy relay): each a retry
+        self.flaky_code = 451  # or 421: the server then closes the connection, as RFC 5321 has it (4.2.2)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse_code is not None and (self.refuse_for is None or self.refuse_for(address)):
             return f"{self.refuse_code} {'Try again later' if self.refuse_code < 500 else 'No such user'}"
         if self.flaky and random.random() < self.flaky:
-            return "451 4.3.2 Busy, try again later"
+            if self.flaky_code == 421:  # closed once the reply is written (it is, before the next turn of the loop)
+                asyncio.get_running_loop().call_soon(server.transport.close)
+                return "421 4.3.2 Service not available, closing transmission channel"
+            return f"{self.flaky_code} 4.3.2 Busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
