@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def bad_record(kind: str) -> tuple[str, bytes, list[tuple[str, bytes]], dict[str
 
 
 async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
-        kafka: str, smtp: SmtpServer, start_service: Starter) -> None:
+        kafka: str, smtp: SmtpServer, start_service: Starter, report: Callable[[str], None]) -> None:
     """One bad record in ten among EVENTS good ones (FAULT_EVENTS; ``make faults`` runs 10,000), of every
     kind, and a few whose header key is not UTF-8, published half before the service starts and half while it
     runs: each bad one dead-lettered with its kind, each good one processed once. Then the fix of the
@@ -126,7 +127,7 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     copies = Counter((letter.key, letter.value) for letter in letters)
     duplicates = sum(len(smtp.to(email)) - 1 for email in everyone)
     lost = sum(1 for email in everyone if not smtp.to(email))
-    print(f"\nmeasured: {EVENTS} good and {letters_expected} bad records in ({len(unreadable)} with a header key "
+    report(f"{EVENTS} good and {letters_expected} bad records in ({len(unreadable)} with a header key "
           f"not UTF-8), {EVENTS - lost} e-mails, lost {lost}, duplicates {duplicates}, dead letters "
           f"{len(letters)} {dict(sorted(kinds.items()))}, all done {drained:.1f} s after the first publish")
     assert lost == 0 and duplicates == 0
@@ -149,7 +150,7 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     await smtp.wait_for(lambda: all(len(smtp.to(p["email"])) == 2 for p in fixed), timeout=30)
     assert [len(smtp.to(p["email"])) for p in fixed] == [2] * len(fixed)
     assert service.metric("customersource_dead_letters_total") == letters_expected
-    print(f"measured: {len(fixed)} unknown_aggregate letters fixed and replayed, each processed once")
+    report(f"{len(fixed)} unknown_aggregate letters fixed and replayed: each processed once")
 
 
 def ops_cli(kafka: str, *args: str) -> str:
