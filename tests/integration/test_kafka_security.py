@@ -60,7 +60,8 @@ def secure_settings(ca_file: Path, password: str) -> dict[str, str]:
 async def test_a_service_on_the_sasl_ssl_listener_consumes_sends_and_publishes(
         secure_kafka: tuple[ApacheKafkaBroker, str, Path], smtp: SmtpServer, tmp_path: Path) -> None:
     broker, secure, ca_file = secure_kafka
-    starter = ServiceStarter(bootstrap=secure, smtp_port=smtp.port, folder=tmp_path, token=uuid.uuid4().hex[:10])
+    starter = ServiceStarter(bootstrap=secure, smtp_port=smtp.port, folder=tmp_path, token=uuid.uuid4().hex[:10],
+                             test_bootstrap=broker.bootstrap)
     try:
         service = starter("invitations", **secure_settings(ca_file, PASSWORD))
         await service.wait_ready()  # it created its topics, read the suppressions and joined its group
@@ -76,8 +77,9 @@ async def test_a_service_on_the_sasl_ssl_listener_consumes_sends_and_publishes(
 
 async def test_a_wrong_password_stops_the_start_saying_why_and_is_never_logged(
         secure_kafka: tuple[ApacheKafkaBroker, str, Path], smtp: SmtpServer, tmp_path: Path) -> None:
-    _, secure, ca_file = secure_kafka
-    starter = ServiceStarter(bootstrap=secure, smtp_port=smtp.port, folder=tmp_path, token=uuid.uuid4().hex[:10])
+    broker, secure, ca_file = secure_kafka
+    starter = ServiceStarter(bootstrap=secure, smtp_port=smtp.port, folder=tmp_path, token=uuid.uuid4().hex[:10],
+                             test_bootstrap=broker.bootstrap)
     wrong = "wrong-password-Zq9"
     try:
         service = starter("invitations", **secure_settings(ca_file, wrong))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ops.broker import die_with_parent, free_port
+from ops.topicreader import read_to_end
+from tests.support.kafka import INPUT_TOPICS, OUTPUT_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,8 +127,11 @@ class ServiceStarter:
     group of this test's (``customersource.<name>.<token>``), its SQLite file and log in ``folder``;
     ``stop_all()`` stops every one it started (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, *, bootstrap: str, smtp_port: int, folder: Path, token: str) -> None:
+    def __init__(self, *, bootstrap: str, smtp_port: int, folder: Path, token: str,
+                 test_bootstrap: str | None = None) -> None:
         self.bootstrap = bootstrap
+        # Where the test itself reads the topics: the broker's plaintext listener when the services use another.
+        self.test_bootstrap = test_bootstrap or bootstrap
         self.smtp_port = smtp_port
         self.folder = folder
         self.token = token
@@ -142,14 +148,26 @@ class ServiceStarter:
         return process
 
     def stop_all(self) -> None:
-        """Stop every service started, then check that none wrote a secret or a token in its log or metrics."""
+        """Stop every service started, then check that none wrote a secret or a token in its log, its metrics,
+        or a record of the topics the services write (output events, audit events, dead letters)."""
         found: list[str] = []
         for process in self.started:
             metrics = process.get("/metrics")[1].decode("utf-8", "replace")  # nothing when it has exited
             process.terminate()
             log = process.log_path.read_text(errors="replace") if process.log_path.exists() else ""
             found += [f"{process.log_path.name}: {leak}" for leak in leaks(log + metrics, process.env)]
-        assert not found, f"secrets or tokens written: {found}"
+        if self.started:
+            with concurrent.futures.ThreadPoolExecutor(1) as thread:  # this fixture's teardown runs no loop
+                records = thread.submit(asyncio.run, read_to_end({"bootstrap_servers": self.test_bootstrap},
+                                                                 WRITTEN_TOPICS)).result(timeout=120)
+            written = "\n".join(f"{r.topic} {r.key!r} {r.value!r} {r.headers!r}" for r in records)
+            found += [f"{self.test_bootstrap} topics: {leak}" for process in self.started
+                      for leak in leaks(written, process.env)]
+        assert not found, f"secrets or tokens written: {sorted(set(found))}"
+
+
+WRITTEN_TOPICS = [*OUTPUT_TOPICS, *(topic + ".dlq" for topic in INPUT_TOPICS), "customersource.notifications.dlq"]
+"""The topics the services write."""
 
 
 SECRET_SETTINGS = ("INVITATION_SECRET", "INVITATION_PREVIOUS_SECRETS", "UNSUBSCRIBE_SECRET",
