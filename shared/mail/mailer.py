@@ -181,6 +181,10 @@ class Mailer:
         self._records: GroupCommit[Mapping[str, Any]] = GroupCommit(
             store, statements=upserts(deliveries, ["delivery_id"]), window=RECORD_WINDOW_S, urgent=True,
             name="outcomes")
+        # E-mails the SMTP server accepted whose record could not be written in the retry window (the database
+        # down longer): by delivery id, the outcome and when it was accepted. Never sent again by this process:
+        # the next attempt of their event writes the record first (see deliver).
+        self._unrecorded: dict[str, tuple[MailOutcome, float]] = {}
 
     async def deliver(self, note: Notification, cause: EventRef,
                       known: Mapping[str, Any] | None = None) -> MailOutcome:
@@ -188,6 +192,12 @@ class Mailer:
         batch (delivery id -> row); without it the record is looked up here."""
         recipient = note.recipient.email.strip()
         delivery_id = _delivery_id(cause.source, cause.id, note.template, recipient)
+        if delivery_id in self._unrecorded:  # accepted before, its record not written yet: write it, send nothing
+            accepted, answered = self._unrecorded[delivery_id]
+            await asyncio.shield(self._record(delivery_id, note.aggregate_id, accepted, insist=True))
+            del self._unrecorded[delivery_id]
+            self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
+            return accepted
         if known is not None:
             row = known.get(delivery_id)
         else:
@@ -249,7 +259,13 @@ class Mailer:
         outcome.at = self.clock.now()
         answered = time.monotonic()
         # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
-        await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome, insist=outcome.outcome == "sent"))
+        try:
+            await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome,
+                                              insist=outcome.outcome == "sent"))
+        except Exception:
+            if outcome.outcome == "sent":  # the database is down for longer: kept until the next attempt
+                self._unrecorded[delivery_id] = (outcome, answered)
+            raise
         if outcome.outcome == "sent":
             self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
         self.metrics.email(note.template, outcome.outcome)
