@@ -223,6 +223,46 @@ async def test_each_service_sigkilled_mid_stream_and_restarted_loses_nothing(
     assert duplicates <= IN_FLIGHT_BOUND * stream.mails_per_event
 
 
+@pytest.mark.parametrize("name", sorted(STREAMS))
+async def test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restarted(
+    name: str, topics: str, smtp: SmtpServer, service_process: ServiceStarter, postgres_url: str,
+    report: Callable[[str], None],
+) -> None:
+    """Two replicas in one group sharing PostgreSQL, one SIGKILLed mid-stream: the group waits out its session,
+    gives its partitions to the other, and the killed one comes back and joins again. Nothing lost;
+    duplicates only among the e-mails the dead replica had in flight."""
+    stream = STREAMS[name]
+    events = [stream.event() for _ in range(EVENTS)]
+    ids = {e["id"] for _, e in events}
+
+    def delivered() -> collections.Counter[tuple[str, str]]:
+        return collections.Counter((r.message["X-CustomerSource-Event-Id"], r.rcpt_tos[0].lower())
+                                   for r in smtp.messages if r.message["X-CustomerSource-Event-Id"] in ids)
+
+    expected = EVENTS * stream.mails_per_event
+    smtp.handler.delay = 0.05  # the stream lasts a few seconds: the kill falls in the middle of it
+    settings = {"SMTP_MAX_CONNECTIONS": str(SMTP_MAX_CONNECTIONS)}
+    replicas = [service_process(name, database_url=postgres_url, **settings) for _ in range(2)]
+    for replica in replicas:
+        await replica.wait_ready()
+    async with Publisher(topics) as publisher:
+        await publisher.many(stream.topic, events)
+    await smtp.wait_for(lambda: sum(delivered().values()) >= expected // 4, timeout=120)
+    replicas[0].kill()
+    at_kill = sum(delivered().values())
+    restarted = service_process(name, database_url=postgres_url, **settings)
+    await restarted.wait_ready()
+    await wait_until(lambda: len(delivered()) >= expected, 180,
+                     state=lambda: f"{len(delivered())} of {expected} e-mails; {restarted.log_tail(5)}")
+    counts = delivered()
+    duplicates = sum(n - 1 for n in counts.values())
+    report(f"{name}, two replicas on PostgreSQL, one SIGKILLed after {at_kill} of {expected} e-mails and "
+           f"restarted: {len(counts)} delivered, {duplicates} duplicate(s) "
+           f"(bound: {IN_FLIGHT_BOUND * stream.mails_per_event} in flight)")
+    assert len(counts) == expected
+    assert duplicates <= IN_FLIGHT_BOUND * stream.mails_per_event
+
+
 async def test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing(
     own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer, service_process: ServiceStarter,
     report: Callable[[str], None],
