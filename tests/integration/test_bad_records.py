@@ -10,19 +10,17 @@ import asyncio
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.invitations.contracts import ADDED, RESEND_REQUESTED, TOPIC
 from tests.integration.conftest import Starter
+from tests.integration.test_ops_cli import ops
 from tests.support.kafka import Publisher, Reader, cloudevent, publish_with_raw_header_keys
 from tests.support.samples import professional_added
 from tests.support.smtp import SmtpServer
@@ -143,8 +141,9 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     async with Publisher(kafka) as publisher:
         await publisher.many(TOPIC, [(p["professional_id"], cloudevent(ADDED, p)) for p in fixed])
     await smtp.wait_for(lambda: all(len(smtp.to(p["email"])) == 1 for p in fixed), timeout=60)
-    replayed = await asyncio.to_thread(ops_cli, kafka, "dlq", "replay", "invitations", "--kind", "unknown_aggregate")
-    assert f"replayed {len(fixed)} dead letter(s)" in replayed, replayed
+    replayed = await asyncio.to_thread(ops, kafka, "dlq", "replay", "invitations", "--kind", "unknown_aggregate")
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"replayed {len(fixed)} dead letter(s)" in replayed.stdout, replayed.stdout
     await wait_until(lambda: service.metric("customersource_events_total", type=RESEND_REQUESTED,
                                             outcome="processed") == len(fixed), 60)
     await smtp.wait_for(lambda: all(len(smtp.to(p["email"])) == 2 for p in fixed), timeout=30)
@@ -152,9 +151,3 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     assert service.metric("customersource_dead_letters_total") == letters_expected
     report(f"{len(fixed)} unknown_aggregate letters fixed and replayed: each processed once")
 
-
-def ops_cli(kafka: str, *args: str) -> str:
-    done = subprocess.run([str(Path(sys.executable).with_name("customersource-ops")), "--bootstrap", kafka, *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout

@@ -40,7 +40,7 @@ from tests.support.samples import (
     post_created,
     professional_added,
 )
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, sent_again
 from tests.support.waiting import wait_until, wait_until_async
 
 EVENTS = 400  # per service: half before the broker dies, half after its restart
@@ -138,6 +138,20 @@ def metrics_lag(service: ServiceProcess, topic: str) -> dict[int, int]:
     return lags
 
 
+Mails = collections.Counter[tuple[str, str]]
+
+
+def mails_of(smtp: SmtpServer, events: list[tuple[str, dict[str, Any]]]) -> Callable[[], Mails]:
+    """What the SMTP server has received for these events: how many times each (event id, recipient)."""
+    ids = {event["id"] for _, event in events}
+
+    def delivered() -> Mails:
+        return collections.Counter((r.message["X-CustomerSource-Event-Id"], r.rcpt_tos[0].lower())
+                                   for r in smtp.messages if r.message["X-CustomerSource-Event-Id"] in ids)
+
+    return delivered
+
+
 @pytest.mark.parametrize("name", sorted(STREAMS))
 async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     name: str, own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer,
@@ -147,16 +161,7 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     events = [stream.event() for _ in range(EVENTS)]
-
-    def delivered() -> collections.Counter[tuple[str, str]]:
-        ids = {e["id"] for _, e in events}
-        counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        for received in smtp.messages:
-            event_id = received.message["X-CustomerSource-Event-Id"]
-            if event_id in ids:
-                counts[(event_id, received.rcpt_tos[0].lower())] += 1
-        return counts
-
+    delivered = mails_of(smtp, events)
     expected = EVENTS * stream.mails_per_event
     async with Publisher(topics) as publisher:
         await publisher.many(stream.topic, events[: EVENTS // 2])
@@ -188,20 +193,6 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
            f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND} in flight), lag back to 0")
     assert len(counts) == expected
     assert duplicates <= IN_FLIGHT_BOUND
-
-
-Mails = collections.Counter[tuple[str, str]]
-
-
-def mails_of(smtp: SmtpServer, events: list[tuple[str, dict[str, Any]]]) -> Callable[[], Mails]:
-    """What the SMTP server has received for these events: how many times each (event id, recipient)."""
-    ids = {event["id"] for _, event in events}
-
-    def delivered() -> Mails:
-        return collections.Counter((r.message["X-CustomerSource-Event-Id"], r.rcpt_tos[0].lower())
-                                   for r in smtp.messages if r.message["X-CustomerSource-Event-Id"] in ids)
-
-    return delivered
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
@@ -274,8 +265,7 @@ async def test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restart
                      state=lambda: f"{len(delivered())} of {expected} e-mails; {replicas[0].log_tail(5)}")
     counts = delivered()
     # A kill's duplicates: e-mails that had arrived before it and arrived again before the next kill (or the end).
-    per_kill = [sum(1 for mail, n in before.items() if later[mail] > n)
-                for before, later in zip(received, [*received[1:], counts], strict=True)]
+    per_kill = sent_again(received, counts)
     duplicates = sum(n - 1 for n in counts.values())
     bound = IN_FLIGHT_BOUND * stream.mails_per_event
     report(f"{name}, two replicas on PostgreSQL, one SIGKILLed x{REPLICA_KILLS} during {expected} e-mails: "

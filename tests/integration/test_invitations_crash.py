@@ -13,7 +13,7 @@ from services.invitations.contracts import ADDED, TOPIC
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher, cloudevent
 from tests.support.samples import professional_added
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, sent_again
 
 EVENTS = int(os.environ.get("FAULT_EVENTS", "1000"))
 KILLS = int(os.environ.get("FAULT_KILLS", "1"))
@@ -46,9 +46,7 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
     await smtp.wait_for(lambda: wanted <= {r.rcpt_tos[0] for r in smtp.messages}, timeout=180 + KILLS * 10)
 
     counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
-    # A kill's duplicates: e-mails that had arrived before it and arrived again before the next kill (or the end).
-    after = [*received[1:], counts]
-    per_kill = [sum(1 for address, n in before.items() if later[address] > n) for before, later in zip(received, after, strict=True)]
+    per_kill = sent_again(received, counts)
     duplicates = sum(n - 1 for n in counts.values())
     report(f"SIGKILL x{KILLS} during {EVENTS} e-mails: {len(counts)} delivered, {duplicates} duplicate(s); per kill "
            f"mean {statistics.mean(per_kill):.1f}, max {max(per_kill)} (bound: {IN_FLIGHT_BOUND} in flight)")

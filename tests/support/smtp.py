@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ops.broker import free_port
 from tests.support.waiting import wait_until
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -128,3 +131,10 @@ class SmtpServer:
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         await wait_until(condition, timeout, state=lambda: f"{len(self.messages)} messages received")
+
+
+def sent_again(at_kills: Sequence[Counter[T]], at_end: Counter[T]) -> list[int]:
+    """Each kill's duplicates, from what had arrived at each kill (how many times each e-mail) and at the end:
+    the e-mails that had arrived before the kill and arrived again before the next kill (or the end)."""
+    return [sum(1 for mail, n in before.items() if later[mail] > n)
+            for before, later in zip(at_kills, [*at_kills[1:], at_end], strict=True)]
