@@ -46,7 +46,8 @@ faults: $(STAMP)
 		tests/integration/test_invitations_crash.py tests/integration/test_smtp_outage.py \
 		tests/integration/test_database_outage.py \
 		"tests/integration/test_bad_records.py::test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones" \
-		"tests/integration/test_broker_restart.py::test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing"
+		"tests/integration/test_broker_restart.py::test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing" \
+		"tests/integration/test_broker_restart.py::test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restarted"
 
 # BENCH_ARGS: see `python -m ops.bench --help` (services, stores, sizes, broker).
 bench: $(STAMP)

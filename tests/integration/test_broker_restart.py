@@ -144,10 +144,18 @@ Mails = collections.Counter[tuple[str, str]]
 def mails_of(smtp: SmtpServer, events: list[tuple[str, dict[str, Any]]]) -> Callable[[], Mails]:
     """What the SMTP server has received for these events: how many times each (event id, recipient)."""
     ids = {event["id"] for _, event in events}
+    counted = Mails()
+    seen = 0  # the messages counted so far: each is read once, however often the test asks
 
     def delivered() -> Mails:
-        return collections.Counter((r.message["X-CustomerSource-Event-Id"], r.rcpt_tos[0].lower())
-                                   for r in smtp.messages if r.message["X-CustomerSource-Event-Id"] in ids)
+        nonlocal seen
+        arrived = smtp.messages[seen:]
+        seen += len(arrived)
+        for received in arrived:
+            event_id = received.message["X-CustomerSource-Event-Id"]
+            if event_id in ids:
+                counted[event_id, received.rcpt_tos[0].lower()] += 1
+        return counted.copy()
 
     return delivered
 
