@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import json
 import os
@@ -172,14 +173,29 @@ WRITTEN_TOPICS = [*OUTPUT_TOPICS, *(topic + ".dlq" for topic in INPUT_TOPICS), "
 
 SECRET_SETTINGS = ("INVITATION_SECRET", "INVITATION_PREVIOUS_SECRETS", "UNSUBSCRIBE_SECRET",
                    "UNSUBSCRIBE_PREVIOUS_SECRETS", "KAFKA_SASL_PASSWORD", "SMTP_PASSWORD")
-TOKENS = {
-    "an invitation token": re.compile(r"cs1\.[A-Za-z0-9_-]{16,}"),
-    "an unsubscribe token": re.compile(r"/unsubscribe/[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}"),
-}
+INVITATION_TOKEN = re.compile(r"cs1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}")  # key id, payload, signature
+UNSUBSCRIBE_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{8,})\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+"""A payload and an HMAC-SHA256 signature, base64url: one only if the payload is a list and an address."""
+
+
+def _unsubscribe_token_in(text: str) -> bool:
+    for match in UNSUBSCRIBE_TOKEN.finditer(text):
+        payload = match.group(1)
+        try:
+            list_name, _, address = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().partition("\n")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if list_name and "@" in address:
+            return True
+    return False
 
 
 def leaks(text: str, env: dict[str, str]) -> list[str]:
     """What of the service's secrets (its settings' values) and tokens ``text`` shows, named, never quoted."""
     found = [name for name in SECRET_SETTINGS for value in env.get(name, "").split(",")
              if len(value.strip()) >= 8 and value.strip() in text]
-    return found + [what for what, pattern in TOKENS.items() if pattern.search(text)]
+    if INVITATION_TOKEN.search(text):
+        found.append("an invitation token")
+    if _unsubscribe_token_in(text):
+        found.append("an unsubscribe token")
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from ops.broker import free_port
 from ops.cli import check, complete, main, resolve_bootstrap, service_urls
 from ops.examples import EXAMPLES, example
 from ops.topicreader import ADVICE
+from services.invitations.tokens import issue_token
 from shared.envelope import ERROR_KINDS, DeadLetter
+from shared.mail.unsubscribe import UnsubscribeLinks
 
 
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,6 +128,12 @@ def test_the_leak_scan_names_what_it_finds_without_quoting_it() -> None:
     assert leaks("nothing to see", env) == []
     assert leaks("key=s3cret-value-for-the-test", env) == ["INVITATION_SECRET"]
     assert leaks("old-two-67890", env) == ["UNSUBSCRIBE_PREVIOUS_SECRETS"]
-    assert leaks("GET /accept?token=cs1.eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9", {}) == ["an invitation token"]
-    assert leaks("POST /unsubscribe/cGFydG5lci1kaWdlc3QK.c2lnbmF0dXJlLXNpZ25hdHVyZQ HTTP/1.1", {}) == [
-        "an unsubscribe token"]
+    invitation, _ = issue_token(secret="s" * 32, token_id="t1", professional_id="PRO-1", account_id="ACC-1",
+                                email="maria@example.com", issued_at=datetime.now(UTC), ttl=timedelta(days=14))
+    assert leaks(f"GET /invitations/accept?token={invitation} HTTP/1.1", {}) == ["an invitation token"]
+    assert leaks("https://portal.example.com/invitations/accept?token=cs1.sample.sample.sample", {}) == []
+    links = UnsubscribeLinks(base_url="https://portal.example.com", secret="u" * 32, domain="example.com")
+    unsubscribe = links.token("partner-digest", "sam@example.com")
+    assert leaks(f"POST /unsubscribe/{unsubscribe} HTTP/1.1", {}) == ["an unsubscribe token"]
+    assert leaks(f'{{"link": "{unsubscribe}"}}', {}) == ["an unsubscribe token"]  # wherever it is
+    assert leaks(f"<{'a' * 20}.{'b' * 43}@example.com>", {}) == []  # the same shape, but not a list and an address
