@@ -42,9 +42,9 @@ fuzz: $(STAMP)
 # replay of the fixed ones.
 faults: $(STAMP)
 	FAULT_EVENTS=10000 FAULT_KILLS=20 FAULT_BROKER_PAUSE=60 FAULT_SMTP_OUTAGE=60 FAULT_DB_OUTAGE=60 \
-		$(BIN)/python -m pytest -q -rA \
-		tests/integration/test_invitations_crash.py tests/integration/test_smtp_outage.py \
-		tests/integration/test_database_outage.py \
+		FAULT_SERVICES=all $(BIN)/python -m pytest -q -rA \
+		tests/integration/test_service_crash.py tests/integration/test_smtp_outage.py \
+		tests/integration/test_database_outage.py tests/integration/test_graceful_shutdown.py \
 		"tests/integration/test_bad_records.py::test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones" \
 		"tests/integration/test_broker_restart.py::test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing" \
 		"tests/integration/test_broker_restart.py::test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restarted"

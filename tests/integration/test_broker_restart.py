@@ -2,7 +2,7 @@
 middle of a stream, for each service. The service is not restarted: it reconnects by itself, nothing is
 lost, duplicates stay within the crash window, and its consumer lag in /metrics returns to 0 and agrees
 with the group's committed offsets against the broker's end offsets. Also the broker frozen for a while, and
-each service itself SIGKILLed mid-stream and restarted.
+two replicas of each service, one SIGKILLed mid-stream and restarted.
 
 These tests run on an Apache Kafka node of their own (the run's broker may be a cluster nobody may kill).
 """
@@ -10,15 +10,12 @@ These tests run on an Apache Kafka node of their own (the run's broker may be a 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import os
 import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,65 +23,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ops.broker import ApacheKafkaBroker, apache_kafka_available
-from services.expiry.contracts import NEARING_EXPIRY
-from services.invitations.contracts import ADDED
-from services.permissions.contracts import REQUESTED
-from services.support.contracts import POST_UNANSWERED
 from tests.conftest import unavailable
-from tests.support.kafka import ALL_TOPICS, Publisher, cloudevent, create_topics, delete_topics
+from tests.support.kafka import ALL_TOPICS, Publisher, create_topics, delete_topics
 from tests.support.process import ServiceProcess, ServiceStarter
-from tests.support.samples import (
-    permission_requested,
-    person,
-    plan_nearing_expiry,
-    post_created,
-    professional_added,
-)
 from tests.support.smtp import SmtpServer, sent_again
+from tests.support.streams import STREAMS, Mails, fault_services, mails_of, reached
 from tests.support.waiting import wait_until, wait_until_async
 
 EVENTS = 400  # per service: half before the broker dies, half after its restart
 SMTP_MAX_CONNECTIONS = 16
 IN_FLIGHT_BOUND = SMTP_MAX_CONNECTIONS * 2  # the most e-mails accepted and not yet recorded at any moment
 PARTITIONS = 3  # of every test topic
-
-
-@dataclass(frozen=True)
-class Stream:
-    """How one service is fed: its input topic, one event (key, CloudEvent), and e-mails per event."""
-
-    topic: str
-    event: Callable[[], tuple[str, dict[str, Any]]]
-    mails_per_event: int
-
-
-def _expiry_event() -> tuple[str, dict[str, Any]]:
-    data = plan_nearing_expiry(date.today() + timedelta(days=10), contacts=[person("contact")])
-    del data["partner"]  # no digest job: one reminder per event
-    return data["plan_id"], cloudevent(NEARING_EXPIRY, data)
-
-
-def _permissions_event() -> tuple[str, dict[str, Any]]:
-    data = permission_requested(customer_admins=[person("admin")])
-    return data["request_id"], cloudevent(REQUESTED, data)
-
-
-def _support_event() -> tuple[str, dict[str, Any]]:
-    data = post_created(datetime.now(UTC) - timedelta(days=10))  # escalation, team e-mail and author notice
-    return data["post_id"], cloudevent(POST_UNANSWERED, data)
-
-
-def _invitations_event() -> tuple[str, dict[str, Any]]:
-    data = professional_added()
-    return data["professional_id"], cloudevent(ADDED, data)
-
-
-STREAMS = {
-    "invitations": Stream("customersource.professionals", _invitations_event, 1),
-    "expiry": Stream("customersource.service-plans", _expiry_event, 1),
-    "permissions": Stream("customersource.partner-permissions", _permissions_event, 1),
-    "support": Stream("customersource.newsgroups", _support_event, 2),
-}
 
 
 @pytest.fixture(scope="module")
@@ -138,28 +87,6 @@ def metrics_lag(service: ServiceProcess, topic: str) -> dict[int, int]:
     return lags
 
 
-Mails = collections.Counter[tuple[str, str]]
-
-
-def mails_of(smtp: SmtpServer, events: list[tuple[str, dict[str, Any]]]) -> Callable[[], Mails]:
-    """What the SMTP server has received for these events: how many times each (event id, recipient)."""
-    ids = {event["id"] for _, event in events}
-    counted = Mails()
-    seen = 0  # the messages counted so far: each is read once, however often the test asks
-
-    def delivered() -> Mails:
-        nonlocal seen
-        arrived = smtp.messages[seen:]
-        seen += len(arrived)
-        for received in arrived:
-            event_id = received.message["X-CustomerSource-Event-Id"]
-            if event_id in ids:
-                counted[event_id, received.rcpt_tos[0].lower()] += 1
-        return counted.copy()
-
-    return delivered
-
-
 @pytest.mark.parametrize("name", sorted(STREAMS))
 async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     name: str, own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer,
@@ -168,8 +95,8 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     stream = STREAMS[name]
     service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
-    events = [stream.event() for _ in range(EVENTS)]
-    delivered = mails_of(smtp, events)
+    events = stream.events(EVENTS)
+    delivered = mails_of(events, [smtp])
     expected = EVENTS * stream.mails_per_event
     async with Publisher(topics) as publisher:
         await publisher.many(stream.topic, events[: EVENTS // 2])
@@ -203,40 +130,6 @@ async def test_the_broker_killed_and_restarted_mid_stream_loses_nothing(
     assert duplicates <= IN_FLIGHT_BOUND
 
 
-@pytest.mark.parametrize("name", sorted(STREAMS))
-async def test_each_service_sigkilled_mid_stream_and_restarted_loses_nothing(
-    name: str, topics: str, smtp: SmtpServer, service_process: ServiceStarter, report: Callable[[str], None],
-) -> None:
-    """The SIGKILL scenario for every service (``test_invitations_crash.py`` runs it at scale for invitations):
-    nothing lost, duplicates only among the e-mails in flight at the kill."""
-    stream = STREAMS[name]
-    events = [stream.event() for _ in range(EVENTS)]
-    delivered = mails_of(smtp, events)
-    expected = EVENTS * stream.mails_per_event
-    smtp.handler.delay = 0.02  # the stream lasts a few seconds: the kill falls in the middle of it
-    service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
-    await service.wait_ready()
-    async with Publisher(topics) as publisher:
-        await publisher.many(stream.topic, events)
-    await smtp.wait_for(lambda: sum(delivered().values()) >= expected // 4, timeout=120)
-    service.kill()
-    at_kill = sum(delivered().values())
-    restarted = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
-    await restarted.wait_ready()
-    await wait_until(lambda: len(delivered()) >= expected, 180,
-                     state=lambda: f"{len(delivered())} of {expected} e-mails; {restarted.log_tail(5)}")
-    counts = delivered()
-    duplicates = sum(n - 1 for n in counts.values())
-    report(f"{name} SIGKILLed after {at_kill} of {expected} e-mails and restarted: {len(counts)} delivered, "
-           f"{duplicates} duplicate(s) (bound: {IN_FLIGHT_BOUND * stream.mails_per_event} in flight)")
-    assert len(counts) == expected
-    assert duplicates <= IN_FLIGHT_BOUND * stream.mails_per_event
-
-
-def reached(delivered: Callable[[], Mails], count: int) -> bool:
-    return sum(delivered().values()) >= count
-
-
 REPLICA_EVENTS = int(os.environ.get("FAULT_EVENTS", str(EVENTS)))
 REPLICA_KILLS = int(os.environ.get("FAULT_KILLS", "1"))
 
@@ -251,8 +144,8 @@ async def test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restart
     session, gives its partitions to the other, and a new replica takes the dead one's place. Nothing lost;
     duplicates only among the e-mails the dead replica had in flight, counted per kill."""
     stream = STREAMS[name]
-    events = [stream.event() for _ in range(REPLICA_EVENTS)]
-    delivered = mails_of(smtp, events)
+    events = stream.events(REPLICA_EVENTS)
+    delivered = mails_of(events, [smtp])
     expected = REPLICA_EVENTS * stream.mails_per_event
     smtp.handler.delay = 0.05  # the stream lasts a while: the kills fall in the middle of it
     settings = {"SMTP_MAX_CONNECTIONS": str(SMTP_MAX_CONNECTIONS)}
@@ -283,42 +176,43 @@ async def test_two_replicas_of_each_service_one_sigkilled_mid_stream_and_restart
     assert max(per_kill) <= bound and duplicates <= bound * REPLICA_KILLS
 
 
+@pytest.mark.parametrize("name", fault_services())
 async def test_the_broker_unreachable_for_a_while_mid_stream_loses_nothing(
     own_kafka: ApacheKafkaBroker, topics: str, smtp: SmtpServer, service_process: ServiceStarter,
-    report: Callable[[str], None],
+    report: Callable[[str], None], name: str,
 ) -> None:
     """The broker frozen (SIGSTOP: it answers nothing, every connection hangs) for FAULT_BROKER_PAUSE seconds (20
     here, 60 in ``make faults``) in the middle of a stream: /readyz says the broker is gone, and once it answers
     again the service goes on by itself; every e-mail once."""
     pause = float(os.environ.get("FAULT_BROKER_PAUSE", "20"))
-    service = service_process("invitations", SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
+    service = service_process(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     smtp.handler.delay = 0.05  # ~320 e-mails/s at most: the pause falls in the middle of the stream
-    events = [_invitations_event() for _ in range(1000)]
+    stream = STREAMS[name]
+    events = stream.events(1000)
+    expected, delivered = len(events) * stream.mails_per_event, mails_of(events, [smtp])
     async with Publisher(topics) as publisher:
-        await publisher.many(STREAMS["invitations"].topic, events)
-    await smtp.wait_for(lambda: len(smtp.messages) >= len(events) // 4, timeout=120)
+        await publisher.many(stream.topic, events)
+    await smtp.wait_for(functools.partial(reached, delivered, expected // 4), timeout=120)
     assert own_kafka.process is not None
     frozen_at = time.monotonic()
     own_kafka.process.send_signal(signal.SIGSTOP)
     try:
-        at_pause = len(smtp.messages)
+        at_pause = sum(delivered().values())
         await wait_until(lambda: service.get("/readyz")[0] == 503, 30, state=service.log_tail)
         assert service.json("/readyz")["broker"] is False
         await asyncio.sleep(max(0.0, pause - (time.monotonic() - frozen_at)))  # the outage itself
     finally:
         own_kafka.process.send_signal(signal.SIGCONT)
-    wanted = {e["data"]["email"] for _, e in events}
-    await smtp.wait_for(lambda: wanted <= {r.rcpt_tos[0] for r in smtp.messages}, timeout=180)
+    await wait_until(lambda: len(delivered()) >= expected, 180,
+                     state=lambda: f"{len(delivered())} of {expected} e-mails; {service.log_tail(5)}")
     await service.wait_ready()
-    counts = collections.Counter(r.rcpt_tos[0] for r in smtp.messages)
+    counts = delivered()
     duplicates = sum(n - 1 for n in counts.values())
-    report(f"broker frozen for {pause:.0f} s after {at_pause} of {len(events)} e-mails: {len(counts)} delivered, "
-           f"{duplicates} duplicate(s), back to ready without a restart")
+    report(f"{name}: broker frozen for {pause:.0f} s after {at_pause} of {expected} e-mails: {len(counts)} "
+           f"delivered, {duplicates} duplicate(s), back to ready without a restart")
     assert service.process is not None and service.process.poll() is None, "the service was not restarted"
-    assert set(counts) == wanted and duplicates <= IN_FLIGHT_BOUND
-
-
+    assert len(counts) == expected and duplicates <= IN_FLIGHT_BOUND * stream.mails_per_event
 async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
     topics: str, smtp: SmtpServer, service_process: ServiceStarter
 ) -> None:
@@ -327,7 +221,7 @@ async def test_lag_in_metrics_agrees_with_the_broker_while_e_mails_wait(
     service = service_process("invitations", SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await service.wait_ready()
     smtp.handler.refuse_code = 451
-    events = [_invitations_event() for _ in range(30)]
+    events = STREAMS["invitations"].events(30)
     async with Publisher(topics) as publisher:
         await publisher.many(STREAMS["invitations"].topic, events)
     group, topic = service.env["KAFKA_GROUP_ID"], STREAMS["invitations"].topic

@@ -1,0 +1,105 @@
+"""Streams of events for the fault tests, one per sending service, and the count of their e-mails.
+
+A fault test runs for the services ``fault_services()`` names: invitations in the test run, all four in
+``make faults`` (``FAULT_SERVICES=all``) or those listed (``FAULT_SERVICES=expiry,support``)."""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from services.expiry.contracts import NEARING_EXPIRY
+from services.invitations.contracts import ADDED
+from services.permissions.contracts import REQUESTED
+from services.support.contracts import POST_UNANSWERED
+from tests.support.kafka import cloudevent
+from tests.support.samples import permission_requested, person, plan_nearing_expiry, post_created, professional_added
+from tests.support.smtp import SmtpServer
+
+Event = tuple[str, dict[str, Any]]
+"""A record's key and its CloudEvent."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """How one service is fed: its input topic, one event (key, CloudEvent), and e-mails per event."""
+
+    topic: str
+    event: Callable[[], Event]
+    mails_per_event: int
+
+    def events(self, count: int) -> list[Event]:
+        return [self.event() for _ in range(count)]
+
+
+def _expiry_event() -> Event:
+    data = plan_nearing_expiry(date.today() + timedelta(days=10), contacts=[person("contact")])
+    del data["partner"]  # no digest job: one reminder per event
+    return data["plan_id"], cloudevent(NEARING_EXPIRY, data)
+
+
+def _permissions_event() -> Event:
+    data = permission_requested(customer_admins=[person("admin")])
+    return data["request_id"], cloudevent(REQUESTED, data)
+
+
+def _support_event() -> Event:
+    data = post_created(datetime.now(UTC) - timedelta(days=10))  # escalation, team e-mail and author notice
+    return data["post_id"], cloudevent(POST_UNANSWERED, data)
+
+
+def _invitations_event() -> Event:
+    data = professional_added()
+    return data["professional_id"], cloudevent(ADDED, data)
+
+
+STREAMS = {
+    "invitations": Stream("customersource.professionals", _invitations_event, 1),
+    "expiry": Stream("customersource.service-plans", _expiry_event, 1),
+    "permissions": Stream("customersource.partner-permissions", _permissions_event, 1),
+    "support": Stream("customersource.newsgroups", _support_event, 2),
+}
+
+
+def fault_services() -> list[str]:
+    """The services a fault test runs for (``FAULT_SERVICES``: ``all``, or names separated by commas)."""
+    wanted = os.environ.get("FAULT_SERVICES", "invitations")
+    names = sorted(STREAMS) if wanted == "all" else [name.strip() for name in wanted.split(",") if name.strip()]
+    unknown = set(names) - set(STREAMS)
+    if unknown or not names:
+        raise ValueError(f"FAULT_SERVICES={wanted!r}: 'all' or some of {', '.join(sorted(STREAMS))}")
+    return names
+
+
+Mails = collections.Counter[tuple[str, str]]
+"""How many times each e-mail arrived: (event id, recipient)."""
+
+
+def mails_of(events: Sequence[Event], servers: Sequence[SmtpServer]) -> Callable[[], Mails]:
+    """What the SMTP servers (the list as it is at each call: a test may add one) have received for these events.
+    Each message is read once, however often the test asks: a test that counts thousands of them every few
+    milliseconds would otherwise take the CPU of its process, where the SMTP servers run."""
+    ids = {event["id"] for _, event in events}
+    counted = Mails()
+    seen: dict[int, int] = {}  # per server (by identity): how many of its messages are counted
+
+    def delivered() -> Mails:
+        for server in servers:
+            arrived = server.messages[seen.get(id(server), 0):]
+            seen[id(server)] = seen.get(id(server), 0) + len(arrived)
+            for received in arrived:
+                event_id = received.message["X-CustomerSource-Event-Id"]
+                if event_id in ids:
+                    counted[event_id, received.rcpt_tos[0].lower()] += 1
+        return counted.copy()
+
+    return delivered
+
+
+def reached(delivered: Callable[[], Mails], count: int) -> bool:
+    """Whether ``count`` e-mails have arrived, repeats included."""
+    return sum(delivered().values()) >= count
