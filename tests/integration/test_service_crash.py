@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 from collections.abc import Callable
 
 import pytest
 
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher
-from tests.support.smtp import SmtpServer, sent_again
-from tests.support.streams import STREAMS, Mails, mails_of, reached
+from tests.support.smtp import SmtpServer
+from tests.support.streams import STREAMS, Kills, Mails, mails_of, reached
 from tests.support.waiting import wait_until
 
 EVENTS = int(os.environ.get("FAULT_EVENTS", "1000"))
@@ -47,13 +46,6 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
     await wait_until(lambda: len(delivered()) >= expected, 180 + KILLS * 10,
                      state=lambda: f"{len(delivered())} of {expected} e-mails; {restarted.log_tail(5)}")
 
-    counts = delivered()
-    per_kill = sent_again(received, counts)
-    duplicates = sum(n - 1 for n in counts.values())
-    bound = IN_FLIGHT_BOUND * stream.mails_per_event
-    report(f"{name}: SIGKILL x{KILLS} during {expected} e-mails: {len(counts)} delivered, {duplicates} "
-           f"duplicate(s); per kill mean {statistics.mean(per_kill):.1f}, max {max(per_kill)} (bound: {bound} "
-           "in flight)")
-    assert len(counts) == expected
-    assert max(per_kill) <= bound
-    assert duplicates <= bound * KILLS
+    kills = Kills.of(received, delivered(), bound=IN_FLIGHT_BOUND * stream.mails_per_event)
+    report(f"{name}: SIGKILL x{KILLS} during {expected} e-mails: {kills.summary()}")
+    assert kills.delivered == expected and kills.within_bound()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -18,7 +19,7 @@ from services.permissions.contracts import REQUESTED
 from services.support.contracts import POST_UNANSWERED
 from tests.support.kafka import cloudevent
 from tests.support.samples import permission_requested, person, plan_nearing_expiry, post_created, professional_added
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, sent_again
 
 Event = tuple[str, dict[str, Any]]
 """A record's key and its CloudEvent."""
@@ -103,3 +104,27 @@ def mails_of(events: Sequence[Event], servers: Sequence[SmtpServer]) -> Callable
 def reached(delivered: Callable[[], Mails], count: int) -> bool:
     """Whether ``count`` e-mails have arrived, repeats included."""
     return sum(delivered().values()) >= count
+
+
+@dataclass(frozen=True)
+class Kills:
+    """What SIGKILLs during a stream did to its e-mails, all arrived: each kill's duplicates are the e-mails that
+    had arrived before it and arrived again before the next kill (or the end)."""
+
+    delivered: int
+    duplicates: int
+    per_kill: list[int]
+    bound: int
+    """The most e-mails one kill may repeat: those in flight."""
+
+    @classmethod
+    def of(cls, at_kills: Sequence[Mails], at_end: Mails, bound: int) -> Kills:
+        return cls(delivered=len(at_end), duplicates=sum(n - 1 for n in at_end.values()),
+                   per_kill=sent_again(at_kills, at_end), bound=bound)
+
+    def summary(self) -> str:
+        return (f"{self.delivered} delivered, {self.duplicates} duplicate(s); per kill mean "
+                f"{statistics.mean(self.per_kill):.1f}, max {max(self.per_kill)} (bound: {self.bound} in flight)")
+
+    def within_bound(self) -> bool:
+        return max(self.per_kill) <= self.bound and self.duplicates <= self.bound * len(self.per_kill)
