@@ -110,7 +110,8 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     topic = stream.topic
     kinds = KINDS if name in FIXABLE else KINDS[:-1]
     good = stream.events(EVENTS)
-    expected_mails, delivered = EVENTS * stream.mails_per_event, mails_of(good, [smtp])
+    wanted, delivered = stream.mails(good), mails_of(good, [smtp])
+    expected_mails = len(wanted)
     bad = [bad_record(kinds[i % len(kinds)], stream) for i in range(EVENTS // 10)]
     unreadable: list[tuple[str, bytes, list[tuple[bytes, bytes]]]] = [
         (key, json.dumps(event).encode(), [(b"\xc3\x28-" + str(i).encode(), b"x"), (b"content-type", STRUCTURED[0][1])])
@@ -141,7 +142,7 @@ async def test_bad_records_among_good_ones_then_a_replay_of_the_fixed_ones(
     report(f"{name}: {EVENTS} good and {letters_expected} bad records in ({len(unreadable)} with a header key "
            f"not UTF-8), {len(counts)} of {expected_mails} e-mails, duplicates {duplicates}, dead letters "
            f"{len(letters)} {dict(sorted(found.items()))}, all done {drained:.1f} s after the first publish")
-    assert len(counts) == expected_mails and duplicates == 0
+    assert set(counts) == wanted and duplicates == 0
     expected = Counter(kinds[i % len(kinds)] for i in range(len(bad)))
     expected["unparseable"] += len(unreadable)
     assert found == expected

@@ -172,7 +172,8 @@ async def test_the_console_shows_an_e_mail_with_its_cause_and_a_dead_letter(
              "/api/dead-letters", "/api/escalations"]
     shown = {path: await asyncio.to_thread(read_page, console.url + path.lstrip("/")) for path in pages}
     assert {path: leaks(text, invitations.env) for path, text in shown.items() if leaks(text, invitations.env)} == {}
-    e_mail = await asyncio.to_thread(read_page, f"{console.url}?id={urllib.parse.quote(console.box.names()[0])}")
+    [invitation] = console.box.names()
+    e_mail = await asyncio.to_thread(read_page, f"{console.url}?id={urllib.parse.quote(invitation)}")
     assert leaks(e_mail, invitations.env) == ["an invitation token"]
 
 

@@ -28,7 +28,8 @@ async def test_sigterm_mid_stream_exits_in_time_and_duplicates_nothing(
     await service.wait_ready()
     stream = STREAMS[name]
     events = stream.events(EVENTS)
-    expected, delivered = EVENTS * stream.mails_per_event, mails_of(events, [smtp])
+    wanted, delivered = stream.mails(events), mails_of(events, [smtp])
+    expected = len(wanted)
     async with Publisher(kafka) as publisher:
         await publisher.many(stream.topic, events)
     await smtp.wait_for(lambda: sum(delivered().values()) >= expected // 4, timeout=120)
@@ -48,4 +49,4 @@ async def test_sigterm_mid_stream_exits_in_time_and_duplicates_nothing(
     counts = delivered()
     report(f"{name}: SIGTERM after {at_stop} of {expected} e-mails: exited in {took:.1f} s with status {status}; "
            f"{len(counts)} delivered, {sum(n - 1 for n in counts.values())} duplicate(s)")
-    assert len(counts) == expected and max(counts.values()) == 1
+    assert set(counts) == wanted and max(counts.values()) == 1

@@ -6,11 +6,11 @@ import asyncio
 import functools
 import random
 import ssl
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from typing import Any, TypeVar
 
 from aiosmtpd.controller import Controller
@@ -30,13 +30,18 @@ class Received:
     tls: bool = False  # the session was encrypted by STARTTLS (an implicit TLS server speaks nothing else)
     login: str | None = None  # the user the session authenticated as
 
-    @functools.cached_property
+    @property
     def message(self) -> EmailMessage:
-        """The message, parsed once (a test that counts thousands of messages many times would otherwise spend
-        its process's CPU, which the SMTP server shares, parsing them again)."""
         parsed = message_from_bytes(self.data, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed
+
+    @functools.cached_property
+    def event_id(self) -> str | None:
+        """The ``X-CustomerSource-Event-Id`` of the message, its headers read once (a test that counts thousands
+        of messages would otherwise spend the CPU of its process, which the SMTP server shares, parsing them)."""
+        value = BytesHeaderParser(policy=policy.default).parsebytes(self.data)["X-CustomerSource-Event-Id"]
+        return None if value is None else str(value)
 
 
 class RecordingHandler:
@@ -134,10 +139,3 @@ class SmtpServer:
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         await wait_until(condition, timeout, state=lambda: f"{len(self.messages)} messages received")
-
-
-def sent_again(at_kills: Sequence[Counter[T]], at_end: Counter[T]) -> list[int]:
-    """Each kill's duplicates, from what had arrived at each kill (how many times each e-mail) and at the end:
-    the e-mails that had arrived before the kill and arrived again before the next kill (or the end)."""
-    return [sum(1 for mail, n in before.items() if later[mail] > n)
-            for before, later in zip(at_kills, [*at_kills[1:], at_end], strict=True)]
