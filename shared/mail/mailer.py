@@ -194,9 +194,8 @@ class Mailer:
         delivery_id = _delivery_id(cause.source, cause.id, note.template, recipient)
         if delivery_id in self._unrecorded:  # accepted before, its record not written yet: write it, send nothing
             accepted, answered = self._unrecorded[delivery_id]
-            await asyncio.shield(self._record(delivery_id, note.aggregate_id, accepted, insist=True))
-            del self._unrecorded[delivery_id]
-            self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
+            await self._record_answer(delivery_id, note.aggregate_id, accepted, answered)
+            self.metrics.email(note.template, accepted.outcome)
             return accepted
         if known is not None:
             row = known.get(delivery_id)
@@ -257,19 +256,26 @@ class Mailer:
             else:
                 outcome.error = answer.response[:500]
         outcome.at = self.clock.now()
-        answered = time.monotonic()
-        # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
-        try:
-            await asyncio.shield(self._record(delivery_id, note.aggregate_id, outcome,
-                                              insist=outcome.outcome == "sent"))
-        except Exception:
-            if outcome.outcome == "sent":  # the database is down for longer: kept until the next attempt
-                self._unrecorded[delivery_id] = (outcome, answered)
-            raise
-        if outcome.outcome == "sent":
-            self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
+        await self._record_answer(delivery_id, note.aggregate_id, outcome, time.monotonic())
         self.metrics.email(note.template, outcome.outcome)
         return outcome
+
+    async def _record_answer(self, delivery_id: str, aggregate_id: str, outcome: MailOutcome,
+                             answered: float) -> None:
+        """Record the SMTP server's final answer (``answered``: when, on the monotonic clock). An accepted e-mail
+        whose record still cannot be written (the database down past the retry window) is kept until its event's
+        next attempt, which writes the record instead of sending it again."""
+        sent = outcome.outcome == "sent"
+        try:
+            # Shielded: a cancellation (shutdown) must not fall between the acceptance and its record.
+            await asyncio.shield(self._record(delivery_id, aggregate_id, outcome, insist=sent))
+        except Exception:
+            if sent:
+                self._unrecorded[delivery_id] = (outcome, answered)
+            raise
+        self._unrecorded.pop(delivery_id, None)
+        if sent:
+            self.metrics.unrecorded.labels(self.service).observe(time.monotonic() - answered)
 
     def _build(self, note: Notification, rendered: RenderedMail, outcome: NotificationOutcome,
                delivery_id: str) -> OutgoingMail | None:
