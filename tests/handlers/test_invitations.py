@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -319,3 +320,34 @@ async def test_a_batch_reads_its_profiles_in_one_query_and_each_aggregate_sees_i
     [revoked] = harness.revoked()
     assert revoked["data"]["reason"] == "superseded"
     assert len(reads) == 2, "one read for the batch's first events, one for the re-send after the addition"
+
+
+async def test_an_accepted_e_mail_whose_record_fails_is_recorded_on_the_next_attempt_not_sent_again(
+        harness: Invitations, tmp_path: Path) -> None:
+    """The database refuses the outcome's record after the SMTP server accepted the e-mail, past the retry
+    window: the batch is rewound, and the event's next attempt writes the record and sends nothing."""
+    database = sqlite3.connect(tmp_path / "service.db")  # the harness's database: another connection breaks it
+    database.execute("CREATE TRIGGER records_refused BEFORE INSERT ON deliveries "
+                     "BEGIN SELECT RAISE(ABORT, 'the database is down'); END")
+    database.commit()
+    data = professional_added()
+    record = harness.record(cloudevent(ADDED, data))
+    await harness.fetch(record)
+    assert not harness.committed(record) and (TopicPartition(TOPIC, 0), record.offset) in harness.kafka.seeks
+    assert len(harness.pool.to(data["email"])) == 1
+    database.execute("DROP TRIGGER records_refused")
+    database.commit()
+    database.close()
+
+    harness.clock.advance(timedelta(minutes=1))
+    await harness.fetch(record)
+    assert harness.committed(record)
+    assert len(harness.pool.to(data["email"])) == 1, "recorded, not sent again"
+    async with harness.service.store.connect() as connection:
+        [row] = (await connection.execute(select(deliveries).where(deliveries.c.recipient == data["email"]))).all()
+    assert row.outcome == "sent"
+    [sent] = harness.outputs.events("customersource.notifications", "customersource.notification.sent.v1")
+    assert sent["data"]["recipient"] == data["email"]
+    assert harness.service.metrics.registry.get_sample_value(
+        "customersource_emails_total", {"service": "invitations", "template": "invitation_professional",
+                                        "outcome": "sent"}) == 1
