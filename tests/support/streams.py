@@ -20,6 +20,7 @@ from services.support.contracts import POST_UNANSWERED
 from tests.support.kafka import cloudevent
 from tests.support.samples import permission_requested, person, plan_nearing_expiry, post_created, professional_added
 from tests.support.smtp import SmtpServer
+from tests.support.waiting import wait_until
 
 Event = tuple[str, dict[str, Any]]
 """A record's key and its CloudEvent."""
@@ -139,6 +140,16 @@ class Kills:
                     for before, later in zip(at_kills, [*at_kills[1:], at_end], strict=True)]
         return cls(delivered=len(at_end), duplicates=sum(n - 1 for n in at_end.values()), per_kill=per_kill,
                    bound=bound)
+
+    @classmethod
+    async def after(cls, delivered: Callable[[], Mails], wanted: set[tuple[str, str]], at_kills: Sequence[Mails], *,
+                    bound: int, timeout: float, log_tail: Callable[[], str]) -> Kills:
+        """Once every e-mail has arrived (checked: each to whom it should go), what the kills did."""
+        await wait_until(lambda: len(delivered()) >= len(wanted), timeout,
+                         state=lambda: f"{len(delivered())} of {len(wanted)} e-mails; {log_tail()}")
+        at_end = delivered()
+        assert set(at_end) == wanted, "an e-mail to an address its event does not carry"
+        return cls.of(at_kills, at_end, bound)
 
     def summary(self) -> str:
         return (f"{self.delivered} delivered, {self.duplicates} duplicate(s); per kill mean "
