@@ -10,6 +10,7 @@ database is back: until then its record is retried in place, a new connection re
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from tests.support.kafka import Publisher
 from tests.support.process import ServiceProcess
 from tests.support.proxy import Proxy
 from tests.support.smtp import SmtpServer
-from tests.support.streams import STREAMS, Mails, fault_services, mails_of
+from tests.support.streams import STREAMS, Mails, all_arrived, fault_services, mails_of, reached
 from tests.support.waiting import wait_until
 
 EVENTS = 1000
@@ -40,16 +41,14 @@ async def stream(kafka: str, smtp: SmtpServer, name: str) -> tuple[set[tuple[str
     async with Publisher(kafka) as publisher:
         await publisher.many(stream.topic, events)
     wanted, delivered = stream.mails(events), mails_of(events, [smtp])
-    await smtp.wait_for(lambda: sum(delivered().values()) >= len(wanted) // 4, timeout=120)
+    await smtp.wait_for(functools.partial(reached, delivered, len(wanted) // 4), timeout=120)
     return wanted, delivered
 
 
 async def every_one_once(smtp: SmtpServer, wanted: set[tuple[str, str]], delivered: Callable[[], Mails],
                          service: ServiceProcess) -> int:
     """Wait for every e-mail; return how many were retried because of the database."""
-    await smtp.wait_for(lambda: len(delivered()) >= len(wanted), timeout=180 + OUTAGE_SECONDS)
-    counts = delivered()
-    assert set(counts) == wanted
+    counts = await all_arrived(delivered, wanted, 180 + OUTAGE_SECONDS)
     assert max(counts.values()) == 1, [mail for mail, n in counts.items() if n > 1]
     await service.wait_ready()
     return int(service.metric("customersource_retries_total", what="database")

@@ -13,7 +13,7 @@ import pytest
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher
 from tests.support.smtp import SmtpServer
-from tests.support.streams import STREAMS, Kills, Mails, mails_of, reached
+from tests.support.streams import STREAMS, Kills, Mails, all_arrived, mails_of, reached
 
 EVENTS = int(os.environ.get("FAULT_EVENTS", "1000"))
 KILLS = int(os.environ.get("FAULT_KILLS", "1"))
@@ -45,8 +45,8 @@ async def test_sigkill_mid_stream_loses_nothing(kafka: str, smtp: SmtpServer, st
 
     restarted = start_service(name, SMTP_MAX_CONNECTIONS=str(SMTP_MAX_CONNECTIONS))
     await restarted.wait_ready()
-    kills = await Kills.after(delivered, wanted, received, bound=IN_FLIGHT_BOUND * stream.mails_per_event,
-                              timeout=180 + KILLS * 10, log_tail=restarted.log_tail)
+    at_end = await all_arrived(delivered, wanted, 180 + KILLS * 10, log_tail=restarted.log_tail)
+    kills = Kills.of(received, at_end, bound=IN_FLIGHT_BOUND * stream.mails_per_event)
     report(f"{name}: SIGKILL x{KILLS} during {expected} e-mails (the first after "
            f"{sum(received[0].values())}): {kills.summary()}")
     assert kills.within_bound()

@@ -14,7 +14,7 @@ import pytest
 from tests.integration.conftest import Starter
 from tests.support.kafka import Publisher
 from tests.support.smtp import SmtpServer
-from tests.support.streams import STREAMS, Mails, fault_services, mails_of
+from tests.support.streams import STREAMS, Mails, all_arrived, fault_services, mails_of
 from tests.support.waiting import wait_until
 
 EVENTS = 1000
@@ -79,10 +79,9 @@ async def test_a_relay_answering_4xx_to_a_third_of_the_messages(kafka: str, smtp
     await service.wait_ready()
     wanted, delivered = await publish(kafka, name, [smtp])
     expected = len(wanted)
-    await smtp.wait_for(lambda: len(delivered()) >= expected, timeout=180)
-    counts = delivered()
+    counts = await all_arrived(delivered, wanted, 180)
     retries = service.metric("customersource_retries_total", what="smtp")
     report(f"{name}: relay answering {code} to a third of {expected} e-mails: {len(counts)} delivered, "
            f"{sum(n - 1 for n in counts.values())} duplicate(s), {retries:.0f} SMTP retries")
-    assert set(counts) == wanted and max(counts.values()) == 1 and retries >= expected / 5
+    assert max(counts.values()) == 1 and retries >= expected / 5
     assert service.get("/readyz")[0] == 200, "a busy relay is reachable"

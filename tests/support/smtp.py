@@ -11,15 +11,13 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from typing import Any, TypeVar
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ops.broker import free_port
 from tests.support.waiting import wait_until
-
-T = TypeVar("T")
 
 
 @dataclass

@@ -122,6 +122,16 @@ def reached(delivered: Callable[[], Mails], count: int) -> bool:
     return sum(delivered().values()) >= count
 
 
+async def all_arrived(delivered: Callable[[], Mails], wanted: set[tuple[str, str]], timeout: float, *,
+                      log_tail: Callable[[], str] = lambda: "") -> Mails:
+    """Once every e-mail of ``wanted`` has arrived, what has (checked: each to whom its event says)."""
+    await wait_until(lambda: len(delivered()) >= len(wanted), timeout,
+                     state=lambda: f"{len(delivered())} of {len(wanted)} e-mails; {log_tail()}")
+    at_end = delivered()
+    assert set(at_end) == wanted, "an e-mail to an address its event does not carry"
+    return at_end
+
+
 @dataclass(frozen=True)
 class Kills:
     """What SIGKILLs during a stream did to its e-mails, all arrived: each kill's duplicates are the e-mails that
@@ -140,16 +150,6 @@ class Kills:
                     for before, later in zip(at_kills, [*at_kills[1:], at_end], strict=True)]
         return cls(delivered=len(at_end), duplicates=sum(n - 1 for n in at_end.values()), per_kill=per_kill,
                    bound=bound)
-
-    @classmethod
-    async def after(cls, delivered: Callable[[], Mails], wanted: set[tuple[str, str]], at_kills: Sequence[Mails], *,
-                    bound: int, timeout: float, log_tail: Callable[[], str]) -> Kills:
-        """Once every e-mail has arrived (checked: each to whom it should go), what the kills did."""
-        await wait_until(lambda: len(delivered()) >= len(wanted), timeout,
-                         state=lambda: f"{len(delivered())} of {len(wanted)} e-mails; {log_tail()}")
-        at_end = delivered()
-        assert set(at_end) == wanted, "an e-mail to an address its event does not carry"
-        return cls.of(at_kills, at_end, bound)
 
     def summary(self) -> str:
         return (f"{self.delivered} delivered, {self.duplicates} duplicate(s); per kill mean "
