@@ -9,6 +9,7 @@ since it was posted; an answer before then cancels the escalation. One escalatio
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -106,6 +107,8 @@ class Post:
     due_at: datetime | None = None
     reason: str = ""
     answered_at: datetime | None = None
+    escalation: Mapping[str, str] | None = None  # the cause and trigger that claimed the escalation, once claimed
+    escalated_at: datetime | None = None  # when it was claimed
 
     @property
     def known(self) -> bool:

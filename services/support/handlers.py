@@ -7,8 +7,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from services.support import domain, state
 from services.support.contracts import (
     ESCALATION_RAISED,
@@ -79,23 +77,26 @@ class SupportHandlers:
         return await self._plan(current, domain.on_unanswered(current, event.data), context)
 
     async def _plan(self, current: Post | None, decision: Decision, context: Context) -> Plan:
-        """An escalation is claimed first (with the post, if first seen in this event); then the e-mails and
-        the escalation event; then the post marked escalated and its timer cancelled. Otherwise the post's
-        new state and its timer, scheduled or cancelled, in one transaction."""
+        """An escalation: claimed (with the post, if first seen in this event) before the e-mails and the
+        escalation event, then the post marked escalated and its timer cancelled. Otherwise the post's new
+        state and its timer, scheduled or cancelled, in one transaction."""
         post = decision.post
         if post is None:
             return Plan(ignored=decision.ignored)
         expected = current.state if current is not None else None
-        if decision.escalate:
-            escalated_at = await context.claim(_save_and_claim, post, expected, first_seen=post != current,
-                                               claim=_claim(context, "post_unanswered"), now=context.now)
-            if escalated_at is None:  # the claim's holder (a timer) still needs its job: not cancelled
-                return Plan(after=self._timer(post, replace(decision, cancel=False), context),
-                            ignored="another escalation of this post came first")
-            return self._escalation(post, "post_unanswered", escalated_at, context,
-                                    then_also=self._timer(post, decision, context))
-        return Plan(after=[state.save_post(post, expected=expected, now=context.now),
-                           *self._timer(post, decision, context)], ignored=decision.ignored)
+        if not decision.escalate:
+            return Plan(after=[state.save_post(post, expected=expected, now=context.now),
+                               *self._timer(post, decision, context)], ignored=decision.ignored)
+        claim = _claim(context, "post_unanswered")
+        if post.state is State.ESCALATING and post.escalation != claim:
+            # Its holder (a timer) still needs its job: not cancelled.
+            return Plan(after=self._timer(post, replace(decision, cancel=False), context),
+                        ignored="another escalation of this post came first")
+        if post != current:  # first seen in this event: stored already claimed
+            claimed = replace(post, state=State.ESCALATING, escalation=claim, escalated_at=context.now)
+            return self._escalation(claimed, "post_unanswered", context, claim=state.save_post(
+                claimed, expected=expected, now=context.now), then_also=self._timer(post, decision, context))
+        return self._claimed(post, claim, "post_unanswered", context, then_also=self._timer(post, decision, context))
 
     @staticmethod
     def _timer(post: Post, decision: Decision, context: Context) -> list[Write]:
@@ -110,22 +111,34 @@ class SupportHandlers:
 
     async def run_escalation(self, job: Job, context: Context) -> Plan:
         """The due time has come and this replica has caught up with the post's partition (the job's gate):
-        escalate, unless the post was answered meanwhile."""
+        escalate, unless the post was answered or escalated meanwhile."""
         post = await context.read(state.load_post, job.payload["post_id"])
+        claim = _claim(context, "timer")
         if post is None or post.state not in (State.WAITING, State.ESCALATING):
             return Plan(ignored="the post was answered or escalated meanwhile")
-        escalated_at = await context.claim(state.claim_escalation, post.post_id, _claim(context, "timer"),
-                                           context.now)
-        if escalated_at is None:
+        if post.state is State.ESCALATING and post.escalation != claim:
             return Plan(ignored="another escalation of this post came first")
-        return self._escalation(post, "timer", escalated_at, context)
+        return self._claimed(post, claim, "timer", context)
 
-    def _escalation(self, post: Post, trigger: Literal["timer", "post_unanswered"], escalated_at: datetime,
-                    context: Context, then_also: Sequence[Write] = ()) -> Plan:
-        """The claimed escalation: both e-mails and the escalation event (all with ids derived from the cause,
-        so a re-run after a crash repeats nothing), then the post marked escalated."""
-        assert post.local_site is not None and post.author is not None
+    def _claimed(self, post: Post, claim: dict[str, str], trigger: Literal["timer", "post_unanswered"],
+                 context: Context, then_also: Sequence[Write] = ()) -> Plan:
+        """The escalation of a known post: claimed now if it is waiting (if another cause claims it first, the
+        claim fails and this cause is processed again, and then finds it taken), or resumed if this cause
+        claimed it before a crash or a failure, at the time it claimed it."""
+        if post.state is State.ESCALATING:
+            return self._escalation(post, trigger, context, claim=None, then_also=then_also)
+        claimed = replace(post, state=State.ESCALATING, escalation=claim, escalated_at=context.now)
+        return self._escalation(claimed, trigger, context,
+                                claim=state.claim_escalation(post.post_id, claim, context.now), then_also=then_also)
+
+    def _escalation(self, post: Post, trigger: Literal["timer", "post_unanswered"], context: Context, *,
+                    claim: Write | None, then_also: Sequence[Write] = ()) -> Plan:
+        """The escalation of a claimed post: its ``claim`` committed first (None: committed by an earlier
+        attempt), then both e-mails and the escalation event (all with ids derived from the cause, so a re-run
+        after a crash repeats nothing), then the post marked escalated."""
+        assert post.local_site is not None and post.author is not None and post.escalated_at is not None
         assert post.posted_at is not None and post.due_at is not None
+        escalated_at = post.escalated_at
         routing = self.routes.get(post.local_site, self.escalation_email)
         raised = EscalationRaised(
             post=EscalatedPost(post_id=post.post_id, newsgroup=post.newsgroup, title=post.title, url=post.url,
@@ -138,6 +151,7 @@ class SupportHandlers:
         mail_context = self._context(post, trigger, escalated_at)
         team = Person(email=routing, name=SUPPORT_TEAM_NAME, locale=SITE_LANGUAGE[post.local_site])
         return Plan(
+            before=[claim] if claim is not None else [],
             mails=[Notification(template=domain.SUPPORT_TEMPLATE, recipient=team, local_site=post.local_site,
                                 aggregate_id=post.post_id, context=mail_context),
                    Notification(template=domain.AUTHOR_TEMPLATE, recipient=post.author, local_site=post.local_site,
@@ -163,14 +177,6 @@ class SupportHandlers:
 
 def _claim(context: Context, trigger: str) -> dict[str, str]:
     return {"source": context.cause.source, "id": context.cause.id, "trigger": trigger}
-
-
-async def _save_and_claim(connection: AsyncConnection, post: Post, expected: State | None, *, first_seen: bool,
-                          claim: dict[str, str], now: datetime) -> datetime | None:
-    """Store the post if first seen in this event, then claim its escalation."""
-    if first_seen:
-        await state.save_post(post, expected=expected, now=now)(connection)
-    return await state.claim_escalation(connection, post.post_id, claim, now)
 
 
 def escalation_gate(caught_up: CaughtUp, payload: Mapping[str, Any]) -> bool:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, Text, and_, bindparam, case, or_, select, update
+from sqlalchemy import Column, MetaData, String, Table, Text, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.support.domain import Post, State
@@ -74,7 +74,8 @@ def _post(row: Any) -> Post:
         author=Person.model_validate_json(row.author) if row.author else None, product=row.product,
         plans=tuple(json.loads(row.plans)), local_site=LocalSite(row.local_site) if row.local_site else None,
         country=row.country, time_zone=row.time_zone, posted_at=row.posted_at, due_at=row.due_at, reason=row.reason,
-        answered_at=row.answered_at,
+        answered_at=row.answered_at, escalation=json.loads(row.escalation) if row.escalation else None,
+        escalated_at=row.escalated_at,
     )
 
 
@@ -87,39 +88,23 @@ def save_post(post: Post, *, expected: State | None, now: datetime) -> Write:
         "author": post.author.model_dump_json() if post.author else None, "product": post.product,
         "plans": json.dumps(list(post.plans)), "local_site": post.local_site.value if post.local_site else None,
         "country": post.country, "time_zone": post.time_zone, "posted_at": post.posted_at, "due_at": post.due_at,
-        "reason": post.reason, "answered_at": post.answered_at, "updated_at": now,
+        "reason": post.reason, "answered_at": post.answered_at, "escalation": _claim_json(post.escalation),
+        "escalated_at": post.escalated_at, "updated_at": now,
     }
     return insert_or_advance(posts, values, key="post_id", expected=expected.value if expected else None)
 
 
-async def claim_escalation(connection: AsyncConnection, post_id: str, claim: dict[str, str],
-                           now: datetime) -> datetime | None:
-    """Claim the post's one escalation for ``claim`` (its cause and trigger): the time of the escalation if
-    this claim holds it (new, or the same claim again after a crash), None if the post is not waiting or
-    another claim holds it. One statement."""
-    row = (await connection.execute(_claim_escalation(connection.dialect.name),
-                                    {"post": post_id, "claim": json.dumps(claim, sort_keys=True), "now": now})).first()
-    if row is None:
-        return None
-    escalated_at: datetime = row.escalated_at
-    return escalated_at
+def claim_escalation(post_id: str, claim: Mapping[str, str], now: datetime) -> Write:
+    """The post's one escalation claimed for ``claim`` (its cause and trigger), at ``now``: the waiting post
+    becomes escalating; a post no longer waiting fails the transaction (:class:`shared.writers.StaleState`), and
+    the cause is processed again from the post's new state."""
+    values = {"post_id": post_id, "state": State.ESCALATING.value, "escalation": _claim_json(claim),
+              "escalated_at": now, "updated_at": now}
+    return insert_or_advance(posts, values, key="post_id", expected=State.WAITING.value)
 
 
-@functools.cache
-def _claim_escalation(dialect_name: str) -> Any:
-    """A waiting post becomes escalating under the claim, at ``now``; a post escalating under the same claim
-    keeps its time; any other post is left alone (no row returned)."""
-    waiting = posts.c.state == State.WAITING.value
-    now = bindparam("now", type_=posts.c.escalated_at.type)
-    return (
-        update(posts)
-        .where(posts.c.post_id == bindparam("post"),
-               or_(waiting, and_(posts.c.state == State.ESCALATING.value, posts.c.escalation == bindparam("claim"))))
-        .values(state=State.ESCALATING.value, escalation=bindparam("claim"),
-                escalated_at=case((waiting, now), else_=posts.c.escalated_at),
-                updated_at=case((waiting, now), else_=posts.c.updated_at))
-        .returning(posts.c.escalated_at)
-    )
+def _claim_json(claim: Mapping[str, str] | None) -> str | None:
+    return None if claim is None else json.dumps(dict(claim), sort_keys=True)
 
 
 def mark_escalated(post_id: str, now: datetime) -> Write:

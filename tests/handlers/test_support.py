@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from services.support import state
 from services.support.app import create_service
 from services.support.contracts import (
     ESCALATION_RAISED,
@@ -26,6 +27,8 @@ from services.support.contracts import (
 from services.support.handlers import SupportHandlers
 from services.support.settings import SupportSettings
 from services.support.state import posts as posts_table
+from shared.store import scheduled_jobs as jobs
+from shared.writers import CompareAndSet, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import post_created
@@ -232,7 +235,7 @@ async def test_a_scheduler_pass_reads_its_posts_and_deliveries_in_one_query_each
     assert await harness.run_jobs_at(DUE) == 5
     assert sorted(e["data"]["post"]["post_id"] for e in harness.escalations()) == sorted(p["post_id"] for p in posts)
     assert len(harness.pool.to(TEAM)) == 5
-    # The pass's loads are one query; each claim is one statement (an UPDATE that returns the escalation's time).
+    # The pass's loads are one query each.
     loads = [s for s in post_reads if " IN " in s]
     assert len(loads) == 1 and len(post_reads) == 1
     assert len(delivery_reads) == 1
@@ -246,3 +249,38 @@ async def test_a_job_whose_post_cannot_be_read_fails_alone(harness: Support) -> 
                                  .values(plans="not json"))
     assert await harness.run_jobs_at(DUE) == 2  # both claimed; the pass's preload fails, each reads for itself
     assert [e["data"]["post"]["post_id"] for e in harness.escalations()] == [good["post_id"]]
+
+
+async def test_an_unanswered_report_whose_claim_comes_second_leaves_the_escalation_to_the_timer(
+        harness: Support) -> None:
+    """The report reads the post waiting and plans its escalation; the timer claims it just before the report's
+    claim is committed. The report's claim fails (the post is no longer waiting), the report is processed
+    again and finds the escalation taken; the timer, run again, resumes its own claim: one escalation."""
+    data = post_created(POSTED)
+    created = await harness.publish(POST_CREATED, data)
+    timer = {"source": created["source"], "id": created["id"], "trigger": "timer"}
+    write = harness.service.store.write
+
+    async def timer_claims_first(statements: Statements, **kwargs: Any) -> None:
+        if any(isinstance(statement, CompareAndSet) and statement.table == "support_posts"
+               for statement, _ in statements):
+            harness.service.store.write = write  # type: ignore[method-assign]
+            async with harness.service.store.transaction() as connection:
+                await state.claim_escalation(data["post_id"], timer, DUE - timedelta(seconds=1))(connection)
+        await write(statements, **kwargs)
+
+    harness.service.store.write = timer_claims_first  # type: ignore[method-assign]
+    harness.clock.advance(DUE - harness.clock.now())
+    record = harness.record(cloudevent(POST_UNANSWERED, data, time=harness.clock.now()))
+    await harness.fetch(record)
+    assert harness.service.store.write == write  # the claim came
+    assert not harness.committed(record) and harness.escalations() == [] and harness.pool.sent == []
+    await harness.fetch(record)  # processed again: the post is escalating under the timer's claim
+    assert harness.committed(record) and harness.escalations() == []
+    assert await harness.run_jobs_at(DUE + timedelta(seconds=5)) == 1  # the timer, not cancelled, resumes
+    [raised] = harness.escalations()
+    assert raised["data"]["trigger"] == "timer"
+    assert raised["data"]["escalated_at"] == (DUE - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1
+    async with harness.service.store.connect() as connection:
+        assert (await connection.execute(select(jobs.c.status))).scalars().all() == ["done"]
