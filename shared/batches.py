@@ -403,11 +403,13 @@ class BatchProcessor:
         self._failures += 1
         pause = min(0.5 * 2 ** (self._failures - 1), 30.0)
         self.metrics.retry("batch")
-        log.error(
-            "batch not finished, it will be processed again",
-            extra={"topic": self.router.topic, "errors": len(errors), "retry_in_s": pause},
-            exc_info=errors[0],
-        )
+        extra = {"topic": self.router.topic, "errors": len(errors), "retry_in_s": pause}
+        if all(isinstance(error, StaleState) for error in errors):
+            # A concurrent change came first (a claim another cause took): expected, and no fault.
+            log.info("batch not finished: a row its plans change was changed meanwhile, it will be processed "
+                     "again from the new state", extra=extra)
+        else:
+            log.error("batch not finished, it will be processed again", extra=extra, exc_info=errors[0])
         await asyncio.sleep(pause)
 
     def prepare(self, record: ConsumerRecord[Any, Any]) -> Prepared:

@@ -32,7 +32,8 @@ output events carry deterministic ids, state changes are idempotent or compare-a
 Some handlers must claim something before they decide what to send (a reminder nobody else sends, a digest's
 entries): :meth:`Context.claim` commits such a claim at load time. A claim whose outcome the handler can
 foresee is a compare-and-set in ``before`` instead (the one escalation of a post): if another cause took it
-first, the transaction fails and the event or job is processed again, from the new state.
+first, the transaction fails and the event is processed again from the new state (a job, after the
+scheduler's backoff, as for any failure).
 What a topic's handlers load for each event can be declared on the router (:class:`Preload`): it is then
 read for a whole fetched batch in one query, and :meth:`Context.read` answers from it.
 """

@@ -2,7 +2,7 @@
 
 The order (the same for every event and every scheduled job):
 
-1. ``plan.before`` in one transaction (on SQLite, group-committed with those of concurrent plans);
+1. ``plan.before`` in one transaction (group-committed with those of concurrent plans);
 2. ``plan.mails`` sent concurrently (each outcome recorded as the SMTP server answers), and meanwhile
    ``plan.events`` (those that do not depend on the e-mails) produced and acknowledged;
 3. ``plan.then(outcomes)``;
@@ -75,16 +75,15 @@ class PlanRunner:
         self.on_scheduled = on_scheduled
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
                                                       window=FINAL_WRITES_WINDOW_S, name="final-changes")
-        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one, and so do the
-        # changes committed before sending (step 1); on PostgreSQL each has its own, short, transaction: a group
-        # would hold every one's row locks until the last one is done (deadlocks with the final changes, and
-        # one slow lock stalling the others).
+        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one; on PostgreSQL each
+        # has its own, short, transaction: a claim is a function of the connection, and a group would hold every
+        # one's row locks until the last one is done (one slow lock stalling the others).
         self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
                                        if store.is_sqlite else OwnTransactions(store, run_claims))
-        self._before: Writes[Final] = (
-            GroupCommit(store, _apply_all, statements=_statements, light=rows_only, window=FINAL_WRITES_WINDOW_S,
-                        name="changes-before")
-            if store.is_sqlite else OwnTransactions(store, _apply_all, statements=_statements))
+        # The changes committed before sending (step 1) are group-committed like the final ones: row changes
+        # (compare-and-sets, jobs scheduled or cancelled), written by the store's writer in one go.
+        self._before: GroupCommit[Final] = GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
+                                                       window=FINAL_WRITES_WINDOW_S, name="changes-before")
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
@@ -154,20 +153,13 @@ class Final:
 
 
 class OwnTransactions(Generic[T]):
-    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own; by the
-    store's writer if ``statements`` knows what it writes (see :class:`shared.store.GroupCommit`)."""
+    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own."""
 
-    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]], *,
-                 statements: Callable[[str, list[T]], Statements | None] = lambda dialect_name, items: None) -> None:
+    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]]) -> None:
         self.store = store
         self.apply = apply
-        self.statements = statements
 
     async def write(self, item: T) -> None:
-        statements = self.statements(self.store.engine.dialect.name, [item])
-        if statements is not None:
-            await self.store.write(statements)
-            return
         async with self.store.transaction() as connection:
             await self.apply(connection, [item])
 

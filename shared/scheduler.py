@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shared.clock import Clock
 from shared.store import Row, Store, execute, write_rows
 from shared.store import scheduled_jobs as jobs
+from shared.writers import StaleState
 
 log = logging.getLogger("customersource.scheduler")
 
@@ -381,8 +382,11 @@ class Scheduler:
     async def _failed(self, job: Job, exc: Exception) -> None:
         """Kept, and claimable again after a pause that doubles with each attempt (up to 5 minutes)."""
         pause = timedelta(seconds=min(2 ** min(job.attempts, 8), 300))
-        log.warning("scheduled job failed, will retry", exc_info=exc,
-                    extra={"job_id": job.job_id, "kind": job.kind, "attempts": job.attempts})
+        extra = {"job_id": job.job_id, "kind": job.kind, "attempts": job.attempts, "retry_in_s": pause.seconds}
+        if isinstance(exc, StaleState):  # a concurrent change came first: run again from the new state
+            log.info("scheduled job found a row changed meanwhile, will run again", extra=extra)
+        else:
+            log.warning("scheduled job failed, will retry", exc_info=exc, extra=extra)
         error = f"{exc.__class__.__name__}: {exc}"[:1000]
         async with self.store.transaction() as connection:
             await connection.execute(

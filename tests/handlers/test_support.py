@@ -3,6 +3,7 @@ for SMTP and the output producer, a fixed clock and a real SQLite store."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
@@ -27,8 +28,9 @@ from services.support.contracts import (
 from services.support.handlers import SupportHandlers
 from services.support.settings import SupportSettings
 from services.support.state import posts as posts_table
+from shared.scheduler import Job
 from shared.store import scheduled_jobs as jobs
-from shared.writers import CompareAndSet, Statements
+from shared.writers import CompareAndSet, StaleState, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import post_created
@@ -252,13 +254,14 @@ async def test_a_job_whose_post_cannot_be_read_fails_alone(harness: Support) -> 
 
 
 async def test_an_unanswered_report_whose_claim_comes_second_leaves_the_escalation_to_the_timer(
-        harness: Support) -> None:
+        harness: Support, caplog: pytest.LogCaptureFixture) -> None:
     """The report reads the post waiting and plans its escalation; the timer claims it just before the report's
     claim is committed. The report's claim fails (the post is no longer waiting), the report is processed
     again and finds the escalation taken; the timer, run again, resumes its own claim: one escalation."""
     data = post_created(POSTED)
     created = await harness.publish(POST_CREATED, data)
     timer = {"source": created["source"], "id": created["id"], "trigger": "timer"}
+    caplog.set_level(logging.INFO, logger="customersource.batches")
     write = harness.service.store.write
 
     async def timer_claims_first(statements: Statements, **kwargs: Any) -> None:
@@ -275,6 +278,7 @@ async def test_an_unanswered_report_whose_claim_comes_second_leaves_the_escalati
     await harness.fetch(record)
     assert harness.service.store.write == write  # the claim came
     assert not harness.committed(record) and harness.escalations() == [] and harness.pool.sent == []
+    assert "was changed meanwhile" in caplog.text  # the report's claim found the post no longer waiting
     await harness.fetch(record)  # processed again: the post is escalating under the timer's claim
     assert harness.committed(record) and harness.escalations() == []
     assert await harness.run_jobs_at(DUE + timedelta(seconds=5)) == 1  # the timer, not cancelled, resumes
@@ -284,3 +288,25 @@ async def test_an_unanswered_report_whose_claim_comes_second_leaves_the_escalati
     assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1
     async with harness.service.store.connect() as connection:
         assert (await connection.execute(select(jobs.c.status))).scalars().all() == ["done"]
+
+
+async def test_a_timer_that_read_its_post_waiting_before_a_report_escalated_it_sends_nothing(
+        harness: Support) -> None:
+    """A scheduler pass reads its posts when it starts its jobs; the report escalates the post meanwhile. The
+    timer's claim fails (the post is no longer waiting), before anything is sent; the report cancelled its job."""
+    data = post_created(POSTED)
+    await harness.publish(POST_CREATED, data)
+    async with harness.service.store.connect() as connection:
+        row = (await connection.execute(select(jobs))).one()
+    job = Job(row.job_id, row.kind, row.aggregate_id, row.due_at, json.loads(row.payload), 1)
+    harness.clock.advance(DUE - harness.clock.now())
+    assert harness.service.scheduler is not None
+    timer = await harness.service.scheduler.handlers[job.kind]([job])  # its pass reads the post: waiting
+    await harness.publish(POST_UNANSWERED, data)
+    [raised] = harness.escalations()
+    assert raised["data"]["trigger"] == "post_unanswered"
+    with pytest.raises(StaleState):
+        await timer(job)
+    assert await harness.run_jobs_at(DUE + timedelta(minutes=10)) == 0  # the report cancelled it
+    assert harness.escalations() == [raised]
+    assert len(harness.pool.to(TEAM)) == 1 and len(harness.pool.to(data["author"]["email"])) == 1
