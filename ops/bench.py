@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiosmtpd.controller import Controller
 
-from ops.broker import ApacheKafkaBroker, Broker, TansuBroker, free_port
+from ops.broker import ApacheKafkaBroker, Broker, TansuBroker, die_with_parent, free_port
 from ops.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +252,7 @@ async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size:
     before = sink.count
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.bench", "--raw-smtp-client", str(port), str(messages), str(connections), str(size),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)
     output, _ = await process.communicate()
     assert process.returncode == 0 and sink.count - before == messages, (process.returncode, sink.count - before)
     return float(output.decode().strip())
@@ -290,7 +290,8 @@ class ServiceRun:
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{self.name}", cwd=ROOT, env=self.env,
-            stdout=open(self.work / "service.log", "wb"), stderr=asyncio.subprocess.STDOUT)
+            stdout=open(self.work / "service.log", "wb"), stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent)  # a killed bench leaves no service behind
         deadline = time.monotonic() + 60
         while True:
             if self.process.returncode is not None:
