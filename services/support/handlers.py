@@ -83,8 +83,8 @@ class SupportHandlers:
         post = decision.post
         if post is None:
             return Plan(ignored=decision.ignored)
-        expected = current.state if current is not None else None
         if not decision.escalate:
+            expected = current.state if current is not None else None
             return Plan(after=[state.save_post(post, expected=expected, now=context.now),
                                *self._timer(post, decision, context)], ignored=decision.ignored)
         claim = _claim(context, "post_unanswered")
@@ -92,11 +92,8 @@ class SupportHandlers:
             # Its holder (a timer) still needs its job: not cancelled.
             return Plan(after=self._timer(post, replace(decision, cancel=False), context),
                         ignored="another escalation of this post came first")
-        if post != current:  # first seen in this event: stored already claimed
-            claimed = replace(post, state=State.ESCALATING, escalation=claim, escalated_at=context.now)
-            return self._escalation(claimed, "post_unanswered", context, claim=state.save_post(
-                claimed, expected=expected, now=context.now), then_also=self._timer(post, decision, context))
-        return self._claimed(post, claim, "post_unanswered", context, then_also=self._timer(post, decision, context))
+        return self._claimed(post, current, claim, "post_unanswered", context,
+                             then_also=self._timer(post, decision, context))
 
     @staticmethod
     def _timer(post: Post, decision: Decision, context: Context) -> list[Write]:
@@ -118,18 +115,23 @@ class SupportHandlers:
             return Plan(ignored="the post was answered or escalated meanwhile")
         if post.state is State.ESCALATING and post.escalation != claim:
             return Plan(ignored="another escalation of this post came first")
-        return self._claimed(post, claim, "timer", context)
+        return self._claimed(post, post, claim, "timer", context)
 
-    def _claimed(self, post: Post, claim: dict[str, str], trigger: Literal["timer", "post_unanswered"],
-                 context: Context, then_also: Sequence[Write] = ()) -> Plan:
-        """The escalation of a known post: claimed now if it is waiting (if another cause claims it first, the
-        claim fails and this cause is processed again, and then finds it taken), or resumed if this cause
-        claimed it before a crash or a failure, at the time it claimed it."""
+    def _claimed(self, post: Post, loaded: Post | None, claim: dict[str, str],
+                 trigger: Literal["timer", "post_unanswered"], context: Context,
+                 then_also: Sequence[Write] = ()) -> Plan:
+        """The escalation of ``post`` (``loaded``: as it was stored): resumed if this cause claimed it before a
+        crash or a failure, at the time it claimed it; else claimed now, the waiting post stored already
+        claimed if first seen in this event. If another cause claims it first, the claim fails and this cause
+        is processed again, and then finds it taken."""
         if post.state is State.ESCALATING:
             return self._escalation(post, trigger, context, claim=None, then_also=then_also)
         claimed = replace(post, state=State.ESCALATING, escalation=claim, escalated_at=context.now)
-        return self._escalation(claimed, trigger, context,
-                                claim=state.claim_escalation(post.post_id, claim, context.now), then_also=then_also)
+        if post != loaded:
+            write = state.save_post(claimed, expected=loaded.state if loaded is not None else None, now=context.now)
+        else:
+            write = state.claim_escalation(post.post_id, claim, context.now)
+        return self._escalation(claimed, trigger, context, claim=write, then_also=then_also)
 
     def _escalation(self, post: Post, trigger: Literal["timer", "post_unanswered"], context: Context, *,
                     claim: Write | None, then_also: Sequence[Write] = ()) -> Plan:
