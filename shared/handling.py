@@ -29,11 +29,11 @@ A failure in any step stops the plan: the event is processed again from the star
 plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
 output events carry deterministic ids, state changes are idempotent or compare-and-set).
 
-Some handlers must claim something before they decide what to send (a reminder nobody else sends, a digest's
-entries): :meth:`Context.claim` commits such a claim at load time. A claim whose outcome the handler can
-foresee is a compare-and-set in ``before`` instead (the one escalation of a post): if another cause took it
-first, the transaction fails and the event is processed again from the new state (a job, after the
-scheduler's backoff, as for any failure).
+A handler that must own something before sending (the one escalation of a post, a request's one reminder)
+claims it with a compare-and-set in ``before``: if another cause took it first, or the row moved on, the
+transaction fails and the event is processed again from the new state (a job, after the scheduler's backoff,
+as for any failure). Only a claim whose result cannot be foreseen at load time (which of a partner's entries
+a digest takes) is committed at load time, with :meth:`Context.claim`.
 What a topic's handlers load for each event can be declared on the router (:class:`Preload`): it is then
 read for a whole fetched batch in one query, and :meth:`Context.read` answers from it.
 """
@@ -219,7 +219,7 @@ class Context:
             return await function(connection, *args, **kwargs)
 
     async def claim(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Load with a claim, committed before the plan is made (a reminder, a digest's entries): a concurrent
+        """Load with a claim, committed before the plan is made (a digest's entries): a concurrent
         attempt sees it taken. On SQLite, claims made at the same time share a transaction (group commit), each
         run in turn as if alone, one that fails tried again alone; on PostgreSQL each commits in a transaction
         of its own."""

@@ -57,6 +57,7 @@ class Request:
     decided_at: datetime | None = None
     decided_by: Person | None = None
     cause: str = ""  # the event that put the request in its state ("source id")
+    reminded_at: datetime | None = None  # when its reminder was claimed (it goes out once)
 
 
 @dataclass(frozen=True, slots=True)

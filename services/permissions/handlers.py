@@ -6,10 +6,8 @@ saved (the domain says "resumed") and sends the e-mails again, which the deliver
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions import domain, state
 from services.permissions.contracts import (
@@ -125,20 +123,15 @@ class PermissionHandlers:
                             context=context)
 
     async def run_reminder(self, job: Job, context: Context) -> Plan:
-        """One reminder to the administrators, if the request is still pending: claimed first, so that a
-        decision saved meanwhile stops it."""
-        request_id = job.payload["request_id"]
-        current = await context.claim(_claim_reminder, request_id, context.now)
+        """One reminder to the administrators, if the request is still pending. The plan claims it before the
+        e-mails go out: a decision saved meanwhile fails the claim, and the job runs again from the decided
+        request; a re-run after a crash finds its claim saved and sends again (deduplicated)."""
+        current = await context.read(state.load_request, job.payload["request_id"])
         if current is None or not domain.reminder_due(current):
             return Plan(ignored="the request was decided: no reminder")
-        return Plan(mails=[self._mail(domain.REMINDER_TEMPLATE, admin, current) for admin in current.admins])
-
-
-async def _claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> Request | None:
-    """The request, if its reminder is ours to send (claimed in this transaction)."""
-    if not await state.claim_reminder(connection, request_id, now):
-        return None
-    return await state.load_request(connection, request_id)
+        claim = [] if current.reminded_at is not None else [state.claim_reminder(current.request_id, context.now)]
+        return Plan(before=claim,
+                    mails=[self._mail(domain.REMINDER_TEMPLATE, admin, current) for admin in current.admins])
 
 
 def _cause(context: Context) -> str:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, and_, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.permissions.domain import Request, State
-from shared.handling import Write, insert_or_advance
+from shared.handling import Write, insert_or_advance, row_statement
 from shared.retention import PURGED, PURGED_PERSON, Purge, cutoff
 from shared.shapes import Person
 from shared.store import UTCDateTime, create_tables, select_in
+from shared.writers import CompareAndSet
 
 metadata = MetaData()
 
@@ -72,7 +74,7 @@ def _request(row: Any) -> Request:
         admins=tuple(Person.model_validate(p) for p in json.loads(row.admins)),
         capabilities=tuple(json.loads(row.capabilities)), requested_at=row.requested_at, state=State(row.state),
         decided_at=row.decided_at, decided_by=_person(row.decided_by) if row.decided_by else None,
-        cause=row.cause,
+        cause=row.cause, reminded_at=row.reminded_at,
     )
 
 
@@ -91,13 +93,19 @@ def save_request(request: Request, *, expected: State | None, now: datetime) -> 
     return insert_or_advance(requests, values, key="request_id", expected=expected.value if expected else None)
 
 
-async def claim_reminder(connection: AsyncConnection, request_id: str, now: datetime) -> bool:
-    """Claim the request's one reminder: true if it is still pending and the reminder is (or, after a crash,
-    was already) this claim's to send."""
-    await connection.execute(
-        update(requests).where(requests.c.request_id == request_id, requests.c.state == State.PENDING.value,
-                               requests.c.reminded_at.is_(None)).values(reminded_at=now, updated_at=now)
-    )
-    row = (await connection.execute(select(requests.c.state, requests.c.reminded_at)
-                                    .where(requests.c.request_id == request_id))).first()
-    return row is not None and row.state == State.PENDING.value and row.reminded_at is not None
+def claim_reminder(request_id: str, now: datetime) -> Write:
+    """The request's one reminder claimed at ``now``: only while it is pending and not reminded yet (a
+    compare-and-set: else the transaction fails with :class:`shared.writers.StaleState`, and the job runs again
+    from the request's new state)."""
+    return row_statement(requests, {"request": request_id, "at": now}, ["request"], _claim_reminder)
+
+
+@functools.cache
+def _claim_reminder(dialect_name: str) -> CompareAndSet:
+    return CompareAndSet(
+        update(requests).where(requests.c.request_id == bindparam("request"),
+                               requests.c.state == State.PENDING.value, requests.c.reminded_at.is_(None))
+        .values(reminded_at=bindparam("at"), updated_at=bindparam("at")),
+        table=requests.name)
+
+

@@ -3,18 +3,25 @@ for SMTP and the output producer, a fixed clock and a real SQLite store."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select, update
 
+from services.permissions import state
 from services.permissions.app import create_service
 from services.permissions.contracts import APPROVED, DENIED, INPUT_TYPES, REMOVED, REQUESTED, TOPIC
+from services.permissions.domain import State
 from services.permissions.handlers import REMINDER_JOB, PermissionHandlers, reminder_job_id
 from services.permissions.settings import PermissionSettings
 from shared.scheduler import Job
+from shared.store import scheduled_jobs as jobs
+from shared.writers import CompareAndSet, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import decision, permission_requested
@@ -157,6 +164,53 @@ async def test_a_decision_saved_before_its_e_mails_stops_the_reminder_and_a_retr
     assert harness.templates(claire) == ["permission_requested", "permission_confirmation"]
     assert harness.templates(paul) == ["permission_requested", "permission_confirmation"]
     assert harness.templates(data["partner"]["email"]) == ["permission_decision"]
+
+
+async def test_a_reminder_whose_claim_comes_after_a_decision_sends_nothing(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """The reminder reads the request pending and plans its e-mails; the approval is saved just before the
+    reminder's claim is committed. The claim fails (the request is no longer pending) before anything is sent,
+    and the job, run again, finds the request decided."""
+    data = permission_requested(requested_at=NOW.isoformat())
+    await harness.publish(REQUESTED, data)
+    caplog.set_level(logging.INFO, logger="customersource.scheduler")
+    write = harness.service.store.write
+
+    async def approved_first(statements: Statements, **kwargs: Any) -> None:
+        if any(isinstance(statement, CompareAndSet) and statement.table == "permission_requests"
+               for statement, _ in statements):
+            harness.service.store.write = write  # type: ignore[method-assign]
+            async with harness.service.store.transaction() as connection:
+                await connection.execute(update(state.requests).values(state=State.APPROVED.value))
+        await write(statements, **kwargs)
+
+    harness.service.store.write = approved_first  # type: ignore[method-assign]
+    assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 1
+    assert harness.service.store.write == write  # the approval came
+    assert "found a row changed meanwhile" in caplog.text
+    assert await harness.run_jobs_at(NOW + timedelta(days=7, minutes=1)) == 1  # after its pause: decided
+    for admin in data["customer_admins"]:
+        assert harness.templates(admin["email"]) == ["permission_requested"]
+    async with harness.service.store.connect() as connection:
+        assert (await connection.execute(select(jobs.c.status))).scalars().all() == ["done"]
+        assert (await connection.execute(select(state.requests.c.reminded_at))).scalars().all() == [None]
+
+
+async def test_a_reminder_claimed_then_interrupted_goes_out_once_to_each_administrator(harness: Harness) -> None:
+    """The claim is saved before the e-mails; one of them fails. The job, run again, finds its own claim and
+    sends what is left: each administrator has one reminder."""
+    data = permission_requested(requested_at=NOW.isoformat())
+    claire, paul = (a["email"] for a in data["customer_admins"])
+    await harness.publish(REQUESTED, data)
+    harness.pool.unreachable = {paul}
+    assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 1
+    assert harness.templates(claire) == ["permission_requested", "permission_reminder"]
+    assert harness.templates(paul) == ["permission_requested"]
+    harness.pool.unreachable = set()
+    assert await harness.run_jobs_at(NOW + timedelta(days=7, minutes=1)) == 1
+    assert harness.templates(claire) == ["permission_requested", "permission_reminder"]
+    assert harness.templates(paul) == ["permission_requested", "permission_reminder"]
+    assert await harness.run_jobs_at(NOW + timedelta(days=30)) == 0, "one reminder, ever"
 
 
 async def test_times_are_shown_in_utc_whatever_offset_the_publisher_used(harness: Harness) -> None:
