@@ -29,11 +29,10 @@ A failure in any step stops the plan: the event is processed again from the star
 plan), and what was already done repeats nothing (e-mails are deduplicated by their delivery records,
 output events carry deterministic ids, state changes are idempotent or compare-and-set).
 
-A handler that must own something before sending (the one escalation of a post, a request's one reminder)
-claims it with a compare-and-set in ``before``: if another cause took it first, or the row moved on, the
-transaction fails and the event is processed again from the new state (a job, after the scheduler's backoff,
-as for any failure). Only a claim whose result cannot be foreseen at load time (which of a partner's entries
-a digest takes) is committed at load time, with :meth:`Context.claim`.
+A handler that must own something before sending (the one escalation of a post, a request's one reminder, the
+entries a partner's digest takes) claims it in ``before``, with compare-and-sets of the rows as it loaded them:
+if another cause took it first, or a row moved on, the transaction fails and the event is processed again
+from the new state (a job, after the scheduler's backoff, as for any failure).
 What a topic's handlers load for each event can be declared on the router (:class:`Preload`): it is then
 read for a whole fetched batch in one query, and :meth:`Context.read` answers from it.
 """
@@ -163,37 +162,10 @@ class Preload:
     read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
 
 
-@dataclass(slots=True)
-class Claim:
-    """A claim (:meth:`Context.claim`) waiting for its group's transaction, then what it returned."""
-
-    function: Callable[..., Awaitable[Any]]
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-    value: Any = None
-
-
-async def run_claims(connection: AsyncConnection, claims: list[Claim]) -> None:
-    """A group of claims in one transaction: each in turn, its value kept for its writer."""
-    for claim in claims:
-        claim.value = await claim.function(connection, *claim.args, **claim.kwargs)
-
-
-W = TypeVar("W", contravariant=True)
-
-
-class Writes(Protocol[W]):
-    """Group-committed writes (a :class:`shared.store.GroupCommit`): ``write`` returns once committed."""
-
-    async def write(self, item: W) -> None: ...
-
-
 class Reads(Protocol):
     """The store, as a handler's load step uses it."""
 
     def connect(self) -> Any: ...
-
-    def transaction(self, *, urgent: bool = False) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +177,6 @@ class Context:
     cause: EventRef
     now: datetime
     store: Reads
-    claims: Writes[Claim]
     partition: int | None = None
     preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] = field(default_factory=dict)
 
@@ -217,16 +188,6 @@ class Context:
             return value
         async with self.store.connect() as connection:
             return await function(connection, *args, **kwargs)
-
-    async def claim(self, function: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Load with a claim, committed before the plan is made (a digest's entries): a concurrent
-        attempt sees it taken. On SQLite, claims made at the same time share a transaction (group commit), each
-        run in turn as if alone, one that fails tried again alone; on PostgreSQL each commits in a transaction
-        of its own."""
-        claim = Claim(function, args, kwargs)
-        await self.claims.write(claim)
-        value: T = claim.value
-        return value
 
     def schedule(self, *, job_id: str, kind: str, aggregate_id: str, due_at: datetime,
                  payload: Mapping[str, Any], caused_by_event: bool = True) -> Write:

@@ -24,12 +24,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.envelope import STRUCTURED_HEADERS, structured
-from shared.handling import Claim, Completion, Context, Output, Plan, Write, Writes, run_claims
+from shared.handling import Completion, Context, Output, Plan, Write
 from shared.ids import deterministic_id
 from shared.kafka import OutputRecord, Producer
 from shared.mail.mailer import EventRef, Mailer, MailOutcome
@@ -75,11 +75,6 @@ class PlanRunner:
         self.on_scheduled = on_scheduled
         self._final: GroupCommit[Final] = GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
                                                       window=FINAL_WRITES_WINDOW_S, name="final-changes")
-        # On SQLite, whose one writer takes transactions in turn, concurrent claims share one; on PostgreSQL each
-        # has its own, short, transaction: a claim is a function of the connection, and a group would hold every
-        # one's row locks until the last one is done (one slow lock stalling the others).
-        self._claims: Writes[Claim] = (GroupCommit(store, run_claims, window=FINAL_WRITES_WINDOW_S, name="claims")
-                                       if store.is_sqlite else OwnTransactions(store, run_claims))
         # The changes committed before sending (step 1) are group-committed like the final ones: row changes
         # (compare-and-sets, jobs scheduled or cancelled), written by the store's writer in one go.
         self._before: GroupCommit[Final] = GroupCommit(store, _apply_all, statements=_statements, light=rows_only,
@@ -87,7 +82,7 @@ class PlanRunner:
 
     def context(self, cause: EventRef, now: datetime, partition: int | None = None,
                 preloaded: Mapping[tuple[Any, tuple[Any, ...]], Any] | None = None) -> Context:
-        return Context(cause=cause, now=now, store=self.store, claims=self._claims, partition=partition,
+        return Context(cause=cause, now=now, store=self.store, partition=partition,
                        preloaded=preloaded or {})
 
     async def apply(self, plan: Plan, context: Context, *, known: Mapping[str, Any] | None = None,
@@ -150,18 +145,6 @@ class Final:
 
     changes: Sequence[Write]
     done: ProcessedMark | JobDone | None
-
-
-class OwnTransactions(Generic[T]):
-    """:class:`Writes` without grouping: each item applied and committed in a transaction of its own."""
-
-    def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]]) -> None:
-        self.store = store
-        self.apply = apply
-
-    async def write(self, item: T) -> None:
-        async with self.store.transaction() as connection:
-            await self.apply(connection, [item])
 
 
 def rows_only(plan: Final) -> bool:

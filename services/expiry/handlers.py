@@ -130,13 +130,19 @@ class ExpiryHandlers:
     async def run_digest(self, job: Job, context: Context) -> Plan:
         """The partner's digest: the entries that entered a bucket since its previous digest, grouped by
         bucket. Nothing if none wait; never a second digest on one local day of the partner (a later job
-        that day, or one while another digest is in flight, passes its entries on to the next day). The
-        entries are taken (claimed) first; a re-run after a crash sends what the first run took, to whom it
-        took it for (deduplicated). After the e-mail, the digest is closed and the next one scheduled."""
+        that day, or one while another digest is in flight, passes its entries on to the next day). The plan
+        takes (claims) the waiting entries before the e-mail goes out, if the partner is still as loaded (no
+        digest started or finished meanwhile: else the job runs again from the new state); a re-run after a
+        crash sends what the first run took, to whom it took it for (deduplicated). After the e-mail, the
+        digest is closed and the next one scheduled."""
         partner_id, day = job.payload["partner_id"], date.fromisoformat(job.payload["day"])
-        partner, digest = await context.claim(self._take_digest, partner_id, job.job_id, day, context.now)
+        partner, digest, waiting = await context.read(_digest_state, partner_id, job.job_id)
         if partner is None:
             return Plan(ignored="the partner is unknown")
+        before: list[Write] = []
+        if digest is None and waiting and self._may_start(partner, job.job_id, context.now):
+            digest = state.Digest(partner.recipient, partner.local_site, waiting)
+            before = state.start_digest(partner, job.job_id, day, waiting, context.now)
         close = Write(self._close_digest, (partner_id, job.job_id, day, digest is not None, context.now),
                       schedules=True)
         if digest is None:
@@ -147,18 +153,7 @@ class ExpiryHandlers:
             context={"partner_name": digest.recipient.name, "day": domain.local_date(context.now, partner.time_zone),
                      "groups": domain.digest_groups(digest.entries)},
         )
-        return Plan(mails=[mail], after=[close])
-
-    async def _take_digest(self, connection: AsyncConnection, partner_id: str, digest_id: str, day: date,
-                           now: datetime) -> tuple[state.PartnerRow | None, state.Digest | None]:
-        """The partner (locked) and its digest: the one this job took before, or the entries it takes now."""
-        partner = await state.lock_partner(connection, partner_id, now)
-        if partner is None:
-            return None, None
-        digest = await state.load_digest(connection, digest_id)
-        if digest is None and self._may_start(partner, digest_id, now):
-            digest = await state.take_entries(connection, partner, digest_id, day, now)
-        return partner, digest
+        return Plan(before=before, mails=[mail], after=[close])
 
     async def _close_digest(self, connection: AsyncConnection, partner_id: str, digest_id: str, day: date,
                             sent: bool, now: datetime) -> None:
@@ -181,6 +176,17 @@ class ExpiryHandlers:
             return False  # another digest is in flight: its end schedules the next one
         today = domain.local_date(now, partner.time_zone)
         return partner.last_digest_on is None or partner.last_digest_on < today
+
+
+async def _digest_state(connection: AsyncConnection, partner_id: str, digest_id: str
+                        ) -> tuple[state.PartnerRow | None, state.Digest | None, list[Entry]]:
+    """What a digest job loads: the partner, the digest this job took before (a re-run), and the entries
+    waiting for a digest."""
+    partner = await state.load_partner(connection, partner_id)
+    if partner is None:
+        return None, None, []
+    digest = await state.load_digest(connection, digest_id)
+    return partner, digest, [] if digest is not None else await state.waiting(connection, partner_id)
 
 
 def _reminder_load(event: Event[Any]) -> tuple[Any, ...] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -26,10 +28,11 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry.domain import Bucket, Entry, PlanState
-from shared.handling import Write, upsert_row
+from shared.handling import Write, row_statement, upsert_row
 from shared.retention import Purge, cutoff, cutoff_day
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_ignore, select_in
+from shared.store import UTCDateTime, create_tables, insert_ignore, inserting, select_in
+from shared.writers import CompareAndSet
 
 metadata = MetaData()
 
@@ -239,27 +242,61 @@ async def load_digest(connection: AsyncConnection, digest_id: str) -> Digest | N
     if row is None:
         return None
     rows = await connection.execute(select(entries).where(entries.c.digest_id == digest_id))
-    taken = [Entry(r.plan_id, r.expires_on, Bucket(r.bucket), r.account_id, r.account_name, r.plan_type, r.product)
-             for r in rows]
-    return Digest(Person.model_validate_json(row.recipient), LocalSite(row.local_site), taken)
+    return Digest(Person.model_validate_json(row.recipient), LocalSite(row.local_site), [_entry(r) for r in rows])
 
 
-async def take_entries(connection: AsyncConnection, partner: PartnerRow, digest_id: str, day: date,
-                       now: datetime) -> Digest | None:
-    """Start a digest: take every waiting entry of the partner and remember to whom it goes. None (and
-    nothing taken) if no entry waits."""
-    result = await connection.execute(
-        update(entries).where(entries.c.partner_id == partner.partner_id, entries.c.digest_id.is_(None))
-        .values(digest_id=digest_id)
-    )
-    if not result.rowcount:
-        return None
-    await connection.execute(digests.insert().values(
-        digest_id=digest_id, partner_id=partner.partner_id, recipient=partner.recipient.model_dump_json(),
-        local_site=partner.local_site.value, day=day, taken_at=now))
-    await connection.execute(update(partners).where(partners.c.partner_id == partner.partner_id)
-                             .values(current_digest=digest_id))
-    return await load_digest(connection, digest_id)
+def _entry(row: Any) -> Entry:
+    return Entry(row.plan_id, row.expires_on, Bucket(row.bucket), row.account_id, row.account_name, row.plan_type,
+                 row.product)
+
+
+async def load_partner(connection: AsyncConnection, partner_id: str) -> PartnerRow | None:
+    row = (await connection.execute(select(partners).where(partners.c.partner_id == partner_id))).first()
+    return None if row is None else _partner(row)
+
+
+async def waiting(connection: AsyncConnection, partner_id: str) -> list[Entry]:
+    """The partner's entries no digest has taken yet."""
+    rows = await connection.execute(
+        select(entries).where(entries.c.partner_id == partner_id, entries.c.digest_id.is_(None)))
+    return [_entry(row) for row in rows]
+
+
+def start_digest(partner: PartnerRow, digest_id: str, day: date, taken: Sequence[Entry], now: datetime) -> list[Write]:
+    """Start a digest: the partner's, as loaded (no digest in flight, its latest digest day unchanged), now
+    has this one in flight, which takes ``taken`` (each still waiting) and remembers to whom it goes. If
+    another digest started or finished meanwhile, the transaction fails (:class:`shared.writers.StaleState`) and
+    the job runs again from the partner's new state."""
+    claim = row_statement(partners, {"partner": partner.partner_id, "digest": digest_id, "last": partner.last_digest_on,
+                                     "at": now}, ["partner"], _start)
+    record = row_statement(digests, {
+        "digest_id": digest_id, "partner_id": partner.partner_id, "recipient": partner.recipient.model_dump_json(),
+        "local_site": partner.local_site.value, "day": day, "taken_at": now, "finished_at": None,
+    }, ["digest_id"], inserting(digests))
+    takes = [row_statement(entries, {"partner": partner.partner_id, "plan": entry.plan_id,
+                                     "expires": entry.expires_on, "in_bucket": entry.bucket.value,
+                                     "digest": digest_id}, ["partner", "plan", "expires", "in_bucket"], _take)
+             for entry in taken]
+    return [claim, record, *takes]
+
+
+@functools.cache
+def _start(dialect_name: str) -> CompareAndSet:
+    return CompareAndSet(
+        update(partners).where(partners.c.partner_id == bindparam("partner"), partners.c.current_digest.is_(None),
+                               partners.c.last_digest_on.is_not_distinct_from(bindparam("last", type_=Date)))
+        .values(current_digest=bindparam("digest"), updated_at=bindparam("at")),
+        table=partners.name)
+
+
+@functools.cache
+def _take(dialect_name: str) -> CompareAndSet:
+    return CompareAndSet(
+        update(entries).where(entries.c.partner_id == bindparam("partner"), entries.c.plan_id == bindparam("plan"),
+                              entries.c.expires_on == bindparam("expires"), entries.c.bucket == bindparam("in_bucket"),
+                              entries.c.digest_id.is_(None))
+        .values(digest_id=bindparam("digest")),
+        table=entries.name)
 
 
 async def finish_digest(connection: AsyncConnection, partner: PartnerRow, digest_id: str, *, sent_on: date | None,

@@ -5,13 +5,14 @@ key flows on the real broker, SMTP server, SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.expiry import state
 from services.expiry.app import create_service
@@ -20,6 +21,7 @@ from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
 from services.expiry.settings import ExpirySettings
 from shared.scheduler import Job
 from shared.store import scheduled_jobs
+from shared.writers import CompareAndSet, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.samples import plan_nearing_expiry, uid
 
@@ -191,6 +193,38 @@ async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_late
     assert await harness.run_jobs_at(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
     _, later = harness.mails(partner["email"])
     assert "Northwind Traders" in text_of(later) and "Contoso Ltd" not in text_of(later)
+
+
+async def test_a_digest_whose_start_comes_after_another_digest_of_the_day_passes_its_entries_on(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """The job reads the partner with no digest today and plans to take its entries; another digest of that
+    day is recorded just before the job's start is committed. The start fails (the partner is no longer as
+    loaded), nothing is sent or taken, and the job, run again, passes the entries on to the next day."""
+    partner = partner_in_utc()
+    await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
+                                                              account_name="Contoso Ltd"))
+    caplog.set_level(logging.INFO, logger="customersource.scheduler")
+    write = harness.service.store.write
+
+    async def another_digest_first(statements: Statements, **kwargs: Any) -> None:
+        if any(isinstance(statement, CompareAndSet) and statement.table == "expiry_partners"
+               for statement, _ in statements):
+            harness.service.store.write = write  # type: ignore[method-assign]
+            async with harness.service.store.transaction() as connection:
+                await connection.execute(update(state.partners).values(last_digest_on=date(2026, 12, 2)))
+        await write(statements, **kwargs)
+
+    harness.service.store.write = another_digest_first  # type: ignore[method-assign]
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == 1
+    assert harness.service.store.write == write  # the other digest came
+    assert "found a row changed meanwhile" in caplog.text
+    async with harness.service.store.connect() as connection:
+        assert (await connection.execute(select(state.entries.c.digest_id))).scalars().all() == [None]
+    assert await harness.run_jobs_at(datetime(2026, 12, 2, 7, 1, tzinfo=UTC)) == 1  # after its pause
+    assert harness.mails(partner["email"]) == []
+    assert await harness.run_jobs_at(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
+    [digest] = harness.mails(partner["email"])
+    assert "Contoso Ltd" in text_of(digest)
 
 
 async def test_a_digest_missed_while_down_goes_out_at_start_and_the_day_gets_no_second_one(harness: Harness) -> None:
