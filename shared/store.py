@@ -459,6 +459,16 @@ def is_database_outage(exc: BaseException) -> bool:
     return False
 
 
+_CONFLICT_SQLSTATES = ("40001", "40P01")
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Transactions that met each other on PostgreSQL (a serialization failure, a deadlock one of them was
+    aborted to break): the statements are not at fault, and each transaction alone would pass."""
+    original = getattr(exc, "orig", None)
+    return str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "") in _CONFLICT_SQLSTATES
+
+
 PREEMPT_AFTER_S = 0.005
 """On SQLite, a group of ordinary changes that has held the write lock this long commits what it has done
 as soon as an urgent writer (an accepted e-mail's outcome) waits; the rest goes into the next transaction."""
@@ -474,7 +484,9 @@ class GroupCommit(Generic[T]):
     ``window`` seconds of the first, are applied together (``apply(connection, items)``, at most
     ``max_items``) in one transaction; each writer returns once its item is committed. If the group's
     transaction fails, each of its items is tried again alone, in a transaction of its own, so a bad item
-    fails only its own writer. ``urgent``: on SQLite, the transaction goes ahead of ordinary writers."""
+    fails only its own writer, and a group that met another transaction (a deadlock between two groups taking
+    the same rows' locks in another order) passes item by item; a database outage fails them all at once.
+    ``urgent``: on SQLite, the transaction goes ahead of ordinary writers."""
 
     def __init__(self, store: Store, apply: Callable[[AsyncConnection, list[T]], Awaitable[None]] | None = None, *,
                  statements: Callable[[str, list[T]], Statements | None] | None = None,
@@ -516,7 +528,7 @@ class GroupCommit(Generic[T]):
                     try:
                         committed = await self._commit_prefix([item for item, _ in group])
                     except Exception as exc:
-                        if is_database_outage(exc) or len(group) == 1:
+                        if len(group) == 1 or (is_database_outage(exc) and not is_write_conflict(exc)):
                             for _, future in group:  # nobody's fault: every writer gets the error at once
                                 _settle(future, exc)
                         else:

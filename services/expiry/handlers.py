@@ -172,7 +172,7 @@ class ExpiryHandlers:
 
     @staticmethod
     def _may_start(partner: state.PartnerRow, digest_id: str, now: datetime) -> bool:
-        if partner.current_digest not in (None, digest_id):
+        if partner.current_digest is not None:
             return False  # another digest is in flight: its end schedules the next one
         today = domain.local_date(now, partner.time_zone)
         return partner.last_digest_on is None or partner.last_digest_on < today

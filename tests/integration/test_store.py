@@ -154,6 +154,25 @@ async def test_a_database_outage_fails_every_writer_of_the_group_at_once(store: 
     assert len(attempts) == 1, "an outage is nobody's fault: no transaction per writer after the group's"
 
 
+async def test_a_group_that_met_another_transaction_passes_item_by_item(store: Store) -> None:
+    """PostgreSQL aborts one of two transactions that wait for each other's row locks (a deadlock, SQLSTATE
+    40P01): nobody's fault, and each item alone passes."""
+    attempts: list[int] = []
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    async def deadlocked_together(connection: Any, items: list[int]) -> None:
+        attempts.append(len(items))
+        if len(items) > 1:
+            raise sqlalchemy.exc.DBAPIError("UPDATE ...", None, Deadlock("deadlock detected"))
+
+    writer: GroupCommit[int] = GroupCommit(store, deadlocked_together, urgent=True)  # applied together: SQLite too
+    results = await asyncio.gather(*(writer.write(n) for n in range(5)), return_exceptions=True)
+    assert results == [None] * 5
+    assert attempts == [5, 1, 1, 1, 1, 1]
+
+
 async def test_marking_an_event_processed_keeps_its_first_attempt_time(store: Store) -> None:
     first, later = datetime(2026, 3, 2, 9, 0, tzinfo=UTC), datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
     await store.begin_events({("/s", "1"): "t"}, first)
