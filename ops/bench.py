@@ -13,6 +13,9 @@ fresh database on a throwaway PostgreSQL), ``python -m services.<name>`` as a pr
   flat as the tables grow: the e-mails/s of its ninth tenth (80-90% of the way, before the last batches
   trail off) against its second (10-20%), within 10%, timed in one drain so that a machine slowing down
   between runs does not pass for a service that does; its rate against the N-event drain's is reported too.
+  A machine slowing down within the drain is measured beside it: a probe process times the same fixed work
+  twice a second, and the machine's speed in the ninth tenth against the second is reported with the
+  flatness for that speed (the ratio divided by it).
 
 The workloads: invitations (one e-mail per ``professional.added``), expiry (reminders to three
 contacts per ``plan.nearing_expiry``), permissions (three administrators per ``permission.requested``),
@@ -166,6 +169,7 @@ class Result:
     backlog_late: Tenth | None = None  # 80-90% of the way
     backlog_vs_drain: float | None = None  # the backlog's e-mails/s over the N-event drain's
     flat_within_10pct: bool | None = None  # the late tenth at 90% of the early one's rate, or more
+    backlog_machine_speed: float | None = None  # the machine's speed in the late tenth against the early one
 
 
 @dataclass
@@ -341,10 +345,71 @@ async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: 
 
 @dataclass
 class Tenth:
-    """A tenth of a drain's e-mails: how fast they went, and the service's CPU for them."""
+    """A tenth of a drain's e-mails: how fast they went, the service's CPU for them, and the speed probe's CPU
+    for its fixed work meanwhile (:class:`SpeedProbe`; None if it measured nothing then)."""
 
     emails_per_s: float
     cpu_ms_per_email: float
+    probe_ms: float | None = None
+
+
+PROBE_INTERVAL_S = 0.5
+
+
+def probe_work() -> None:
+    """A fixed piece of interpreter work (about 20 ms on this machine at full speed)."""
+    counts: dict[str, int] = {}
+    for i in range(50_000):
+        key = f"k{i % 1000}"
+        counts[key] = counts.get(key, 0) + i
+
+
+def speed_probe() -> None:
+    """``python -m ops.bench --speed-probe``: the fixed work twice a second, each time a line ``<perf_counter>
+    <CPU ms it took>`` (``perf_counter`` is the system's monotonic clock, the bench's too)."""
+    while True:
+        started = time.process_time()
+        probe_work()
+        print(f"{time.perf_counter():.3f} {(time.process_time() - started) * 1000:.3f}", flush=True)
+        time.sleep(PROBE_INTERVAL_S)
+
+
+def mean_cost(samples: Sequence[tuple[float, float]], start: float, end: float) -> float | None:
+    """The mean CPU ms of the probe's samples taken from ``start`` to ``end``."""
+    inside = [cost for at, cost in samples if start <= at <= end]
+    return statistics.fmean(inside) if inside else None
+
+
+class SpeedProbe:
+    """How fast this (virtual) machine runs, moment by moment: a process of its own doing the same work twice a
+    second (about 4% of a core), the CPU it takes each time noted. This machine's speed drifts by 10-20% within
+    minutes, with nothing stolen by its host in /proc/stat: the probe tells a drain that slows down from a
+    machine that does."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ops.bench", "--speed-probe", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent)
+        self._reader = asyncio.create_task(self._read(self._process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            fields = line.split()
+            if len(fields) == 2:  # not a line cut short by the end
+                self.samples.append((float(fields[0]), float(fields[1])))
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader
 
 
 @dataclass
@@ -357,6 +422,13 @@ class Drained:
     unrecorded_p99_ms: float
     early: Tenth
     late: Tenth
+
+    @property
+    def machine_speed(self) -> float | None:
+        """How fast the machine ran in the late tenth against the early one (below 1: slower), by the probe."""
+        if self.early.probe_ms is None or self.late.probe_ms is None:
+            return None
+        return self.early.probe_ms / self.late.probe_ms
 
 
 def unrecorded_window(metrics: str) -> tuple[float, float]:
@@ -386,7 +458,13 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
     await publish(ctx.bootstrap, workload.topic, records)
     ctx.sink.reset()
     run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
-    await run.start()
+    probe = SpeedProbe()
+    await probe.start()
+    try:
+        await run.start()
+    except BaseException:
+        await probe.stop()
+        raise
     started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
     expected = events * workload.mails_per_event
     tenths = [expected * k // 10 for k in (1, 2, 8, 9)]
@@ -401,11 +479,13 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
             window = unrecorded_window(response.read().decode())
     finally:
         await run.stop()
+        await probe.stop()
     elapsed = finished - started
 
     def tenth(start: int, end: int) -> Tenth:
         (t0, cpu0), (t1, cpu1) = marks[start], marks[end]
-        return Tenth((end - start) / max(t1 - t0, 1e-9), (cpu1 - cpu0) * 1000 / (end - start))
+        return Tenth((end - start) / max(t1 - t0, 1e-9), (cpu1 - cpu0) * 1000 / (end - start),
+                     mean_cost(probe.samples, t0, t1))
 
     return Drained(events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak, *window,
                    early=tenth(tenths[0], tenths[1]), late=tenth(tenths[2], tenths[3]))
@@ -526,6 +606,7 @@ async def main(args: argparse.Namespace) -> Report:
                     result.backlog_early, result.backlog_late = backlog.early, backlog.late
                     result.backlog_vs_drain = backlog.emails_per_s / drained.emails_per_s
                     result.flat_within_10pct = backlog.late.emails_per_s >= 0.9 * backlog.early.emails_per_s
+                    result.backlog_machine_speed = backlog.machine_speed
                 report.results.append(result)
                 print(row(result), flush=True)
     finally:
@@ -540,7 +621,7 @@ async def main(args: argparse.Namespace) -> Report:
 
 HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | accepted, unrecorded: "
           "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, CPU ms/e-mail, peak RSS | flat: the "
-          "backlog's 80-90% against its 10-20%, e-mails/s and CPU ms/e-mail |\n"
+          "backlog's 80-90% against its 10-20%, e-mails/s and CPU ms/e-mail; the machine's speed likewise |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -553,9 +634,12 @@ def row(r: Result) -> str:
     flat = "-"
     if r.backlog_early is not None and r.backlog_late is not None:
         first, last = r.backlog_early, r.backlog_late
-        flat = (f"{'yes' if r.flat_within_10pct else 'no'}: {last.emails_per_s / first.emails_per_s:.2f} "
+        ratio = last.emails_per_s / first.emails_per_s
+        flat = (f"{'yes' if r.flat_within_10pct else 'no'}: {ratio:.2f} "
                 f"({last.emails_per_s:,.0f} / {first.emails_per_s:,.0f}; {last.cpu_ms_per_email:.2f} / "
                 f"{first.cpu_ms_per_email:.2f} ms)")
+        if r.backlog_machine_speed is not None:
+            flat += f"; machine {r.backlog_machine_speed:.2f}, for its speed {ratio / r.backlog_machine_speed:.2f}"
     window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
               if r.unrecorded_mean_ms is not None and r.unrecorded_p99_ms is not None else "-")
     return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {r.raw_smtp_per_s:,.0f} | "
@@ -563,6 +647,9 @@ def row(r: Result) -> str:
 
 
 def cli() -> None:
+    if sys.argv[1:2] == ["--speed-probe"]:
+        speed_probe()
+        return
     if sys.argv[1:2] == ["--raw-smtp-client"]:
         port, messages, connections, size = (int(a) for a in sys.argv[2:6])
         # On uvloop, as the services run: the raw limit is the same client on the same loop.
