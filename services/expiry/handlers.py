@@ -140,7 +140,7 @@ class ExpiryHandlers:
         if partner is None:
             return Plan(ignored="the partner is unknown")
         before: list[Write] = []
-        if digest is None and waiting and self._may_start(partner, job.job_id, context.now):
+        if digest is None and waiting and self._may_start(partner, context.now):
             digest = state.Digest(partner.recipient, partner.local_site, waiting)
             before = state.start_digest(partner, job.job_id, day, waiting, context.now)
         close = Write(self._close_digest, (partner_id, job.job_id, day, digest is not None, context.now),
@@ -171,7 +171,7 @@ class ExpiryHandlers:
             await self._schedule_next(connection, partner, now)
 
     @staticmethod
-    def _may_start(partner: state.PartnerRow, digest_id: str, now: datetime) -> bool:
+    def _may_start(partner: state.PartnerRow, now: datetime) -> bool:
         if partner.current_digest is not None:
             return False  # another digest is in flight: its end schedules the next one
         today = domain.local_date(now, partner.time_zone)
