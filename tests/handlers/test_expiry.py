@@ -21,7 +21,6 @@ from services.expiry.handlers import DIGEST_JOB, ExpiryHandlers
 from services.expiry.settings import ExpirySettings
 from shared.scheduler import Job
 from shared.store import scheduled_jobs
-from shared.writers import CompareAndSet, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.samples import plan_nearing_expiry, uid
 
@@ -195,10 +194,10 @@ async def test_a_crash_after_the_digest_went_out_sends_it_once_and_loses_no_late
     assert "Northwind Traders" in text_of(later) and "Contoso Ltd" not in text_of(later)
 
 
-@pytest.mark.parametrize("meanwhile", [{"last_digest_on": date(2026, 12, 2)}, {"current_digest": "another"}],
+@pytest.mark.parametrize("other", [{"last_digest_on": date(2026, 12, 2)}, {"current_digest": "another"}],
                          ids=["another digest sent that day", "another digest in flight"])
 async def test_a_digest_whose_start_comes_after_another_digests_passes_its_entries_on(
-        harness: Harness, caplog: pytest.LogCaptureFixture, meanwhile: dict[str, Any]) -> None:
+        harness: Harness, caplog: pytest.LogCaptureFixture, other: dict[str, Any]) -> None:
     """The job reads the partner with no digest in flight or sent today, and plans to take its entries; another
     digest is recorded just before the job's start is committed. The start fails (the partner is no longer as
     loaded), nothing is sent or taken, and the job, run again, passes the entries on."""
@@ -206,19 +205,10 @@ async def test_a_digest_whose_start_comes_after_another_digests_passes_its_entri
     await harness.publish(NEARING_EXPIRY, plan_nearing_expiry(TODAY + timedelta(days=10), partner=partner,
                                                               account_name="Contoso Ltd"))
     caplog.set_level(logging.INFO, logger="customersource.scheduler")
-    write = harness.service.store.write
-
-    async def another_digest_first(statements: Statements, **kwargs: Any) -> None:
-        if any(isinstance(statement, CompareAndSet) and statement.table == "expiry_partners"
-               for statement, _ in statements):
-            harness.service.store.write = write  # type: ignore[method-assign]
-            async with harness.service.store.transaction() as connection:
-                await connection.execute(update(state.partners).values(meanwhile))
-        await write(statements, **kwargs)
-
-    harness.service.store.write = another_digest_first  # type: ignore[method-assign]
+    other_came = harness.meanwhile("expiry_partners", lambda connection: connection.execute(
+        update(state.partners).values(other)))
     assert await harness.run_jobs_at(datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == 1
-    assert harness.service.store.write == write  # the other digest came
+    assert other_came
     assert "found a row changed meanwhile" in caplog.text
     async with harness.service.store.connect() as connection:
         assert (await connection.execute(select(state.entries.c.digest_id))).scalars().all() == [None]
@@ -226,7 +216,7 @@ async def test_a_digest_whose_start_comes_after_another_digests_passes_its_entri
     assert harness.mails(partner["email"]) == []
     async with harness.service.store.connect() as connection:
         assert (await connection.execute(select(state.entries.c.digest_id))).scalars().all() == [None]
-    if "last_digest_on" in meanwhile:  # the next day's digest takes them (one in flight would close first)
+    if "last_digest_on" in other:  # the next day's digest takes them (one in flight would close first)
         assert await harness.run_jobs_at(datetime(2026, 12, 3, 7, 0, tzinfo=UTC)) == 1
         [digest] = harness.mails(partner["email"])
         assert "Contoso Ltd" in text_of(digest)

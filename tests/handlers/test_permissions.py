@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,7 +20,6 @@ from services.permissions.handlers import REMINDER_JOB, PermissionHandlers, remi
 from services.permissions.settings import PermissionSettings
 from shared.scheduler import Job
 from shared.store import scheduled_jobs as jobs
-from shared.writers import CompareAndSet, Statements
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import decision, permission_requested
@@ -174,19 +172,10 @@ async def test_a_reminder_whose_claim_comes_after_a_decision_sends_nothing(
     data = permission_requested(requested_at=NOW.isoformat())
     await harness.publish(REQUESTED, data)
     caplog.set_level(logging.INFO, logger="customersource.scheduler")
-    write = harness.service.store.write
-
-    async def approved_first(statements: Statements, **kwargs: Any) -> None:
-        if any(isinstance(statement, CompareAndSet) and statement.table == "permission_requests"
-               for statement, _ in statements):
-            harness.service.store.write = write  # type: ignore[method-assign]
-            async with harness.service.store.transaction() as connection:
-                await connection.execute(update(state.requests).values(state=State.APPROVED.value))
-        await write(statements, **kwargs)
-
-    harness.service.store.write = approved_first  # type: ignore[method-assign]
+    approved = harness.meanwhile("permission_requests", lambda connection: connection.execute(
+        update(state.requests).values(state=State.APPROVED.value)))
     assert await harness.run_jobs_at(NOW + timedelta(days=7)) == 1
-    assert harness.service.store.write == write  # the approval came
+    assert approved
     assert "found a row changed meanwhile" in caplog.text
     assert await harness.run_jobs_at(NOW + timedelta(days=7, minutes=1)) == 1  # after its pause: decided
     for admin in data["customer_admins"]:

@@ -30,7 +30,7 @@ from services.support.settings import SupportSettings
 from services.support.state import posts as posts_table
 from shared.scheduler import Job
 from shared.store import scheduled_jobs as jobs
-from shared.writers import CompareAndSet, StaleState, Statements
+from shared.writers import StaleState
 from tests.support.harness import Harness, service_harness, text_of
 from tests.support.kafka import cloudevent
 from tests.support.samples import post_created
@@ -262,21 +262,12 @@ async def test_an_unanswered_report_whose_claim_comes_second_leaves_the_escalati
     created = await harness.publish(POST_CREATED, data)
     timer = {"source": created["source"], "id": created["id"], "trigger": "timer"}
     caplog.set_level(logging.INFO, logger="customersource.batches")
-    write = harness.service.store.write
-
-    async def timer_claims_first(statements: Statements, **kwargs: Any) -> None:
-        if any(isinstance(statement, CompareAndSet) and statement.table == "support_posts"
-               for statement, _ in statements):
-            harness.service.store.write = write  # type: ignore[method-assign]
-            async with harness.service.store.transaction() as connection:
-                await state.claim_escalation(data["post_id"], timer, DUE - timedelta(seconds=1))(connection)
-        await write(statements, **kwargs)
-
-    harness.service.store.write = timer_claims_first  # type: ignore[method-assign]
+    timer_claimed = harness.meanwhile("support_posts",
+                                      state.claim_escalation(data["post_id"], timer, DUE - timedelta(seconds=1)))
     harness.clock.advance(DUE - harness.clock.now())
     record = harness.record(cloudevent(POST_UNANSWERED, data, time=harness.clock.now()))
     await harness.fetch(record)
-    assert harness.service.store.write == write  # the claim came
+    assert timer_claimed
     assert not harness.committed(record) and harness.escalations() == [] and harness.pool.sent == []
     assert "was changed meanwhile" in caplog.text  # the report's claim found the post no longer waiting
     await harness.fetch(record)  # processed again: the post is escalating under the timer's claim

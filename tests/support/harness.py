@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.expiry.app import create_service as create_expiry
 from services.expiry.contracts import TOPIC as EXPIRY_TOPIC
@@ -36,6 +37,7 @@ from shared.clock import FixedClock
 from shared.lag import CaughtUp
 from shared.scheduler import Job
 from shared.settings import ServiceSettings
+from shared.writers import CompareAndSet, Statements
 from tests.support.fakes import FakeKafka, FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
 
@@ -108,6 +110,25 @@ class Harness:
         assert self.service.scheduler is not None
         handler = await self.service.scheduler.handlers[job.kind]([job])
         await handler(job)
+
+    def meanwhile(self, table: str, change: Callable[[AsyncConnection], Awaitable[Any]]) -> list[str]:
+        """Commit ``change``, in a transaction of its own, just before the next write that compare-and-sets a row
+        of ``table``: what a concurrent cause commits between this one's read and its claim. The list returned
+        holds ``table`` once that happened."""
+        store = self.service.store
+        write = store.write
+        happened: list[str] = []
+
+        async def concurrent_change_first(statements: Statements, **kwargs: Any) -> None:
+            if any(isinstance(statement, CompareAndSet) and statement.table == table for statement, _ in statements):
+                store.write = write  # type: ignore[method-assign]
+                async with store.transaction() as connection:
+                    await change(connection)
+                happened.append(table)
+            await write(statements, **kwargs)
+
+        store.write = concurrent_change_first  # type: ignore[method-assign]
+        return happened
 
     def mails(self, address: str) -> list[EmailMessage]:
         return self.pool.to(address)
