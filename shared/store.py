@@ -15,7 +15,6 @@ import contextvars
 import fcntl
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -49,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.expression import TextClause, Tuple
+from sqlalchemy.sql.expression import Tuple
 
 from shared.writers import PRAGMAS, CompareAndSet, PostgresWriter, SqliteWriter, Statements
 
@@ -224,32 +223,24 @@ async def select_in(connection: AsyncConnection, query: Select[Any], key: Any,
     found: list[Any] = []
     for start in range(0, len(values), BATCH_QUERY_SIZE):
         chunk = values[start:start + BATCH_QUERY_SIZE]
-        found.extend(await connection.execute(query.where(_one_of(connection.dialect, key, chunk))))
+        found.extend(await connection.execute(query.where(_one_of(connection.dialect.name, key, chunk))))
     return found
 
 
-def _one_of(dialect: Dialect, key: Any, values: Sequence[Any]) -> Any:
+def _one_of(dialect_name: str, key: Any, values: Sequence[Any]) -> Any:
     """``key IN values``, for a column or a tuple of columns. SQLite scans the whole table for a tuple of
     columns in a list of row values (``(a, b) IN (VALUES (?, ?), ...)``, what SQLAlchemy renders): a batch read
     grew with the table (40 ms per 400 keys at 100,000 rows). In a subquery of the same values, it searches
-    the index for each: here the rows of one JSON array bound as one parameter (``json_each``), so that the
-    statement is the same for every batch (built and compiled once, not with a parameter per value)."""
-    if dialect.name != "sqlite" or not isinstance(key, Tuple):
+    the index for each."""
+    if dialect_name != "sqlite" or not isinstance(key, Tuple):
         return key.in_(values)
     columns = key.clauses
-    # Each value as its column's type writes it (a date as its text, say), then the rows as JSON.
-    processors = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
-    rows = [[value if process is None else process(value) for value, process in zip(row, processors, strict=True)]
-            for row in values]
-    listed = _json_rows(len(columns)).bindparams(keys=json.dumps(rows))
+    rows = ", ".join("(" + ", ".join(f":k{i}_{j}" for j in range(len(columns))) + ")" for i in range(len(values)))
+    # Placeholders only in the text; each value bound as its column's type writes it.
+    listed = text(f"SELECT * FROM (VALUES {rows})").bindparams(  # noqa: S608
+        *(bindparam(f"k{i}_{j}", part, type_=columns[j].type) for i, value in enumerate(values)
+          for j, part in enumerate(value)))
     return key.in_(listed.columns(*(column(f"column{j + 1}") for j in range(len(columns)))))
-
-
-@functools.cache
-def _json_rows(width: int) -> TextClause:
-    """The rows of a JSON array of arrays bound as ``keys``, each as ``width`` columns (``column1``...)."""
-    picks = ", ".join(f"json_extract(value, '$[{j}]') AS column{j + 1}" for j in range(width))
-    return text(f"SELECT {picks} FROM json_each(:keys)")  # noqa: S608 - the text is made of numbers only
 
 
 async def insert_ignore(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
