@@ -391,6 +391,13 @@ class SpeedProbe:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
 
+    async def __aenter__(self) -> SpeedProbe:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ops.bench", "--speed-probe", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
@@ -458,28 +465,22 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
     await publish(ctx.bootstrap, workload.topic, records)
     ctx.sink.reset()
     run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
-    probe = SpeedProbe()
-    await probe.start()
-    try:
-        await run.start()
-    except BaseException:
-        await probe.stop()
-        raise
-    started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
     expected = events * workload.mails_per_event
     tenths = [expected * k // 10 for k in (1, 2, 8, 9)]
     marks: dict[int, tuple[float, float]] = {}
-    try:
-        cpu_before, _ = proc_stat(run.pid)
-        finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
-        cpu_after, peak = proc_stat(run.pid)
-        marks[expected] = (finished, cpu_after)
-        await asyncio.sleep(0.5)  # the last outcome records
-        with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
-            window = unrecorded_window(response.read().decode())
-    finally:
-        await run.stop()
-        await probe.stop()
+    async with SpeedProbe() as probe:
+        try:
+            await run.start()
+            started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
+            cpu_before, _ = proc_stat(run.pid)
+            finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
+            cpu_after, peak = proc_stat(run.pid)
+            marks[expected] = (finished, cpu_after)
+            await asyncio.sleep(0.5)  # the last outcome records
+            with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
+                window = unrecorded_window(response.read().decode())
+        finally:
+            await run.stop()
     elapsed = finished - started
 
     def tenth(start: int, end: int) -> Tenth:
