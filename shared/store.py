@@ -453,10 +453,14 @@ def is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        original = getattr(exc, "orig", None)
-        state = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
-        return state.startswith(_TRANSIENT_SQLSTATES)
+        return _sqlstate(exc).startswith(_TRANSIENT_SQLSTATES)
     return False
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error (asyncpg's through SQLAlchemy or the writer, psycopg's), or ""."""
+    original = getattr(exc, "orig", None)
+    return str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
 
 
 _CONFLICT_SQLSTATES = ("40001", "40P01")
@@ -465,8 +469,7 @@ _CONFLICT_SQLSTATES = ("40001", "40P01")
 def is_write_conflict(exc: BaseException) -> bool:
     """Transactions that met each other on PostgreSQL (a serialization failure, a deadlock one of them was
     aborted to break): the statements are not at fault, and each transaction alone would pass."""
-    original = getattr(exc, "orig", None)
-    return str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "") in _CONFLICT_SQLSTATES
+    return _sqlstate(exc) in _CONFLICT_SQLSTATES
 
 
 PREEMPT_AFTER_S = 0.005

@@ -220,8 +220,7 @@ async def save_partner(
 async def lock_partner(connection: AsyncConnection, partner_id: str, now: datetime) -> PartnerRow | None:
     """The partner's row, locked until the transaction ends (a write, as save_partner's)."""
     await connection.execute(update(partners).where(partners.c.partner_id == partner_id).values(updated_at=now))
-    row = (await connection.execute(select(partners).where(partners.c.partner_id == partner_id))).first()
-    return None if row is None else _partner(row)
+    return await load_partner(connection, partner_id)
 
 
 async def set_next_digest(connection: AsyncConnection, partner_id: str, day: date | None) -> None:
