@@ -74,8 +74,9 @@ BackgroundTask = Callable[["Service"], Coroutine[Any, Any, None]]
 AsgiApp = Callable[[Any, Any, Any], Awaitable[None]]
 JobFunction = Callable[[Job, Context], Awaitable[Plan]]
 """A scheduled job's handler: like an event handler, with the job instead of the event."""
-JobGate = Callable[[CaughtUp, Mapping[str, Any]], bool]
-"""Whether a due job (given its payload) may run on this member now, knowing which partitions it has caught up."""
+JobGate = Callable[[CaughtUp, str, Mapping[str, Any]], bool]
+"""Whether a due job (given its id and payload) may run on this member now, knowing how far it has processed
+its partitions (:class:`shared.lag.CaughtUp`)."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def build_service(
     unsettled: Counter[int] = Counter()
     lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
                    fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, unsettled=unsettled,
-                   on_caught_up=scheduler.gates_opened if scheduler is not None else lambda: None)
+                   gates_opened=scheduler.gates_opened if scheduler is not None else lambda: None)
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,

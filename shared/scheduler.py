@@ -79,9 +79,9 @@ def one_by_one(store: Store, clock: Clock, function: Callable[[Job], Awaitable[N
     return prepare
 
 
-Gate = Callable[[Mapping[str, Any]], bool]
-"""Whether a due job of some kind may run on this replica now (given its payload): a job held back by its
-gate is not claimed, so the replica that may run it does."""
+Gate = Callable[[str, Mapping[str, Any]], bool]
+"""Whether a due job of some kind may run on this replica now (given its id and payload): a job held back by
+its gate is not claimed, so the replica that may run it does."""
 
 
 def schedule_row(*, job_id: str, kind: str, aggregate_id: str, due_at: datetime, payload: Mapping[str, Any],
@@ -320,7 +320,7 @@ class Scheduler:
         for row in candidates:
             if len(allowed) == CLAIMS_PER_PASS:
                 break
-            if row.kind not in self.gates or self.gates[row.kind](json.loads(row.payload)):
+            if row.kind not in self.gates or self.gates[row.kind](row.job_id, json.loads(row.payload)):
                 allowed.append(row.job_id)
             else:
                 self._held_back += 1

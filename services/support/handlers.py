@@ -107,8 +107,8 @@ class SupportHandlers:
         return changes
 
     async def run_escalation(self, job: Job, context: Context) -> Plan:
-        """The due time has come and this replica has caught up with the post's partition (the job's gate):
-        escalate, unless the post was answered or escalated meanwhile."""
+        """The due time has come and this replica has caught up with the post's partition as it was then (the
+        job's gate): escalate, unless the post was answered or escalated meanwhile."""
         post = await context.read(state.load_post, job.payload["post_id"])
         claim = _claim(context, "timer")
         if post is None or post.state not in (State.WAITING, State.ESCALATING):
@@ -181,8 +181,9 @@ def _claim(context: Context, trigger: str) -> dict[str, str]:
     return {"source": context.cause.source, "id": context.cause.id, "trigger": trigger}
 
 
-def escalation_gate(caught_up: CaughtUp, payload: Mapping[str, Any]) -> bool:
-    """An escalation runs only on the replica that owns the post's partition, once it has caught up with it:
-    an answer further on in a backlog is read first."""
+def escalation_gate(caught_up: CaughtUp, job_id: str, payload: Mapping[str, Any]) -> bool:
+    """An escalation runs only on the replica that owns the post's partition, once it has caught up with the
+    partition as it was when the escalation was due: an answer further on in a backlog is read first, and
+    posts arriving all the time do not hold it back."""
     partition = payload.get("partition")
-    return partition is None or int(partition) in caught_up
+    return partition is None or caught_up.reached(int(partition), job_id)

@@ -145,6 +145,21 @@ async def test_an_overdue_post_waits_until_its_partition_is_caught_up(harness: S
     assert len(harness.escalations()) == 1
 
 
+async def test_an_overdue_post_is_not_held_back_by_posts_arriving_all_the_time(harness: Support) -> None:
+    """Caught up with the partition as it was when the escalation was due: records arriving since (the
+    partition never reaches lag 0) do not hold it back."""
+    harness.kafka.behind.add(0)  # there is always one more record on the broker than fetched
+    harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())
+    first = post_created(POSTED)
+    await harness.publish(POST_CREATED, first)
+    assert await harness.run_jobs_at(harness.clock.now()) == 0, "due, but the partition has a record not read yet"
+    await harness.publish(POST_CREATED, post_created(POSTED))  # that record: a second overdue post
+    assert 0 not in harness.caught_up, "still one record behind"
+    assert await harness.run_jobs_at(harness.clock.now() + timedelta(seconds=1)) == 1
+    [escalated] = harness.escalations()
+    assert escalated["subject"] == first["post_id"], "the second waits for the record after it"
+
+
 async def test_an_answer_later_in_the_backlog_cancels_an_overdue_post(harness: Support) -> None:
     harness.kafka.behind.add(0)
     harness.clock.advance(DUE + timedelta(days=2) - harness.clock.now())

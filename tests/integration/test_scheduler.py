@@ -153,8 +153,8 @@ async def test_jobs_held_back_by_their_gate_wait_for_it_to_open_not_for_every_wa
     async def remind(job: Job) -> None:
         ran.append(job.job_id)
 
-    def gate(payload: object) -> bool:
-        asked.append(payload)
+    def gate(job_id: str, payload: object) -> bool:
+        asked.append(job_id)
         return open_gate
 
     now = datetime.now(UTC)
@@ -280,7 +280,7 @@ async def test_each_pass_says_how_many_jobs_wait_and_how_late_each_kind_is(store
     clock = FixedClock(now)
     scheduler = Scheduler(store, clock, {"remind": one_by_one(store, clock, lambda job: asyncio.sleep(0)),
                                          "digest": one_by_one(store, clock, lambda job: asyncio.sleep(0))},
-                          rescan=3600, gates={"remind": lambda payload: False}, gate_poll=3600,
+                          rescan=3600, gates={"remind": lambda job_id, payload: False}, gate_poll=3600,
                           on_measured=measured.append)
     async with running(scheduler):
         await wait_until(lambda: len(measured) >= 1, 10)

@@ -1,5 +1,6 @@
 """Which partitions count as caught up (escalations wait for it): lag 0 after a recent fetch, with no
-batch in progress, on the input topic only; nothing while stopping."""
+batch in progress, on the input topic only; nothing while stopping. And a job first asked about while its
+partition was behind: reached once the partition is processed up to where it ended then."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class FakeConsumer:
 def meter_for(*, batch_running: bool = False, woken: list[str] | None = None) -> LagMeter:
     return LagMeter(service="support", topic=TOPIC, metrics=Metrics("support"), caught_up=CaughtUp(),
                     fetch_max_wait_ms=100, unsettled={0: 1} if batch_running else {},
-                    on_caught_up=lambda: (woken if woken is not None else []).append("woken"))
+                    gates_opened=lambda: (woken if woken is not None else []).append("woken"))
 
 
 def partitions(*numbers: int, topic: str = TOPIC) -> list[TopicPartition]:
@@ -116,3 +117,43 @@ async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
     consumer.commits[p1] = 5
     await meter.measure(consumer)
     assert 1 in meter.caught_up and woken == ["woken", "woken"]
+
+
+async def test_a_job_due_while_behind_is_reached_at_the_end_of_then_though_records_keep_coming() -> None:
+    [p0] = partitions(0)
+    consumer = FakeConsumer(highwaters={p0: 10}, positions={p0: 10}, commits={p0: 4})
+    woken: list[str] = []
+    meter = meter_for(woken=woken)
+    await meter.measure(consumer)
+    assert not meter.caught_up.reached(0, "job-a"), "due now: the partition ends at 10, processed up to 4"
+    consumer.highwaters[p0], consumer.commits[p0] = 20, 9
+    await meter.measure(consumer)
+    assert not meter.caught_up.reached(0, "job-a") and woken == []
+    assert not meter.caught_up.reached(0, "job-b"), "due later: the partition ends at 20 by then"
+    consumer.highwaters[p0], consumer.commits[p0] = 30, 10
+    await meter.measure(consumer)
+    assert woken == ["woken"], "job-a's mark passed: the scheduler looks again now"
+    assert 0 not in meter.caught_up and meter.caught_up.reached(0, "job-a") and not meter.caught_up.reached(0, "job-b")
+    consumer.commits[p0] = 20
+    await meter.measure(consumer)
+    assert woken == ["woken", "woken"] and meter.caught_up.reached(0, "job-b")
+
+
+async def test_a_job_is_never_reached_on_a_partition_silent_revoked_or_stopping() -> None:
+    p0, p1 = partitions(0, 1)
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, positions={p0: 10, p1: 10}, commits={p0: 4, p1: 4},
+                            polled_ms_ago={p1: 60_000})
+    meter = meter_for()
+    await meter.measure(consumer)
+    assert not meter.caught_up.reached(1, "silent"), "no fetch answered for a minute: its end is not known"
+    assert not meter.caught_up.reached(2, "not ours")
+    assert not meter.caught_up.reached(0, "job")  # marked at 10
+    meter.caught_up.forget()  # partitions revoked
+    consumer.highwaters[p0], consumer.commits[p0] = 20, 10
+    assert not meter.caught_up.reached(0, "job"), "nothing counts until measured again"
+    await meter.measure(consumer)
+    assert not meter.caught_up.reached(0, "job"), "marked again, at the end as measured after the revocation"
+    meter.caught_up.close()
+    consumer.commits[p0] = 20
+    await meter.measure(consumer)
+    assert not meter.caught_up.reached(0, "job") and 0 not in meter.caught_up
