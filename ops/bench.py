@@ -156,9 +156,13 @@ class Result:
     ratio_to_raw_smtp: float
     cpu_ms_per_email: float
     mean_email_bytes: int
+    raw_sink_cpu_ms: float | None = None  # the sink's own CPU per message in the raw SMTP run
     latency_rate: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    latency_service_cores: float | None = None  # while the load was offered
+    latency_bench_cores: float | None = None  # the bench's process: publisher and sink
+    latency_idle_cores: float | None = None
     unrecorded_mean_ms: float | None = None  # SMTP acceptance to committed outcome record (the crash window)
     unrecorded_p99_ms: float | None = None
     backlog: int = 0
@@ -250,16 +254,35 @@ async def raw_smtp_client(port: int, messages: int, connections: int, size: int)
     return messages / elapsed
 
 
-async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size: int) -> float:
+def own_cpu() -> float:
+    """CPU seconds used by this process (the sink's thread, the publisher, the bench's own bookkeeping)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_busy() -> tuple[float, float]:
+    """(CPU seconds used by everything on the machine, seconds idle), summed over the cores, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS, (idle + iowait) / TICKS
+
+
+@dataclass(frozen=True)
+class RawSmtp:
+    per_s: float
+    sink_cpu_ms: float  # the sink's CPU per message while it took them as fast as the client sent
+
+
+async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size: int) -> RawSmtp:
     """The raw SMTP limit, measured from a process of its own (as the services send from theirs), so that
-    the client does not share the sink's interpreter."""
-    before = sink.count
+    the client does not share the sink's interpreter; and what the sink itself spends per message."""
+    before, cpu = sink.count, own_cpu()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.bench", "--raw-smtp-client", str(port), str(messages), str(connections), str(size),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)
     output, _ = await process.communicate()
     assert process.returncode == 0 and sink.count - before == messages, (process.returncode, sink.count - before)
-    return float(output.decode().strip())
+    return RawSmtp(float(output.decode().strip()), (own_cpu() - cpu) * 1000 / messages)
 
 
 def proc_stat(pid: int) -> tuple[float, float]:
@@ -492,8 +515,19 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
                    early=tenth(tenths[0], tenths[1]), late=tenth(tenths[2], tenths[3]))
 
 
-async def latency(name: str, store_url: str, events: int, rate: int, ctx: Context) -> tuple[float, float]:
-    """Events offered at ``rate`` per second: (p50, p99) ms from publish to the SMTP server's accept."""
+@dataclass(frozen=True)
+class Offered:
+    """A fixed offered load: latency from publish to the SMTP server's accept, and who used the cores meanwhile."""
+
+    p50_ms: float
+    p99_ms: float
+    service_cores: float
+    bench_cores: float  # this process: the publisher and the sink
+    idle_cores: float  # the machine's idle time (the broker and the rest are what is left)
+
+
+async def latency(name: str, store_url: str, events: int, rate: int, ctx: Context) -> Offered:
+    """Events offered at ``rate`` per second, from the first publish to the last e-mail accepted."""
     workload = WORKLOADS[name]
     await fresh_topics(ctx.bootstrap, [workload.topic, workload.topic + ".dlq", *OUTPUTS])
     ctx.sink.reset()
@@ -503,6 +537,7 @@ async def latency(name: str, store_url: str, events: int, rate: int, ctx: Contex
     producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
     await producer.start()
     try:
+        service_cpu, bench_cpu, (_, idle) = proc_stat(run.pid)[0], own_cpu(), machine_busy()
         start = time.perf_counter()
         for i in range(events):
             key, event = workload.event()
@@ -513,14 +548,17 @@ async def latency(name: str, store_url: str, events: int, rate: int, ctx: Contex
             await producer.send(workload.topic, json.dumps(event).encode(), key=key.encode(),
                                 headers=[("content-type", b"application/cloudevents+json")])
         await producer.flush()
-        await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
+        finished = await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
+        elapsed = finished - start
+        service_cores = (proc_stat(run.pid)[0] - service_cpu) / elapsed
+        bench_cores, idle_cores = (own_cpu() - bench_cpu) / elapsed, (machine_busy()[1] - idle) / elapsed
     finally:
         await producer.stop()
         await run.stop()
     samples = sorted((at - published[event_id]) * 1000 for event_id, times in ctx.sink.accepted_at.items()
                      if event_id in published for at in times)
     quantiles = statistics.quantiles(samples, n=100)
-    return quantiles[49], quantiles[98]
+    return Offered(quantiles[49], quantiles[98], service_cores, bench_cores, idle_cores)
 
 
 @dataclass
@@ -589,16 +627,19 @@ async def main(args: argparse.Namespace) -> Report:
                 drained = await drain(name, url, args.events, ctx)
                 size = ctx.sink.bytes // max(ctx.sink.count, 1)
                 ctx.sink.reset()
-                smtp_s = await raw_smtp(smtp_port, sink, max(args.events * workload.mails_per_event, 3000),
-                                        args.connections, size)
+                smtp = await raw_smtp(smtp_port, sink, max(args.events * workload.mails_per_event, 3000),
+                                      args.connections, size)
                 result = Result(name, store, args.events, args.events * workload.mails_per_event,
-                                drained.events_per_s, drained.emails_per_s, smtp_s, drained.emails_per_s / smtp_s,
-                                drained.cpu_ms_per_email, size, unrecorded_mean_ms=drained.unrecorded_mean_ms,
+                                drained.events_per_s, drained.emails_per_s, smtp.per_s,
+                                drained.emails_per_s / smtp.per_s, drained.cpu_ms_per_email, size,
+                                raw_sink_cpu_ms=smtp.sink_cpu_ms, unrecorded_mean_ms=drained.unrecorded_mean_ms,
                                 unrecorded_p99_ms=drained.unrecorded_p99_ms)
                 if args.latency_events:
-                    result.latency_rate = args.rate
-                    result.latency_p50_ms, result.latency_p99_ms = await latency(
-                        name, await store_url(store, ctx), args.latency_events, args.rate, ctx)
+                    offered = await latency(name, await store_url(store, ctx), args.latency_events, args.rate, ctx)
+                    result.latency_rate, result.latency_p50_ms, result.latency_p99_ms = (
+                        args.rate, offered.p50_ms, offered.p99_ms)
+                    result.latency_service_cores, result.latency_bench_cores, result.latency_idle_cores = (
+                        offered.service_cores, offered.bench_cores, offered.idle_cores)
                 if args.backlog:
                     result.backlog = args.backlog
                     backlog = await drain(name, await store_url(store, ctx), args.backlog, ctx)
@@ -620,15 +661,22 @@ async def main(args: argparse.Namespace) -> Report:
     return report
 
 
-HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s | ratio | CPU ms/e-mail | accepted, unrecorded: "
-          "mean / p99 ms | p50 / p99 ms at offered rate | backlog: e-mails/s, CPU ms/e-mail, peak RSS | flat: the "
-          "backlog's 80-90% against its 10-20%, e-mails/s and CPU ms/e-mail; the machine's speed likewise |\n"
+HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s (the sink's CPU) | ratio | CPU ms/e-mail | "
+          "accepted, unrecorded: mean / p99 ms | p50 / p99 ms at offered rate (cores used meanwhile) | backlog: "
+          "e-mails/s, CPU ms/e-mail, peak RSS | flat: the backlog's 80-90% against its 10-20%, e-mails/s and CPU "
+          "ms/e-mail; the machine's speed likewise |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: Result) -> str:
     lat = (f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} at {r.latency_rate}/s"
            if r.latency_p50_ms is not None and r.latency_p99_ms is not None else "-")
+    if r.latency_service_cores is not None:
+        lat += (f" (cores: service {r.latency_service_cores:.2f}, bench {r.latency_bench_cores or 0:.2f}, "
+                f"idle {r.latency_idle_cores or 0:.2f})")
+    raw = f"{r.raw_smtp_per_s:,.0f}"
+    if r.raw_sink_cpu_ms is not None:
+        raw += f" (sink {r.raw_sink_cpu_ms:.2f} ms/e-mail)"
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "
                f"{r.backlog_peak_rss_mib:.0f} MiB (x{r.backlog_vs_drain or 0:.2f} of the {r.events:,}-event drain)"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
@@ -643,7 +691,7 @@ def row(r: Result) -> str:
             flat += f"; machine {r.backlog_machine_speed:.2f}, for its speed {ratio / r.backlog_machine_speed:.2f}"
     window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
               if r.unrecorded_mean_ms is not None and r.unrecorded_p99_ms is not None else "-")
-    return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {r.raw_smtp_per_s:,.0f} | "
+    return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {raw} | "
             f"{r.ratio_to_raw_smtp:.2f} | {r.cpu_ms_per_email:.2f} | {window} | {lat} | {backlog} | {flat} |")
 
 

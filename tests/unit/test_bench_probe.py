@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
-from ops.bench import Drained, SpeedProbe, Tenth, mean_cost
+from ops.bench import HEADER, Drained, Result, SpeedProbe, Tenth, machine_busy, mean_cost, row
 
 
 def test_a_window_averages_the_samples_taken_in_it() -> None:
@@ -36,3 +37,23 @@ async def test_the_probe_process_reports_its_work_on_the_bench_clock() -> None:
     (first, cost), (second, _) = probe.samples[:2]
     assert started < first < second <= time.perf_counter()
     assert 0 < cost < 5000
+
+
+def test_the_machine_counts_busy_and_idle_time_over_its_cores() -> None:
+    busy, idle = machine_busy()
+    deadline = time.perf_counter() + 0.2
+    while time.perf_counter() < deadline:  # busy on one core
+        pass
+    later_busy, later_idle = machine_busy()
+    assert later_busy > busy and later_idle >= idle
+    assert (later_busy - busy) + (later_idle - idle) <= 0.3 * (os.cpu_count() or 1), "no more than the cores had"
+
+
+def test_a_row_says_what_the_sink_and_the_cores_did() -> None:
+    result = Result("support", "sqlite", 2000, 4000, 300.0, 600.0, 1300.0, 0.46, 1.5, 4900, raw_sink_cpu_ms=0.7,
+                    latency_rate=300, latency_p50_ms=120.0, latency_p99_ms=240.0, latency_service_cores=0.9,
+                    latency_bench_cores=0.5, latency_idle_cores=0.4)
+    line = row(result)
+    assert "1,300 (sink 0.70 ms/e-mail)" in line
+    assert "120 / 240 at 300/s (cores: service 0.90, bench 0.50, idle 0.40)" in line
+    assert line.count("|") == HEADER.split("\n")[1].count("|")
