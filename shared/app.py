@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -258,16 +257,12 @@ def build_service(
             wakeup=wakeup, lease=timedelta(seconds=drain + 15), concurrency=concurrency,
             on_measured=metrics.jobs_waiting,
         )
-    # The input partitions with records in a batch not settled yet (how many batches): kept by the batch
-    # processor, read by the lag measure (such a partition is not caught up).
-    unsettled: Counter[int] = Counter()
     lag = LagMeter(service=spec.name, topic=spec.router.topic, metrics=metrics, caught_up=caught_up,
-                   fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS, unsettled=unsettled,
                    gates_opened=scheduler.gates_opened if scheduler is not None else lambda: None)
     batches = BatchProcessor(
         spec.router, runner=runner, store=store, producer=producer, metrics=metrics, clock=clock,
         max_message_bytes=settings.KAFKA_MAX_MESSAGE_BYTES, concurrency=concurrency, tracing=tracing,
-        unsettled=unsettled, on_revoke=caught_up.forget, after_settle=lag.measure,
+        on_revoke=caught_up.forget, after_settle=lag.measure,
     )
     intake = Intake(settings, topic=spec.router.topic, options=client_options(settings),
                     client_id=f"customersource-{spec.name}", batches=batches, drain=drain)

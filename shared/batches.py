@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -177,7 +176,6 @@ class Batch:
 
     records: Sequence[ConsumerRecord[Any, Any]]
     earlier: Set[EventKey]  # the events finished by the batch before it (repeats skip)
-    partitions: frozenset[int] = frozenset()  # the input topic's partitions it holds records of
     done: set[tuple[str, int, int]] = field(default_factory=set)  # its records finished (committed at settle)
     finished: set[EventKey] = field(default_factory=set)  # its events marked processed (repeats skip)
     # Per aggregate, once its records are done: the offset of the first one not finished (None: all finished).
@@ -215,7 +213,6 @@ class BatchProcessor:
         max_message_bytes: int,
         concurrency: int = 32,
         tracing: Tracing | None = None,
-        unsettled: Counter[int] | None = None,
         on_revoke: Callable[[], None] = lambda: None,
         after_settle: Callable[[Consumer], Awaitable[None]] | None = None,
     ) -> None:
@@ -241,8 +238,6 @@ class BatchProcessor:
         self._tasks: set[asyncio.Task[None]] = set()  # batches not settled or not measured after it yet
         self.idle = asyncio.Event()  # no batch in progress
         self.idle.set()
-        # Input partitions with records in a batch not settled yet, and how many batches (read by the lag measure).
-        self.unsettled: Counter[int] = unsettled if unsettled is not None else Counter()
         self.revoking = asyncio.Event()  # partitions are being taken away: finish quickly
 
     async def handle_fetch(self, kafka: Consumer, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
@@ -255,9 +250,7 @@ class BatchProcessor:
             return
         self.idle.clear()
         before = self._latest
-        batch = Batch(records, before[0].finished if before is not None else frozenset(),
-                      frozenset(r.partition for r in records if r.topic == self.router.topic))
-        self.unsettled.update(batch.partitions)
+        batch = Batch(records, before[0].finished if before is not None else frozenset())
         task = asyncio.create_task(self._process_and_settle(kafka, batch, before[1] if before is not None else None))
         self._latest = (batch, task)
         self._running.add(task)
@@ -300,8 +293,6 @@ class BatchProcessor:
                     del self._tails[aggregate]
         finally:
             self._running.discard(asyncio.current_task())
-            self.unsettled.subtract(batch.partitions)
-            self.unsettled += Counter()  # in place: drops the partitions no batch holds any more
             if self._latest is not None and self._latest[0] is batch:
                 self._latest = None
             if not self._running:

@@ -99,10 +99,14 @@ class Harness:
         return self.kafka.commits.get(TopicPartition(record.topic, record.partition), 0) > offset
 
     async def run_jobs_at(self, moment: datetime) -> int:
-        """Move the clock to ``moment`` and run every job due by then; return how many ran."""
+        """Move the clock to ``moment`` and run every job due by then, as the scheduler does within a fetch: a
+        pass, the lag measured after a fetch answered (a gated job is marked, when first asked about, with
+        the end in the next fetch), and another pass; return how many ran."""
         self.clock.advance(moment - self.clock.now())
         assert self.service.scheduler is not None
-        return await self.service.scheduler.run_due()
+        ran = await self.service.scheduler.run_due()
+        await self.service.lag.measure(self.kafka)
+        return ran + await self.service.scheduler.run_due()
 
     async def run_job(self, job: Job) -> None:
         """Run one job as a scheduler pass runs it (prepared alone, marked done with its changes), without

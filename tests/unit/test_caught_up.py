@@ -1,6 +1,6 @@
-"""Which partitions count as caught up (escalations wait for it): lag 0 after a recent fetch, with no
-batch in progress, on the input topic only; nothing while stopping. And a job first asked about while its
-partition was behind: reached once the partition is processed up to where it ended then."""
+"""How far a member has processed its input partitions, as escalations wait for it: a job first asked about
+is marked with its partition's end in the next fetch answered, and reached once the group's committed
+offset gets there, whatever arrived since; never on a partition not measured, revoked, or while stopping."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ TOPIC = "customersource.newsgroups"
 @dataclass
 class FakeConsumer:
     highwaters: dict[TopicPartition, int]
-    positions: dict[TopicPartition, int]
-    polled_ms_ago: dict[TopicPartition, float] = field(default_factory=dict)
+    fetched_ms_ago: dict[TopicPartition, float] = field(default_factory=dict)  # absent: answered just now
     commits: dict[TopicPartition, int] = field(default_factory=dict)  # absent: never committed (log starts at 0)
 
     def assignment(self) -> set[TopicPartition]:
@@ -28,9 +27,6 @@ class FakeConsumer:
     def highwater(self, partition: TopicPartition) -> int | None:
         return self.highwaters[partition]
 
-    async def position(self, partition: TopicPartition) -> int:
-        return self.positions[partition]
-
     async def committed(self, partition: TopicPartition) -> int | None:
         return self.commits.get(partition)
 
@@ -38,12 +34,11 @@ class FakeConsumer:
         return {p: 0 for p in partitions}
 
     def last_poll_timestamp(self, partition: TopicPartition) -> int:
-        return int(time.time() * 1000 - self.polled_ms_ago.get(partition, 100))
+        return int(time.time() * 1000 - self.fetched_ms_ago.get(partition, 0))
 
 
-def meter_for(*, batch_running: bool = False, woken: list[str] | None = None) -> LagMeter:
+def meter_for(woken: list[str] | None = None) -> LagMeter:
     return LagMeter(service="support", topic=TOPIC, metrics=Metrics("support"), caught_up=CaughtUp(),
-                    fetch_max_wait_ms=100, unsettled={0: 1} if batch_running else {},
                     gates_opened=lambda: (woken if woken is not None else []).append("woken"))
 
 
@@ -51,48 +46,75 @@ def partitions(*numbers: int, topic: str = TOPIC) -> list[TopicPartition]:
     return [TopicPartition(topic, n) for n in numbers]
 
 
-async def test_lag_zero_after_a_recent_fetch_is_caught_up_and_anything_else_is_not() -> None:
-    p0, p1, p2 = partitions(0, 1, 2)
-    [other] = partitions(0, topic="customersource.newsgroups.dlq")
-    consumer = FakeConsumer(highwaters={p0: 10, p1: 10, p2: 10, other: 5}, positions={p0: 10, p1: 10, p2: 10, other: 5},
-                            commits={p0: 10, p1: 7, p2: 10, other: 5}, polled_ms_ago={p2: 60_000})
-    meter = meter_for()
-    await meter.measure(consumer)
-    assert 0 in meter.caught_up and 1 not in meter.caught_up and 2 not in meter.caught_up, \
-        "p1 lags; p2's last fetch is a minute old; other topics do not count"
-    meter.caught_up.close()
-    await meter.measure(consumer)
-    assert 0 not in meter.caught_up, "nothing is caught up while stopping"
+def asked(meter: LagMeter, partition: int, job: str) -> bool:
+    return meter.caught_up.reached(partition, job)
 
 
 async def test_lag_counts_from_the_committed_offset_as_the_broker_does() -> None:
     """Fetched but not committed is still lag: /metrics agrees with end offset minus committed offset."""
     p0, p1 = partitions(0, 1)
-    consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, positions={p0: 10, p1: 10}, commits={p0: 4, p1: 10})
     meter = meter_for()
-    await meter.measure(consumer)
+    await meter.measure(FakeConsumer(highwaters={p0: 10, p1: 10}, commits={p0: 4, p1: 10}))
     assert meter.metrics.lag.labels("support", TOPIC, "0")._value.get() == 6
     assert meter.metrics.lag.labels("support", TOPIC, "1")._value.get() == 0
-    assert 1 in meter.caught_up and 0 not in meter.caught_up
 
 
 async def test_a_partition_never_committed_lags_from_the_start_of_its_log() -> None:
     [p0] = partitions(0)
     meter = meter_for()
-    await meter.measure(FakeConsumer(highwaters={p0: 30}, positions={p0: 30}))
+    await meter.measure(FakeConsumer(highwaters={p0: 30}))
     assert meter.metrics.lag.labels("support", TOPIC, "0")._value.get() == 30
-    assert 0 not in meter.caught_up
 
 
-async def test_a_partition_with_records_in_a_batch_not_settled_is_not_caught_up() -> None:
+async def test_a_job_is_marked_by_the_next_fetch_and_reached_when_processed_up_to_it() -> None:
     p0, p1 = partitions(0, 1)
-    meter = meter_for(batch_running=True)  # records of partition 0 are in progress
-    await meter.measure(FakeConsumer(highwaters={p0: 3, p1: 3}, positions={p0: 3, p1: 3}, commits={p0: 3, p1: 3}))
-    assert 0 not in meter.caught_up and 1 in meter.caught_up
+    [other] = partitions(0, topic="customersource.newsgroups.dlq")
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10, other: 5}, commits={p0: 10, p1: 7, other: 5},
+                            fetched_ms_ago={p0: 5_000, p1: 5_000})
+    woken: list[str] = []
+    meter = meter_for(woken)
+    await meter.measure(consumer)
+    assert not asked(meter, 0, "a") and not asked(meter, 1, "b"), "first asked: the end is the next fetch's"
+    assert not asked(meter, 0, "a"), "the fetch measured was answered before the job was asked about"
+    consumer.fetched_ms_ago.clear()  # a fetch answered now
+    await meter.measure(consumer)
+    assert woken == ["woken"], "job a's partition is processed up to its end: the scheduler looks again now"
+    assert asked(meter, 0, "a") and not asked(meter, 1, "b"), "partition 1 ends at 10, committed 7"
+    consumer.commits[p1] = 10
+    await meter.measure(consumer)
+    assert woken == ["woken", "woken"] and asked(meter, 1, "b")
+    assert not asked(meter, 0, "other topic"), "the dead-letter topic's partitions do not count"
 
 
-async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
+async def test_a_job_due_while_behind_is_reached_at_the_end_of_then_though_records_keep_coming() -> None:
+    [p0] = partitions(0)
+    consumer = FakeConsumer(highwaters={p0: 5}, commits={p0: 4})
+    woken: list[str] = []
+    meter = meter_for(woken)
+    await meter.measure(consumer)
+    assert not asked(meter, 0, "job-a")
+    consumer.highwaters[p0], consumer.commits[p0] = 10, 4
+    await meter.measure(consumer)  # job-a's end: 10 (a record at offset 4 and five more arrived meanwhile)
+    consumer.highwaters[p0], consumer.commits[p0] = 20, 9
+    await meter.measure(consumer)
+    assert not asked(meter, 0, "job-a") and woken == []
+    assert not asked(meter, 0, "job-b"), "asked now: its end is 20 or more"
+    consumer.highwaters[p0], consumer.commits[p0] = 30, 10
+    await meter.measure(consumer)  # job-b's end: 30
+    assert woken == ["woken"], "job-a's mark passed: the scheduler looks again now"
+    assert asked(meter, 0, "job-a") and not asked(meter, 0, "job-b")
+    consumer.commits[p0] = 29
+    await meter.measure(consumer)
+    assert not asked(meter, 0, "job-b") and woken == ["woken"], "lag 1: job-b waits for its own end"
+    consumer.commits[p0] = 30
+    await meter.measure(consumer)
+    assert woken == ["woken", "woken"] and asked(meter, 0, "job-b")
+
+
+async def test_a_job_is_never_reached_on_a_partition_not_measured_revoked_or_stopping() -> None:
     p0, p1 = partitions(0, 1)
+    consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, commits={p0: 10, p1: 10})
+    meter = meter_for()
 
     class Revoked(FakeConsumer):
         async def committed(self, partition: TopicPartition) -> int | None:
@@ -100,60 +122,16 @@ async def test_a_partition_taken_away_mid_measure_is_skipped() -> None:
                 raise AssertionError("partition is not assigned")
             return await super().committed(partition)
 
-    meter = meter_for()
-    await meter.measure(Revoked(highwaters={p0: 1, p1: 1}, positions={p0: 1, p1: 1}, commits={p0: 1, p1: 1}))
-    assert 0 in meter.caught_up and 1 not in meter.caught_up
-
-
-async def test_a_partition_newly_caught_up_wakes_the_scheduler_once() -> None:
-    """Escalations held back by the gate run as soon as their partition is caught up, not at the next poll."""
-    p0, p1 = partitions(0, 1)
-    consumer = FakeConsumer(highwaters={p0: 5, p1: 5}, positions={p0: 5, p1: 5}, commits={p0: 5, p1: 2})
-    woken: list[str] = []
-    meter = meter_for(woken=woken)
-    await meter.measure(consumer)
-    await meter.measure(consumer)
-    assert 0 in meter.caught_up and 1 not in meter.caught_up and woken == ["woken"], "caught up once: one wake"
-    consumer.commits[p1] = 5
-    await meter.measure(consumer)
-    assert 1 in meter.caught_up and woken == ["woken", "woken"]
-
-
-async def test_a_job_due_while_behind_is_reached_at_the_end_of_then_though_records_keep_coming() -> None:
-    [p0] = partitions(0)
-    consumer = FakeConsumer(highwaters={p0: 10}, positions={p0: 10}, commits={p0: 4})
-    woken: list[str] = []
-    meter = meter_for(woken=woken)
-    await meter.measure(consumer)
-    assert not meter.caught_up.reached(0, "job-a"), "due now: the partition ends at 10, processed up to 4"
-    consumer.highwaters[p0], consumer.commits[p0] = 20, 9
-    await meter.measure(consumer)
-    assert not meter.caught_up.reached(0, "job-a") and woken == []
-    assert not meter.caught_up.reached(0, "job-b"), "due later: the partition ends at 20 by then"
-    consumer.highwaters[p0], consumer.commits[p0] = 30, 10
-    await meter.measure(consumer)
-    assert woken == ["woken"], "job-a's mark passed: the scheduler looks again now"
-    assert 0 not in meter.caught_up and meter.caught_up.reached(0, "job-a") and not meter.caught_up.reached(0, "job-b")
-    consumer.commits[p0] = 20
-    await meter.measure(consumer)
-    assert woken == ["woken", "woken"] and meter.caught_up.reached(0, "job-b")
-
-
-async def test_a_job_is_never_reached_on_a_partition_silent_revoked_or_stopping() -> None:
-    p0, p1 = partitions(0, 1)
-    consumer = FakeConsumer(highwaters={p0: 10, p1: 10}, positions={p0: 10, p1: 10}, commits={p0: 4, p1: 4},
-                            polled_ms_ago={p1: 60_000})
-    meter = meter_for()
-    await meter.measure(consumer)
-    assert not meter.caught_up.reached(1, "silent"), "no fetch answered for a minute: its end is not known"
-    assert not meter.caught_up.reached(2, "not ours")
-    assert not meter.caught_up.reached(0, "job")  # marked at 10
+    assert not asked(meter, 0, "job") and not asked(meter, 1, "other") and not asked(meter, 2, "not ours")
+    await meter.measure(Revoked(highwaters=consumer.highwaters, commits=consumer.commits))
+    assert not asked(meter, 1, "other"), "taken away mid-measure: not measured"
+    assert not asked(meter, 2, "not ours")
     meter.caught_up.forget()  # partitions revoked
-    consumer.highwaters[p0], consumer.commits[p0] = 20, 10
-    assert not meter.caught_up.reached(0, "job"), "nothing counts until measured again"
+    await meter.measure(consumer)  # a fetch answered before the job is asked about again
+    assert not asked(meter, 0, "job"), "marked anew after the revocation"
     await meter.measure(consumer)
-    assert not meter.caught_up.reached(0, "job"), "marked again, at the end as measured after the revocation"
+    assert asked(meter, 0, "job")
+    assert not asked(meter, 0, "stopping")
     meter.caught_up.close()
-    consumer.commits[p0] = 20
     await meter.measure(consumer)
-    assert not meter.caught_up.reached(0, "job") and 0 not in meter.caught_up
+    assert not asked(meter, 0, "stopping") and not asked(meter, 1, "other")
