@@ -139,9 +139,10 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another member, let the batch in progress stop and commit, so two
     members never process the same records at once."""
 
-    def __init__(self, batches: BatchProcessor, timeout: float) -> None:
+    def __init__(self, batches: BatchProcessor, timeout: float, on_assigned: Callable[[], None] = lambda: None) -> None:
         self.batches = batches
         self.timeout = timeout
+        self.on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.batches.revoking.set()  # cleared once partitions are assigned again, not before
@@ -152,6 +153,7 @@ class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("batch still running when its partitions were revoked")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.on_assigned()
         self.batches.assigned()
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,12 @@ class Intake:
             request_timeout_ms=int((drain + 15 + 5) * 1000),
         )
         self._consumer: AIOKafkaConsumer | None = None  # built in start(): aiokafka needs the running loop
-        self._listener = DrainOnRevoke(batches, timeout=drain)
+        # The group's committed offset of each partition this member owns, as this member committed it (or as
+        # the coordinator gave it, before the first commit): the lag measure reads it after every batch,
+        # without a round trip to the coordinator each time. Forgotten at each assignment.
+        self._committed: dict[TopicPartition, int] = {}
+        self._assignments = 0
+        self._listener = DrainOnRevoke(batches, timeout=drain, on_assigned=self._assigned)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._fetching: dict[TopicPartition, int] | None = None  # during a poll: where each partition was
@@ -113,6 +118,7 @@ class Intake:
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         await self._running().commit(dict(offsets))
+        self._committed.update(offsets)
 
     def highwater(self, partition: TopicPartition) -> int | None:
         highwater: int | None = self._running().highwater(partition)
@@ -123,8 +129,17 @@ class Intake:
         return timestamp
 
     async def committed(self, partition: TopicPartition) -> int | None:
-        offset: int | None = await self._running().committed(partition)
-        return offset
+        if partition not in self._committed:
+            assignments = self._assignments
+            offset: int | None = await self._running().committed(partition)
+            if offset is None or assignments != self._assignments:  # never committed, or reassigned meanwhile
+                return offset
+            self._committed.setdefault(partition, offset)  # a commit that came meanwhile is newer
+        return self._committed[partition]
+
+    def _assigned(self) -> None:
+        self._committed.clear()
+        self._assignments += 1
 
     async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = await self._running().beginning_offsets(partitions)
