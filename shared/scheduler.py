@@ -222,7 +222,7 @@ class Scheduler:
 
     def gates_opened(self) -> None:
         """Look at the table now, even if the last pass held jobs back: a gate may let more through (a
-        partition caught up)."""
+        job's partition processed up to its mark)."""
         self._gates_opened = True
         self.wake()
 
