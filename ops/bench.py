@@ -256,15 +256,13 @@ async def raw_smtp_client(port: int, messages: int, connections: int, size: int)
 
 def own_cpu() -> float:
     """CPU seconds used by this process (the sink's thread, the publisher, the bench's own bookkeeping)."""
-    times = os.times()
-    return times.user + times.system
+    return proc_stat(os.getpid())[0]
 
 
-def machine_busy() -> tuple[float, float]:
-    """(CPU seconds used by everything on the machine, seconds idle), summed over the cores, from /proc/stat."""
-    user, nice, system, idle, iowait, irq, softirq, steal = (
-        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / TICKS, (idle + iowait) / TICKS
+def machine_idle() -> float:
+    """Seconds the machine's cores were idle (summed over them), from /proc/stat."""
+    idle, iowait = (int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[4:6])
+    return (idle + iowait) / TICKS
 
 
 @dataclass(frozen=True)
@@ -537,7 +535,7 @@ async def latency(name: str, store_url: str, events: int, rate: int, ctx: Contex
     producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
     await producer.start()
     try:
-        service_cpu, bench_cpu, (_, idle) = proc_stat(run.pid)[0], own_cpu(), machine_busy()
+        service_cpu, bench_cpu, idle = proc_stat(run.pid)[0], own_cpu(), machine_idle()
         start = time.perf_counter()
         for i in range(events):
             key, event = workload.event()
@@ -551,7 +549,7 @@ async def latency(name: str, store_url: str, events: int, rate: int, ctx: Contex
         finished = await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
         elapsed = finished - start
         service_cores = (proc_stat(run.pid)[0] - service_cpu) / elapsed
-        bench_cores, idle_cores = (own_cpu() - bench_cpu) / elapsed, (machine_busy()[1] - idle) / elapsed
+        bench_cores, idle_cores = (own_cpu() - bench_cpu) / elapsed, (machine_idle() - idle) / elapsed
     finally:
         await producer.stop()
         await run.stop()
