@@ -137,9 +137,10 @@ def still_fetched_again(
 
 class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another member, let the batch in progress stop and commit, so two
-    members never process the same records at once."""
+    members never process the same records at once. ``on_assigned``: told of each new assignment (the intake
+    forgets the committed offsets it knew)."""
 
-    def __init__(self, batches: BatchProcessor, timeout: float, on_assigned: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, batches: BatchProcessor, timeout: float, on_assigned: Callable[[], None]) -> None:
         self.batches = batches
         self.timeout = timeout
         self.on_assigned = on_assigned
