@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiosmtpd.controller import Controller
@@ -699,8 +698,8 @@ def cli() -> None:
         return
     if sys.argv[1:2] == ["--raw-smtp-client"]:
         port, messages, connections, size = (int(a) for a in sys.argv[2:6])
-        # On uvloop, as the services run: the raw limit is the same client on the same loop.
-        print(uvloop.run(raw_smtp_client(port, messages, connections, size)))
+        # On the services' event loop (asyncio's): the raw limit is the same client on the same loop.
+        print(asyncio.run(raw_smtp_client(port, messages, connections, size)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000,
