@@ -287,7 +287,7 @@ def build_service(
     app = AsgiFastStream(
         broker,
         asgi_routes=[
-            ("/healthz", _healthz()),
+            ("/healthz", _healthz(service)),
             ("/readyz", _readyz(service)),
             ("/metrics", _metrics(service)),
             *_asyncapi(specification, _channels(spec)),
@@ -555,9 +555,14 @@ def _asyncapi(specification: AsyncAPI, channels: Mapping[str, asyncapi.Channel])
     return [("/asyncapi.json", as_json), ("/asyncapi", as_page)]
 
 
-def _healthz() -> Any:
+def _healthz(service: Service) -> Any:
+    """Liveness: the process runs, and its consumer is not stalled (shared.intake.STALLED_AFTER): a Kafka client
+    that failed inside recovers only in a new process."""
+
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
+        if service.intake.polls.stalled:
+            return _json(503, {"status": "stalled", "failed_polls": service.intake.polls.failed_in_a_row})
         return _json(200, {"status": "ok"})
 
     return healthz
@@ -569,9 +574,10 @@ async def readiness(service: Service) -> dict[str, bool]:
     store_ok = await service.store.ping()
     suppressions_ok = service.suppression_follower.caught_up
     smtp_ok = service.pool.reachable  # the last session tried opened: no probe of our own
-    return {"ready": service.started and broker_ok and store_ok and suppressions_ok and smtp_ok,
+    consuming = not service.intake.polls.stalled
+    return {"ready": service.started and broker_ok and store_ok and suppressions_ok and smtp_ok and consuming,
             "started": service.started, "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok,
-            "smtp": smtp_ok}
+            "smtp": smtp_ok, "consuming": consuming}
 
 
 def _readyz(service: Service) -> Any:

@@ -44,6 +44,30 @@ RECOVERY_WAIT_MS = 1000
 for its next records before taking it as read to its end."""
 PAUSE_S = 1.0
 """After a failed poll (the broker, or a record that cannot be found again), before the next."""
+STALLED_AFTER = 60
+"""Polls failed in a row (PAUSE_S apart: a minute) after which the intake counts as stalled. A broker that is
+down does not fail polls (aiokafka waits and reconnects); a Kafka client whose own background task died does,
+every poll alike, and only a new process recovers it: /healthz then fails, so that the service is restarted."""
+
+
+class PollStreak:
+    """The intake's polls failed since the last one that did not: stalled past :data:`STALLED_AFTER`."""
+
+    def __init__(self) -> None:
+        self.failed_in_a_row = 0
+
+    @property
+    def stalled(self) -> bool:
+        return self.failed_in_a_row >= STALLED_AFTER
+
+    def failed(self, topic: str, error: str) -> None:
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row == STALLED_AFTER:
+            log.error("every poll has failed for a minute: the consumer does not recover by itself, /healthz now "
+                      "fails so that the service is restarted", extra={"topic": topic, "error": error})
+
+    def succeeded(self) -> None:
+        self.failed_in_a_row = 0
 
 
 class Intake:
@@ -79,6 +103,7 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._fetching: dict[TopicPartition, int] | None = None  # during a poll: where each partition was
+        self.polls = PollStreak()
 
     @property
     def running(self) -> bool:
@@ -156,10 +181,13 @@ class Intake:
             except ConsumerStoppedError:
                 return
             except Exception as exc:  # the broker (aiokafka reconnects by itself), or a record not found again
+                error = f"{exc.__class__.__name__}: {exc}"[:300]
                 log.warning("poll failed, trying again", exc_info=not isinstance(exc, KafkaError),
-                            extra={"topic": self.topic, "error": f"{exc.__class__.__name__}: {exc}"[:300]})
+                            extra={"topic": self.topic, "error": error})
+                self.polls.failed(self.topic, error)
                 await asyncio.sleep(PAUSE_S)
                 continue
+            self.polls.succeeded()
             if records:
                 await self.batches.handle_fetch(self, records)
 

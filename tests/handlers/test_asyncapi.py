@@ -23,6 +23,7 @@ from services.support.app import create_app as support
 from services.support.settings import SupportSettings
 from shared.asyncapi import KEY
 from shared.settings import ServiceSettings
+from tests.support.asgi import request
 from tests.support.asyncapi import diagnostics
 from tests.support.harness import SETTINGS
 
@@ -36,20 +37,7 @@ SERVICES: dict[str, tuple[Callable[[Any], Any], type[ServiceSettings], dict[str,
 
 
 async def get(app: Any, path: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET through the service's ASGI application (no server, no broker needed for these routes)."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app({"type": "http", "method": "GET", "path": path, "query_string": b"", "headers": [],
-               "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http", "root_path": ""}, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    headers = {k.decode(): v.decode() for k, v in start.get("headers", [])}
-    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return await request(app, "GET", path)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from shared.envelope import STRUCTURED_HEADERS, structured
 from shared.mail.unsubscribe import UnsubscribeLinks
 from shared.shapes import LANGUAGES
 from shared.suppressions import SUPPRESSION_ADDED_TYPE, SUPPRESSIONS_TOPIC, SuppressionAdded
+from tests.support.asgi import request
 from tests.support.fakes import FakeOutputs, FakePool
 from tests.support.harness import SETTINGS
 
@@ -34,19 +35,8 @@ BUTTON = {"en": "Unsubscribe", "fr": "Se désabonner", "de": "Abmelden", "nl": "
 
 async def call(app: Any, method: str, path: str, *, body: bytes = b"",
                headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[str, str], str]:
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app({"type": "http", "method": method, "path": path, "query_string": b"", "headers": headers or [],
-               "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http", "root_path": ""}, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    found = {k.decode(): v.decode() for k, v in start.get("headers", [])}
-    return start["status"], found, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+    status, found, content = await request(app, method, path, body=body, headers=headers)
+    return status, found, content.decode()
 
 
 @pytest.fixture
