@@ -23,8 +23,9 @@ from tests.support.harness import SETTINGS
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[tuple[Any, Service]]:
-    settings = InvitationSettings(**{**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
-                                     "INVITATION_SECRET": "s" * 40})
+    values: dict[str, Any] = {**SETTINGS, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+                              "INVITATION_SECRET": "s" * 40}
+    settings = InvitationSettings(**values)
     app, built = create_service(settings, pool=FakePool(), producer=FakeOutputs())
     await built.store.migrate()
     try:
