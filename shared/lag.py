@@ -82,9 +82,9 @@ class CaughtUp:
         """Whether ``partition`` has been processed up to its mark for ``job``; the first time a job is asked
         about, it is marked (and not reached: its end is the next fetch's). A partition this member does not
         measure (not its own, or the broker silent) is never reached."""
-        mark = self._marks.get(job)
         if self._closed:
             return False
+        mark = self._marks.get(job)
         if mark is None or mark.partition != partition:
             self._marks[job] = _Mark(partition, asked_ms=int(time.time() * 1000), seen=time.monotonic())
             return False
