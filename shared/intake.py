@@ -53,18 +53,19 @@ every poll alike, and only a new process recovers it: /healthz then fails, so th
 class PollStreak:
     """The intake's polls failed since the last one that did not: stalled past :data:`STALLED_AFTER`."""
 
-    def __init__(self) -> None:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
         self.failed_in_a_row = 0
 
     @property
     def stalled(self) -> bool:
         return self.failed_in_a_row >= STALLED_AFTER
 
-    def failed(self, topic: str, error: str) -> None:
+    def failed(self, error: str) -> None:
         self.failed_in_a_row += 1
         if self.failed_in_a_row == STALLED_AFTER:
             log.error("every poll has failed for a minute: the consumer does not recover by itself, /healthz now "
-                      "fails so that the service is restarted", extra={"topic": topic, "error": error})
+                      "fails so that the service is restarted", extra={"topic": self.topic, "error": error})
 
     def succeeded(self) -> None:
         self.failed_in_a_row = 0
@@ -103,7 +104,7 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._fetching: dict[TopicPartition, int] | None = None  # during a poll: where each partition was
-        self.polls = PollStreak()
+        self.polls = PollStreak(topic)
 
     @property
     def running(self) -> bool:
@@ -184,7 +185,7 @@ class Intake:
                 error = f"{exc.__class__.__name__}: {exc}"[:300]
                 log.warning("poll failed, trying again", exc_info=not isinstance(exc, KafkaError),
                             extra={"topic": self.topic, "error": error})
-                self.polls.failed(self.topic, error)
+                self.polls.failed(error)
                 await asyncio.sleep(PAUSE_S)
                 continue
             self.polls.succeeded()

@@ -40,13 +40,13 @@ async def test_a_minute_of_failed_polls_fails_liveness_and_readiness_until_a_pol
     app, built = service
     polls = built.intake.polls
     for _ in range(STALLED_AFTER - 1):
-        polls.failed(built.intake.topic, "RuntimeError: the handler is closed")
+        polls.failed("RuntimeError: the handler is closed")
     status, _, body = await request(app, "GET", "/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert (await readiness(built))["consuming"] is True
 
     with caplog.at_level(logging.ERROR, logger="customersource.intake"):
-        polls.failed(built.intake.topic, "RuntimeError: the handler is closed")
+        polls.failed("RuntimeError: the handler is closed")
     assert [r.getMessage() for r in caplog.records].count(
         "every poll has failed for a minute: the consumer does not recover by itself, /healthz now fails so that "
         "the service is restarted") == 1
