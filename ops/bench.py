@@ -3,11 +3,14 @@ one run on the same broker and the same SMTP sink.
 
 Raw limits, measured in the same run: plain aiokafka consuming the records from the same broker, and
 plain aiosmtplib sending pre-built messages of the size each service's e-mails have, over the same
-number of persistent connections into the same sink, from a process of its own as the services send. Then, per service and store (SQLite file, a
-fresh database on a throwaway PostgreSQL), ``python -m services.<name>`` as a process:
+number of persistent connections into the same sink, from a process of its own as the services send; that
+client's own CPU per message (what sending alone costs on this loop in these minutes: a service sends as
+much and does all else besides) and the sink's. Then, per service and store (SQLite file, a fresh database
+on a throwaway PostgreSQL), ``python -m services.<name>`` as a process:
 
 - throughput: a backlog of N events published before the service starts, drained to the last e-mail
-  (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail);
+  (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail and its multiple of the
+  raw client's);
 - latency: events offered at a fixed rate (300/s by default); publish to SMTP accept, p50 and p99;
 - backlog: a larger backlog (``--backlog``), peak RSS while draining it, and whether throughput stays
   flat as the tables grow: the e-mails/s of its ninth tenth (80-90% of the way, before the last batches
@@ -156,6 +159,7 @@ class Result:
     cpu_ms_per_email: float
     mean_email_bytes: int
     raw_sink_cpu_ms: float | None = None  # the sink's own CPU per message in the raw SMTP run
+    raw_client_cpu_ms: float | None = None  # the raw SMTP client's own CPU per message, in the same run
     latency_rate: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -231,15 +235,16 @@ async def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
         await consumer.stop()
 
 
-async def raw_smtp_client(port: int, messages: int, connections: int, size: int) -> float:
-    """Pre-built messages of ``size`` bytes over ``connections`` persistent connections: messages/s."""
+async def raw_smtp_client(port: int, messages: int, connections: int, size: int) -> tuple[float, float]:
+    """Pre-built messages of ``size`` bytes over ``connections`` persistent connections: messages/s, and this
+    client's own CPU ms per message (what sending alone costs a process on this loop, in these minutes)."""
     head = b"From: a@bench.example\r\nTo: b@bench.example\r\nSubject: bench\r\n\r\n"
     line = b"x" * 76 + b"\r\n"
     body = head + line * max((size - len(head)) // len(line), 1)
     clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(connections)]
     await asyncio.gather(*(c.connect() for c in clients))
     remaining = messages
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
 
     async def worker(client: aiosmtplib.SMTP) -> None:
         nonlocal remaining
@@ -248,9 +253,9 @@ async def raw_smtp_client(port: int, messages: int, connections: int, size: int)
             await client.sendmail("a@bench.example", ["b@bench.example"], body)
 
     await asyncio.gather(*(worker(c) for c in clients))
-    elapsed = time.perf_counter() - started
+    elapsed, used = time.perf_counter() - started, time.process_time() - cpu
     await asyncio.gather(*(c.quit() for c in clients))
-    return messages / elapsed
+    return messages / elapsed, used * 1000 / messages
 
 
 def own_cpu() -> float:
@@ -267,6 +272,7 @@ def machine_idle() -> float:
 @dataclass(frozen=True)
 class RawSmtp:
     per_s: float
+    client_cpu_ms: float  # the client's CPU per message: what sending alone costs
     sink_cpu_ms: float  # the sink's CPU per message while it took them as fast as the client sent
 
 
@@ -279,7 +285,8 @@ async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size:
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)
     output, _ = await process.communicate()
     assert process.returncode == 0 and sink.count - before == messages, (process.returncode, sink.count - before)
-    return RawSmtp(float(output.decode().strip()), (own_cpu() - cpu) * 1000 / messages)
+    per_s, client_cpu_ms = (float(part) for part in output.decode().split())
+    return RawSmtp(per_s, client_cpu_ms, (own_cpu() - cpu) * 1000 / messages)
 
 
 def proc_stat(pid: int) -> tuple[float, float]:
@@ -629,7 +636,8 @@ async def main(args: argparse.Namespace) -> Report:
                 result = Result(name, store, args.events, args.events * workload.mails_per_event,
                                 drained.events_per_s, drained.emails_per_s, smtp.per_s,
                                 drained.emails_per_s / smtp.per_s, drained.cpu_ms_per_email, size,
-                                raw_sink_cpu_ms=smtp.sink_cpu_ms, unrecorded_mean_ms=drained.unrecorded_mean_ms,
+                                raw_sink_cpu_ms=smtp.sink_cpu_ms, raw_client_cpu_ms=smtp.client_cpu_ms,
+                                unrecorded_mean_ms=drained.unrecorded_mean_ms,
                                 unrecorded_p99_ms=drained.unrecorded_p99_ms)
                 if args.latency_events:
                     offered = await latency(name, await store_url(store, ctx), args.latency_events, args.rate, ctx)
@@ -658,7 +666,8 @@ async def main(args: argparse.Namespace) -> Report:
     return report
 
 
-HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s (the sink's CPU) | ratio | CPU ms/e-mail | "
+HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s (CPU ms per message: the sink's, the client's) | "
+          "ratio | CPU ms/e-mail (against the raw client's) | "
           "accepted, unrecorded: mean / p99 ms | p50 / p99 ms at offered rate (cores used meanwhile) | backlog: "
           "e-mails/s, CPU ms/e-mail, peak RSS | flat: the backlog's 80-90% against its 10-20%, e-mails/s and CPU "
           "ms/e-mail; the machine's speed likewise |\n"
@@ -673,7 +682,11 @@ def row(r: Result) -> str:
                 f"idle {r.latency_idle_cores or 0:.2f})")
     raw = f"{r.raw_smtp_per_s:,.0f}"
     if r.raw_sink_cpu_ms is not None:
-        raw += f" (sink {r.raw_sink_cpu_ms:.2f} ms/e-mail)"
+        raw += f" (sink {r.raw_sink_cpu_ms:.2f} ms/e-mail"
+        raw += f", client {r.raw_client_cpu_ms:.2f})" if r.raw_client_cpu_ms is not None else ")"
+    cpu = f"{r.cpu_ms_per_email:.2f}"
+    if r.raw_client_cpu_ms:
+        cpu += f" (x{r.cpu_ms_per_email / r.raw_client_cpu_ms:.1f} the client's)"
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "
                f"{r.backlog_peak_rss_mib:.0f} MiB (x{r.backlog_vs_drain or 0:.2f} of the {r.events:,}-event drain)"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
@@ -689,7 +702,7 @@ def row(r: Result) -> str:
     window = (f"{r.unrecorded_mean_ms:.1f} / {r.unrecorded_p99_ms:.0f}"
               if r.unrecorded_mean_ms is not None and r.unrecorded_p99_ms is not None else "-")
     return (f"| {r.service} | {r.store} | {r.events_per_s:,.0f} | {r.emails_per_s:,.0f} | {raw} | "
-            f"{r.ratio_to_raw_smtp:.2f} | {r.cpu_ms_per_email:.2f} | {window} | {lat} | {backlog} | {flat} |")
+            f"{r.ratio_to_raw_smtp:.2f} | {cpu} | {window} | {lat} | {backlog} | {flat} |")
 
 
 def cli() -> None:
@@ -699,7 +712,7 @@ def cli() -> None:
     if sys.argv[1:2] == ["--raw-smtp-client"]:
         port, messages, connections, size = (int(a) for a in sys.argv[2:6])
         # On the services' event loop (asyncio's): the raw limit is the same client on the same loop.
-        print(asyncio.run(raw_smtp_client(port, messages, connections, size)))
+        print(*asyncio.run(raw_smtp_client(port, messages, connections, size)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000,
