@@ -4,9 +4,11 @@ one run on the same broker and the same SMTP sink.
 Raw limits, measured in the same run: plain aiokafka consuming the records from the same broker, and
 plain aiosmtplib sending pre-built messages of the size each service's e-mails have, over the same
 number of persistent connections into the same sink, from a process of its own as the services send; that
-client's own CPU per message (what sending alone costs on this loop in these minutes: a service sends as
-much and does all else besides) and the sink's. Then, per service and store (SQLite file, a fresh database
-on a throwaway PostgreSQL), ``python -m services.<name>`` as a process:
+client's own CPU per message and the sink's: a yardstick of the machine's speed in the same minutes (the
+client is aiosmtplib's ``sendmail``, which parses the addresses and rewrites each message's line endings
+again: about twice what the services' SMTP path spends per message, which writes it as built). Then, per
+service and store (SQLite file, a fresh database on a throwaway PostgreSQL), ``python -m services.<name>``
+as a process:
 
 - throughput: a backlog of N events published before the service starts, drained to the last e-mail
   (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail and its multiple of the
@@ -237,7 +239,7 @@ async def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
 
 async def raw_smtp_client(port: int, messages: int, connections: int, size: int) -> tuple[float, float]:
     """Pre-built messages of ``size`` bytes over ``connections`` persistent connections: messages/s, and this
-    client's own CPU ms per message (what sending alone costs a process on this loop, in these minutes)."""
+    client's own CPU ms per message."""
     head = b"From: a@bench.example\r\nTo: b@bench.example\r\nSubject: bench\r\n\r\n"
     line = b"x" * 76 + b"\r\n"
     body = head + line * max((size - len(head)) // len(line), 1)
@@ -272,7 +274,7 @@ def machine_idle() -> float:
 @dataclass(frozen=True)
 class RawSmtp:
     per_s: float
-    client_cpu_ms: float  # the client's CPU per message: what sending alone costs
+    client_cpu_ms: float  # the client's CPU per message: the machine's speed in these minutes
     sink_cpu_ms: float  # the sink's CPU per message while it took them as fast as the client sent
 
 
