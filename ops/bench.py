@@ -1,14 +1,14 @@
 """``make bench``: each service's throughput, CPU, latency and memory against the raw limits, measured in
 one run on the same broker and the same SMTP sink.
 
-Raw limits, measured in the same run: plain aiokafka consuming the records from the same broker, and
-plain aiosmtplib sending pre-built messages of the size each service's e-mails have, over the same
-number of persistent connections into the same sink, from a process of its own as the services send; that
-client's own CPU per message and the sink's: a yardstick of the machine's speed in the same minutes (the
-client is aiosmtplib's ``sendmail``, which parses the addresses and rewrites each message's line endings
+Raw limits, measured in the same run: plain aiokafka consuming the records from the same broker, and plain
+aiosmtplib sending pre-built messages of the size each service's e-mails have, over the same number of
+persistent connections into the same sink, from a process of its own as the services send; that client's own
+CPU per message and the sink's: a yardstick of the machine's speed in the same minutes (the client is
+aiosmtplib's ``sendmail``, which parses the addresses, rewrites each message's line endings and dot-stuffs it
 again: about twice what the services' SMTP path spends per message, which writes it as built). Then, per
-service and store (SQLite file, a fresh database on a throwaway PostgreSQL), ``python -m services.<name>``
-as a process:
+service and store (SQLite file, a fresh database on a throwaway PostgreSQL), ``python -m services.<name>`` as
+a process:
 
 - throughput: a backlog of N events published before the service starts, drained to the last e-mail
   (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail and its multiple of the
@@ -274,13 +274,14 @@ def machine_idle() -> float:
 @dataclass(frozen=True)
 class RawSmtp:
     per_s: float
-    client_cpu_ms: float  # the client's CPU per message: the machine's speed in these minutes
+    client_cpu_ms: float  # the client's CPU per message: a yardstick of the machine's speed in these minutes
     sink_cpu_ms: float  # the sink's CPU per message while it took them as fast as the client sent
 
 
 async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size: int) -> RawSmtp:
     """The raw SMTP limit, measured from a process of its own (as the services send from theirs), so that
-    the client does not share the sink's interpreter; and what the sink itself spends per message."""
+    the client does not share the sink's interpreter; what the client spends per message, as it reports it, and
+    what the sink spends."""
     before, cpu = sink.count, own_cpu()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.bench", "--raw-smtp-client", str(port), str(messages), str(connections), str(size),
@@ -684,8 +685,9 @@ def row(r: Result) -> str:
                 f"idle {r.latency_idle_cores or 0:.2f})")
     raw = f"{r.raw_smtp_per_s:,.0f}"
     if r.raw_sink_cpu_ms is not None:
-        raw += f" (sink {r.raw_sink_cpu_ms:.2f} ms/e-mail"
-        raw += f", client {r.raw_client_cpu_ms:.2f})" if r.raw_client_cpu_ms is not None else ")"
+        raw += f" (sink {r.raw_sink_cpu_ms:.2f}"
+        raw += f", client {r.raw_client_cpu_ms:.2f}" if r.raw_client_cpu_ms is not None else ""
+        raw += " ms/message)"
     cpu = f"{r.cpu_ms_per_email:.2f}"
     if r.raw_client_cpu_ms:
         cpu += f" (x{r.cpu_ms_per_email / r.raw_client_cpu_ms:.1f} the client's)"
