@@ -50,11 +50,17 @@ def test_the_machine_counts_idle_time_over_its_cores_and_the_process_its_own_cpu
         "no more idle than the other cores had"
 
 
-def test_a_row_says_what_the_sink_and_the_cores_did() -> None:
+def test_a_row_says_what_the_sink_the_raw_client_and_the_cores_did() -> None:
     result = Result("support", "sqlite", 2000, 4000, 300.0, 600.0, 1300.0, 0.46, 1.5, 4900, raw_sink_cpu_ms=0.7,
-                    latency_rate=300, latency_p50_ms=120.0, latency_p99_ms=240.0, latency_service_cores=0.9,
-                    latency_bench_cores=0.5, latency_idle_cores=0.4)
+                    raw_client_cpu_ms=0.6, latency_rate=300, latency_p50_ms=120.0, latency_p99_ms=240.0,
+                    latency_service_cores=0.9, latency_bench_cores=0.5, latency_idle_cores=0.4)
     line = row(result)
-    assert "1,300 (sink 0.70 ms/e-mail)" in line
+    assert "1,300 (sink 0.70, client 0.60 ms/message)" in line
+    assert "| 1.50 (x2.5 the client's) |" in line
     assert "120 / 240 at 300/s (cores: service 0.90, bench 0.50, idle 0.40)" in line
     assert line.count("|") == HEADER.split("\n")[1].count("|")
+
+
+def test_a_row_without_the_raw_client_s_cpu_leaves_it_out() -> None:
+    line = row(Result("invitations", "sqlite", 2000, 2000, 500.0, 500.0, 1000.0, 0.5, 1.8, 8000, raw_sink_cpu_ms=0.9))
+    assert "1,000 (sink 0.90 ms/message) | 0.50 | 1.80 |" in line
