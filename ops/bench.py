@@ -684,13 +684,13 @@ def row(r: Result) -> str:
         lat += (f" (cores: service {r.latency_service_cores:.2f}, bench {r.latency_bench_cores or 0:.2f}, "
                 f"idle {r.latency_idle_cores or 0:.2f})")
     raw = f"{r.raw_smtp_per_s:,.0f}"
-    if r.raw_sink_cpu_ms is not None:
-        raw += f" (sink {r.raw_sink_cpu_ms:.2f}"
-        raw += f", client {r.raw_client_cpu_ms:.2f}" if r.raw_client_cpu_ms is not None else ""
-        raw += " ms/message)"
     cpu = f"{r.cpu_ms_per_email:.2f}"
+    client = ""
     if r.raw_client_cpu_ms:
+        client = f", client {r.raw_client_cpu_ms:.2f}"
         cpu += f" (x{r.cpu_ms_per_email / r.raw_client_cpu_ms:.1f} the client's)"
+    if r.raw_sink_cpu_ms is not None:
+        raw += f" (sink {r.raw_sink_cpu_ms:.2f}{client} ms/message)"
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "
                f"{r.backlog_peak_rss_mib:.0f} MiB (x{r.backlog_vs_drain or 0:.2f} of the {r.events:,}-event drain)"
                if r.backlog_emails_per_s is not None and r.backlog_peak_rss_mib is not None else "-")
