@@ -334,11 +334,10 @@ class BatchProcessor:
         prepared = {id(record): self.prepare(record) for record in batch.records}
         events = {(p.event.source, p.event.id): p.event.type for p in prepared.values() if p.event is not None}
         try:
-            states = await self.store.begin_events(events, self.clock.now())
-            # Only for the events this read noted: no other attempt of them can be sending meanwhile. An event
-            # seen before (a re-run, perhaps still in progress on a member that lost its partitions) looks
-            # up each delivery just before sending.
-            known = await self.store.deliveries_of([key for key, state in states.items() if state.new])
+            # The deliveries only of the events this read noted: no other attempt of them can be sending
+            # meanwhile. An event seen before (a re-run, perhaps still in progress on a member that lost its
+            # partitions) looks up each delivery just before sending.
+            states, known = await self.store.begin_batch(events, self.clock.now())
             # Not for an aggregate still in progress in the batch before: its state is not settled yet.
             fresh = {aggregate for aggregate in groups if aggregate not in after or after[aggregate].done()}
             preloaded = await self._preload([prepared[id(groups[aggregate][0])] for aggregate in fresh], states)

@@ -16,12 +16,13 @@ import fcntl
 import functools
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import (
@@ -50,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Tuple
 
-from shared.writers import PRAGMAS, CompareAndSet, PostgresWriter, SqliteWriter, Statements
+from shared.writers import PRAGMAS, CompareAndSet, PostgresWriter, SqliteWriter, Statements, run_steps, to_steps
 
 log = logging.getLogger("customersource.store")
 
@@ -357,6 +358,105 @@ class EventState:
     new: bool = False  # noted by this read: no other attempt of it can be in progress
 
 
+_EVENT_STATES = select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
+                       processed_events.c.processed_at)
+_EVENT_KEY = tuple_(processed_events.c.source, processed_events.c.event_id)
+_DELIVERIES = select(deliveries)
+_DELIVERY_EVENT = tuple_(deliveries.c.event_source, deliveries.c.event_id)
+
+
+class BatchReads:
+    """A batch's idempotency and delivery reads on SQLite, run in the store's writer's thread on its connection
+    (:meth:`shared.writers.SqliteWriter.run`): one hand-off for a whole batch. Through SQLAlchemy and aiosqlite
+    the same reads and write take about twenty hand-offs to aiosqlite's thread, and a statement built and its
+    cache key computed for every batch: 4.1 ms of CPU for a batch of 6 events against 0.5 here, 49 against 11
+    for 450 (2026-12-07). The statements are SQLAlchemy's (those :meth:`Store.deliveries_of` and
+    :meth:`Store.begin_events` execute on PostgreSQL), compiled once for each size of key list (a power of two,
+    the list padded with its last key), and their values go through the columns' types as the engine's do."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._delivery_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                                     for column in deliveries.c]
+        self._note = _insert_ignore("sqlite", processed_events)
+
+    def begin(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], now: datetime, *,
+              with_deliveries: bool) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+        """In one ``BEGIN IMMEDIATE`` transaction (no other writer meanwhile): the events' states, those never
+        seen noted (``new``), and (``with_deliveries``) the deliveries recorded for these."""
+        keys = list(events)
+        states = {(source, event_id): EventState(_parsed(first_seen_at), processed_at is not None)
+                  for source, event_id, first_seen_at, processed_at
+                  in self._rows_by_event(connection, _EVENT_STATES, _EVENT_KEY, keys)}
+        unseen = [key for key in keys if key not in states]
+        if unseen:
+            run_steps(connection, to_steps(self._dialect, [(self._note, [
+                {"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
+                 "first_seen_at": now, "processed_at": None} for source, event_id in unseen])]))
+            states.update({key: EventState(now, False, new=True) for key in unseen})
+        return states, self.deliveries(connection, unseen) if with_deliveries else {}
+
+    def deliveries(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
+        """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
+        found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
+        processors = self._delivery_processors
+        for values in self._rows_by_event(connection, _DELIVERIES, _DELIVERY_EVENT, list(found)):
+            row = DeliveryRow._make([value if process is None else process(value)
+                                     for value, process in zip(values, processors, strict=True)])
+            found[(row.event_source, row.event_id)][row.delivery_id] = row
+        return found
+
+    def _rows_by_event(self, connection: sqlite3.Connection, query: Select[Any], key: Tuple,
+                       keys: Sequence[EventKey]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), BATCH_QUERY_SIZE):
+            chunk = list(keys[start:start + BATCH_QUERY_SIZE])
+            size = min(1 << (len(chunk) - 1).bit_length(), BATCH_QUERY_SIZE)
+            chunk += chunk[-1:] * (size - len(chunk))
+            sql = _by_event_sql(self._dialect, query, key, size)
+            rows += connection.execute(sql, [part for pair in chunk for part in pair]).fetchall()
+        return rows
+
+
+class DeliveryRow(NamedTuple):
+    """A row of ``deliveries`` as :class:`BatchReads` returns it (its columns, in order)."""
+
+    delivery_id: str
+    event_source: str
+    event_id: str
+    aggregate_id: str
+    template: str
+    template_version: str | None
+    locale: str
+    recipient: str
+    message_id: str
+    outcome: str
+    attempts: int
+    smtp_code: int | None
+    error: str | None
+    at: datetime
+
+
+if DeliveryRow._fields != tuple(column.name for column in deliveries.c):
+    raise RuntimeError("DeliveryRow must list the columns of deliveries, in order")
+
+
+@functools.lru_cache(maxsize=64)
+def _by_event_sql(dialect: Dialect, query: Select[Any], key: Tuple, size: int) -> str:
+    """``query`` for rows whose ``key`` (source, event id) is one of ``size`` pairs, compiled for SQLite, its
+    positional parameters the pairs' parts in order."""
+    compiled = query.where(_one_of("sqlite", key, [("", "")] * size)).compile(dialect=dialect)
+    if list(compiled.positiontup or ()) != [f"k{i}_{j}" for i in range(size) for j in range(2)]:
+        raise ValueError("the key list's parameters are not the only ones, in order")
+    return compiled.string
+
+
+def _parsed(value: str) -> datetime:
+    parsed = _sqlite_datetime(value)
+    assert parsed is not None
+    return parsed
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessedMark:
     """An event's idempotency record, as written once its effects are done."""
@@ -650,6 +750,7 @@ class Store:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect,
                                                                        busy_timeout=sqlite_busy_timeout)
+            self._batch_reads: BatchReads | None = BatchReads(self.engine.dialect)
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
@@ -660,6 +761,7 @@ class Store:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=0, pool_timeout=120,
                                               hide_parameters=True)
             self._writer = PostgresWriter(self.engine)
+            self._batch_reads = None
         # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK around each. (On SQLite, switching a pooled
         # connection's mode costs a PRAGMA each way, more than the implicit transaction it saves.)
         self._reads = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -756,11 +858,22 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    async def begin_batch(self, events: Mapping[EventKey, str], now: datetime
+                          ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+        """:meth:`begin_events`, and the deliveries recorded for the events it noted (:meth:`deliveries_of`): no
+        other attempt of those can be sending meanwhile. On SQLite in one transaction of the writer's thread."""
+        if self._batch_reads is not None:
+            return await self._begin_on_sqlite(events, now, with_deliveries=True)
+        states = await self.begin_events(events, now)
+        return states, await self.deliveries_of([key for key, state in states.items() if state.new])
+
     async def begin_events(self, events: Mapping[EventKey, str], now: datetime) -> dict[EventKey, EventState]:
         """The state of a batch's events (key -> type) in one read; those never seen are noted in one
         write (``new``), with ``now`` as their first attempt's time. That time is kept, so a re-run after a crash or
         an outage computes the same times (token issue times, output event times) as the attempt whose
         e-mail went out."""
+        if self._batch_reads is not None:
+            return (await self._begin_on_sqlite(events, now, with_deliveries=False))[0]
         keys = list(events)
         states = await self._event_states(keys)
         unseen = [key for key in keys if key not in states]
@@ -779,19 +892,27 @@ class Store:
             states.update(await self._event_states([key for key in unseen if key not in noted]))
         return states
 
+    async def _begin_on_sqlite(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
+                               ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+        assert self._batch_reads is not None and self._turns is not None and isinstance(self._writer, SqliteWriter)
+        if not events:
+            return {}, {}
+        work = functools.partial(self._batch_reads.begin, events=events, now=now, with_deliveries=with_deliveries)
+        async with self._turns.turn():
+            return await self._writer.run(work, write=True, sql="processed_events: read and note a batch's events")
+
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        rows = await self._rows_by_event(
-            select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
-                   processed_events.c.processed_at),
-            tuple_(processed_events.c.source, processed_events.c.event_id), keys)
+        rows = await self._rows_by_event(_EVENT_STATES, _EVENT_KEY, keys)
         return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
+        if self._batch_reads is not None and events:
+            assert isinstance(self._writer, SqliteWriter)
+            work = functools.partial(self._batch_reads.deliveries, keys=list(events))
+            return await self._writer.run(work, write=False, sql="deliveries: read a batch's")
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
-        rows = await self._rows_by_event(select(deliveries), tuple_(deliveries.c.event_source, deliveries.c.event_id),
-                                         list(found))
-        for row in rows:
+        for row in await self._rows_by_event(_DELIVERIES, _DELIVERY_EVENT, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
         return found
 

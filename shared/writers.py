@@ -5,7 +5,9 @@ idempotency marks, jobs marked done, compare-and-sets; nothing that reads a resu
   a cursor, execute, close it) and the commit a fourth; each hand-off costs more CPU (two thread switches and a
   wake-up of the event loop) than the statement itself. :class:`SqliteWriter` hands the whole transaction to a
   thread of its own, with a connection of its own: ``BEGIN IMMEDIATE``, each statement's rows in one
-  ``executemany``, ``COMMIT``. One hand-off per transaction.
+  ``executemany``, ``COMMIT``. One hand-off per transaction. The same thread and connection run a batch's
+  idempotency and delivery reads, with the idempotency records it notes, as one transaction
+  (:meth:`SqliteWriter.run`, :class:`shared.store.BatchReads`).
 - PostgreSQL: :class:`PostgresWriter` runs the transaction on the pooled connection's asyncpg connection
   directly (its ``transaction()``, ``execute`` and ``executemany``), without SQLAlchemy's execution and
   transaction machinery around each statement.
@@ -27,13 +29,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import sqlalchemy.exc
 from sqlalchemy import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
+
+R = TypeVar("R")
 
 
 class StaleState(Exception):
@@ -101,7 +105,7 @@ def _compile(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
+class Step:
     """One statement of a transaction, ready for the driver."""
 
     sql: str
@@ -109,10 +113,10 @@ class _Step:
     checked: CompareAndSet | None  # a compare-and-set: each row must change one
 
 
-def _step(dialect: Dialect, statement: Executable | CompareAndSet, rows: Sequence[Mapping[str, Any]]) -> _Step:
+def _step(dialect: Dialect, statement: Executable | CompareAndSet, rows: Sequence[Mapping[str, Any]]) -> Step:
     if isinstance(statement, CompareAndSet):
-        return _Step(*_parameters(dialect, statement.statement, rows), checked=statement)
-    return _Step(*_parameters(dialect, statement, rows), checked=None)
+        return Step(*_parameters(dialect, statement.statement, rows), checked=statement)
+    return Step(*_parameters(dialect, statement, rows), checked=None)
 
 
 def _parameters(dialect: Dialect, statement: Executable,
@@ -127,9 +131,27 @@ def _parameters(dialect: Dialect, statement: Executable,
     return compiled.sql, values
 
 
+def to_steps(dialect: Dialect, statements: Statements) -> list[Step]:
+    """The statements ready for the driver (those with rows)."""
+    return [_step(dialect, statement, rows) for statement, rows in statements if rows]
+
+
+def run_steps(connection: sqlite3.Connection, program: Sequence[Step]) -> None:
+    """Execute the steps on a SQLite connection, in the caller's transaction: each statement's rows in one
+    ``executemany``; a compare-and-set that changed fewer rows than it has raises :class:`StaleState`."""
+    for step in program:
+        if len(step.values) == 1:
+            cursor = connection.execute(step.sql, step.values[0])
+        else:
+            cursor = connection.executemany(step.sql, step.values)  # its rowcount: the rows' sum
+        if step.checked is not None and cursor.rowcount != len(step.values):
+            raise step.checked.stale()
+
+
 class SqliteWriter:
-    """One connection, in one thread, that applies whole transactions of :data:`Statements`. The caller makes
-    sure no other connection writes meanwhile (the store's write turns)."""
+    """One connection, in one thread, that applies whole transactions of :data:`Statements` (or runs a function
+    on it in one transaction). The caller makes sure no other connection writes meanwhile (the store's write
+    turns)."""
 
     def __init__(self, path: Path, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
         self._path = path
@@ -141,13 +163,21 @@ class SqliteWriter:
 
     async def write(self, statements: Statements) -> None:
         """Apply the statements in one transaction, committed when this returns."""
-        program = [_step(self._dialect, statement, rows) for statement, rows in statements if rows]
+        program = to_steps(self._dialect, statements)
         if not program:
             return
-        done = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, program)
+        await self.run(functools.partial(run_steps, program=program), write=True, sql=program[0].sql)
+        self.committed += 1
+
+    async def run(self, work: Callable[[sqlite3.Connection], R], *, write: bool, sql: str) -> R:
+        """``work(connection)`` on the writer's connection, in its thread, in one transaction committed when this
+        returns (``BEGIN IMMEDIATE`` if it writes: the caller holds a write turn then): one hand-off for what
+        belongs together, reads included (a batch's idempotency records, :meth:`shared.store.Store.begin_batch`).
+        A failure of SQLite is raised as SQLAlchemy's exception for it, ``sql`` named in it."""
+        done = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work, write)
         try:
             try:
-                await asyncio.shield(done)
+                return await asyncio.shield(done)
             except asyncio.CancelledError:
                 # The thread goes on with the transaction whatever becomes of this task: the caller's write turn is
                 # kept until it has, so that no other connection starts writing meanwhile (and waits on SQLite's lock).
@@ -155,27 +185,21 @@ class SqliteWriter:
                 raise
         except sqlite3.Error as exc:
             raise sqlalchemy.exc.DBAPIError.instance(
-                program[0].sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
+                sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
             ) from exc
-        self.committed += 1
 
-    def _transaction(self, program: list[_Step]) -> None:
+    def _transaction(self, work: Callable[[sqlite3.Connection], R], write: bool) -> R:
         """In the writer's thread."""
         connection = self._connection or self._connect()
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            for step in program:
-                if len(step.values) == 1:
-                    cursor = connection.execute(step.sql, step.values[0])
-                else:
-                    cursor = connection.executemany(step.sql, step.values)  # its rowcount: the rows' sum
-                if step.checked is not None and cursor.rowcount != len(step.values):
-                    raise step.checked.stale()
+            result = work(connection)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        return result
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
@@ -205,7 +229,7 @@ class PostgresWriter:
     async def write(self, statements: Statements) -> None:
         """Apply the statements in one transaction, committed when this returns."""
         dialect = self._engine.dialect
-        program = [_step(dialect, statement, rows) for statement, rows in statements if rows]
+        program = to_steps(dialect, statements)
         if not program:
             return
         async with self._engine.connect() as pooled:

@@ -278,7 +278,7 @@ async def test_a_partner_without_zone_or_country_keeps_the_zone_of_its_first_cus
 async def test_a_batch_reads_its_plans_at_once_and_a_repeat_in_it_reminds_no_one_twice(harness: Harness) -> None:
     from tests.support.kafka import cloudevent
 
-    reads = harness.selects_from("expiry_plans")
+    reads = await harness.selects_from("expiry_plans")
     plans = [plan_nearing_expiry(date(2026, 12, 20)) for _ in range(4)]
     again = cloudevent(NEARING_EXPIRY, plans[0], time=harness.clock.now())  # the same plan and bucket, re-sent
     await harness.fetch(*(harness.record(cloudevent(NEARING_EXPIRY, p, time=harness.clock.now())) for p in plans),

@@ -308,7 +308,7 @@ async def test_strings_no_mail_or_database_can_carry_are_schema_invalid(harness:
 async def test_a_batch_reads_its_profiles_in_one_query_and_each_aggregate_sees_its_own_changes(
     harness: Invitations,
 ) -> None:
-    reads = harness.selects_from("invitation_profiles")
+    reads = await harness.selects_from("invitation_profiles")
     profiles = [professional_added() for _ in range(5)]
     first = profiles[0]
     resend = {"account_id": first["account_id"], "professional_id": first["professional_id"]}

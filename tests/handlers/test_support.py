@@ -237,7 +237,7 @@ async def test_the_escalation_event_does_not_wait_for_the_e_mails(harness: Suppo
 async def test_a_scheduler_pass_reads_its_posts_and_deliveries_in_one_query_each(harness: Support) -> None:
     posts = [post_created(POSTED) for _ in range(5)]
     await harness.fetch(*(harness.record(cloudevent(POST_CREATED, data)) for data in posts))
-    post_reads, delivery_reads = harness.selects_from("support_posts"), harness.selects_from("deliveries")
+    post_reads, delivery_reads = await harness.selects_from("support_posts"), await harness.selects_from("deliveries")
     assert await harness.run_jobs_at(DUE) == 5
     assert sorted(e["data"]["post"]["post_id"] for e in harness.escalations()) == sorted(p["post_id"] for p in posts)
     assert len(harness.pool.to(TEAM)) == 5

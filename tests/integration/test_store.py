@@ -15,6 +15,7 @@ from sqlalchemy import event, select, text
 
 from services.invitations.state import MIGRATIONS
 from shared.store import SQLITE_CHUNK, GroupCommit, ProcessedMark, Store, deliveries, processed_events, upserts
+from shared.writers import SqliteWriter
 
 
 async def test_concurrent_migrations_apply_once(database_url: str) -> None:
@@ -106,6 +107,24 @@ def transactions(store: Store) -> Callable[[], int]:
     return lambda: len(commits) + store.writer.committed - before
 
 
+async def test_a_batch_begins_with_the_deliveries_of_the_events_it_noted(store: Store) -> None:
+    """An event dead-lettered and replayed is noted again, and the deliveries recorded by its earlier attempt come
+    with it, as the engine reads them; an event seen before comes without (each of its deliveries is looked up
+    just before sending)."""
+    writer = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), urgent=True)
+    recorded = {**delivery(1, "e1"), "at": datetime(2026, 3, 2, 9, 0, 1, 250, tzinfo=UTC), "error": "4.2.2 full"}
+    await asyncio.gather(writer.write(recorded), writer.write(delivery(2, "e2")))
+    now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    await store.begin_events({("/s", "e2"): "t"}, now)
+    states, known = await store.begin_batch(dict.fromkeys([("/s", "e1"), ("/s", "e2"), ("/s", "e3")], "t"), now)
+    assert [states[("/s", e)].new for e in ("e1", "e2", "e3")] == [True, False, True]
+    assert known == {("/s", "e1"): {"d1": known[("/s", "e1")]["d1"]}, ("/s", "e3"): {}}
+    row = known[("/s", "e1")]["d1"]
+    assert row == (await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]["d1"]
+    assert {name: getattr(row, name) for name in recorded} == recorded
+    assert row.at.tzinfo is not None and row.at.utcoffset() == timedelta(0)
+
+
 async def test_concurrent_outcomes_are_group_committed_and_read_back_by_event(store: Store) -> None:
     committed = transactions(store)
     writer = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), max_items=500, urgent=True)
@@ -187,21 +206,22 @@ async def test_marking_an_event_processed_keeps_its_first_attempt_time(store: St
 async def test_batch_reads_search_the_indexes_whatever_the_tables_size(tmp_path: Path) -> None:
     """A batch's idempotency and delivery reads look up each of its keys by index: on SQLite, a tuple of
     columns in a list of row values would scan the whole table, and a batch read would grow with it.
-    (PostgreSQL searches its indexes for row values.)"""
+    (PostgreSQL searches its indexes for row values.) On SQLite they run on the writer's connection."""
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/state.db", component="invitations", migrations=MIGRATIONS)
     await store.migrate()
-    executed: list[tuple[str, Any]] = []
-    event.listen(store.engine.sync_engine, "before_cursor_execute",
-                 lambda conn, cursor, statement, params, context, many: executed.append((statement, params)))
+    assert isinstance(store.writer, SqliteWriter)
+    executed: list[str] = []  # each statement with its values, as SQLite ran it
+    await store.writer.run(lambda connection: connection.set_trace_callback(executed.append), write=False, sql="")
     try:
         keys = [("/s", f"e{n}") for n in range(300)]
         await store.deliveries_of(keys)
-        await store.begin_events(dict.fromkeys(keys, "t"), datetime.now(UTC))
-        reads = [(statement, params) for statement, params in executed if statement.lstrip().startswith("SELECT")]
-        assert len(reads) == 2, reads  # the deliveries, the events' states
+        states, known = await store.begin_batch(dict.fromkeys(keys, "t"), datetime.now(UTC))
+        assert all(state.new for state in states.values()) and known == {key: {} for key in keys}
+        reads = [statement for statement in executed if statement.lstrip().startswith("SELECT")]
+        assert len(reads) == 3, reads  # the deliveries, the events' states, the deliveries of those noted
         async with store.connect() as connection:
-            for statement, params in reads:
-                plan = (await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)).all()
+            for statement in reads:
+                plan = (await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement)).all()
                 details = " | ".join(str(row[-1]) for row in plan)
                 assert "USING INDEX" in details and "SCAN deliveries" not in details \
                     and "SCAN processed_events" not in details, details
