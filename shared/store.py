@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import sqlalchemy.exc
 from sqlalchemy import (
@@ -51,7 +51,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Tuple
 
-from shared.writers import PRAGMAS, CompareAndSet, PostgresWriter, SqliteWriter, Statements, run_steps, to_steps
+from shared.writers import (
+    PRAGMAS,
+    CompareAndSet,
+    PostgresWriter,
+    SqliteThread,
+    SqliteWriter,
+    Statements,
+    run_steps,
+    to_steps,
+)
 
 log = logging.getLogger("customersource.store")
 
@@ -366,49 +375,64 @@ _DELIVERY_EVENT = tuple_(deliveries.c.event_source, deliveries.c.event_id)
 
 
 class BatchReads:
-    """A batch's idempotency and delivery reads on SQLite, run in the store's writer's thread on its connection
-    (:meth:`shared.writers.SqliteWriter.run`): one hand-off for a whole batch. Through SQLAlchemy and aiosqlite
-    the same reads and write take about twenty hand-offs to aiosqlite's thread, and a statement built and its
-    cache key computed for every batch: 7.0 to 7.4 ms of CPU for a batch of 6 events against 0.8 to 0.9 here,
-    58 to 72 against 37 to 38 for 450 (2026-12-07, README). The statements are SQLAlchemy's (those
-    :meth:`Store.deliveries_of` and :meth:`Store.begin_events` execute on PostgreSQL), compiled once for each size
-    of key list (a power of two, the list padded with its last key), and their values go through the columns'
-    types as the engine's do."""
+    """A batch's idempotency and delivery records on SQLite, as functions run in the store's threads with
+    connections of their own (:class:`shared.writers.SqliteThread`): the reads in one hand-off to the reader's
+    thread, the events never seen noted in one to the writer's. Through SQLAlchemy and aiosqlite the same work
+    takes about twenty hand-offs to aiosqlite's threads, and a statement is built for every batch (figures in the
+    README, "Who writes"). The statements are SQLAlchemy's (those :meth:`Store.deliveries_of` and
+    :meth:`Store.begin_events` execute on PostgreSQL), compiled once for each size of key list (a power of two up
+    to BATCH_QUERY_SIZE, the list padded with its last key); the rows read go through the columns' types as the
+    engine's do, and so do the rows noted."""
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._delivery_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                                      for column in deliveries.c]
+        time_type = processed_events.c.first_seen_at.type
+        time_processor = time_type.dialect_impl(dialect).result_processor(dialect, None)
+        if time_processor is None:
+            raise ValueError("the idempotency records' times are read through their type")
+        self._time = cast(Callable[[Any], datetime], time_processor)  # first_seen_at is NOT NULL
         self._note = _insert_ignore("sqlite", processed_events)
 
-    def begin(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], now: datetime, *,
-              with_deliveries: bool) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
-        """In one ``BEGIN IMMEDIATE`` transaction (no other writer meanwhile): the events' states, those never
-        seen noted (``new``), and (``with_deliveries``) the deliveries recorded for these."""
-        keys = list(events)
-        states = {(source, event_id): EventState(_parsed(first_seen_at), processed_at is not None)
-                  for source, event_id, first_seen_at, processed_at
-                  in self._rows_by_event(connection, _EVENT_STATES, _EVENT_KEY, keys)}
+    def read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
+             ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+        """The events' states (those never seen are missing), and (``with_deliveries``) the deliveries recorded
+        for those never seen (a replayed event's, recorded by its earlier attempt): no attempt of them can be
+        sending meanwhile, since an attempt notes its event first."""
+        states = self._states(connection, keys)
         unseen = [key for key in keys if key not in states]
-        if unseen:
+        return states, self.deliveries(connection, unseen) if with_deliveries and unseen else {}
+
+    def note(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], keys: Sequence[EventKey],
+             now: datetime) -> tuple[list[EventKey], dict[EventKey, EventState]]:
+        """In a ``BEGIN IMMEDIATE`` transaction (no other writer meanwhile): note the events ``keys`` as first seen
+        ``now``, but those noted since they were read (by another process), whose states are returned instead."""
+        meanwhile = self._states(connection, keys)
+        noted = [key for key in keys if key not in meanwhile]
+        if noted:
             run_steps(connection, to_steps(self._dialect, [(self._note, [
                 {"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
-                 "first_seen_at": now, "processed_at": None} for source, event_id in unseen])]))
-            states.update({key: EventState(now, False, new=True) for key in unseen})
-        return states, self.deliveries(connection, unseen) if with_deliveries else {}
+                 "first_seen_at": now, "processed_at": None} for source, event_id in noted])]))
+        return noted, meanwhile
 
     def deliveries(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
         processors = self._delivery_processors
-        for values in self._rows_by_event(connection, _DELIVERIES, _DELIVERY_EVENT, list(found)):
+        for values in self._select_by_event(connection, _DELIVERIES, _DELIVERY_EVENT, list(found)):
             row = DeliveryRow._make([value if process is None else process(value)
                                      for value, process in zip(values, processors, strict=True)])
             found[(row.event_source, row.event_id)][row.delivery_id] = row
         return found
 
-    def _rows_by_event(self, connection: sqlite3.Connection, query: Select[Any], key: Tuple,
-                       keys: Sequence[EventKey]) -> list[tuple[Any, ...]]:
+    def _states(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
+        return {(source, event_id): EventState(self._time(first_seen_at), processed_at is not None)
+                for source, event_id, first_seen_at, processed_at
+                in self._select_by_event(connection, _EVENT_STATES, _EVENT_KEY, keys)}
+
+    def _select_by_event(self, connection: sqlite3.Connection, query: Select[Any], key: Tuple,
+                         keys: Sequence[EventKey]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), BATCH_QUERY_SIZE):
             chunk = list(keys[start:start + BATCH_QUERY_SIZE])
@@ -450,12 +474,6 @@ def _by_event_sql(dialect: Dialect, query: Select[Any], key: Tuple, size: int) -
     if list(compiled.positiontup or ()) != [f"k{i}_{j}" for i in range(size) for j in range(2)]:
         raise ValueError("the key list's parameters are not the only ones, in order")
     return compiled.string
-
-
-def _parsed(value: str) -> datetime:
-    parsed = _sqlite_datetime(value)
-    assert parsed is not None
-    return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,6 +770,8 @@ class Store:
             self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect,
                                                                        busy_timeout=sqlite_busy_timeout)
             self._batch_reads: BatchReads | None = BatchReads(self.engine.dialect)
+            self._reader: SqliteThread | None = SqliteThread(
+                path, self.engine.dialect, busy_timeout=sqlite_busy_timeout, name="sqlite-batch-reads")
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
@@ -763,6 +783,7 @@ class Store:
                                               hide_parameters=True)
             self._writer = PostgresWriter(self.engine)
             self._batch_reads = None
+            self._reader = None
         # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK around each. (On SQLite, switching a pooled
         # connection's mode costs a PRAGMA each way, more than the implicit transaction it saves.)
         self._reads = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -782,6 +803,11 @@ class Store:
     def writer(self) -> SqliteWriter | PostgresWriter:
         """The writer of transactions of row changes (:mod:`shared.writers`)."""
         return self._writer
+
+    @property
+    def batch_reader(self) -> SqliteThread | None:
+        """On SQLite, the thread and connection that read a batch's idempotency and delivery records."""
+        return self._reader
 
     async def write(self, statements: Statements, *, urgent: bool = False) -> None:
         """Statements of row changes (nothing that reads a result) in one transaction, by the writer: on SQLite
@@ -895,12 +921,27 @@ class Store:
 
     async def _begin_on_sqlite(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
                                ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
-        assert self._batch_reads is not None and self._turns is not None and isinstance(self._writer, SqliteWriter)
-        if not events:
+        """Read by the reader's thread; the events never seen noted by the writer's, in its turn."""
+        assert self._batch_reads is not None and self._reader is not None and self._turns is not None
+        keys = list(events)
+        if not keys:
             return {}, {}
-        work = functools.partial(self._batch_reads.begin, events=events, now=now, with_deliveries=with_deliveries)
-        async with self._turns.turn():
-            return await self._writer.run(work, write=True, sql="processed_events: read and note a batch's events")
+        read = functools.partial(self._batch_reads.read, keys=keys, with_deliveries=with_deliveries)
+        states, known = await self._reader.run(read, write=False, label="read a batch's idempotency records")
+        unseen = [key for key in keys if key not in states]
+        if unseen:
+            note = functools.partial(self._batch_reads.note, events=events, keys=unseen, now=now)
+            async with self._turns.turn():
+                noted, meanwhile = await self._writer_thread().run(note, write=True,
+                                                                   label="note a batch's new events")
+            states.update(meanwhile)
+            states.update({key: EventState(now, False, new=True) for key in noted})
+            known = {key: known[key] for key in noted if key in known}
+        return states, known
+
+    def _writer_thread(self) -> SqliteWriter:
+        assert isinstance(self._writer, SqliteWriter)
+        return self._writer
 
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
         rows = await self._rows_by_event(_EVENT_STATES, _EVENT_KEY, keys)
@@ -908,10 +949,9 @@ class Store:
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
-        if self._batch_reads is not None and events:
-            assert isinstance(self._writer, SqliteWriter)
+        if self._batch_reads is not None and self._reader is not None and events:
             work = functools.partial(self._batch_reads.deliveries, keys=list(events))
-            return await self._writer.run(work, write=False, sql="deliveries: read a batch's")
+            return await self._reader.run(work, write=False, label="read a batch's deliveries")
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
         for row in await self._rows_by_event(_DELIVERIES, _DELIVERY_EVENT, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
@@ -953,6 +993,8 @@ class Store:
 
     async def close(self) -> None:
         await self._writer.close()
+        if self._reader is not None:
+            await self._reader.close()
         await self.engine.dispose()
 
 

@@ -5,9 +5,8 @@ idempotency marks, jobs marked done, compare-and-sets; nothing that reads a resu
   a cursor, execute, close it) and the commit a fourth; each hand-off costs more CPU (two thread switches and a
   wake-up of the event loop) than the statement itself. :class:`SqliteWriter` hands the whole transaction to a
   thread of its own, with a connection of its own: ``BEGIN IMMEDIATE``, each statement's rows in one
-  ``executemany``, ``COMMIT``. One hand-off per transaction. The same thread and connection run a batch's
-  idempotency and delivery reads, with the idempotency records it notes, as one transaction
-  (:meth:`SqliteWriter.run`, :class:`shared.store.BatchReads`).
+  ``executemany``, ``COMMIT``. One hand-off per transaction. A second such thread reads a batch's idempotency
+  and delivery records (:class:`SqliteThread`, :class:`shared.store.BatchReads`).
 - PostgreSQL: :class:`PostgresWriter` runs the transaction on the pooled connection's asyncpg connection
   directly (its ``transaction()``, ``execute`` and ``executemany``), without SQLAlchemy's execution and
   transaction machinery around each statement.
@@ -22,6 +21,7 @@ parameters hidden, as the engine's are; a failure of the network as the ``OSErro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
@@ -148,48 +148,47 @@ def run_steps(connection: sqlite3.Connection, program: Sequence[Step]) -> None:
             raise step.checked.stale()
 
 
-class SqliteWriter:
-    """One connection, in one thread, that applies whole transactions of :data:`Statements` (or runs a function
-    on it in one transaction). The caller makes sure no other connection writes meanwhile (the store's write
-    turns)."""
+class SqliteThread:
+    """One SQLite connection in a thread of its own, that runs a function on it in one transaction per call: one
+    hand-off for what belongs together. The store has two: its writer (:class:`SqliteWriter`) and the reader of
+    its batches' idempotency and delivery records (:class:`shared.store.BatchReads`), so that recording an
+    accepted e-mail never queues behind a read."""
 
-    def __init__(self, path: Path, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
+    pragmas: tuple[str, ...] = PRAGMAS
+
+    def __init__(self, path: Path, dialect: Dialect, *, busy_timeout: float = 30.0, name: str) -> None:
         self._path = path
         self._dialect = dialect
         self._busy_timeout = busy_timeout  # seconds a write waits for another process's to end
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._connection: sqlite3.Connection | None = None
-        self.committed = 0  # transactions committed so far
+        self.committed = 0  # write transactions committed so far
 
-    async def write(self, statements: Statements) -> None:
-        """Apply the statements in one transaction, committed when this returns."""
-        program = to_steps(self._dialect, statements)
-        if not program:
-            return
-        await self.run(functools.partial(run_steps, program=program), write=True, sql=program[0].sql)
-        self.committed += 1
-
-    async def run(self, work: Callable[[sqlite3.Connection], R], *, write: bool, sql: str) -> R:
-        """``work(connection)`` on the writer's connection, in its thread, in one transaction committed when this
-        returns (``BEGIN IMMEDIATE`` if it writes: the caller holds a write turn then): one hand-off for what
-        belongs together, reads included (a batch's idempotency records, :meth:`shared.store.Store.begin_batch`).
-        A failure of SQLite is raised as SQLAlchemy's exception for it, ``sql`` named in it."""
+    async def run(self, work: Callable[[sqlite3.Connection], R], *, write: bool, label: str) -> R:
+        """``work(connection)`` in the thread, in one transaction committed when this returns (``BEGIN IMMEDIATE``
+        if it writes: the caller holds a write turn then). A failure of SQLite is raised as SQLAlchemy's exception
+        for it, named by ``label`` (the statement, or what the work does)."""
         done = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work, write)
         try:
             try:
-                return await asyncio.shield(done)
+                result = await asyncio.shield(done)
             except asyncio.CancelledError:
                 # The thread goes on with the transaction whatever becomes of this task: the caller's write turn is
                 # kept until it has, so that no other connection starts writing meanwhile (and waits on SQLite's lock).
-                await asyncio.wait({done})
+                while not done.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({done})
                 raise
         except sqlite3.Error as exc:
             raise sqlalchemy.exc.DBAPIError.instance(
-                sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
+                label, None, exc, sqlite3.Error, hide_parameters=True, dialect=self._dialect,
             ) from exc
+        if write:
+            self.committed += 1
+        return result
 
     def _transaction(self, work: Callable[[sqlite3.Connection], R], write: bool) -> R:
-        """In the writer's thread."""
+        """In the thread."""
         connection = self._connection or self._connect()
         connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
@@ -204,7 +203,7 @@ class SqliteWriter:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                      check_same_thread=False)
-        for pragma in (*PRAGMAS, WRITER_CACHE):
+        for pragma in self.pragmas:
             connection.execute(pragma)
         self._connection = connection
         return connection
@@ -217,6 +216,22 @@ class SqliteWriter:
 
         await asyncio.get_running_loop().run_in_executor(self._thread, close)
         self._thread.shutdown(wait=True)
+
+
+class SqliteWriter(SqliteThread):
+    """The store's writer on SQLite: applies whole transactions of :data:`Statements`. The caller makes sure no
+    other connection writes meanwhile (the store's write turns)."""
+
+    pragmas = (*PRAGMAS, WRITER_CACHE)
+
+    def __init__(self, path: Path, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
+        super().__init__(path, dialect, busy_timeout=busy_timeout, name="sqlite-writer")
+
+    async def write(self, statements: Statements) -> None:
+        """Apply the statements in one transaction, committed when this returns."""
+        program = to_steps(self._dialect, statements)
+        if program:
+            await self.run(functools.partial(run_steps, program=program), write=True, label=program[0].sql)
 
 
 class PostgresWriter:

@@ -37,7 +37,7 @@ from shared.clock import FixedClock
 from shared.lag import CaughtUp
 from shared.scheduler import Job
 from shared.settings import ServiceSettings
-from shared.writers import CompareAndSet, SqliteWriter, Statements
+from shared.writers import CompareAndSet, Statements
 from tests.support.fakes import FakeKafka, FakeOutputs, FakePool
 from tests.support.kafka import cloudevent
 
@@ -59,7 +59,7 @@ class Harness:
     caught_up: CaughtUp
     topic: str
     key_field: str
-    # What reads the statements run on the SQLite writer's connection (selects_from), once it is traced.
+    # What reads the statements run on the SQLite batch reader's connection (selects_from), once it is traced.
     traced: list[Callable[[str], None]] = field(default_factory=list)
 
     async def publish(self, event_type: str, data: dict[str, Any], *, at: datetime | None = None,
@@ -86,7 +86,7 @@ class Harness:
 
     async def selects_from(self, table: str) -> list[str]:
         """From now on, the SELECT statements the service runs on ``table`` (a live list): through its engine,
-        and on SQLite through its writer's connection too (a batch's idempotency and delivery reads)."""
+        and on SQLite through its batch reader's connection too (a batch's idempotency and delivery reads)."""
         statements: list[str] = []
 
         def record(statement: str) -> None:
@@ -96,13 +96,14 @@ class Harness:
         store = self.service.store
         sqlalchemy_event.listen(store.engine.sync_engine, "before_cursor_execute",
                                 lambda conn, cursor, statement, *args: record(statement))
-        if isinstance(store.writer, SqliteWriter):
+        if store.batch_reader is not None:
             if not self.traced:
                 def trace(statement: str) -> None:
                     for read in self.traced:
                         read(statement)
 
-                await store.writer.run(lambda connection: connection.set_trace_callback(trace), write=False, sql="")
+                await store.batch_reader.run(lambda connection: connection.set_trace_callback(trace), write=False,
+                                             label="trace")
             self.traced.append(record)
         return statements
 
