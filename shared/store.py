@@ -888,7 +888,8 @@ class Store:
     async def begin_batch(self, events: Mapping[EventKey, str], now: datetime
                           ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
         """:meth:`begin_events`, and the deliveries recorded for the events it noted (:meth:`deliveries_of`): no
-        other attempt of those can be sending meanwhile. On SQLite in one transaction of the writer's thread."""
+        other attempt of those can be sending meanwhile. On SQLite one hand-off to the batch reader's thread reads
+        both, and one to the writer's notes the new events (:class:`BatchReads`)."""
         if self._batch_reads is not None:
             return await self._begin_on_sqlite(events, now, with_deliveries=True)
         states = await self.begin_events(events, now)
