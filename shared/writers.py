@@ -151,8 +151,8 @@ def run_steps(connection: sqlite3.Connection, program: Sequence[Step]) -> None:
 class SqliteThread:
     """One SQLite connection in a thread of its own, that runs a function on it in one transaction per call: one
     hand-off for what belongs together. The store has two: its writer (:class:`SqliteWriter`) and the reader of
-    its batches' idempotency and delivery records (:class:`shared.store.BatchReads`), so that recording an
-    accepted e-mail never queues behind a read."""
+    its batches' idempotency and delivery records (:class:`shared.store.BatchReads`, which also notes a batch's
+    new events, in a write turn), so that recording an accepted e-mail never queues behind a read."""
 
     pragmas: tuple[str, ...] = PRAGMAS
 
