@@ -206,7 +206,7 @@ async def test_marking_an_event_processed_keeps_its_first_attempt_time(store: St
 async def test_batch_reads_search_the_indexes_whatever_the_tables_size(tmp_path: Path) -> None:
     """A batch's idempotency and delivery reads look up each of its keys by index: on SQLite, a tuple of
     columns in a list of row values would scan the whole table, and a batch read would grow with it.
-    (PostgreSQL searches its indexes for row values.) On SQLite they run on the writer's connection."""
+    (PostgreSQL searches its indexes for row values.) On SQLite they run on the batch reader's connection."""
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/state.db", component="invitations", migrations=MIGRATIONS)
     await store.migrate()
     assert store.batch_reader is not None
