@@ -374,18 +374,19 @@ _DELIVERIES = select(deliveries)
 _DELIVERY_EVENT = tuple_(deliveries.c.event_source, deliveries.c.event_id)
 
 
-class BatchReads:
-    """A batch's idempotency and delivery records on SQLite, as functions run by the store's batch reader: a
-    connection of its own in a thread of its own (:class:`shared.writers.SqliteThread`). The reads are one
-    hand-off, and noting the events never seen one more (in a write turn). Through SQLAlchemy and aiosqlite the
-    same work takes about twenty hand-offs to aiosqlite's threads, and a statement is built for every batch
-    (figures in the README, "Who writes"). The statements are SQLAlchemy's (those :meth:`Store.deliveries_of` and
-    :meth:`Store.begin_events` execute on PostgreSQL), compiled once for each size of key list (a power of two up
-    to BATCH_QUERY_SIZE, the list padded with its last key); the rows read go through the columns' types as the
-    engine's do, and so do the rows noted."""
+class BatchReader:
+    """On SQLite, a batch's idempotency and delivery records, read by a connection of its own in a thread of its own
+    (:class:`shared.writers.SqliteThread`): the reads are one hand-off, and noting the events never seen one more
+    (in a write turn). Through SQLAlchemy and aiosqlite the same work takes about twenty hand-offs to
+    aiosqlite's threads, and a statement is built for every batch (figures in the README, "Who writes"). The
+    statements are SQLAlchemy's (those :meth:`Store.deliveries_of` and :meth:`Store.begin_events` execute on
+    PostgreSQL), compiled once for each size of key list (a power of two up to BATCH_QUERY_SIZE, the list padded
+    with its last key); the rows read go through the columns' types as the engine's do, and so do the rows noted."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, path: Path, dialect: Dialect, turns: WriteTurns, *, busy_timeout: float) -> None:
+        self.thread = SqliteThread(path, dialect, busy_timeout=busy_timeout, name="sqlite-batch-reader")
         self._dialect = dialect
+        self._turns = turns
         self._delivery_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                                      for column in deliveries.c]
         time_type = processed_events.c.first_seen_at.type
@@ -393,30 +394,60 @@ class BatchReads:
         if time_processor is None:
             raise ValueError("the idempotency records' times are read through their type")
         self._time = cast(Callable[[Any], datetime], time_processor)  # first_seen_at is NOT NULL
-        self._note = _insert_ignore("sqlite", processed_events)
+        self._note_statement = _insert_ignore("sqlite", processed_events)
 
-    def read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
-             ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+    async def begin(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
+                    ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+        """:meth:`Store.begin_batch` (``with_deliveries``) or :meth:`Store.begin_events`: read, then note the
+        events never seen, on this reader's connection in a write turn (noted by the writer, they would fill
+        its 64 MiB page cache with the idempotency index as well: peak RSS 52 MiB higher draining 40,000
+        reminders)."""
+        keys = list(events)
+        if not keys:
+            return {}, {}
+        read = functools.partial(self._read, keys=keys, with_deliveries=with_deliveries)
+        states, known = await self.thread.run(read, write=False, label="read a batch's idempotency records")
+        unseen = [key for key in keys if key not in states]
+        if unseen:
+            note = functools.partial(self._note, events=events, keys=unseen, now=now)
+            async with self._turns.turn():
+                noted, meanwhile = await self.thread.run(note, write=True, label="note a batch's new events")
+            states.update(meanwhile)
+            states.update({key: EventState(now, False, new=True) for key in noted})
+            known = {key: known[key] for key in noted if key in known}
+        return states, known
+
+    async def deliveries_of(self, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
+        """:meth:`Store.deliveries_of`, in one hand-off."""
+        work = functools.partial(self._deliveries, keys=list(keys))
+        return await self.thread.run(work, write=False, label="read a batch's deliveries")
+
+    async def close(self) -> None:
+        await self.thread.close()
+
+    def _read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
+              ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
         """The events' states (those never seen are missing), and (``with_deliveries``) the deliveries recorded
         for those never seen (a replayed event's, recorded by its earlier attempt): no attempt of them can be
         sending meanwhile, since an attempt notes its event first."""
         states = self._states(connection, keys)
         unseen = [key for key in keys if key not in states]
-        return states, self.deliveries(connection, unseen) if with_deliveries and unseen else {}
+        return states, self._deliveries(connection, unseen) if with_deliveries and unseen else {}
 
-    def note(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], keys: Sequence[EventKey],
-             now: datetime) -> tuple[list[EventKey], dict[EventKey, EventState]]:
+    def _note(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], keys: Sequence[EventKey],
+              now: datetime) -> tuple[list[EventKey], dict[EventKey, EventState]]:
         """In a ``BEGIN IMMEDIATE`` transaction (no other writer meanwhile): note the events ``keys`` as first seen
         ``now``, but those noted since they were read (by another process), whose states are returned instead."""
         meanwhile = self._states(connection, keys)
         noted = [key for key in keys if key not in meanwhile]
         if noted:
-            run_steps(connection, to_steps(self._dialect, [(self._note, [
+            run_steps(connection, to_steps(self._dialect, [(self._note_statement, [
                 {"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
                  "first_seen_at": now, "processed_at": None} for source, event_id in noted])]))
         return noted, meanwhile
 
-    def deliveries(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
+    def _deliveries(self, connection: sqlite3.Connection, keys: Sequence[EventKey]
+                    ) -> dict[EventKey, dict[str, Any]]:
         """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
         processors = self._delivery_processors
@@ -444,7 +475,7 @@ class BatchReads:
 
 
 class DeliveryRow(NamedTuple):
-    """A row of ``deliveries`` as :class:`BatchReads` returns it (its columns, in order)."""
+    """A row of ``deliveries`` as :class:`BatchReader` returns it (its columns, in order)."""
 
     delivery_id: str
     event_source: str
@@ -753,8 +784,9 @@ class Store:
         self.component = component
         self._migrations = migrations
         self.is_sqlite = url.startswith("sqlite")
-        self._turns = WriteTurns() if self.is_sqlite else None
+        self._turns: WriteTurns | None = None
         if self.is_sqlite:
+            self._turns = turns = WriteTurns()
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite_path: Path | None = path
@@ -769,9 +801,8 @@ class Store:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             self._writer: SqliteWriter | PostgresWriter = SqliteWriter(path, self.engine.dialect,
                                                                        busy_timeout=sqlite_busy_timeout)
-            self._batch_reads: BatchReads | None = BatchReads(self.engine.dialect)
-            self._reader: SqliteThread | None = SqliteThread(
-                path, self.engine.dialect, busy_timeout=sqlite_busy_timeout, name="sqlite-batch-reads")
+            self._batch_reader: BatchReader | None = BatchReader(path, self.engine.dialect, turns,
+                                                                 busy_timeout=sqlite_busy_timeout)
         else:
             self._sqlite_path = None
             # hide_parameters: a database error never carries addresses or names into logs or dead letters.
@@ -782,8 +813,7 @@ class Store:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=0, pool_timeout=120,
                                               hide_parameters=True)
             self._writer = PostgresWriter(self.engine)
-            self._batch_reads = None
-            self._reader = None
+            self._batch_reader = None
         # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK around each. (On SQLite, switching a pooled
         # connection's mode costs a PRAGMA each way, more than the implicit transaction it saves.)
         self._reads = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -805,9 +835,9 @@ class Store:
         return self._writer
 
     @property
-    def batch_reader(self) -> SqliteThread | None:
-        """On SQLite, the thread and connection that read a batch's idempotency and delivery records."""
-        return self._reader
+    def batch_reader(self) -> BatchReader | None:
+        """On SQLite, the reader of a batch's idempotency and delivery records (its thread and connection)."""
+        return self._batch_reader
 
     async def write(self, statements: Statements, *, urgent: bool = False) -> None:
         """Statements of row changes (nothing that reads a result) in one transaction, by the writer: on SQLite
@@ -889,9 +919,9 @@ class Store:
                           ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
         """:meth:`begin_events`, and the deliveries recorded for the events it noted (:meth:`deliveries_of`): no
         other attempt of those can be sending meanwhile. On SQLite one hand-off to the batch reader's thread reads
-        both, and one more notes the new events (:class:`BatchReads`)."""
-        if self._batch_reads is not None:
-            return await self._begin_on_sqlite(events, now, with_deliveries=True)
+        both, and one more notes the new events (:class:`BatchReader`)."""
+        if self._batch_reader is not None:
+            return await self._batch_reader.begin(events, now, with_deliveries=True)
         states = await self.begin_events(events, now)
         return states, await self.deliveries_of([key for key, state in states.items() if state.new])
 
@@ -900,8 +930,8 @@ class Store:
         write (``new``), with ``now`` as their first attempt's time. That time is kept, so a re-run after a crash or
         an outage computes the same times (token issue times, output event times) as the attempt whose
         e-mail went out."""
-        if self._batch_reads is not None:
-            return (await self._begin_on_sqlite(events, now, with_deliveries=False))[0]
+        if self._batch_reader is not None:
+            return (await self._batch_reader.begin(events, now, with_deliveries=False))[0]
         keys = list(events)
         states = await self._event_states(keys)
         unseen = [key for key in keys if key not in states]
@@ -920,36 +950,14 @@ class Store:
             states.update(await self._event_states([key for key in unseen if key not in noted]))
         return states
 
-    async def _begin_on_sqlite(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
-                               ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
-        """Read, and the events never seen noted (in a write turn), by the batch reader's thread."""
-        assert self._batch_reads is not None and self._reader is not None and self._turns is not None
-        keys = list(events)
-        if not keys:
-            return {}, {}
-        read = functools.partial(self._batch_reads.read, keys=keys, with_deliveries=with_deliveries)
-        states, known = await self._reader.run(read, write=False, label="read a batch's idempotency records")
-        unseen = [key for key in keys if key not in states]
-        if unseen:
-            note = functools.partial(self._batch_reads.note, events=events, keys=unseen, now=now)
-            # On the reader's connection, in the writer's turn: the writer's page cache (64 MiB) would otherwise
-            # fill with the idempotency index as well (peak RSS 52 MiB higher draining 40,000 reminders).
-            async with self._turns.turn():
-                noted, meanwhile = await self._reader.run(note, write=True, label="note a batch's new events")
-            states.update(meanwhile)
-            states.update({key: EventState(now, False, new=True) for key in noted})
-            known = {key: known[key] for key in noted if key in known}
-        return states, known
-
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
         rows = await self._rows_by_event(_EVENT_STATES, _EVENT_KEY, keys)
         return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
-        if self._batch_reads is not None and self._reader is not None and events:
-            work = functools.partial(self._batch_reads.deliveries, keys=list(events))
-            return await self._reader.run(work, write=False, label="read a batch's deliveries")
+        if self._batch_reader is not None and events:
+            return await self._batch_reader.deliveries_of(events)
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
         for row in await self._rows_by_event(_DELIVERIES, _DELIVERY_EVENT, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
@@ -991,8 +999,8 @@ class Store:
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._reader is not None:
-            await self._reader.close()
+        if self._batch_reader is not None:
+            await self._batch_reader.close()
         await self.engine.dispose()
 
 

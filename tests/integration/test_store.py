@@ -211,8 +211,8 @@ async def test_batch_reads_search_the_indexes_whatever_the_tables_size(tmp_path:
     await store.migrate()
     assert store.batch_reader is not None
     executed: list[str] = []  # each statement with its values, as SQLite ran it
-    await store.batch_reader.run(lambda connection: connection.set_trace_callback(executed.append), write=False,
-                                 label="trace")
+    await store.batch_reader.thread.run(lambda connection: connection.set_trace_callback(executed.append),
+                                        write=False, label="trace")
     try:
         keys = [("/s", f"e{n}") for n in range(300)]
         await store.deliveries_of(keys)

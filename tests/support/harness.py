@@ -102,8 +102,8 @@ class Harness:
                     for read in self.traced:
                         read(statement)
 
-                await store.batch_reader.run(lambda connection: connection.set_trace_callback(trace), write=False,
-                                             label="trace")
+                await store.batch_reader.thread.run(lambda connection: connection.set_trace_callback(trace),
+                                                    write=False, label="trace")
             self.traced.append(record)
         return statements
 
