@@ -392,8 +392,7 @@ def _job_runner(service: str, runner: PlanRunner, store: Store, clock: Clock, fu
         wanted = list({args: None for job in claimed if (args := preload_args(job)) is not None})
         if preload is not None and wanted:
             try:
-                async with store.connect() as connection:
-                    found = await preload.read_many(connection, wanted)
+                found = await store.read_many(preload.read_many, wanted)
                 preloaded = {args: found.get(args) for args in wanted}
             except Exception:  # a row it cannot read: each job reads for itself (and the bad one fails alone)
                 log.warning("a scheduler pass's preload failed; its jobs read for themselves", exc_info=True)

@@ -440,8 +440,7 @@ class BatchProcessor:
                                     and not states[(p.event.source, p.event.id)].processed} if args is not None]
         if not wanted:
             return {}
-        async with self.store.connect() as connection:
-            found = await preload.read_many(connection, wanted)
+        found = await self.store.read_many(preload.read_many, wanted)
         return {(preload.read, args): found.get(args) for args in wanted}
 
     async def process_record(

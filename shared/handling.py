@@ -53,7 +53,7 @@ from shared import scheduler as scheduling
 from shared.envelope import Event, events_json_schema
 from shared.mail.mailer import EventRef, MailOutcome
 from shared.mail.plan import Notification
-from shared.store import Row, Statement, advancing, inserting, write_rows
+from shared.store import Row, RowsOf, Statement, advancing, inserting, write_rows
 
 log = logging.getLogger("customersource.handling")
 
@@ -153,13 +153,15 @@ class Preload:
     """A read the handlers of a topic make for each event (their load step), done for a whole fetched batch
     in one query instead: ``read`` is the function handlers pass to :meth:`Context.read`, ``args`` its
     arguments for an event (None: that event's handler reads something else), ``read_many`` the values
-    of many argument tuples at once (a tuple it leaves out reads as None). Only the first event of each
-    aggregate in a batch gets the preloaded value; the next ones read after the previous one's changes, as
-    without a preload."""
+    of many argument tuples at once (a tuple it leaves out reads as None), a function of
+    :data:`shared.store.RowsOf` and the tuples that reads with :class:`shared.store.Lookup` queries
+    (:meth:`shared.store.Store.read_many`: on SQLite, one hand-off to a thread of the store's for the batch).
+    Only the first event of each aggregate in a batch gets the preloaded value; the next ones read after the
+    previous one's changes, as without a preload."""
 
     read: Callable[..., Awaitable[Any]]
     args: Callable[[Any], tuple[Any, ...] | None]  # of an event (or, for a job kind, of a job)
-    read_many: Callable[[AsyncConnection, Sequence[tuple[Any, ...]]], Awaitable[Mapping[tuple[Any, ...], Any]]]
+    read_many: Callable[[RowsOf, Sequence[tuple[Any, ...]]], Mapping[tuple[Any, ...], Any]]
 
 
 class Reads(Protocol):

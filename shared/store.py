@@ -65,6 +65,7 @@ from shared.writers import (
 log = logging.getLogger("customersource.store")
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -226,14 +227,29 @@ def _mark_processed(dialect_name: str) -> Any:
                                            set_={"processed_at": statement.excluded.processed_at})
 
 
-async def select_in(connection: AsyncConnection, query: Select[Any], key: Any,
-                    values: Sequence[Any]) -> list[Any]:
-    """The rows of ``query`` whose ``key`` (a column, or a tuple of columns) is one of ``values``, a few
-    hundred per statement (a batch's preloads and idempotency reads)."""
+@dataclass(frozen=True, eq=False)
+class Lookup:
+    """A batch read: the rows of ``query`` whose ``key`` (a column, or a tuple of columns) is one of many values,
+    a few hundred values per statement (a batch's idempotency and delivery records, a preload's rows). Declared
+    once, as a module's constant: on SQLite its statement is compiled once for each size of value list
+    (:class:`BatchReader`)."""
+
+    query: Select[Any]
+    key: Any  # a column, or tuple_(...) of columns
+
+
+RowsOf = Callable[[Lookup, Sequence[Any]], list[Any]]
+"""How a preload reads (:meth:`Store.read_many`): ``rows_of(lookup, values)``, the rows of the lookup's query for
+those values (a value is a tuple for a tuple of columns), each with its columns as attributes, and ``_asdict()``."""
+
+
+def rows_on(connection: Connection, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+    """:data:`RowsOf` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`)."""
+    values = list(dict.fromkeys(values))  # a value twice finds its rows once
     found: list[Any] = []
     for start in range(0, len(values), BATCH_QUERY_SIZE):
         chunk = values[start:start + BATCH_QUERY_SIZE]
-        found.extend(await connection.execute(query.where(_one_of(connection.dialect.name, key, chunk))))
+        found.extend(connection.execute(lookup.query.where(_one_of(connection.dialect.name, lookup.key, chunk))))
     return found
 
 
@@ -244,11 +260,18 @@ def _one_of(dialect_name: str, key: Any, values: Sequence[Any]) -> Any:
     the index for each."""
     if dialect_name != "sqlite" or not isinstance(key, Tuple):
         return key.in_(values)
-    columns = key.clauses
+    return _in_values(key, values)
+
+
+def _in_values(key: Any, values: Sequence[Any]) -> Any:
+    """``key IN (SELECT * FROM (VALUES ...))`` (SQLite), its parameters named ``k{value}_{part}``; a value is a
+    tuple for a tuple of columns."""
+    columns = key.clauses if isinstance(key, Tuple) else [key]
+    parts = values if isinstance(key, Tuple) else [(value,) for value in values]
     rows = ", ".join("(" + ", ".join(f":k{i}_{j}" for j in range(len(columns))) + ")" for i in range(len(values)))
     # Placeholders only in the text; each value bound as its column's type writes it.
     listed = text(f"SELECT * FROM (VALUES {rows})").bindparams(  # noqa: S608
-        *(bindparam(f"k{i}_{j}", part, type_=columns[j].type) for i, value in enumerate(values)
+        *(bindparam(f"k{i}_{j}", part, type_=columns[j].type) for i, value in enumerate(parts)
           for j, part in enumerate(value)))
     return key.in_(listed.columns(*(column(f"column{j + 1}") for j in range(len(columns)))))
 
@@ -367,21 +390,21 @@ class EventState:
     new: bool = False  # noted by this read: no other attempt of it can be in progress
 
 
-_EVENT_STATES = select(processed_events.c.source, processed_events.c.event_id, processed_events.c.first_seen_at,
-                       processed_events.c.processed_at)
-_EVENT_KEY = tuple_(processed_events.c.source, processed_events.c.event_id)
-_DELIVERIES = select(deliveries)
-_DELIVERY_EVENT = tuple_(deliveries.c.event_source, deliveries.c.event_id)
+_EVENT_STATES = Lookup(select(processed_events.c.source, processed_events.c.event_id,
+                              processed_events.c.first_seen_at, processed_events.c.processed_at),
+                       tuple_(processed_events.c.source, processed_events.c.event_id))
+_DELIVERIES = Lookup(select(deliveries), tuple_(deliveries.c.event_source, deliveries.c.event_id))
 
 
 class BatchReader:
-    """On SQLite, a batch's idempotency and delivery records, read by a connection of its own in a thread of its own
-    (:class:`shared.writers.SqliteThread`): the reads are one hand-off, and noting the events never seen one more
-    (in a write turn). Through SQLAlchemy and aiosqlite the same work takes about twenty hand-offs to
-    aiosqlite's threads, and a statement is built for every batch (figures in the README, "Who writes"). The
-    statements are SQLAlchemy's (those :meth:`Store.deliveries_of` and :meth:`Store.begin_events` execute on
-    PostgreSQL), compiled once for each size of key list (a power of two up to BATCH_QUERY_SIZE, the list padded
-    with its last key); the rows read go through the columns' types as the engine's do, and so do the rows noted."""
+    """On SQLite, a batch's idempotency and delivery records and its preloads, read by a connection of its own in a
+    thread of its own (:class:`shared.writers.SqliteThread`): the records are one hand-off, noting the events never
+    seen one more (in a write turn), a preload one more. Through SQLAlchemy and aiosqlite the same work takes about
+    twenty hand-offs to aiosqlite's threads, a preload five, and a statement is built for every batch (figures in
+    the README, "Who writes"). The statements are SQLAlchemy's, :class:`Lookup` queries (those the engine executes
+    on PostgreSQL), compiled once for each size of value list (a power of two up to BATCH_QUERY_SIZE, the list
+    padded with its last value); the values and the rows read go through the columns' types as the engine's do,
+    and so do the rows noted."""
 
     def __init__(self, path: Path, dialect: Dialect, turns: WriteTurns, *, busy_timeout: float) -> None:
         self.thread = SqliteThread(path, dialect, busy_timeout=busy_timeout, name="sqlite-batch-reader")
@@ -422,6 +445,13 @@ class BatchReader:
         work = functools.partial(self._deliveries, keys=list(keys))
         return await self.thread.run(work, write=False, label="read a batch's deliveries")
 
+    async def read_many(self, read: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+        """:meth:`Store.read_many`, in one hand-off."""
+        def work(connection: sqlite3.Connection) -> T:
+            return read(functools.partial(self._rows_of, connection), keys)
+
+        return await self.thread.run(work, write=False, label="a batch's preload")
+
     async def close(self) -> None:
         await self.thread.close()
 
@@ -451,7 +481,7 @@ class BatchReader:
         """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
         processors = self._delivery_processors
-        for values in self._select_by_event(connection, _DELIVERIES, _DELIVERY_EVENT, list(found)):
+        for values in self._select_in(connection, _DELIVERIES, list(found)):
             row = DeliveryRow._make([value if process is None else process(value)
                                      for value, process in zip(values, processors, strict=True)])
             found[(row.event_source, row.event_id)][row.delivery_id] = row
@@ -460,18 +490,29 @@ class BatchReader:
     def _states(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
         return {(source, event_id): EventState(self._time(first_seen_at), processed_at is not None)
                 for source, event_id, first_seen_at, processed_at
-                in self._select_by_event(connection, _EVENT_STATES, _EVENT_KEY, keys)}
+                in self._select_in(connection, _EVENT_STATES, keys)}
 
-    def _select_by_event(self, connection: sqlite3.Connection, query: Select[Any], key: Tuple,
-                         keys: Sequence[EventKey]) -> list[tuple[Any, ...]]:
+    def _select_in(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any]
+                   ) -> list[tuple[Any, ...]]:
+        """The rows of the lookup for the values, as SQLite returns them (its columns' types not applied)."""
+        values = list(dict.fromkeys(values))  # a value twice finds its rows once
         rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(keys), BATCH_QUERY_SIZE):
-            chunk = list(keys[start:start + BATCH_QUERY_SIZE])
+        for start in range(0, len(values), BATCH_QUERY_SIZE):
+            chunk = list(values[start:start + BATCH_QUERY_SIZE])
             size = min(1 << (len(chunk) - 1).bit_length(), BATCH_QUERY_SIZE)
-            chunk += chunk[-1:] * (size - len(chunk))
-            sql = _by_event_sql(self._dialect, query, key, size)
-            rows += connection.execute(sql, [part for pair in chunk for part in pair]).fetchall()
+            chunk += chunk[-1:] * (size - len(chunk))  # padded: the last value again finds no more rows
+            compiled = _listed(self._dialect, lookup, size)
+            rows += connection.execute(compiled.sql, compiled.parameters(chunk)).fetchall()
         return rows
+
+    def _rows_of(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+        """:data:`RowsOf` on this reader's connection: the rows through their columns' types, as the engine's."""
+        if not values:
+            return []
+        shape, processors = _row_shape(self._dialect, lookup)
+        return [shape._make([value if process is None else process(value)
+                             for value, process in zip(row, processors, strict=True)])
+                for row in self._select_in(connection, lookup, values)]
 
 
 class DeliveryRow(NamedTuple):
@@ -497,14 +538,47 @@ if DeliveryRow._fields != tuple(column.name for column in deliveries.c):
     raise RuntimeError("DeliveryRow must list the columns of deliveries, in order")
 
 
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A lookup's statement for a number of values, compiled for SQLite."""
+
+    sql: str
+    names: tuple[str, ...]  # its positional parameters, in order
+    processors: tuple[Callable[[Any], Any] | None, ...]  # their types' bind processors
+    fixed: Mapping[str, Any]  # the values of the query's own parameters
+    tuples: bool  # a value is a tuple (the key is a tuple of columns)
+
+    def parameters(self, values: Sequence[Any]) -> list[Any]:
+        bound = dict(self.fixed)
+        for i, value in enumerate(values):
+            for j, part in enumerate(value if self.tuples else (value,)):
+                bound[f"k{i}_{j}"] = part
+        return [bound[name] if process is None else process(bound[name])
+                for name, process in zip(self.names, self.processors, strict=True)]
+
+
+@functools.lru_cache(maxsize=128)
+def _listed(dialect: Dialect, lookup: Lookup, size: int) -> _Listed:
+    """The lookup's query for rows whose key is one of ``size`` values, compiled for SQLite."""
+    tuples = isinstance(lookup.key, Tuple)
+    width = len(lookup.key.clauses) if tuples else 1
+    blank = [(None,) * width if tuples else None] * size
+    compiled = lookup.query.where(_in_values(lookup.key, blank)).compile(dialect=dialect)
+    names = tuple(compiled.positiontup or ())
+    processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+    keys = {f"k{i}_{j}" for i in range(size) for j in range(width)}
+    if not keys <= set(names):
+        raise ValueError("a lookup's query must take each of its values' parts as a parameter")
+    fixed = {name: value for name, value in compiled.construct_params().items() if name not in keys}
+    return _Listed(compiled.string, names, processors, fixed, tuples)
+
+
 @functools.lru_cache(maxsize=64)
-def _by_event_sql(dialect: Dialect, query: Select[Any], key: Tuple, size: int) -> str:
-    """``query`` for rows whose ``key`` (source, event id) is one of ``size`` pairs, compiled for SQLite, its
-    positional parameters the pairs' parts in order."""
-    compiled = query.where(_one_of("sqlite", key, [("", "")] * size)).compile(dialect=dialect)
-    if list(compiled.positiontup or ()) != [f"k{i}_{j}" for i in range(size) for j in range(2)]:
-        raise ValueError("the key list's parameters are not the only ones, in order")
-    return compiled.string
+def _row_shape(dialect: Dialect, lookup: Lookup) -> tuple[type[Any], list[Callable[[Any], Any] | None]]:
+    """The rows of a lookup: a named tuple of its columns, and each column's type's result processor."""
+    columns = list(lookup.query.selected_columns)
+    shape = collections.namedtuple("LookupRow", [c.key for c in columns])  # type: ignore[misc]
+    return shape, [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
 
 
 @dataclass(frozen=True, slots=True)
@@ -951,7 +1025,7 @@ class Store:
         return states
 
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        rows = await self._rows_by_event(_EVENT_STATES, _EVENT_KEY, keys)
+        rows = await self._rows(_EVENT_STATES, keys)
         return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
@@ -959,17 +1033,24 @@ class Store:
         if self._batch_reader is not None and events:
             return await self._batch_reader.deliveries_of(events)
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
-        for row in await self._rows_by_event(_DELIVERIES, _DELIVERY_EVENT, list(found)):
+        for row in await self._rows(_DELIVERIES, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
         return found
 
-    async def _rows_by_event(self, query: Select[Any], key: Any, keys: Sequence[EventKey]) -> list[Any]:
-        """The rows of ``query`` whose ``key`` (a tuple of columns) is one of ``keys``, a few hundred per query."""
-        found: list[Any] = []
-        if not keys:
-            return found
+    async def _rows(self, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+        if not values:
+            return []
         async with self.connect() as connection:
-            return await select_in(connection, query, key, keys)
+            return await connection.run_sync(rows_on, lookup, values)
+
+    async def read_many(self, read: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+        """A batch's preload (:class:`shared.handling.Preload`): ``read(rows_of, keys)``, which reads with
+        ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch reader's thread, one hand-off for all its
+        queries; on PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`)."""
+        if self._batch_reader is not None:
+            return await self._batch_reader.read_many(read, keys)
+        async with self.connect() as connection:
+            return await connection.run_sync(lambda sync: read(functools.partial(rows_on, sync), keys))
 
     async def forget_event(self, source: str, event_id: str) -> None:
         """Drop the record of an unfinished event (it was dead-lettered)."""

@@ -20,6 +20,7 @@ from shared.mail.plan import Notification
 from shared.retention import forgotten_before
 from shared.scheduler import Job, job_status
 from shared.shapes import Person
+from shared.store import RowsOf
 
 DIGEST_JOB = "partner_digest"
 
@@ -202,11 +203,10 @@ def _reminder_load(event: Event[Any]) -> tuple[Any, ...] | None:
 LoadedPlan = tuple[PlanState | None, frozenset[str]]
 
 
-async def _load_plans(connection: AsyncConnection,
-                      keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], LoadedPlan]:
+def _load_plans(rows_of: RowsOf, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], LoadedPlan]:
     """:func:`_load_plan` for many (plan_id, expires_on, bucket) keys, in two queries."""
-    found = await state.load_plans(connection, [key[0] for key in keys])
-    reminded = await state.reminded_many(connection, [key for key in keys if key[2] is not None])
+    found = state.load_plans(rows_of, [key[0] for key in keys])
+    reminded = state.reminded_many(rows_of, [key for key in keys if key[2] is not None])
     return {key: (found.get(key[0]), reminded.get(key, frozenset())) for key in keys}
 
 

@@ -31,7 +31,7 @@ from services.expiry.domain import Bucket, Entry, PlanState
 from shared.handling import Write, row_statement, upsert_row
 from shared.retention import Purge, cutoff, cutoff_day
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, insert_ignore, inserting, select_in
+from shared.store import Lookup, RowsOf, UTCDateTime, create_tables, insert_ignore, inserting
 from shared.writers import CompareAndSet
 
 metadata = MetaData()
@@ -143,10 +143,14 @@ async def load_plan(connection: AsyncConnection, plan_id: str) -> PlanState | No
     return None if row is None else _plan(row)
 
 
-async def load_plans(connection: AsyncConnection, plan_ids: Sequence[str]) -> dict[str, PlanState]:
+_PLANS = Lookup(select(plans), plans.c.plan_id)
+_REMINDED = Lookup(select(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket, reminders.c.recipient),
+                   tuple_(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket))
+
+
+def load_plans(rows_of: RowsOf, plan_ids: Sequence[str]) -> dict[str, PlanState]:
     """The plans of many ids (those not found are left out)."""
-    return {row.plan_id: _plan(row) for row in await select_in(connection, select(plans), plans.c.plan_id,
-                                                                list(dict.fromkeys(plan_ids)))}
+    return {row.plan_id: _plan(row) for row in rows_of(_PLANS, list(dict.fromkeys(plan_ids)))}
 
 
 def _plan(row: Any) -> PlanState:
@@ -167,13 +171,10 @@ async def reminded(connection: AsyncConnection, plan_id: str, expires_on: date, 
     return frozenset(rows.scalars())
 
 
-async def reminded_many(connection: AsyncConnection, keys: Sequence[tuple[Any, ...]]
-                        ) -> dict[tuple[Any, ...], frozenset[str]]:
+def reminded_many(rows_of: RowsOf, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], frozenset[str]]:
     """:func:`reminded` for many (plan_id, expires_on, bucket) keys, in one query."""
     wanted = [(plan_id, expires_on, bucket.value) for plan_id, expires_on, bucket in keys]
-    rows = await select_in(connection, select(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket,
-                                              reminders.c.recipient),
-                           tuple_(reminders.c.plan_id, reminders.c.expires_on, reminders.c.bucket), wanted)
+    rows = rows_of(_REMINDED, wanted)
     found: dict[tuple[Any, ...], set[str]] = {}
     for row in rows:
         found.setdefault((row.plan_id, row.expires_on, Bucket(row.bucket)), set()).add(row.recipient)

@@ -13,7 +13,7 @@ from services.invitations.domain import Profile
 from shared.handling import Write, upsert_row
 from shared.retention import Purge
 from shared.shapes import LocalSite
-from shared.store import UTCDateTime, create_tables, deliveries, select_in
+from shared.store import Lookup, RowsOf, UTCDateTime, create_tables, deliveries
 
 metadata = MetaData()
 
@@ -69,16 +69,16 @@ async def load_profile(connection: AsyncConnection, account_id: str, professiona
     return None if row is None else _profile(row)
 
 
-async def load_profiles(connection: AsyncConnection,
-                        keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Profile]:
+_PROFILES = Lookup(select(profiles), tuple_(profiles.c.account_id, profiles.c.professional_id))
+
+
+def load_profiles(rows_of: RowsOf, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Profile]:
     """The profiles of many (account_id, professional_id) keys (those not found are left out)."""
-    rows = await select_in(connection, select(profiles), tuple_(profiles.c.account_id, profiles.c.professional_id),
-                           list(keys))
-    return {(row.account_id, row.professional_id): _profile(row) for row in rows}
+    return {(row.account_id, row.professional_id): _profile(row) for row in rows_of(_PROFILES, list(keys))}
 
 
 def _profile(row: Any) -> Profile:
-    values = dict(row._mapping)
+    values = row._asdict()
     values["local_site"] = LocalSite(values["local_site"])
     return Profile(**values)
 

@@ -15,7 +15,7 @@ from services.permissions.domain import Request, State
 from shared.handling import Write, insert_or_advance, row_statement
 from shared.retention import PURGED, PURGED_PERSON, Purge, cutoff
 from shared.shapes import Person
-from shared.store import UTCDateTime, create_tables, select_in
+from shared.store import Lookup, RowsOf, UTCDateTime, create_tables
 from shared.writers import CompareAndSet
 
 metadata = MetaData()
@@ -60,11 +60,12 @@ async def load_request(connection: AsyncConnection, request_id: str) -> Request 
     return None if row is None else _request(row)
 
 
-async def load_requests(connection: AsyncConnection,
-                        keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Request]:
+_REQUESTS = Lookup(select(requests), requests.c.request_id)
+
+
+def load_requests(rows_of: RowsOf, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Request]:
     """The requests of many (request_id,) keys (those not found are left out)."""
-    rows = await select_in(connection, select(requests), requests.c.request_id, [key[0] for key in keys])
-    return {(row.request_id,): _request(row) for row in rows}
+    return {(row.request_id,): _request(row) for row in rows_of(_REQUESTS, [key[0] for key in keys])}
 
 
 def _request(row: Any) -> Request:

@@ -15,7 +15,7 @@ from services.support.domain import Post, State
 from shared.handling import Write, insert_or_advance, row_statement
 from shared.retention import PURGED, Purge, cutoff
 from shared.shapes import LocalSite, Person
-from shared.store import UTCDateTime, create_tables, select_in
+from shared.store import Lookup, RowsOf, UTCDateTime, create_tables
 
 metadata = MetaData()
 
@@ -61,10 +61,12 @@ async def load_post(connection: AsyncConnection, post_id: str) -> Post | None:
     return None if row is None else _post(row)
 
 
-async def load_posts(connection: AsyncConnection, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Post]:
+_POSTS = Lookup(select(posts), posts.c.post_id)
+
+
+def load_posts(rows_of: RowsOf, keys: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Post]:
     """The posts of many (post_id,) keys (those not found are left out)."""
-    rows = await select_in(connection, select(posts), posts.c.post_id, [key[0] for key in keys])
-    return {(row.post_id,): _post(row) for row in rows}
+    return {(row.post_id,): _post(row) for row in rows_of(_POSTS, [key[0] for key in keys])}
 
 
 def _post(row: Any) -> Post:

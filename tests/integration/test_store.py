@@ -4,17 +4,27 @@ and noted a batch at a time, outcomes group-committed, aware UTC datetimes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select, text, tuple_
 
 from services.invitations.state import MIGRATIONS
-from shared.store import SQLITE_CHUNK, GroupCommit, ProcessedMark, Store, deliveries, processed_events, upserts
+from shared.store import (
+    SQLITE_CHUNK,
+    GroupCommit,
+    Lookup,
+    ProcessedMark,
+    RowsOf,
+    Store,
+    deliveries,
+    processed_events,
+    upserts,
+)
 
 
 async def test_concurrent_migrations_apply_once(database_url: str) -> None:
@@ -123,6 +133,48 @@ async def test_a_batch_begins_with_the_deliveries_of_the_events_it_noted(store: 
     assert row == (await store.deliveries_of([("/s", "e1")]))[("/s", "e1")]["d1"]
     assert {name: getattr(row, name) for name in recorded} == recorded
     assert row.at.tzinfo is not None and row.at.utcoffset() == timedelta(0)
+
+
+SENT_BY_ID = Lookup(select(deliveries).where(deliveries.c.outcome == "sent"), deliveries.c.delivery_id)
+EVENTS_BY_SOURCE_AND_TIME = Lookup(select(processed_events.c.event_id, processed_events.c.first_seen_at),
+                                   tuple_(processed_events.c.source, processed_events.c.first_seen_at))
+
+
+async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: Store,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """:meth:`Store.read_many`: a preload's lookups by a column or a tuple of columns (a time among them, bound
+    through its type), a query with a parameter of its own, more values than one statement takes, a value twice
+    and values not found. On SQLite the whole preload is one call on the batch reader's thread."""
+    writer = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), urgent=True)
+    await asyncio.gather(*(writer.write({**delivery(n, f"e{n}"), "outcome": "sent" if n % 3 else "failed"})
+                           for n in range(450)))
+    first = datetime(2026, 3, 2, 9, 0, 0, 250, tzinfo=UTC)
+    await store.begin_events({("/s", f"e{n}"): "t" for n in range(5)}, first)
+    await store.begin_events({("/s", "later"): "t"}, first + timedelta(hours=1))
+    calls: list[str] = []
+    if store.batch_reader is not None:
+        run = store.batch_reader.thread.run
+
+        async def counted(work: Callable[[Any], Any], *, write: bool, label: str) -> Any:
+            calls.append(label)
+            return await run(work, write=write, label=label)
+
+        monkeypatch.setattr(store.batch_reader.thread, "run", counted)
+
+    def preload(rows_of: RowsOf, keys: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        sent = rows_of(SENT_BY_ID, keys)
+        events = rows_of(EVENTS_BY_SOURCE_AND_TIME, [("/s", first), ("/s", first), ("/t", first)])
+        return sent, events
+
+    sent, events = await store.read_many(preload, [f"d{n}" for n in range(450)] + ["d7", "unknown"])
+    assert calls == (["a batch's preload"] if store.batch_reader is not None else [])
+    async with store.connect() as connection:
+        expected = (await connection.execute(select(deliveries).where(deliveries.c.outcome == "sent"))).all()
+    assert sorted(tuple(row._asdict().items()) for row in sent) \
+        == sorted(tuple(row._asdict().items()) for row in expected)
+    assert len(sent) == 300 and all(row.at.tzinfo is not None for row in sent)
+    assert sorted((row.event_id, row.first_seen_at) for row in events) == [(f"e{n}", first) for n in range(5)]
+    assert await store.read_many(lambda rows_of, keys: rows_of(SENT_BY_ID, keys), []) == []
 
 
 async def test_concurrent_outcomes_are_group_committed_and_read_back_by_event(store: Store) -> None:
