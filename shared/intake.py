@@ -39,6 +39,13 @@ POLL_MS = 100
 """How long one poll waits for records when none are buffered (it returns as soon as some are)."""
 MAX_RECORDS = 500
 """The most records one fetched batch hands over."""
+FETCH_MIN_BYTES = 16_384
+"""What a fetch waits for, at most KAFKA_FETCH_MAX_WAIT_MS (the broker holds it until then): 16 KiB, some 15 to
+25 events. With the broker's 1 byte, at a steady 100 to 300 events/s every fetch came back with one to three
+events, and each batch's own work (its reads, its commit, its lag measure, the fetch itself) was spent for
+those few: support at 100 events/s made 1,632 batches of 3,000 events, 511 with 16 KiB, for 20% less CPU
+(0.65 of a core against 0.79 to 0.81; invitations at 300/s 0.64 to 0.75 against 0.75 to 0.78). A backlog
+fills it at once; at a low rate an event waits up to KAFKA_FETCH_MAX_WAIT_MS more."""
 RECOVERY_WAIT_MS = 1000
 """While reading a partition a record at a time (after a record aiokafka could not read): how long to wait
 for its next records before taking it as read to its end."""
@@ -89,6 +96,7 @@ class Intake:
             session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=settings.KAFKA_HEARTBEAT_INTERVAL_MS,
             fetch_max_wait_ms=settings.KAFKA_FETCH_MAX_WAIT_MS,
+            fetch_min_bytes=FETCH_MIN_BYTES,
             max_partition_fetch_bytes=self._max_fetch_bytes,
             # JoinGroup waits as long as the rebalance: the request must not time out first (KAFKA-5570).
             rebalance_timeout_ms=int((drain + 15) * 1000),
