@@ -48,7 +48,9 @@ those few: support at 100 events/s made 1,632 batches of 3,000 events, 511 with 
 fills it at once; at a low rate an event waits up to KAFKA_FETCH_MAX_WAIT_MS more."""
 RECOVERY_WAIT_MS = 1000
 """While reading a partition a record at a time (after a record aiokafka could not read): how long to wait
-for its next records before taking it as read to its end."""
+for its next records before taking it as read to its end, at least (a fetch is held up to
+KAFKA_FETCH_MAX_WAIT_MS when less than FETCH_MIN_BYTES is there: the wait is twice that and half a second
+if longer)."""
 PAUSE_S = 1.0
 """After a failed poll (the broker, or a record that cannot be found again), before the next."""
 STALLED_AFTER = 60
@@ -87,6 +89,7 @@ class Intake:
         self.batches = batches
         self._options = dict(options)
         self._max_fetch_bytes = max(1_048_576, settings.KAFKA_MAX_MESSAGE_BYTES + 65_536)
+        self._recovery_wait_ms = max(RECOVERY_WAIT_MS, 2 * settings.KAFKA_FETCH_MAX_WAIT_MS + 500)
         self._consumer_options: dict[str, Any] = dict(
             **self._options,
             group_id=settings.group_id,
@@ -130,7 +133,7 @@ class Intake:
         self._stopping = True
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), (POLL_MS + RECOVERY_WAIT_MS) / 1000 + 5)
+                await asyncio.wait_for(asyncio.shield(self._task), (POLL_MS + self._recovery_wait_ms) / 1000 + 5)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -235,7 +238,7 @@ class Intake:
         records: list[ConsumerRecord[Any, Any]] = []
         while len(records) < MAX_RECORDS and partition in consumer.assignment():
             try:
-                fetched = await consumer.getmany(partition, timeout_ms=RECOVERY_WAIT_MS, max_records=1)
+                fetched = await consumer.getmany(partition, timeout_ms=self._recovery_wait_ms, max_records=1)
             except UnicodeDecodeError:
                 records.append(await self._unreadable(partition))
                 break

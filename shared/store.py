@@ -237,6 +237,10 @@ class Lookup:
     query: Select[Any]
     key: Any  # a column, or tuple_(...) of columns
 
+    def __post_init__(self) -> None:
+        """Its rows' names must make attributes (checked here rather than on SQLite's first read of it)."""
+        collections.namedtuple("LookupRow", [str(c.key) for c in self.query.selected_columns])
+
 
 RowsOf = Callable[[Lookup, Sequence[Any]], list[Any]]
 """How a preload reads (:meth:`Store.read_many`): ``rows_of(lookup, values)``, the rows of the lookup's query for
@@ -380,7 +384,8 @@ EventKey = tuple[str, str]
 """(source, id): the idempotency key of an event."""
 
 BATCH_QUERY_SIZE = 400
-"""Keys per query of a batch read (two bound parameters each: far under SQLite's and asyncpg's limits)."""
+"""Values per query of a batch read (a bound parameter for each column of its key, two or three: far under SQLite's
+and asyncpg's limits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,12 +450,12 @@ class BatchReader:
         work = functools.partial(self._deliveries, keys=list(keys))
         return await self.thread.run(work, write=False, label="read a batch's deliveries")
 
-    async def read_many(self, read: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
         """:meth:`Store.read_many`, in one hand-off."""
         def work(connection: sqlite3.Connection) -> T:
-            return read(functools.partial(self._rows_of, connection), keys)
+            return function(functools.partial(self._rows_of, connection), keys)
 
-        return await self.thread.run(work, write=False, label="a batch's preload")
+        return await self.thread.run(work, write=False, label="read a batch's preload")
 
     async def close(self) -> None:
         await self.thread.close()
@@ -577,7 +582,7 @@ def _listed(dialect: Dialect, lookup: Lookup, size: int) -> _Listed:
 def _row_shape(dialect: Dialect, lookup: Lookup) -> tuple[type[Any], list[Callable[[Any], Any] | None]]:
     """The rows of a lookup: a named tuple of its columns, and each column's type's result processor."""
     columns = list(lookup.query.selected_columns)
-    shape = collections.namedtuple("LookupRow", [c.key for c in columns])  # type: ignore[misc]
+    shape = collections.namedtuple("LookupRow", [str(c.key) for c in columns])  # type: ignore[misc]
     return shape, [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
 
 
@@ -1025,7 +1030,7 @@ class Store:
         return states
 
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        rows = await self._rows(_EVENT_STATES, keys)
+        rows = await self._rows_of(_EVENT_STATES, keys)
         return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
@@ -1033,24 +1038,24 @@ class Store:
         if self._batch_reader is not None and events:
             return await self._batch_reader.deliveries_of(events)
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
-        for row in await self._rows(_DELIVERIES, list(found)):
+        for row in await self._rows_of(_DELIVERIES, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
         return found
 
-    async def _rows(self, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+    async def _rows_of(self, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
         if not values:
             return []
         async with self.connect() as connection:
             return await connection.run_sync(rows_on, lookup, values)
 
-    async def read_many(self, read: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
-        """A batch's preload (:class:`shared.handling.Preload`): ``read(rows_of, keys)``, which reads with
-        ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch reader's thread, one hand-off for all its
+    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+        """A batch's preload (:attr:`shared.handling.Preload.read_many`): ``function(rows_of, keys)``, which reads
+        with ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch reader's thread, one hand-off for all its
         queries; on PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`)."""
         if self._batch_reader is not None:
-            return await self._batch_reader.read_many(read, keys)
+            return await self._batch_reader.read_many(function, keys)
         async with self.connect() as connection:
-            return await connection.run_sync(lambda sync: read(functools.partial(rows_on, sync), keys))
+            return await connection.run_sync(lambda sync: function(functools.partial(rows_on, sync), keys))
 
     async def forget_event(self, source: str, event_id: str) -> None:
         """Drop the record of an unfinished event (it was dead-lettered)."""

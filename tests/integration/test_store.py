@@ -167,7 +167,7 @@ async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: St
         return sent, events
 
     sent, events = await store.read_many(preload, [f"d{n}" for n in range(450)] + ["d7", "unknown"])
-    assert calls == (["a batch's preload"] if store.batch_reader is not None else [])
+    assert calls == (["read a batch's preload"] if store.batch_reader is not None else [])
     async with store.connect() as connection:
         expected = (await connection.execute(select(deliveries).where(deliveries.c.outcome == "sent"))).all()
     assert sorted(tuple(row._asdict().items()) for row in sent) \

@@ -86,7 +86,8 @@ class Harness:
 
     async def selects_from(self, table: str) -> list[str]:
         """From now on, the SELECT statements the service runs on ``table`` (a live list): through its engine,
-        and on SQLite through its batch reader's connection too (a batch's idempotency and delivery reads)."""
+        and on SQLite through its batch reader's connection too (a batch's idempotency and delivery reads, and its
+        preloads)."""
         statements: list[str] = []
 
         def record(statement: str) -> None:
