@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -41,6 +42,21 @@ def secret_values(settings: ServiceSettings) -> list[str]:
         elif isinstance(value, (list, tuple)):
             values += [v.get_secret_value() for v in value if hasattr(v, "get_secret_value")]
     return values
+
+
+def _listen(port: int) -> socket.socket:
+    """The HTTP port's socket, bound (uvicorn listens on it); a port that cannot be bound ends the process (status
+    3, uvicorn's for a failed start-up), saying which setting to change."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind(("0.0.0.0", port))  # noqa: S104 - probes and scrapers reach the container from outside
+    except OSError as exc:
+        listening.close()
+        logging.getLogger("customersource.app").error(
+            f"cannot listen on HTTP_PORT={port}: {exc.strerror or exc} (another process has it?)")
+        raise SystemExit(3) from None
+    return listening
 
 
 def main(
@@ -81,6 +97,10 @@ def main(
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
+    # The HTTP port is bound before anything starts: a port in use stops the process at once (uvicorn's exit status
+    # 3), not once it has migrated and joined its consumer group (a rebalance for nothing), and no connection start-up
+    # opens meanwhile (to the broker, the database) can be given that port by the system.
+    listening = _listen(settings.HTTP_PORT)
     # What start-up built (modules, schemas, templates, the engine) lives as long as the process. Frozen
     # out of the collector's reach, it is no longer walked by every full collection, each of which took
     # tens of milliseconds in the middle of a batch.
@@ -91,7 +111,7 @@ def main(
     # event for almost no garbage. At 50,000 it runs about once per 10,000 events (measured: 1.7 µs per
     # event), and what cyclic garbage there is (a few tens of MB at most) waits a little longer.
     gc.set_threshold(*GC_THRESHOLDS)
-    server.run()
+    server.run(sockets=[listening])
     if not getattr(server, "started", False):
         logging.getLogger("customersource.app").error("service did not start")
         raise SystemExit(1)

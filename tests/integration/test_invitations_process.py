@@ -171,6 +171,23 @@ async def service_retried(service: ServiceProcess, timeout: float = 30.0) -> Non
         await asyncio.sleep(0.1)
 
 
+async def test_a_port_in_use_stops_the_service_before_it_consumes(start_service: Starter) -> None:
+    """The HTTP port is bound first: taken, the service exits at once, without migrating or joining its group."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        service = start_service(HTTP_PORT=str(taken.getsockname()[1]))
+        assert service.process is not None
+        status = await asyncio.to_thread(service.process.wait, 60)
+    log = service.log_tail(100)
+    assert status == 3, log
+    assert f"cannot listen on HTTP_PORT={service.http_port}: Address already in use" in log, log
+    assert "service started" not in log and "schema migrated" not in log, log
+
+
 async def test_migrate_command_then_start(kafka: str, smtp: SmtpServer, start_service: Starter,
                                          database_url: str) -> None:
     import subprocess
