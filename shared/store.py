@@ -19,10 +19,10 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import (
@@ -236,10 +236,12 @@ class Lookup:
 
     query: Select[Any]
     key: Any  # a column, or tuple_(...) of columns
+    row: type[Any] = field(init=False, repr=False)  # its rows on SQLite: a named tuple of the query's columns
 
     def __post_init__(self) -> None:
-        """Its rows' names must make attributes (checked here rather than on SQLite's first read of it)."""
-        collections.namedtuple("LookupRow", [str(c.key) for c in self.query.selected_columns])
+        # Built here, so that a column name that cannot be an attribute fails where the lookup is declared.
+        row = collections.namedtuple("LookupRow", [str(c.key) for c in self.query.selected_columns])  # type: ignore[misc]
+        object.__setattr__(self, "row", row)
 
 
 RowsOf = Callable[[Lookup, Sequence[Any]], list[Any]]
@@ -415,13 +417,6 @@ class BatchReader:
         self.thread = SqliteThread(path, dialect, busy_timeout=busy_timeout, name="sqlite-batch-reader")
         self._dialect = dialect
         self._turns = turns
-        self._delivery_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                                     for column in deliveries.c]
-        time_type = processed_events.c.first_seen_at.type
-        time_processor = time_type.dialect_impl(dialect).result_processor(dialect, None)
-        if time_processor is None:
-            raise ValueError("the idempotency records' times are read through their type")
-        self._time = cast(Callable[[Any], datetime], time_processor)  # first_seen_at is NOT NULL
         self._note_statement = _insert_ignore("sqlite", processed_events)
 
     async def begin(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
@@ -485,17 +480,13 @@ class BatchReader:
                     ) -> dict[EventKey, dict[str, Any]]:
         """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
         found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
-        processors = self._delivery_processors
-        for values in self._select_in(connection, _DELIVERIES, list(found)):
-            row = DeliveryRow._make([value if process is None else process(value)
-                                     for value, process in zip(values, processors, strict=True)])
+        for row in self._rows_of(connection, _DELIVERIES, list(found)):
             found[(row.event_source, row.event_id)][row.delivery_id] = row
         return found
 
     def _states(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        return {(source, event_id): EventState(self._time(first_seen_at), processed_at is not None)
-                for source, event_id, first_seen_at, processed_at
-                in self._select_in(connection, _EVENT_STATES, keys)}
+        return {(row.source, row.event_id): EventState(row.first_seen_at, row.processed_at is not None)
+                for row in self._rows_of(connection, _EVENT_STATES, keys)}
 
     def _select_in(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any]
                    ) -> list[tuple[Any, ...]]:
@@ -514,33 +505,10 @@ class BatchReader:
         """:data:`RowsOf` on this reader's connection: the rows through their columns' types, as the engine's."""
         if not values:
             return []
-        shape, processors = _row_shape(self._dialect, lookup)
-        return [shape._make([value if process is None else process(value)
-                             for value, process in zip(row, processors, strict=True)])
+        processors = _result_processors(self._dialect, lookup)
+        return [lookup.row._make([value if process is None else process(value)
+                                  for value, process in zip(row, processors, strict=True)])
                 for row in self._select_in(connection, lookup, values)]
-
-
-class DeliveryRow(NamedTuple):
-    """A row of ``deliveries`` as :class:`BatchReader` returns it (its columns, in order)."""
-
-    delivery_id: str
-    event_source: str
-    event_id: str
-    aggregate_id: str
-    template: str
-    template_version: str | None
-    locale: str
-    recipient: str
-    message_id: str
-    outcome: str
-    attempts: int
-    smtp_code: int | None
-    error: str | None
-    at: datetime
-
-
-if DeliveryRow._fields != tuple(column.name for column in deliveries.c):
-    raise RuntimeError("DeliveryRow must list the columns of deliveries, in order")
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,11 +547,9 @@ def _listed(dialect: Dialect, lookup: Lookup, size: int) -> _Listed:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_shape(dialect: Dialect, lookup: Lookup) -> tuple[type[Any], list[Callable[[Any], Any] | None]]:
-    """The rows of a lookup: a named tuple of its columns, and each column's type's result processor."""
-    columns = list(lookup.query.selected_columns)
-    shape = collections.namedtuple("LookupRow", [str(c.key) for c in columns])  # type: ignore[misc]
-    return shape, [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+def _result_processors(dialect: Dialect, lookup: Lookup) -> list[Callable[[Any], Any] | None]:
+    """Each column of a lookup's rows: its type's result processor."""
+    return [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in lookup.query.selected_columns]
 
 
 @dataclass(frozen=True, slots=True)
