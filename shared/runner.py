@@ -44,13 +44,14 @@ def secret_values(settings: ServiceSettings) -> list[str]:
     return values
 
 
-def _listen(port: int) -> socket.socket:
-    """The HTTP port's socket, bound (uvicorn listens on it); a port that cannot be bound ends the process (status
-    3, uvicorn's for a failed start-up), saying which setting to change."""
+def _listen(config: uvicorn.Config) -> socket.socket:
+    """The socket of the server's host and port (HTTP_PORT), bound (uvicorn listens on it); a port that cannot be
+    bound ends the process (status 3, uvicorn's for a failed start-up), saying which setting to change."""
+    port = config.port
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listening.bind(("0.0.0.0", port))  # noqa: S104 - probes and scrapers reach the container from outside
+        listening.bind((config.host, port))
     except OSError as exc:
         listening.close()
         logging.getLogger("customersource.app").error(
@@ -100,7 +101,7 @@ def main(
     # The HTTP port is bound before anything starts: a port in use stops the process at once (uvicorn's exit status
     # 3), not once it has migrated and joined its consumer group (a rebalance for nothing), and no connection start-up
     # opens meanwhile (to the broker, the database) can be given that port by the system.
-    listening = _listen(settings.HTTP_PORT)
+    listening = _listen(config)
     # What start-up built (modules, schemas, templates, the engine) lives as long as the process. Frozen
     # out of the collector's reach, it is no longer walked by every full collection, each of which took
     # tens of milliseconds in the middle of a batch.
