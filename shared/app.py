@@ -555,13 +555,16 @@ def _asyncapi(specification: AsyncAPI, channels: Mapping[str, asyncapi.Channel])
 
 
 def _healthz(service: Service) -> Any:
-    """Liveness: the process runs, and its consumer is not stalled (shared.intake.STALLED_AFTER): a Kafka client
-    that failed inside recovers only in a new process."""
+    """Liveness: the process runs, its consumer is not stalled (shared.intake.STALLED_AFTER) and its producer
+    not broken (:attr:`shared.kafka.Producer.broken`): a Kafka client that failed inside recovers only in a new
+    process."""
 
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
         if service.intake.polls.stalled:
             return _json(503, {"status": "stalled", "failed_polls": service.intake.polls.failed_in_a_row})
+        if service.producer.broken is not None:
+            return _json(503, {"status": "producer_broken"})
         return _json(200, {"status": "ok"})
 
     return healthz
@@ -574,9 +577,11 @@ async def readiness(service: Service) -> dict[str, bool]:
     suppressions_ok = service.suppression_follower.caught_up
     smtp_ok = service.pool.reachable  # the last session tried opened: no probe of our own
     consuming = not service.intake.polls.stalled
-    return {"ready": service.started and broker_ok and store_ok and suppressions_ok and smtp_ok and consuming,
+    producing = service.producer.broken is None
+    return {"ready": (service.started and broker_ok and store_ok and suppressions_ok and smtp_ok and consuming
+                      and producing),
             "started": service.started, "broker": broker_ok, "store": store_ok, "suppressions": suppressions_ok,
-            "smtp": smtp_ok, "consuming": consuming}
+            "smtp": smtp_ok, "consuming": consuming, "producing": producing}
 
 
 def _readyz(service: Service) -> Any:

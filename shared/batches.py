@@ -32,7 +32,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Me
 from shared.clock import Clock
 from shared.envelope import DeadLetter, Event, decode, validate
 from shared.handling import EventRouter, Route
-from shared.kafka import Producer
+from shared.kafka import Producer, ProducerBroken
 from shared.lag import OffsetsView
 from shared.mail.mailer import EventRef, RetryLater
 from shared.metrics import Metrics
@@ -45,9 +45,10 @@ from shared.writers import StaleState
 log = logging.getLogger("customersource.batches")
 
 CRASHES_BEFORE_DEAD_LETTER = 3
-# Failures of the infrastructure (database, broker, SMTP, network), and a state that moved meanwhile:
-# retried without limit.
-TRANSIENT: tuple[type[BaseException], ...] = (RetryLater, StaleState, OSError, asyncio.TimeoutError, KafkaError)
+# Failures of the infrastructure (database, broker, SMTP, network; a broken producer, until the process is
+# restarted), and a state that moved meanwhile: retried without limit.
+TRANSIENT: tuple[type[BaseException], ...] = (RetryLater, StaleState, OSError, asyncio.TimeoutError, KafkaError,
+                                              ProducerBroken)
 
 
 def is_transient(exc: BaseException) -> bool:

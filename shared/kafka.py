@@ -79,6 +79,15 @@ class Producer(Protocol):
     async def send_all(self, records: Sequence[OutputRecord]) -> None:
         """Produce the records in order, then wait until every one is acknowledged."""
 
+    @property
+    def broken(self) -> str | None:
+        """Why no record can be produced any more by this process (None while records can be): a Kafka client
+        whose own background task ended recovers only in a new process, so /healthz fails."""
+
+
+class ProducerBroken(Exception):
+    """The producer's background sender ended: no record handed over is sent any more, in this process."""
+
 
 PRODUCE_LINGER_MS = 5
 """How long the producer waits for more records to send with those it has: the plans finishing about then (each
@@ -109,6 +118,8 @@ class Outputs:
         self._options = client_options(settings)
         self._max_bytes = max(settings.KAFKA_MAX_MESSAGE_BYTES * 2, 1_048_576) + 65_536
         self._producer: AIOKafkaProducer | None = None
+        self._told = False  # the log has said the producer is broken
+        self._waiting: set[asyncio.Future[list[Any]]] = set()  # the acknowledgements sends wait for
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -120,6 +131,8 @@ class Outputs:
             client_id="customersource-outputs",
         )
         await self._producer.start()
+        if (task := self._sender_task()) is not None:
+            task.add_done_callback(self._sender_ended)
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -131,17 +144,73 @@ class Outputs:
 
     async def send_all(self, records: Sequence[OutputRecord]) -> None:
         assert self._producer is not None, "Outputs.start() first"
+        if (broken := self.broken) is not None:  # a cancelled sender would take the records and never answer
+            self._tell_if_broken()
+            raise ProducerBroken(broken)
         pending = []
         try:
             for record in records:
                 raw_key = record.key.encode() if isinstance(record.key, str) else record.key
                 pending.append(await self._producer.send(record.topic, value=record.value, key=raw_key,
                                                          headers=list(record.headers)))
+        except Exception:
+            self._tell_if_broken()
+            raise
         finally:  # every record handed over is waited for, even when a later one could not be
-            results = await asyncio.gather(*pending, return_exceptions=True)
+            results = await self._acknowledged(pending)
         for result in results:
             if isinstance(result, BaseException):
+                self._tell_if_broken()
                 raise result
+
+    @property
+    def broken(self) -> str | None:
+        """The sender task of aiokafka's producer ended (an unexpected error inside it, which it then raises from
+        every ``send``; or it was cancelled, and what it had been handed is never acknowledged). aiokafka has
+        no public check: its own ``stop()`` reads the sender's task so."""
+        task = self._sender_task()
+        if task is None or not task.done():
+            return None
+        if task.cancelled() or task.exception() is None:
+            return "the producer's sender task ended"
+        error = task.exception()
+        said = str(error)
+        named = said if said.startswith(error.__class__.__name__) else f"{error.__class__.__name__}: {said}"
+        return f"the producer's sender task failed: {named}"  # aiokafka's errors name themselves
+
+    def _sender_task(self) -> asyncio.Task[None] | None:
+        sender = getattr(self._producer, "_sender", None)
+        return getattr(sender, "sender_task", None)
+
+    async def _acknowledged(self, pending: list[asyncio.Future[Any]]) -> list[Any]:
+        """The acknowledgements (or failures) of the records handed over; :class:`ProducerBroken` once the sender
+        has ended without answering them."""
+        if not pending:
+            return []
+        results = asyncio.gather(*pending, return_exceptions=True)
+        self._waiting.add(results)
+        try:
+            if (task := self._sender_task()) is not None and task.done():  # it ended while they were handed over
+                asyncio.get_running_loop().call_soon(self._abandon)
+            return await results
+        finally:
+            self._waiting.discard(results)
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        # Called after aiokafka's own callback, which fails what a failed sender was handed: those failures reach
+        # the waiting sends first. What is left was handed to a cancelled sender, and is never answered.
+        asyncio.get_running_loop().call_soon(self._abandon)
+
+    def _abandon(self) -> None:
+        for waiting in self._waiting:
+            if not waiting.done():
+                waiting.set_exception(ProducerBroken(self.broken or "the producer's sender task ended"))
+
+    def _tell_if_broken(self) -> None:
+        if (broken := self.broken) is not None and not self._told:
+            self._told = True
+            log.error("the Kafka producer does not recover by itself: /healthz now fails so that the service is "
+                      "restarted", extra={"error": broken})
 
 
 async def create_missing_topics(

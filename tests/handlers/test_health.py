@@ -1,6 +1,7 @@
-"""/healthz and /readyz when the consumer stalls: a Kafka client whose own background task died fails every poll
-alike and does not recover in this process, so after a minute of failed polls in a row the service says it is not
-live (the orchestrator restarts it) and not ready; one poll that works again clears both."""
+"""/healthz and /readyz when the consumer stalls or the producer is broken: a Kafka client whose own background
+task died fails every poll (or send) alike and does not recover in this process, so after a minute of failed polls
+in a row (or once the producer's sender has ended) the service says it is not live (the orchestrator restarts it)
+and not ready; one poll that works again clears a stall."""
 
 from __future__ import annotations
 
@@ -59,3 +60,15 @@ async def test_a_minute_of_failed_polls_fails_liveness_and_readiness_until_a_pol
     status, _, _ = await request(app, "GET", "/healthz")
     assert status == 200
     assert (await readiness(built))["consuming"] is True
+
+
+async def test_a_broken_producer_fails_liveness_and_readiness(service: tuple[Any, Service]) -> None:
+    app, built = service
+    outputs = built.producer
+    assert isinstance(outputs, FakeOutputs)
+    assert (await readiness(built))["producing"] is True
+    outputs.broken = "the producer's sender task failed: KafkaError: Unexpected error during batch delivery"
+    status, _, body = await request(app, "GET", "/healthz")
+    assert (status, json.loads(body)) == (503, {"status": "producer_broken"})
+    ready = await readiness(built)
+    assert ready["producing"] is False and ready["ready"] is False

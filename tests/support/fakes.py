@@ -63,6 +63,7 @@ class FakeKafka:
 class FakeOutputs:
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self.broken: str | None = None  # what Outputs.broken would say
 
     async def start(self) -> None: ...
 
