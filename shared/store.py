@@ -417,6 +417,10 @@ class BatchReader:
         self.thread = SqliteThread(path, dialect, busy_timeout=busy_timeout, name="sqlite-batch-reader")
         self._dialect = dialect
         self._turns = turns
+        # The thread, held by each use of it. A note takes it before its write turn, so that the turn is held for
+        # the note alone, not while the thread finishes another batch's read (recording an accepted e-mail, which
+        # goes first, would wait that long).
+        self._thread_free = asyncio.Lock()
         self._note_statement = _insert_ignore("sqlite", processed_events)
 
     async def begin(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
@@ -429,11 +433,11 @@ class BatchReader:
         if not keys:
             return {}, {}
         read = functools.partial(self._read, keys=keys, with_deliveries=with_deliveries)
-        states, known = await self.thread.run(read, write=False, label="read a batch's idempotency records")
+        states, known = await self._reading(read, label="read a batch's idempotency records")
         unseen = [key for key in keys if key not in states]
         if unseen:
             note = functools.partial(self._note, events=events, keys=unseen, now=now)
-            async with self._turns.turn():
+            async with self._thread_free, self._turns.turn():
                 noted, meanwhile = await self.thread.run(note, write=True, label="note a batch's new events")
             states.update(meanwhile)
             states.update({key: EventState(now, False, new=True) for key in noted})
@@ -443,17 +447,21 @@ class BatchReader:
     async def deliveries_of(self, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """:meth:`Store.deliveries_of`, in one hand-off."""
         work = functools.partial(self._deliveries, keys=list(keys))
-        return await self.thread.run(work, write=False, label="read a batch's deliveries")
+        return await self._reading(work, label="read a batch's deliveries")
 
     async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
         """:meth:`Store.read_many`, in one hand-off."""
         def work(connection: sqlite3.Connection) -> T:
             return function(functools.partial(self._rows_of, connection), keys)
 
-        return await self.thread.run(work, write=False, label="read a batch's preload")
+        return await self._reading(work, label="read a batch's preload")
 
     async def close(self) -> None:
         await self.thread.close()
+
+    async def _reading(self, work: Callable[[sqlite3.Connection], T], *, label: str) -> T:
+        async with self._thread_free:
+            return await self.thread.run(work, write=False, label=label)
 
     def _read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
               ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:

@@ -4,6 +4,7 @@ and noted a batch at a time, outcomes group-committed, aware UTC datetimes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -114,6 +115,46 @@ def transactions(store: Store) -> Callable[[], int]:
     event.listen(store.engine.sync_engine, "commit", lambda connection: commits.append(1))
     before = store.writer.committed
     return lambda: len(commits) + store.writer.committed - before
+
+
+async def test_a_batch_takes_the_write_turn_to_note_its_events_only_once_the_reader_thread_is_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: a batch notes its new events on the batch reader's thread in the one write turn. Were the turn taken
+    while the thread still ran another batch's read (a preload), an accepted e-mail's outcome record, urgent,
+    would wait for that read: the thread is taken first, then the turn."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/d.db", component="invitations", migrations=MIGRATIONS)
+    await store.migrate()
+    reader = store.batch_reader
+    assert reader is not None
+    run, read = reader.thread.run, asyncio.Event()
+
+    async def noticed(work: Callable[[Any], Any], *, write: bool, label: str) -> Any:
+        result = await run(work, write=write, label=label)
+        if label == "read a batch's idempotency records":
+            read.set()
+        return result
+
+    monkeypatch.setattr(reader.thread, "run", noticed)
+    release = threading.Event()
+
+    def held(rows_of: RowsOf, keys: Sequence[str]) -> None:
+        release.wait(30)  # another batch's preload, in the thread for a while
+
+    outcomes = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), urgent=True)
+    preload: asyncio.Task[None] | None = None
+    try:
+        async with store.transaction():  # the turn is busy: the batch, its events read, waits for it
+            begun = asyncio.create_task(store.begin_events({("/s", "e1"): "t"}, datetime.now(UTC)))
+            await read.wait()
+            preload = asyncio.create_task(store.read_many(held, ["k"]))
+            await asyncio.sleep(0)  # the preload asks for the thread before the batch gets its turn
+        await asyncio.wait_for(outcomes.write(delivery(1, "e0")), 10)  # not behind the preload
+        assert (await begun)[("/s", "e1")].new
+    finally:
+        release.set()
+        if preload is not None:
+            await preload
+        await store.close()
 
 
 async def test_a_batch_begins_with_the_deliveries_of_the_events_it_noted(store: Store) -> None:
