@@ -302,7 +302,8 @@ def proc_stat(pid: int) -> tuple[float, float]:
 
 
 class ServiceRun:
-    """One service process against the broker, the sink and a store."""
+    """One service process against the broker, the sink and a store; as a context manager, started and stopped,
+    its folder removed unless the run failed (its ``service.log`` is named in the error)."""
 
     def __init__(self, name: str, bootstrap: str, smtp_port: int, connections: int, database_url: str) -> None:
         self.name = name
@@ -320,6 +321,19 @@ class ServiceRun:
             "ENVIRONMENT": "test",
         }
         self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> ServiceRun:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, failed: type[BaseException] | None, *exc: object) -> None:
+        await self.stop()
+        if failed is None:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -498,19 +512,15 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
     expected = events * workload.mails_per_event
     tenths = [expected * k // 10 for k in (1, 2, 8, 9)]
     marks: dict[int, tuple[float, float]] = {}
-    async with SpeedProbe() as probe:
-        try:
-            await run.start()
-            started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
-            cpu_before, _ = proc_stat(run.pid)
-            finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
-            cpu_after, peak = proc_stat(run.pid)
-            marks[expected] = (finished, cpu_after)
-            await asyncio.sleep(0.5)  # the last outcome records
-            with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
-                window = unrecorded_window(response.read().decode())
-        finally:
-            await run.stop()
+    async with SpeedProbe() as probe, run:
+        started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
+        cpu_before, _ = proc_stat(run.pid)
+        finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
+        cpu_after, peak = proc_stat(run.pid)
+        marks[expected] = (finished, cpu_after)
+        await asyncio.sleep(0.5)  # the last outcome records
+        with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
+            window = unrecorded_window(response.read().decode())
     elapsed = finished - started
 
     def tenth(start: int, end: int) -> Tenth:
@@ -538,30 +548,28 @@ async def latency(name: str, store_url: str, events: int, rate: int, ctx: Contex
     workload = WORKLOADS[name]
     await fresh_topics(ctx.bootstrap, [workload.topic, workload.topic + ".dlq", *OUTPUTS])
     ctx.sink.reset()
-    run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
-    await run.start()
     published: dict[bytes, float] = {}
     producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
-    await producer.start()
-    try:
-        service_cpu, bench_cpu, idle = proc_stat(run.pid)[0], own_cpu(), machine_idle()
-        start = time.perf_counter()
-        for i in range(events):
-            key, event = workload.event()
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            published[event["id"].encode()] = time.perf_counter()
-            await producer.send(workload.topic, json.dumps(event).encode(), key=key.encode(),
-                                headers=[("content-type", b"application/cloudevents+json")])
-        await producer.flush()
-        finished = await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
-        elapsed = finished - start
-        service_cores = (proc_stat(run.pid)[0] - service_cpu) / elapsed
-        bench_cores, idle_cores = (own_cpu() - bench_cpu) / elapsed, (machine_idle() - idle) / elapsed
-    finally:
-        await producer.stop()
-        await run.stop()
+    async with ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url) as run:
+        await producer.start()
+        try:
+            service_cpu, bench_cpu, idle = proc_stat(run.pid)[0], own_cpu(), machine_idle()
+            start = time.perf_counter()
+            for i in range(events):
+                key, event = workload.event()
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                published[event["id"].encode()] = time.perf_counter()
+                await producer.send(workload.topic, json.dumps(event).encode(), key=key.encode(),
+                                    headers=[("content-type", b"application/cloudevents+json")])
+            await producer.flush()
+            finished = await wait_for_mail(ctx.sink, events * workload.mails_per_event, run)
+            elapsed = finished - start
+            service_cores = (proc_stat(run.pid)[0] - service_cpu) / elapsed
+            bench_cores, idle_cores = (own_cpu() - bench_cpu) / elapsed, (machine_idle() - idle) / elapsed
+        finally:
+            await producer.stop()
     samples = sorted((at - published[event_id]) * 1000 for event_id, times in ctx.sink.accepted_at.items()
                      if event_id in published for at in times)
     quantiles = statistics.quantiles(samples, n=100)
