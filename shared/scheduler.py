@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.clock import Clock
-from shared.store import Row, Store, execute, write_rows
+from shared.store import Lookup, Row, RowsOf, Store, Writes, execute, write_rows
 from shared.store import scheduled_jobs as jobs
 from shared.writers import StaleState
 
@@ -302,17 +302,9 @@ class Scheduler:
     async def run_due(self) -> int:
         """Claim and run every job due now that its gate lets through; return how many ran."""
         now = self.clock.now()
-        async with self.store.connect() as connection:
-            candidates = (
-                await connection.execute(
-                    select(jobs.c.job_id, jobs.c.kind, jobs.c.payload).where(
-                        jobs.c.status == "pending",
-                        jobs.c.due_at <= now,
-                        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
-                        jobs.c.kind.in_(list(self.handlers)),
-                    ).order_by(jobs.c.due_at).limit(1000)
-                )
-            ).all()
+        candidates = await self.store.read_many(
+            lambda rows_of, kinds: sorted(rows_of(_CANDIDATES, kinds, {"now": now}), key=lambda row: row.due_at)[
+                :CANDIDATES_PER_PASS], list(self.handlers))
         # The first jobs their gates let through, up to a pass's claims: the gates (and the payloads they read)
         # are asked no further than needed.
         allowed: list[str] = []
@@ -341,35 +333,23 @@ class Scheduler:
         await asyncio.gather(*(self._execute(handler, job) for job in claimed))
 
     async def _claim(self, job_ids: list[str], now: datetime) -> list[Job]:
-        """Claim the jobs for a lease, in one statement; those another replica claimed first are left out.
-        On PostgreSQL the rows are locked in one order and those locked by another replica skipped, so two
-        replicas claiming at once neither wait for nor deadlock with each other."""
+        """Claim the jobs for a lease, in one transaction; those another replica claimed first are left out. On
+        PostgreSQL the rows are locked in one order and those locked by another replica skipped, so two replicas
+        claiming at once neither wait for nor deadlock with each other; on SQLite nothing else writes meanwhile
+        (:meth:`Store.change_many`)."""
         if not job_ids:
             return []
-        claimable = (
-            select(jobs.c.job_id)
-            .where(
-                jobs.c.job_id.in_(job_ids),
-                jobs.c.status == "pending",
-                jobs.c.due_at <= now,
-                or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
-            )
-            .order_by(jobs.c.job_id)
-            .with_for_update(skip_locked=True)
-        )
-        async with self.store.transaction() as connection:
-            rows = (
-                await connection.execute(
-                    update(jobs)
-                    .where(jobs.c.job_id.in_(claimable.scalar_subquery()))
-                    .values(claimed_by=self.owner, lease_until=now + self.lease, attempts=jobs.c.attempts + 1,
-                            updated_at=now)
-                    .returning(jobs.c.job_id, jobs.c.kind, jobs.c.aggregate_id, jobs.c.due_at, jobs.c.payload,
-                               jobs.c.attempts)
-                )
-            ).all()
-        claimed = [Job(job_id=row.job_id, kind=row.kind, aggregate_id=row.aggregate_id, due_at=row.due_at,
-                       payload=json.loads(row.payload), attempts=row.attempts) for row in rows]
+        lease_until = now + self.lease
+
+        def claim(rows_of: RowsOf, write: Writes, ids: Sequence[str]) -> list[Job]:
+            claimable = [row for row in rows_of(_JOBS_TO_CLAIM, ids) if row.status == "pending" and row.due_at <= now
+                         and (row.lease_until is None or row.lease_until < now)]
+            write([(_claimed(), [{"job": row.job_id, "owner": self.owner, "lease": lease_until, "now": now}
+                                 for row in claimable])])
+            return [Job(job_id=row.job_id, kind=row.kind, aggregate_id=row.aggregate_id, due_at=row.due_at,
+                        payload=json.loads(row.payload), attempts=row.attempts + 1) for row in claimable]
+
+        claimed = await self.store.change_many(claim, job_ids, label="claim due jobs")
         return sorted(claimed, key=lambda job: (job.due_at, job.job_id))
 
     async def _execute(self, handler: JobHandler, job: Job) -> None:
@@ -393,6 +373,29 @@ class Scheduler:
                 update(jobs).where(jobs.c.job_id == job.job_id, jobs.c.claimed_by == self.owner)
                 .values(lease_until=self.clock.now() + pause, last_error=error)
             )
+
+
+CANDIDATES_PER_PASS = 1000
+"""Due jobs read per pass, the earliest first: those its gates let through are claimed, up to CLAIMS_PER_PASS."""
+
+_CLAIMABLE_NOW = (jobs.c.status == "pending", jobs.c.due_at <= bindparam("now"),
+                  or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")))
+_CANDIDATES = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.payload, jobs.c.due_at).where(*_CLAIMABLE_NOW)
+                     .order_by(jobs.c.due_at).limit(CANDIDATES_PER_PASS), jobs.c.kind)
+"""The jobs of these kinds that can be claimed ``now``, the earliest due first."""
+_JOBS_TO_CLAIM = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.aggregate_id, jobs.c.due_at, jobs.c.payload,
+                               jobs.c.attempts, jobs.c.status, jobs.c.lease_until).order_by(jobs.c.job_id)
+                        .with_for_update(skip_locked=True), jobs.c.job_id)
+"""These jobs, to claim those that still can be: on PostgreSQL locked, in one order, those locked by another replica
+skipped. By their key alone: with the conditions of a claim in the query, SQLite searched the due jobs' index
+(every due job of a backlog) instead of the key's."""
+
+
+@functools.cache
+def _claimed() -> Any:
+    return (update(jobs).where(jobs.c.job_id == bindparam("job"))
+            .values(claimed_by=bindparam("owner"), lease_until=bindparam("lease"), attempts=jobs.c.attempts + 1,
+                    updated_at=bindparam("now")))
 
 
 async def mark_jobs_done(connection: AsyncConnection, job_ids: Sequence[str], now: datetime) -> None:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import (
@@ -244,19 +244,45 @@ class Lookup:
         object.__setattr__(self, "row", row)
 
 
-RowsOf = Callable[[Lookup, Sequence[Any]], list[Any]]
-"""How a preload reads (:meth:`Store.read_many`): ``rows_of(lookup, values)``, the rows of the lookup's query for
-those values (a value is a tuple for a tuple of columns), each with its columns as attributes, and ``_asdict()``."""
+class RowsOf(Protocol):
+    """How a preload reads (:meth:`Store.read_many`): ``rows_of(lookup, values)``, the rows of the lookup's query for
+    those values (a value is a tuple for a tuple of columns), each with its columns as attributes, and
+    ``_asdict()``; ``parameters``: the values of the query's own parameters left without one (``bindparam("now")``).
+    More values than one statement takes are looked up a few hundred at a time, the query once for each (an
+    ORDER BY or a LIMIT of the query applies to each such part)."""
+
+    def __call__(self, lookup: Lookup, values: Sequence[Any], parameters: Mapping[str, Any] | None = None
+                 ) -> list[Any]: ...
 
 
-def rows_on(connection: Connection, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+Writes = Callable[[Statements], None]
+"""How a change that reads writes (:meth:`Store.change_many`): ``write(statements)``, in its transaction."""
+
+
+def rows_on(connection: Connection, lookup: Lookup, values: Sequence[Any],
+            parameters: Mapping[str, Any] | None = None) -> list[Any]:
     """:data:`RowsOf` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`)."""
     values = list(dict.fromkeys(values))  # a value twice finds its rows once
     found: list[Any] = []
     for start in range(0, len(values), BATCH_QUERY_SIZE):
         chunk = values[start:start + BATCH_QUERY_SIZE]
-        found.extend(connection.execute(lookup.query.where(_one_of(connection.dialect.name, lookup.key, chunk))))
+        query = lookup.query.where(_one_of(connection.dialect.name, lookup.key, chunk))
+        found.extend(connection.execute(query, dict(parameters or {})))
     return found
+
+
+def writes_on(connection: Connection, statements: Statements) -> None:
+    """:data:`Writes` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`); the sync
+    twin of :func:`execute`."""
+    for statement, rows in statements:
+        if not rows:
+            continue
+        if isinstance(statement, CompareAndSet):
+            for row in rows:
+                if not connection.execute(statement.statement, row).rowcount:
+                    raise statement.stale()
+        else:
+            connection.execute(statement, rows[0] if len(rows) == 1 else list(rows))
 
 
 def _one_of(dialect_name: str, key: Any, values: Sequence[Any]) -> Any:
@@ -456,6 +482,18 @@ class BatchReader:
 
         return await self._reading(work, label="read a batch's preload")
 
+    async def change_many(self, function: Callable[[RowsOf, Writes, Sequence[K]], T], keys: Sequence[K], *,
+                          label: str) -> T:
+        """:meth:`Store.change_many`, in one hand-off, in a write turn."""
+        def work(connection: sqlite3.Connection) -> T:
+            def write(statements: Statements) -> None:
+                run_steps(connection, to_steps(self._dialect, statements))
+
+            return function(functools.partial(self._rows_of, connection), write, keys)
+
+        async with self._thread_free, self._turns.turn():
+            return await self.thread.run(work, write=True, label=label)
+
     async def close(self) -> None:
         await self.thread.close()
 
@@ -496,8 +534,8 @@ class BatchReader:
         return {(row.source, row.event_id): EventState(row.first_seen_at, row.processed_at is not None)
                 for row in self._rows_of(connection, _EVENT_STATES, keys)}
 
-    def _select_in(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any]
-                   ) -> list[tuple[Any, ...]]:
+    def _select_in(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any],
+                   parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """The rows of the lookup for the values, as SQLite returns them (its columns' types not applied)."""
         values = list(dict.fromkeys(values))  # a value twice finds its rows once
         rows: list[tuple[Any, ...]] = []
@@ -506,17 +544,18 @@ class BatchReader:
             size = min(1 << (len(chunk) - 1).bit_length(), BATCH_QUERY_SIZE)
             chunk += chunk[-1:] * (size - len(chunk))  # padded: the last value again finds no more rows
             compiled = _listed(self._dialect, lookup, size)
-            rows += connection.execute(compiled.sql, compiled.parameters(chunk)).fetchall()
+            rows += connection.execute(compiled.sql, compiled.parameters(chunk, parameters or {})).fetchall()
         return rows
 
-    def _rows_of(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
+    def _rows_of(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any],
+                 parameters: Mapping[str, Any] | None = None) -> list[Any]:
         """:data:`RowsOf` on this reader's connection: the rows through their columns' types, as the engine's."""
         if not values:
             return []
         processors = _result_processors(self._dialect, lookup)
         return [lookup.row._make([value if process is None else process(value)
                                   for value, process in zip(row, processors, strict=True)])
-                for row in self._select_in(connection, lookup, values)]
+                for row in self._select_in(connection, lookup, values, parameters)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,11 +565,14 @@ class _Listed:
     sql: str
     names: tuple[str, ...]  # its positional parameters, in order
     processors: tuple[Callable[[Any], Any] | None, ...]  # their types' bind processors
-    fixed: Mapping[str, Any]  # the values of the query's own parameters
+    fixed: Mapping[str, Any]  # the values of the query's own parameters that have one
+    required: frozenset[str]  # the query's own parameters without one: given at each call
     tuples: bool  # a value is a tuple (the key is a tuple of columns)
 
-    def parameters(self, values: Sequence[Any]) -> list[Any]:
-        bound = dict(self.fixed)
+    def parameters(self, values: Sequence[Any], given: Mapping[str, Any]) -> list[Any]:
+        if given.keys() != self.required:
+            raise ValueError(f"the lookup's query takes {sorted(self.required)}, given {sorted(given)}")
+        bound = {**self.fixed, **given}
         for i, value in enumerate(values):
             for j, part in enumerate(value if self.tuples else (value,)):
                 bound[f"k{i}_{j}"] = part
@@ -550,8 +592,9 @@ def _listed(dialect: Dialect, lookup: Lookup, size: int) -> _Listed:
     keys = {f"k{i}_{j}" for i in range(size) for j in range(width)}
     if not keys <= set(names):
         raise ValueError("a lookup's query must take each of its values' parts as a parameter")
-    fixed = {name: value for name, value in compiled.construct_params().items() if name not in keys}
-    return _Listed(compiled.string, names, processors, fixed, tuples)
+    own = {name: compiled.binds[name] for name in set(names) - keys}
+    fixed = {name: bind.effective_value for name, bind in own.items() if not bind.required}
+    return _Listed(compiled.string, names, processors, fixed, frozenset(own.keys() - fixed.keys()), tuples)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1030,6 +1073,20 @@ class Store:
             return await self._batch_reader.read_many(function, keys)
         async with self.connect() as connection:
             return await connection.run_sync(lambda sync: function(functools.partial(rows_on, sync), keys))
+
+    async def change_many(self, function: Callable[[RowsOf, Writes, Sequence[K]], T], keys: Sequence[K], *,
+                          label: str) -> T:
+        """A transaction that reads, then writes what it read decides: ``function(rows_of, write, keys)``, which
+        reads with ``rows_of`` (:data:`RowsOf`) and writes with ``write`` (:data:`Writes`). On SQLite it runs in
+        the batch reader's thread in a write turn (``BEGIN IMMEDIATE``: nothing else writes between its reads and
+        its writes), one hand-off; on PostgreSQL in a transaction on a pooled connection (through
+        :meth:`AsyncConnection.run_sync`), where its reads lock what they must (``FOR UPDATE``). ``label``: what
+        it does, for a failure's message."""
+        if self._batch_reader is not None:
+            return await self._batch_reader.change_many(function, keys, label=label)
+        async with self.transaction() as connection:
+            return await connection.run_sync(
+                lambda sync: function(functools.partial(rows_on, sync), functools.partial(writes_on, sync), keys))
 
     async def forget_event(self, source: str, event_id: str) -> None:
         """Drop the record of an unfinished event (it was dead-lettered)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import event, select, text, tuple_
+from sqlalchemy import bindparam, event, select, text, tuple_
 
 from services.invitations.state import MIGRATIONS
 from shared.store import (
@@ -179,13 +179,17 @@ async def test_a_batch_begins_with_the_deliveries_of_the_events_it_noted(store: 
 SENT_BY_ID = Lookup(select(deliveries).where(deliveries.c.outcome == "sent"), deliveries.c.delivery_id)
 EVENTS_BY_SOURCE_AND_TIME = Lookup(select(processed_events.c.event_id, processed_events.c.first_seen_at),
                                    tuple_(processed_events.c.source, processed_events.c.first_seen_at))
+BY_OUTCOME_UNTIL = Lookup(select(deliveries.c.delivery_id).where(deliveries.c.outcome == bindparam("outcome"),
+                                                                  deliveries.c.at <= bindparam("until")),
+                          deliveries.c.delivery_id)
 
 
 async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: Store,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """:meth:`Store.read_many`: a preload's lookups by a column or a tuple of columns (a time among them, bound
-    through its type), a query with a parameter of its own, more values than one statement takes, a value twice
-    and values not found. On SQLite the whole preload is one call on the batch reader's thread."""
+    through its type), a query with a parameter of its own, a query with parameters given at the call (a time
+    among them), more values than one statement takes, a value twice and values not found. On SQLite the whole
+    preload is one call on the batch reader's thread."""
     writer = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), urgent=True)
     await asyncio.gather(*(writer.write({**delivery(n, f"e{n}"), "outcome": "sent" if n % 3 else "failed"})
                            for n in range(450)))
@@ -202,13 +206,19 @@ async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: St
 
         monkeypatch.setattr(store.batch_reader.thread, "run", counted)
 
-    def preload(rows_of: RowsOf, keys: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    until = datetime.now(UTC)
+
+    def preload(rows_of: RowsOf, keys: Sequence[str]) -> tuple[list[Any], list[Any], list[Any]]:
         sent = rows_of(SENT_BY_ID, keys)
         events = rows_of(EVENTS_BY_SOURCE_AND_TIME, [("/s", first), ("/s", first), ("/t", first)])
-        return sent, events
+        failed = rows_of(BY_OUTCOME_UNTIL, keys, {"outcome": "failed", "until": until})
+        return sent, events, failed
 
-    sent, events = await store.read_many(preload, [f"d{n}" for n in range(450)] + ["d7", "unknown"])
+    sent, events, failed = await store.read_many(preload, [f"d{n}" for n in range(450)] + ["d7", "unknown"])
     assert calls == (["read a batch's preload"] if store.batch_reader is not None else [])
+    assert sorted(row.delivery_id for row in failed) == sorted(f"d{n}" for n in range(0, 450, 3))
+    with pytest.raises((ValueError, sqlalchemy.exc.StatementError), match="until"):
+        await store.read_many(lambda rows_of, keys: rows_of(BY_OUTCOME_UNTIL, keys, {"outcome": "sent"}), ["d1"])
     async with store.connect() as connection:
         expected = (await connection.execute(select(deliveries).where(deliveries.c.outcome == "sent"))).all()
     assert sorted(tuple(row._asdict().items()) for row in sent) \
