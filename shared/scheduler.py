@@ -279,25 +279,16 @@ class Scheduler:
         """Count the waiting jobs and how late each handled kind's earliest one is (``on_measured``); note when
         the first of ours can be claimed."""
         now = self.clock.now()
-        # A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a
-        # failure, or running on another replica), and only by a replica that handles its kind.
-        claimable_at = case((jobs.c.lease_until > jobs.c.due_at, jobs.c.lease_until), else_=jobs.c.due_at)
-        async with self.store.connect() as connection:
-            rows = (
-                await connection.execute(
-                    select(jobs.c.kind, func.min(claimable_at), func.min(jobs.c.due_at), func.count())
-                    .where(jobs.c.status == "pending").group_by(jobs.c.kind)
-                )
-            ).all()
+        rows = await self.store.read_many(lambda rows_of, statuses: rows_of(_WAITING, statuses), ["pending"])
         self._measured_at = time.monotonic()
-        ours = {row[0]: row for row in rows if row[0] in self.handlers}
+        ours = {row.kind: row for row in rows if row.kind in self.handlers}
         if self._on_measured:
             self._on_measured(Waiting(
-                jobs=sum(int(row[3]) for row in rows),
-                overdue={kind: max(0.0, (now - ours[kind][2]).total_seconds()) if kind in ours else 0.0
+                jobs=sum(row.jobs for row in rows),
+                overdue={kind: max(0.0, (now - ours[kind].earliest_due).total_seconds()) if kind in ours else 0.0
                          for kind in self.handlers},
             ))
-        self._earliest = min((row[1] for row in ours.values()), default=None)
+        self._earliest = min((row.claimable_at for row in ours.values()), default=None)
 
     async def run_due(self) -> int:
         """Claim and run every job due now that its gate lets through; return how many ran."""
@@ -378,6 +369,14 @@ class Scheduler:
 CANDIDATES_PER_PASS = 1000
 """Due jobs read per pass, the earliest first: those its gates let through are claimed, up to CLAIMS_PER_PASS."""
 
+# A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a failure, or running
+# on another replica), and only by a replica that handles its kind.
+_WAITING = Lookup(select(jobs.c.kind,
+                         func.min(case((jobs.c.lease_until > jobs.c.due_at, jobs.c.lease_until), else_=jobs.c.due_at))
+                         .label("claimable_at"),
+                         func.min(jobs.c.due_at).label("earliest_due"), func.count().label("jobs"))
+                  .group_by(jobs.c.kind), jobs.c.status)
+"""The jobs in these states, by kind: how many, the earliest due, when the first can be claimed."""
 _CLAIMABLE_NOW = (jobs.c.status == "pending", jobs.c.due_at <= bindparam("now"),
                   or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")))
 _CANDIDATES = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.payload, jobs.c.due_at).where(*_CLAIMABLE_NOW)
