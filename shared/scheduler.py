@@ -4,11 +4,11 @@ A job is scheduled in the same transaction as the state change that needs it, un
 deterministic ``job_id`` (scheduling it again updates it; cancelling marks it cancelled). Each
 replica runs :meth:`Scheduler.run`: it sleeps until the earliest due time it knows of, is woken at
 once when its own handlers schedule something earlier, and re-reads the table every ``rescan``
-seconds to see jobs other replicas added. A due job is claimed with a conditional UPDATE (one
-winner even with several replicas on PostgreSQL) under a lease; if the replica dies the lease
-expires and another one runs it. A job is marked done in the transaction of its last changes; job
-handlers must be idempotent (mail and output events are, through deterministic ids), because a crash
-before that transaction runs the job again.
+seconds to see jobs other replicas added. A due job is claimed in a transaction that reads it and
+leases it if it is still free (one winner even with several replicas on PostgreSQL, where the read
+locks it); if the replica dies the lease expires and another one runs it. A job is marked done in the
+transaction of its last changes; job handlers must be idempotent (mail and output events are, through
+deterministic ids), because a crash before that transaction runs the job again.
 """
 
 from __future__ import annotations
