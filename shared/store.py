@@ -237,19 +237,27 @@ class Lookup:
     query: Select[Any]
     key: Any  # a column, or tuple_(...) of columns
     row: type[Any] = field(init=False, repr=False)  # its rows on SQLite: a named tuple of the query's columns
+    parameters: frozenset[str] = field(init=False, repr=False)  # the query's parameters without a value
 
     def __post_init__(self) -> None:
         # Built here, so that a column name that cannot be an attribute fails where the lookup is declared.
         row = collections.namedtuple("LookupRow", [str(c.key) for c in self.query.selected_columns])  # type: ignore[misc]
         object.__setattr__(self, "row", row)
+        binds = self.query.compile().binds
+        object.__setattr__(self, "parameters", frozenset(name for name, bind in binds.items() if bind.required))
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        """That ``given`` are the values of the query's parameters left without one, no more, no less."""
+        if given.keys() != self.parameters:
+            raise ValueError(f"the lookup's query takes {sorted(self.parameters)}, given {sorted(given)}")
 
 
 class RowsOf(Protocol):
-    """How a preload reads (:meth:`Store.read_many`): ``rows_of(lookup, values)``, the rows of the lookup's query for
-    those values (a value is a tuple for a tuple of columns), each with its columns as attributes, and
-    ``_asdict()``; ``parameters``: the values of the query's own parameters left without one (``bindparam("now")``).
-    More values than one statement takes are looked up a few hundred at a time, the query once for each (an
-    ORDER BY or a LIMIT of the query applies to each such part)."""
+    """How a batch read reads (:meth:`Store.read_many`, :meth:`Store.change_many`): ``rows_of(lookup, values)``, the
+    rows of the lookup's query for those values (a value is a tuple for a tuple of columns), each with its columns
+    as attributes, and ``_asdict()``; ``parameters``: the values of the query's own parameters left without one
+    (``bindparam("now")``, :meth:`Lookup.check`). More values than one statement takes are looked up a few hundred
+    at a time, the query once for each (an ORDER BY or a LIMIT of the query applies to each such part)."""
 
     def __call__(self, lookup: Lookup, values: Sequence[Any], parameters: Mapping[str, Any] | None = None
                  ) -> list[Any]: ...
@@ -262,6 +270,7 @@ Writes = Callable[[Statements], None]
 def rows_on(connection: Connection, lookup: Lookup, values: Sequence[Any],
             parameters: Mapping[str, Any] | None = None) -> list[Any]:
     """:data:`RowsOf` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`)."""
+    lookup.check(parameters or {})
     values = list(dict.fromkeys(values))  # a value twice finds its rows once
     found: list[Any] = []
     for start in range(0, len(values), BATCH_QUERY_SIZE):
@@ -439,14 +448,11 @@ class BatchReader:
     padded with its last value); the values and the rows read go through the columns' types as the engine's do,
     and so do the rows noted."""
 
-    def __init__(self, path: Path, dialect: Dialect, turns: WriteTurns, *, busy_timeout: float) -> None:
+    def __init__(self, path: Path, dialect: Dialect, turns: Turns, *, busy_timeout: float) -> None:
         self.thread = SqliteThread(path, dialect, busy_timeout=busy_timeout, name="sqlite-batch-reader")
         self._dialect = dialect
         self._turns = turns
-        # The thread, held by each use of it. A note takes it before its write turn, so that the turn is held for
-        # the note alone, not while the thread finishes another batch's read (recording an accepted e-mail, which
-        # goes first, would wait that long).
-        self._thread_free = asyncio.Lock()
+        self._thread_use = Turns()  # each use of the thread takes a turn (see _writing)
         self._note_statement = _insert_ignore("sqlite", processed_events)
 
     async def begin(self, events: Mapping[EventKey, str], now: datetime, *, with_deliveries: bool
@@ -463,7 +469,7 @@ class BatchReader:
         unseen = [key for key in keys if key not in states]
         if unseen:
             note = functools.partial(self._note, events=events, keys=unseen, now=now)
-            async with self._thread_free, self._turns.turn():
+            async with self._writing():
                 noted, meanwhile = await self.thread.run(note, write=True, label="note a batch's new events")
             states.update(meanwhile)
             states.update({key: EventState(now, False, new=True) for key in noted})
@@ -491,15 +497,29 @@ class BatchReader:
 
             return function(functools.partial(self._rows_of, connection), write, keys)
 
-        async with self._thread_free, self._turns.turn():
+        async with self._writing():
             return await self.thread.run(work, write=True, label=label)
 
     async def close(self) -> None:
         await self.thread.close()
 
     async def _reading(self, work: Callable[[sqlite3.Connection], T], *, label: str) -> T:
-        async with self._thread_free:
+        async with self._thread_use.turn():
             return await self.thread.run(work, write=False, label=label)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """The thread and a write turn, for a write on the thread. A turn held while the thread finished another
+        read would make an accepted e-mail's record (urgent: it goes first) wait that long; the thread held while
+        waiting for a turn would stop every read meanwhile. So the turn first, and the thread with it if free;
+        if not, the turn is given up, the thread waited for in line with the reads, then the turn."""
+        async with self._turns.turn():
+            if self._thread_use.free:
+                async with self._thread_use.turn():
+                    yield
+                return
+        async with self._thread_use.turn(), self._turns.turn():
+            yield
 
     def _read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
               ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
@@ -550,6 +570,7 @@ class BatchReader:
     def _rows_of(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any],
                  parameters: Mapping[str, Any] | None = None) -> list[Any]:
         """:data:`RowsOf` on this reader's connection: the rows through their columns' types, as the engine's."""
+        lookup.check(parameters or {})
         if not values:
             return []
         processors = _result_processors(self._dialect, lookup)
@@ -566,12 +587,10 @@ class _Listed:
     names: tuple[str, ...]  # its positional parameters, in order
     processors: tuple[Callable[[Any], Any] | None, ...]  # their types' bind processors
     fixed: Mapping[str, Any]  # the values of the query's own parameters that have one
-    required: frozenset[str]  # the query's own parameters without one: given at each call
     tuples: bool  # a value is a tuple (the key is a tuple of columns)
 
     def parameters(self, values: Sequence[Any], given: Mapping[str, Any]) -> list[Any]:
-        if given.keys() != self.required:
-            raise ValueError(f"the lookup's query takes {sorted(self.required)}, given {sorted(given)}")
+        """The statement's parameters for the values, and ``given`` (:meth:`Lookup.check`)."""
         bound = {**self.fixed, **given}
         for i, value in enumerate(values):
             for j, part in enumerate(value if self.tuples else (value,)):
@@ -594,7 +613,7 @@ def _listed(dialect: Dialect, lookup: Lookup, size: int) -> _Listed:
         raise ValueError("a lookup's query must take each of its values' parts as a parameter")
     own = {name: compiled.binds[name] for name in set(names) - keys}
     fixed = {name: bind.effective_value for name, bind in own.items() if not bind.required}
-    return _Listed(compiled.string, names, processors, fixed, frozenset(own.keys() - fixed.keys()), tuples)
+    return _Listed(compiled.string, names, processors, fixed, tuples)
 
 
 @functools.lru_cache(maxsize=64)
@@ -637,8 +656,10 @@ def advancing(table: Table, columns: tuple[str, ...], key: str, state_column: st
     return advance
 
 
-class WriteTurns:
-    """Writers take turns (SQLite has one writer); urgent writers go first.
+class Turns:
+    """Users of one thing take turns, urgent ones first; a turn passes straight to the next in line, and one that is
+    :attr:`free` is given at once. On SQLite the writers take turns (it has one writer), and the uses of the batch
+    reader's thread.
 
     Recording an e-mail the SMTP server has just accepted is urgent: until it is committed, a crash
     would send that e-mail again, so it must not queue behind ordinary state changes.
@@ -673,6 +694,11 @@ class WriteTurns:
 
     def urgent_waiting(self) -> bool:
         return any(not waiter.done() for waiter in self._waiting[True])
+
+    @property
+    def free(self) -> bool:
+        """No writer has the turn: :meth:`turn` gives it at once."""
+        return not self._busy
 
     def _release(self) -> None:
         for urgent in (True, False):
@@ -880,15 +906,15 @@ class Store:
         self.component = component
         self._migrations = migrations
         self.is_sqlite = url.startswith("sqlite")
-        self._turns: WriteTurns | None = None
+        self._turns: Turns | None = None
         if self.is_sqlite:
-            self._turns = turns = WriteTurns()
+            self._turns = turns = Turns()
             path = Path(url.split(":///", 1)[1].split("?", 1)[0])
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite_path: Path | None = path
             # A few connections: WAL lets readers run beside the one writer, so recording an accepted
             # e-mail does not queue behind reads (that delay is the crash window for duplicates). This
-            # process's writers take turns (WriteTurns); another process's are waited for (the busy timeout,
+            # process's writers take turns (Turns); another process's are waited for (the busy timeout,
             # sqlite3's ``timeout``).
             self.engine: AsyncEngine = create_async_engine(
                 url, pool_size=4, max_overflow=0, pool_timeout=120, connect_args={"timeout": sqlite_busy_timeout},
@@ -1066,9 +1092,10 @@ class Store:
             return await connection.run_sync(rows_on, lookup, values)
 
     async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
-        """A batch's preload (:attr:`shared.handling.Preload.read_many`): ``function(rows_of, keys)``, which reads
-        with ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch reader's thread, one hand-off for all its
-        queries; on PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`)."""
+        """A batch read (a batch's preload, :attr:`shared.handling.Preload.read_many`; the scheduler's jobs):
+        ``function(rows_of, keys)``, which reads with ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch
+        reader's thread, one hand-off for all its queries (so it touches no object of the event loop); on
+        PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`)."""
         if self._batch_reader is not None:
             return await self._batch_reader.read_many(function, keys)
         async with self.connect() as connection:

@@ -4,6 +4,7 @@ and noted a batch at a time, outcomes group-committed, aware UTC datetimes."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import bindparam, event, select, text, tuple_
+from sqlalchemy import bindparam, event, select, text, tuple_, update
 
 from services.invitations.state import MIGRATIONS
 from shared.store import (
@@ -22,6 +23,7 @@ from shared.store import (
     ProcessedMark,
     RowsOf,
     Store,
+    Writes,
     deliveries,
     processed_events,
     upserts,
@@ -117,11 +119,11 @@ def transactions(store: Store) -> Callable[[], int]:
     return lambda: len(commits) + store.writer.committed - before
 
 
-async def test_a_batch_takes_the_write_turn_to_note_its_events_only_once_the_reader_thread_is_free(
+async def test_a_batch_notes_its_events_holding_neither_the_write_turn_nor_the_reader_thread_while_waiting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite: a batch notes its new events on the batch reader's thread in the one write turn. Were the turn taken
+    """SQLite: a batch notes its new events on the batch reader's thread in the one write turn. Were the turn held
     while the thread still ran another batch's read (a preload), an accepted e-mail's outcome record, urgent,
-    would wait for that read: the thread is taken first, then the turn."""
+    would wait for that read; were the thread held while the turn was waited for, every read would."""
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/d.db", component="invitations", migrations=MIGRATIONS)
     await store.migrate()
     reader = store.batch_reader
@@ -146,6 +148,7 @@ async def test_a_batch_takes_the_write_turn_to_note_its_events_only_once_the_rea
         async with store.transaction():  # the turn is busy: the batch, its events read, waits for it
             begun = asyncio.create_task(store.begin_events({("/s", "e1"): "t"}, datetime.now(UTC)))
             await read.wait()
+            assert await asyncio.wait_for(store.read_many(lambda rows_of, keys: list(keys), ["k"]), 10) == ["k"]
             preload = asyncio.create_task(store.read_many(held, ["k"]))
             await asyncio.sleep(0)  # the preload asks for the thread before the batch gets its turn
         await asyncio.wait_for(outcomes.write(delivery(1, "e0")), 10)  # not behind the preload
@@ -184,6 +187,10 @@ BY_OUTCOME_UNTIL = Lookup(select(deliveries.c.delivery_id).where(deliveries.c.ou
                           deliveries.c.delivery_id)
 
 
+def _rows_given(given: dict[str, Any], rows_of: RowsOf, keys: Sequence[str]) -> list[Any]:
+    return rows_of(BY_OUTCOME_UNTIL, keys, given)
+
+
 async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: Store,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """:meth:`Store.read_many`: a preload's lookups by a column or a tuple of columns (a time among them, bound
@@ -217,8 +224,10 @@ async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: St
     sent, events, failed = await store.read_many(preload, [f"d{n}" for n in range(450)] + ["d7", "unknown"])
     assert calls == (["read a batch's preload"] if store.batch_reader is not None else [])
     assert sorted(row.delivery_id for row in failed) == sorted(f"d{n}" for n in range(0, 450, 3))
-    with pytest.raises((ValueError, sqlalchemy.exc.StatementError), match="until"):
-        await store.read_many(lambda rows_of, keys: rows_of(BY_OUTCOME_UNTIL, keys, {"outcome": "sent"}), ["d1"])
+    for given, keys in (({"outcome": "sent"}, ["d1"]), ({"outcome": "sent", "until": until, "at": until}, ["d1"]),
+                        ({"outcome": "sent"}, [])):  # a parameter missing, one too many; no values either
+        with pytest.raises(ValueError, match=r"the lookup's query takes \['outcome', 'until'\]"):
+            await store.read_many(functools.partial(_rows_given, given), keys)
     async with store.connect() as connection:
         expected = (await connection.execute(select(deliveries).where(deliveries.c.outcome == "sent"))).all()
     assert sorted(tuple(row._asdict().items()) for row in sent) \
@@ -226,6 +235,32 @@ async def test_a_preload_reads_rows_as_the_engine_does_in_one_hand_off(store: St
     assert len(sent) == 300 and all(row.at.tzinfo is not None for row in sent)
     assert sorted((row.event_id, row.first_seen_at) for row in events) == [(f"e{n}", first) for n in range(5)]
     assert await store.read_many(lambda rows_of, keys: rows_of(SENT_BY_ID, keys), []) == []
+
+
+MARK_FAILED = update(deliveries).where(deliveries.c.delivery_id == bindparam("id")).values(outcome="failed")
+
+
+async def test_a_change_that_reads_writes_in_its_transaction_or_not_at_all(store: Store) -> None:
+    """:meth:`Store.change_many`: what it reads and what it writes are one transaction (on SQLite one hand-off to the
+    batch reader's thread, in a write turn); a failure after a write leaves nothing written."""
+    writer = GroupCommit(store, statements=upserts(deliveries, ["delivery_id"]), urgent=True)
+    await asyncio.gather(*(writer.write(delivery(n, f"e{n}")) for n in (1, 2, 3)))
+
+    def mark_failed(rows_of: RowsOf, write: Writes, keys: Sequence[str]) -> list[str]:
+        found = [row.delivery_id for row in rows_of(SENT_BY_ID, keys)]
+        write([(MARK_FAILED, [{"id": delivery_id} for delivery_id in found])])
+        return found
+
+    def then_fails(rows_of: RowsOf, write: Writes, keys: Sequence[str]) -> None:
+        mark_failed(rows_of, write, keys)
+        raise RuntimeError("after its write")
+
+    assert sorted(await store.change_many(mark_failed, ["d1", "d2", "none"], label="mark failed")) == ["d1", "d2"]
+    with pytest.raises(RuntimeError, match="after its write"):
+        await store.change_many(then_fails, ["d3"], label="mark failed")
+    async with store.connect() as connection:
+        rows = (await connection.execute(select(deliveries.c.delivery_id, deliveries.c.outcome))).all()
+    assert sorted(map(tuple, rows)) == [("d1", "failed"), ("d2", "failed"), ("d3", "sent")]
 
 
 async def test_concurrent_outcomes_are_group_committed_and_read_back_by_event(store: Store) -> None:

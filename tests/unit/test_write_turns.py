@@ -2,11 +2,11 @@ import asyncio
 
 import pytest
 
-from shared.store import WriteTurns
+from shared.store import Turns
 
 
 async def test_urgent_writers_go_before_queued_ordinary_ones() -> None:
-    turns, order = WriteTurns(), []
+    turns, order = Turns(), []
     release = asyncio.Event()
 
     async def writer(name: str, urgent: bool) -> None:
@@ -25,7 +25,7 @@ async def test_urgent_writers_go_before_queued_ordinary_ones() -> None:
 
 
 async def test_a_cancelled_waiter_does_not_keep_the_turn() -> None:
-    turns = WriteTurns()
+    turns = Turns()
     release = asyncio.Event()
 
     async def holder() -> None:
