@@ -120,6 +120,8 @@ class Outputs:
         self._producer: AIOKafkaProducer | None = None
         self._told = False  # the log has said the producer is broken
         self._waiting: set[asyncio.Future[list[Any]]] = set()  # the acknowledgements sends wait for
+        self._ended = False  # the sender task's end has been seen (its done callbacks run)
+        self._stopping = False
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -136,6 +138,7 @@ class Outputs:
 
     async def stop(self) -> None:
         if self._producer is not None:
+            self._stopping = True  # the sender task ends: not a failure
             await self._producer.stop()
             self._producer = None
 
@@ -190,7 +193,7 @@ class Outputs:
         results = asyncio.gather(*pending, return_exceptions=True)
         self._waiting.add(results)
         try:
-            if (task := self._sender_task()) is not None and task.done():  # it ended while they were handed over
+            if self._ended:  # it ended while they were handed over
                 asyncio.get_running_loop().call_soon(self._abandon)
             return await results
         finally:
@@ -199,6 +202,9 @@ class Outputs:
     def _sender_ended(self, task: asyncio.Task[None]) -> None:
         # Called after aiokafka's own callback, which fails what a failed sender was handed: those failures reach
         # the waiting sends first. What is left was handed to a cancelled sender, and is never answered.
+        self._ended = True
+        if not self._stopping:
+            self._tell_if_broken()
         asyncio.get_running_loop().call_soon(self._abandon)
 
     def _abandon(self) -> None:
