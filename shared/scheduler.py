@@ -182,7 +182,9 @@ class Wakeup:
             await asyncio.wait_for(self._event.wait(), seconds)
 
 CLAIMS_PER_PASS = 200
-"""Due jobs claimed (one statement) and run per pass."""
+"""Due jobs claimed (one transaction) and run per pass."""
+CANDIDATES_PER_PASS = 1000
+"""Due jobs read per pass, the earliest first: those its gates let through are claimed, up to CLAIMS_PER_PASS."""
 
 
 class Scheduler:
@@ -292,10 +294,11 @@ class Scheduler:
 
     async def run_due(self) -> int:
         """Claim and run every job due now that its gate lets through; return how many ran."""
+        if not self.handlers:
+            return 0
         now = self.clock.now()
         candidates = await self.store.read_many(
-            lambda rows_of, kinds: sorted(rows_of(_CANDIDATES, kinds, {"now": now}), key=lambda row: row.due_at)[
-                :CANDIDATES_PER_PASS], list(self.handlers))
+            lambda rows_of, kinds: rows_of(_CANDIDATES, kinds, {"now": now}), list(self.handlers))
         # The first jobs their gates let through, up to a pass's claims: the gates (and the payloads they read)
         # are asked no further than needed.
         allowed: list[str] = []
@@ -366,9 +369,6 @@ class Scheduler:
             )
 
 
-CANDIDATES_PER_PASS = 1000
-"""Due jobs read per pass, the earliest first: those its gates let through are claimed, up to CLAIMS_PER_PASS."""
-
 # A pending job can be claimed at its due time, or once its lease ends (a job in backoff after a failure, or running
 # on another replica), and only by a replica that handles its kind.
 _WAITING = Lookup(select(jobs.c.kind,
@@ -379,9 +379,10 @@ _WAITING = Lookup(select(jobs.c.kind,
 """The jobs in these states, by kind: how many, the earliest due, when the first can be claimed."""
 _CLAIMABLE_NOW = (jobs.c.status == "pending", jobs.c.due_at <= bindparam("now"),
                   or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")))
-_CANDIDATES = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.payload, jobs.c.due_at).where(*_CLAIMABLE_NOW)
+_CANDIDATES = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.payload).where(*_CLAIMABLE_NOW)
                      .order_by(jobs.c.due_at).limit(CANDIDATES_PER_PASS), jobs.c.kind)
-"""The jobs of these kinds that can be claimed ``now``, the earliest due first."""
+"""The jobs of these kinds that can be claimed ``now``, the earliest due first (a service's kinds, a handful: one
+statement)."""
 _JOBS_TO_CLAIM = Lookup(select(jobs.c.job_id, jobs.c.kind, jobs.c.aggregate_id, jobs.c.due_at, jobs.c.payload,
                                jobs.c.attempts, jobs.c.status, jobs.c.lease_until).order_by(jobs.c.job_id)
                         .with_for_update(skip_locked=True), jobs.c.job_id)

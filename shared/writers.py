@@ -6,7 +6,8 @@ idempotency marks, jobs marked done, compare-and-sets; nothing that reads a resu
   wake-up of the event loop) than the statement itself. :class:`SqliteWriter` hands the whole transaction to a
   thread of its own, with a connection of its own: ``BEGIN IMMEDIATE``, each statement's rows in one
   ``executemany``, ``COMMIT``. One hand-off per transaction. A second such thread reads a batch's idempotency
-  and delivery records and its preloads (:class:`SqliteThread`, :class:`shared.store.BatchReader`).
+  and delivery records, its preloads and the scheduler's jobs, and claims them (:class:`SqliteThread`,
+  :class:`shared.store.BatchReader`).
 - PostgreSQL: :class:`PostgresWriter` runs the transaction on the pooled connection's asyncpg connection
   directly (its ``transaction()``, ``execute`` and ``executemany``), without SQLAlchemy's execution and
   transaction machinery around each statement.
@@ -151,9 +152,9 @@ def run_steps(connection: sqlite3.Connection, program: Sequence[Step]) -> None:
 class SqliteThread:
     """One SQLite connection in a thread of its own, that runs a function on it in one transaction per call: one
     hand-off for what belongs together. The store has two: its writer (:class:`SqliteWriter`) and the reader of
-    its batches' idempotency and delivery records and preloads (:class:`shared.store.BatchReader`, which also
-    notes a batch's new events, in a write turn), so that recording an accepted e-mail never queues behind a
-    read."""
+    its batches' idempotency and delivery records, preloads and scheduled jobs (:class:`shared.store.BatchReader`,
+    which also notes a batch's new events and claims due jobs, in a write turn), so that recording an accepted
+    e-mail never queues behind a read."""
 
     pragmas: tuple[str, ...] = PRAGMAS
 

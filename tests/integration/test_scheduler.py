@@ -250,8 +250,33 @@ async def test_future_jobs_wait_for_the_injected_clock(store: Store) -> None:
     assert await scheduler.run_due() == 0
 
 
+async def test_a_claim_leaves_out_the_jobs_that_changed_since_they_were_read_as_due(store: Store) -> None:
+    """A pass claims the jobs it read as due; one cancelled, run, moved later or leased by another replica meanwhile
+    is left out (the claim reads each again in its own transaction), the others are leased to this one."""
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    for job_id in ("free", "cancelled", "done", "moved", "leased"):
+        await add(store, job_id, now - timedelta(minutes=1), now)
+    scheduler = Scheduler(store, FixedClock(now), {"remind": one_by_one(store, FixedClock(now), _never)})
+    async with store.transaction() as connection:
+        assert await cancel(connection, "cancelled", now=now)
+        await connection.execute(jobs.update().where(jobs.c.job_id == "done").values(status="done"))
+        await connection.execute(jobs.update().where(jobs.c.job_id == "leased")
+                                 .values(claimed_by="other", lease_until=now + timedelta(minutes=2)))
+    await add(store, "moved", now + timedelta(hours=1), now)
+    claimed = await scheduler._claim(["free", "cancelled", "done", "moved", "leased", "unknown"], now)
+    assert [(job.job_id, job.attempts, job.payload) for job in claimed] == [("free", 1, {"n": "free"})]
+    async with store.connect() as connection:
+        rows = (await connection.execute(select(jobs.c.job_id, jobs.c.claimed_by, jobs.c.lease_until))).all()
+    assert {row.job_id: (row.claimed_by, row.lease_until) for row in rows if row.claimed_by} == {
+        "free": (scheduler.owner, now + scheduler.lease), "leased": ("other", now + timedelta(minutes=2))}
+
+
+async def _never(job: Job) -> None:
+    raise AssertionError("no job runs here")
+
+
 async def test_two_replicas_claiming_the_same_jobs_at_once_share_them_out(store: Store, database_url: str) -> None:
-    """One statement claims a pass's jobs; two replicas claiming the same 150 at the same moment get disjoint
+    """One transaction claims a pass's jobs; two replicas claiming the same 150 at the same moment get disjoint
     sets that together are all of them (on PostgreSQL, rows one replica has locked are skipped by the other)."""
     clock = FixedClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
     ids = [f"job-{i:03}" for i in range(150)]
