@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiosmtplib
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -321,6 +321,7 @@ class ServiceRun:
             "ENVIRONMENT": "test",
         }
         self.process: asyncio.subprocess.Process | None = None
+        self._log: BinaryIO | None = None
 
     async def __aenter__(self) -> ServiceRun:
         try:
@@ -336,9 +337,10 @@ class ServiceRun:
             shutil.rmtree(self.work, ignore_errors=True)
 
     async def start(self) -> None:
+        self._log = open(self.work / "service.log", "wb")  # closed in stop()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{self.name}", cwd=ROOT, env=self.env,
-            stdout=open(self.work / "service.log", "wb"), stderr=asyncio.subprocess.STDOUT,
+            stdout=self._log, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=die_with_parent)  # a killed bench leaves no service behind
         deadline = time.monotonic() + 60
         while True:
@@ -363,6 +365,8 @@ class ServiceRun:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+        if self._log is not None:
+            self._log.close()
 
 
 async def wait_for_mail(sink: Sink, expected: int, run: ServiceRun, *, stalled: float = 120.0,
@@ -508,11 +512,11 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
     records = [encoded(*workload.event()) for _ in range(events)]
     await publish(ctx.bootstrap, workload.topic, records)
     ctx.sink.reset()
-    run = ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections, store_url)
     expected = events * workload.mails_per_event
     tenths = [expected * k // 10 for k in (1, 2, 8, 9)]
     marks: dict[int, tuple[float, float]] = {}
-    async with SpeedProbe() as probe, run:
+    async with SpeedProbe() as probe, ServiceRun(name, ctx.bootstrap, ctx.smtp_port, ctx.connections,
+                                                 store_url) as run:
         started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
         cpu_before, _ = proc_stat(run.pid)
         finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
