@@ -271,6 +271,24 @@ async def test_a_claim_leaves_out_the_jobs_that_changed_since_they_were_read_as_
         "free": (scheduler.owner, now + scheduler.lease), "leased": ("other", now + timedelta(minutes=2))}
 
 
+async def test_on_postgresql_a_claim_skips_the_jobs_another_claim_holds_instead_of_waiting(postgres_url: str) -> None:
+    """Two replicas claiming at once: the jobs one holds locked (its claim's transaction not yet committed) are
+    skipped by the other, which neither waits for them nor claims them."""
+    store = Store(postgres_url, component="scheduler-test")
+    await store.migrate()
+    try:
+        now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+        for job_id in ("held", "free"):
+            await add(store, job_id, now - timedelta(minutes=1), now)
+        scheduler = Scheduler(store, FixedClock(now), {"remind": one_by_one(store, FixedClock(now), _never)})
+        async with store.transaction() as other:  # another replica's claim, in progress
+            await other.execute(select(jobs.c.job_id).where(jobs.c.job_id == "held").with_for_update())
+            claimed = await asyncio.wait_for(scheduler._claim(["free", "held"], now), 10)
+        assert [job.job_id for job in claimed] == ["free"]
+    finally:
+        await store.close()
+
+
 async def _never(job: Job) -> None:
     raise AssertionError("no job runs here")
 
