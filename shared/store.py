@@ -281,8 +281,8 @@ def rows_on(connection: Connection, lookup: Lookup, values: Sequence[Any],
 
 
 def writes_on(connection: Connection, statements: Statements) -> None:
-    """:data:`Writes` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`); the sync
-    twin of :func:`execute`."""
+    """:data:`Writes` on one of the engine's connections (sync: in :meth:`AsyncConnection.run_sync`): each statement
+    once for all its rows (a compare-and-set row by row, each row's change checked)."""
     for statement, rows in statements:
         if not rows:
             continue
@@ -345,17 +345,8 @@ def upsert_statement(dialect_name: str, table: Table, rows: Sequence[Mapping[str
 
 
 async def execute(connection: AsyncConnection, statements: Statements) -> None:
-    """Execute :data:`Statements` in the connection's transaction, each statement once for all its rows (a
-    compare-and-set row by row, each row's change checked)."""
-    for statement, rows in statements:
-        if not rows:
-            continue
-        if isinstance(statement, CompareAndSet):
-            for row in rows:
-                if not (await connection.execute(statement.statement, row)).rowcount:
-                    raise statement.stale()
-        else:
-            await connection.execute(statement, rows[0] if len(rows) == 1 else list(rows))
+    """Execute :data:`Statements` in the connection's transaction (:func:`writes_on`)."""
+    await connection.run_sync(writes_on, statements)
 
 
 Statement = Callable[[str], Any]
@@ -464,29 +455,24 @@ class BatchReader:
         keys = list(events)
         if not keys:
             return {}, {}
-        read = functools.partial(self._read, keys=keys, with_deliveries=with_deliveries)
-        states, known = await self._reading(read, label="read a batch's idempotency records")
+        read = functools.partial(_read_begun, with_deliveries=with_deliveries)
+        states, known = await self.read_many(read, keys, label="read a batch's idempotency records")
         unseen = [key for key in keys if key not in states]
         if unseen:
-            note = functools.partial(self._note, events=events, keys=unseen, now=now)
-            async with self._writing():
-                noted, meanwhile = await self.thread.run(note, write=True, label="note a batch's new events")
+            note = functools.partial(self._note, events=events, now=now)
+            noted, meanwhile = await self.change_many(note, unseen, label="note a batch's new events")
             states.update(meanwhile)
             states.update({key: EventState(now, False, new=True) for key in noted})
             known = {key: known[key] for key in noted if key in known}
         return states, known
 
-    async def deliveries_of(self, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
-        """:meth:`Store.deliveries_of`, in one hand-off."""
-        work = functools.partial(self._deliveries, keys=list(keys))
-        return await self._reading(work, label="read a batch's deliveries")
-
-    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K], *, label: str) -> T:
         """:meth:`Store.read_many`, in one hand-off."""
         def work(connection: sqlite3.Connection) -> T:
             return function(functools.partial(self._rows_of, connection), keys)
 
-        return await self._reading(work, label="read a batch's preload")
+        async with self._thread_use.turn():
+            return await self.thread.run(work, write=False, label=label)
 
     async def change_many(self, function: Callable[[RowsOf, Writes, Sequence[K]], T], keys: Sequence[K], *,
                           label: str) -> T:
@@ -503,10 +489,6 @@ class BatchReader:
     async def close(self) -> None:
         await self.thread.close()
 
-    async def _reading(self, work: Callable[[sqlite3.Connection], T], *, label: str) -> T:
-        async with self._thread_use.turn():
-            return await self.thread.run(work, write=False, label=label)
-
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
         """The thread and a write turn, for a write on the thread. A turn held while the thread finished another
@@ -521,38 +503,16 @@ class BatchReader:
         async with self._thread_use.turn(), self._turns.turn():
             yield
 
-    def _read(self, connection: sqlite3.Connection, keys: Sequence[EventKey], *, with_deliveries: bool
-              ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
-        """The events' states (those never seen are missing), and (``with_deliveries``) the deliveries recorded
-        for those never seen (a replayed event's, recorded by its earlier attempt): no attempt of them can be
-        sending meanwhile, since an attempt notes its event first."""
-        states = self._states(connection, keys)
-        unseen = [key for key in keys if key not in states]
-        return states, self._deliveries(connection, unseen) if with_deliveries and unseen else {}
-
-    def _note(self, connection: sqlite3.Connection, events: Mapping[EventKey, str], keys: Sequence[EventKey],
+    def _note(self, rows_of: RowsOf, write: Writes, keys: Sequence[EventKey], *, events: Mapping[EventKey, str],
               now: datetime) -> tuple[list[EventKey], dict[EventKey, EventState]]:
         """In a ``BEGIN IMMEDIATE`` transaction (no other writer meanwhile): note the events ``keys`` as first seen
         ``now``, but those noted since they were read (by another process), whose states are returned instead."""
-        meanwhile = self._states(connection, keys)
+        meanwhile = _states_of(rows_of, keys)
         noted = [key for key in keys if key not in meanwhile]
-        if noted:
-            run_steps(connection, to_steps(self._dialect, [(self._note_statement, [
-                {"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
-                 "first_seen_at": now, "processed_at": None} for source, event_id in noted])]))
+        write([(self._note_statement, [
+            {"source": source, "event_id": event_id, "event_type": events[(source, event_id)],
+             "first_seen_at": now, "processed_at": None} for source, event_id in noted])])
         return noted, meanwhile
-
-    def _deliveries(self, connection: sqlite3.Connection, keys: Sequence[EventKey]
-                    ) -> dict[EventKey, dict[str, Any]]:
-        """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
-        found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
-        for row in self._rows_of(connection, _DELIVERIES, list(found)):
-            found[(row.event_source, row.event_id)][row.delivery_id] = row
-        return found
-
-    def _states(self, connection: sqlite3.Connection, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        return {(row.source, row.event_id): EventState(row.first_seen_at, row.processed_at is not None)
-                for row in self._rows_of(connection, _EVENT_STATES, keys)}
 
     def _select_in(self, connection: sqlite3.Connection, lookup: Lookup, values: Sequence[Any],
                    parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -577,6 +537,30 @@ class BatchReader:
         return [lookup.row._make([value if process is None else process(value)
                                   for value, process in zip(row, processors, strict=True)])
                 for row in self._select_in(connection, lookup, values, parameters)]
+
+
+def _states_of(rows_of: RowsOf, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
+    """The states of the events noted among ``keys``."""
+    return {(row.source, row.event_id): EventState(row.first_seen_at, row.processed_at is not None)
+            for row in rows_of(_EVENT_STATES, keys)}
+
+
+def _deliveries_of(rows_of: RowsOf, keys: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
+    """The deliveries recorded for the events: event -> delivery id -> row (attributes named as the columns)."""
+    found: dict[EventKey, dict[str, Any]] = {key: {} for key in keys}
+    for row in rows_of(_DELIVERIES, list(found)):
+        found[(row.event_source, row.event_id)][row.delivery_id] = row
+    return found
+
+
+def _read_begun(rows_of: RowsOf, keys: Sequence[EventKey], *, with_deliveries: bool
+                ) -> tuple[dict[EventKey, EventState], dict[EventKey, dict[str, Any]]]:
+    """The events' states (those never seen are missing), and (``with_deliveries``) the deliveries recorded for
+    those never seen (a replayed event's, recorded by its earlier attempt): no attempt of them can be sending
+    meanwhile, since an attempt notes its event first."""
+    states = _states_of(rows_of, keys)
+    unseen = [key for key in keys if key not in states]
+    return states, _deliveries_of(rows_of, unseen) if with_deliveries and unseen else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1073,31 +1057,23 @@ class Store:
         return states
 
     async def _event_states(self, keys: Sequence[EventKey]) -> dict[EventKey, EventState]:
-        rows = await self._rows_of(_EVENT_STATES, keys)
-        return {(r.source, r.event_id): EventState(r.first_seen_at, r.processed_at is not None) for r in rows}
+        return await self.read_many(_states_of, keys, label="read a batch's idempotency records") if keys else {}
 
     async def deliveries_of(self, events: Sequence[EventKey]) -> dict[EventKey, dict[str, Any]]:
         """The recorded deliveries of a batch's events in one read: event -> delivery id -> row."""
-        if self._batch_reader is not None and events:
-            return await self._batch_reader.deliveries_of(events)
-        found: dict[EventKey, dict[str, Any]] = {key: {} for key in events}
-        for row in await self._rows_of(_DELIVERIES, list(found)):
-            found[(row.event_source, row.event_id)][row.delivery_id] = row
-        return found
+        if not events:
+            return {}
+        return await self.read_many(_deliveries_of, list(events), label="read a batch's deliveries")
 
-    async def _rows_of(self, lookup: Lookup, values: Sequence[Any]) -> list[Any]:
-        if not values:
-            return []
-        async with self.connect() as connection:
-            return await connection.run_sync(rows_on, lookup, values)
-
-    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K]) -> T:
+    async def read_many(self, function: Callable[[RowsOf, Sequence[K]], T], keys: Sequence[K], *,
+                        label: str = "read a batch's preload") -> T:
         """A batch read (a batch's preload, :attr:`shared.handling.Preload.read_many`; the scheduler's jobs):
         ``function(rows_of, keys)``, which reads with ``rows_of`` (:data:`RowsOf`). On SQLite it runs in the batch
         reader's thread, one hand-off for all its queries (so it touches no object of the event loop); on
-        PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`)."""
+        PostgreSQL on a pooled connection (through :meth:`AsyncConnection.run_sync`). ``label``: what it reads, for
+        a failure's message."""
         if self._batch_reader is not None:
-            return await self._batch_reader.read_many(function, keys)
+            return await self._batch_reader.read_many(function, keys, label=label)
         async with self.connect() as connection:
             return await connection.run_sync(lambda sync: function(functools.partial(rows_on, sync), keys))
 
