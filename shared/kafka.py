@@ -118,10 +118,9 @@ class Outputs:
         self._options = client_options(settings)
         self._max_bytes = max(settings.KAFKA_MAX_MESSAGE_BYTES * 2, 1_048_576) + 65_536
         self._producer: AIOKafkaProducer | None = None
-        self._told = False  # the log has said the producer is broken
         self._waiting: set[asyncio.Future[list[Any]]] = set()  # the acknowledgements sends wait for
         self._ended = False  # the sender task's end has been seen (its done callbacks run)
-        self._stopping = False
+        self._stopping = False  # stop() has begun
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -148,7 +147,6 @@ class Outputs:
     async def send_all(self, records: Sequence[OutputRecord]) -> None:
         assert self._producer is not None, "Outputs.start() first"
         if (broken := self.broken) is not None:  # a cancelled sender would take the records and never answer
-            self._tell_if_broken()
             raise ProducerBroken(broken)
         pending = []
         try:
@@ -156,14 +154,10 @@ class Outputs:
                 raw_key = record.key.encode() if isinstance(record.key, str) else record.key
                 pending.append(await self._producer.send(record.topic, value=record.value, key=raw_key,
                                                          headers=list(record.headers)))
-        except Exception:
-            self._tell_if_broken()
-            raise
         finally:  # every record handed over is waited for, even when a later one could not be
             results = await self._acknowledged(pending)
         for result in results:
             if isinstance(result, BaseException):
-                self._tell_if_broken()
                 raise result
 
     @property
@@ -203,20 +197,15 @@ class Outputs:
         # Called after aiokafka's own callback, which fails what a failed sender was handed: those failures reach
         # the waiting sends first. What is left was handed to a cancelled sender, and is never answered.
         self._ended = True
-        if not self._stopping:
-            self._tell_if_broken()
+        if not self._stopping:  # stop() ends it too
+            log.error("the Kafka producer does not recover by itself: /healthz now fails so that the service is "
+                      "restarted", extra={"error": self.broken})
         asyncio.get_running_loop().call_soon(self._abandon)
 
     def _abandon(self) -> None:
         for waiting in self._waiting:
             if not waiting.done():
                 waiting.set_exception(ProducerBroken(self.broken or "the producer's sender task ended"))
-
-    def _tell_if_broken(self) -> None:
-        if (broken := self.broken) is not None and not self._told:
-            self._told = True
-            log.error("the Kafka producer does not recover by itself: /healthz now fails so that the service is "
-                      "restarted", extra={"error": broken})
 
 
 async def create_missing_topics(
