@@ -12,7 +12,7 @@ a process:
 
 - throughput: a backlog of N events published before the service starts, drained to the last e-mail
   (events/s, e-mails/s, ratio to the raw SMTP limit, the service's CPU ms per e-mail and its multiple of the
-  raw client's);
+  raw client's, and the shares of the drain its event loop's thread ran on a core and waited for one);
 - latency: events offered at a fixed rate (300/s by default); publish to SMTP accept, p50 and p99;
 - backlog: a larger backlog (``--backlog``), peak RSS while draining it, and whether throughput stays
   flat as the tables grow: the e-mails/s of its ninth tenth (80-90% of the way, before the last batches
@@ -160,6 +160,8 @@ class Result:
     ratio_to_raw_smtp: float
     cpu_ms_per_email: float
     mean_email_bytes: int
+    loop_running: float | None = None  # the share of the drain the service's event loop's thread ran on a core
+    loop_waiting: float | None = None  # ... and was runnable, waiting for a core the other processes held
     raw_sink_cpu_ms: float | None = None  # the sink's own CPU per message in the raw SMTP run
     raw_client_cpu_ms: float | None = None  # the raw SMTP client's own CPU per message, in the same run
     latency_rate: int = 0
@@ -290,6 +292,18 @@ async def raw_smtp(port: int, sink: Sink, messages: int, connections: int, size:
     assert process.returncode == 0 and sink.count - before == messages, (process.returncode, sink.count - before)
     per_s, client_cpu_ms = (float(part) for part in output.decode().split())
     return RawSmtp(per_s, client_cpu_ms, (own_cpu() - cpu) * 1000 / messages)
+
+
+def loop_thread(pid: int) -> tuple[float, float] | None:
+    """Seconds a process's main thread (a service's event loop) has run on a core, and has waited for one while
+    runnable, by the kernel's scheduler statistics (``/proc/<pid>/task/<pid>/schedstat``); None where it keeps
+    none. Running, waiting and the rest (sleeping: nothing to do, or the GIL) tell a service bound by its own
+    CPU from one starved of cores or waiting on something."""
+    try:
+        running, waiting = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(running) / 1e9, int(waiting) / 1e9
 
 
 def proc_stat(pid: int) -> tuple[float, float]:
@@ -477,6 +491,8 @@ class Drained:
     unrecorded_p99_ms: float
     early: Tenth
     late: Tenth
+    loop_running: float | None = None  # shares of the drain's time: see :func:`loop_thread`
+    loop_waiting: float | None = None
 
     @property
     def machine_speed(self) -> float | None:
@@ -519,8 +535,10 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
                                                  store_url) as run:
         started = time.perf_counter()  # timed from readiness: the process's start-up is not the drain
         cpu_before, _ = proc_stat(run.pid)
+        loop_before = loop_thread(run.pid)
         finished = await wait_for_mail(ctx.sink, expected, run, marks=tenths, noted=marks)
         cpu_after, peak = proc_stat(run.pid)
+        loop_after = loop_thread(run.pid)
         marks[expected] = (finished, cpu_after)
         await asyncio.sleep(0.5)  # the last outcome records
         with urllib.request.urlopen(f"http://127.0.0.1:{run.http_port}/metrics", timeout=5) as response:
@@ -532,8 +550,12 @@ async def drain(name: str, store_url: str, events: int, ctx: Context) -> Drained
         return Tenth((end - start) / max(t1 - t0, 1e-9), (cpu1 - cpu0) * 1000 / (end - start),
                      mean_cost(probe.samples, t0, t1))
 
+    loop: tuple[float | None, float | None] = (None, None)
+    if loop_before is not None and loop_after is not None:
+        loop = ((loop_after[0] - loop_before[0]) / elapsed, (loop_after[1] - loop_before[1]) / elapsed)
     return Drained(events / elapsed, expected / elapsed, (cpu_after - cpu_before) * 1000 / expected, peak, *window,
-                   early=tenth(tenths[0], tenths[1]), late=tenth(tenths[2], tenths[3]))
+                   early=tenth(tenths[0], tenths[1]), late=tenth(tenths[2], tenths[3]), loop_running=loop[0],
+                   loop_waiting=loop[1])
 
 
 @dataclass(frozen=True)
@@ -651,6 +673,7 @@ async def main(args: argparse.Namespace) -> Report:
                 result = Result(name, store, args.events, args.events * workload.mails_per_event,
                                 drained.events_per_s, drained.emails_per_s, smtp.per_s,
                                 drained.emails_per_s / smtp.per_s, drained.cpu_ms_per_email, size,
+                                loop_running=drained.loop_running, loop_waiting=drained.loop_waiting,
                                 raw_sink_cpu_ms=smtp.sink_cpu_ms, raw_client_cpu_ms=smtp.client_cpu_ms,
                                 unrecorded_mean_ms=drained.unrecorded_mean_ms,
                                 unrecorded_p99_ms=drained.unrecorded_p99_ms)
@@ -682,7 +705,7 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 HEADER = ("| service | store | events/s | e-mails/s | raw SMTP/s (CPU ms per message: the sink's, the client's) | "
-          "ratio | CPU ms/e-mail (against the raw client's) | "
+          "ratio | CPU ms/e-mail (against the raw client's; the event loop's thread: running, waiting for a core) | "
           "accepted, unrecorded: mean / p99 ms | p50 / p99 ms at offered rate (cores used meanwhile) | backlog: "
           "e-mails/s, CPU ms/e-mail, peak RSS | flat: the backlog's 80-90% against its 10-20%, e-mails/s and CPU "
           "ms/e-mail; the machine's speed likewise |\n"
@@ -701,6 +724,8 @@ def row(r: Result) -> str:
     if r.raw_client_cpu_ms:
         client = f", client {r.raw_client_cpu_ms:.2f}"
         cpu += f" (x{r.cpu_ms_per_email / r.raw_client_cpu_ms:.1f} the client's)"
+    if r.loop_running is not None and r.loop_waiting is not None:
+        cpu += f"; loop running {r.loop_running:.2f}, waiting {r.loop_waiting:.2f}"
     if r.raw_sink_cpu_ms is not None:
         raw += f" (sink {r.raw_sink_cpu_ms:.2f}{client} ms/message)"
     backlog = (f"{r.backlog:,}: {r.backlog_emails_per_s:,.0f}/s, {r.backlog_cpu_ms_per_email or 0:.2f} ms, "

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 
-from ops.bench import HEADER, Drained, Result, SpeedProbe, Tenth, machine_idle, mean_cost, own_cpu, row
+from ops.bench import HEADER, Drained, Result, SpeedProbe, Tenth, loop_thread, machine_idle, mean_cost, own_cpu, row
 
 
 def test_a_window_averages_the_samples_taken_in_it() -> None:
@@ -64,3 +64,23 @@ def test_a_row_says_what_the_sink_the_raw_client_and_the_cores_did() -> None:
 def test_a_row_without_the_raw_client_s_cpu_leaves_it_out() -> None:
     line = row(Result("invitations", "sqlite", 2000, 2000, 500.0, 500.0, 1000.0, 0.5, 1.8, 8000, raw_sink_cpu_ms=0.9))
     assert "1,000 (sink 0.90 ms/message) | 0.50 | 1.80 |" in line
+
+
+def test_the_loop_threads_time_on_a_core_grows_as_it_works() -> None:
+    before = loop_thread(os.getpid())
+    assert before is not None, "the kernel keeps scheduler statistics here (/proc/<pid>/task/<tid>/schedstat)"
+    deadline = time.perf_counter() + 0.2
+    while time.perf_counter() < deadline:  # busy: this test runs on the process's main thread
+        pass
+    after = loop_thread(os.getpid())
+    assert after is not None
+    assert after[0] - before[0] >= 0.1, "the busy loop ran on a core"
+    assert after[1] >= before[1] >= 0
+    assert loop_thread(2**22 + 1) is None  # no such process
+
+
+def test_a_row_gives_the_loop_threads_shares_of_the_drain() -> None:
+    result = Result("invitations", "sqlite", 2000, 2000, 500.0, 500.0, 840.0, 0.6, 1.8, 8000, raw_client_cpu_ms=0.8,
+                    loop_running=0.81, loop_waiting=0.12)
+    assert "| 1.80 (x2.2 the client's); loop running 0.81, waiting 0.12 |" in row(result)
+    assert "; loop" not in row(Result("invitations", "sqlite", 2000, 2000, 500.0, 500.0, 840.0, 0.6, 1.8, 8000))
